@@ -1,0 +1,168 @@
+//! The contract between a feature family and the runtime.
+//!
+//! A family is one file: it decodes its topics, builds its features from a collection of
+//! events, names its tables and makes synthetic traffic. The runtime only sees [`Family`],
+//! the object-safe face every [`Dataflow`] gets for free, and the [`REGISTRY`].
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use differential_dataflow::VecCollection;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use timely::dataflow::{Scope, Stream};
+
+use crate::counters::Counters;
+use crate::features::{FeatureRow, TableSpec};
+use crate::ingest::{ingest, IngestOptions, Timed};
+use crate::record::{DecodeError, InvalidRecord, RecordRef, RecordSource};
+use crate::time::{Tick, Window};
+
+/// One record of synthetic traffic.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Produced {
+    pub topic: String,
+    pub key: Option<String>,
+    pub payload: Vec<u8>,
+    /// The event time it carries (epoch ms).
+    pub ts: u64,
+}
+
+/// What to generate.
+#[derive(Clone, Debug)]
+pub struct GenerateSpec {
+    pub events: u64,
+    pub seed: u64,
+    /// Event time of the first event (epoch ms).
+    pub start_ms: u64,
+    /// Events per second of event time.
+    pub rate: u64,
+    /// Share of events (0..1) sent twice, and of events delayed out of order.
+    pub duplicate_share: f64,
+    pub disorder_share: f64,
+    /// Share of malformed records.
+    pub invalid_share: f64,
+}
+
+impl Default for GenerateSpec {
+    fn default() -> Self {
+        GenerateSpec {
+            events: 10_000,
+            seed: 1,
+            start_ms: 1_767_225_600_000, // 2026-01-01T00:00:00Z
+            rate: 1_000,
+            duplicate_share: 0.01,
+            disorder_share: 0.02,
+            invalid_share: 0.0,
+        }
+    }
+}
+
+/// A feature family (DESIGN §5): pure computation from events to feature rows.
+pub trait Dataflow: Send + Sync + 'static {
+    type Event: timely::ExchangeData + differential_dataflow::ExchangeData + std::hash::Hash;
+    /// The family's config section (`[dataflows.NAME]`); unknown keys must be rejected.
+    type Config: DeserializeOwned + Serialize + Default;
+
+    const NAME: &'static str;
+
+    fn new(config: Self::Config) -> Self;
+    fn config(&self) -> &Self::Config;
+    /// Kafka topics it reads.
+    fn topics(&self) -> Vec<String>;
+    /// Its feature views; `FeatureRow::table` indexes this list.
+    fn tables(&self) -> Vec<TableSpec>;
+    /// The longest window: an event whose expiry in it has passed changes nothing.
+    fn horizon(&self) -> Window;
+    fn decode(&self, record: &RecordRef<'_>) -> Result<Timed<Self::Event>, DecodeError>;
+    /// The features, one row per entity, partitioned by entity (e.g. `reduce` output).
+    fn build<'s>(&self, events: VecCollection<'s, Tick, Timed<Self::Event>>) -> VecCollection<'s, Tick, FeatureRow>;
+    /// Realistic synthetic traffic, deterministic per seed.
+    fn generate(&self, spec: &GenerateSpec) -> Box<dyn Iterator<Item = Produced> + Send>;
+}
+
+/// What a family installed in one worker's dataflow.
+pub struct Installed<'s> {
+    pub features: VecCollection<'s, Tick, FeatureRow>,
+    pub invalid: Stream<'s, Tick, Vec<InvalidRecord>>,
+    pub final_tick: Rc<std::cell::Cell<Option<Tick>>>,
+}
+
+/// The object-safe face of a [`Dataflow`], which the runtime drives.
+pub trait Family: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn topics(&self) -> Vec<String>;
+    fn tables(&self) -> Vec<TableSpec>;
+    fn horizon(&self) -> Window;
+    fn config_json(&self) -> serde_json::Value;
+    fn generate(&self, spec: &GenerateSpec) -> Box<dyn Iterator<Item = Produced> + Send>;
+    fn install<'s>(
+        &self,
+        scope: Scope<'s, Tick>,
+        source: Box<dyn RecordSource>,
+        opts: IngestOptions,
+        counters: Arc<Counters>,
+    ) -> Installed<'s>;
+}
+
+impl<D: Dataflow + Clone> Family for D {
+    fn name(&self) -> &'static str {
+        D::NAME
+    }
+    fn topics(&self) -> Vec<String> {
+        Dataflow::topics(self)
+    }
+    fn tables(&self) -> Vec<TableSpec> {
+        Dataflow::tables(self)
+    }
+    fn horizon(&self) -> Window {
+        Dataflow::horizon(self)
+    }
+    fn config_json(&self) -> serde_json::Value {
+        serde_json::to_value(self.config()).unwrap_or_default()
+    }
+    fn generate(&self, spec: &GenerateSpec) -> Box<dyn Iterator<Item = Produced> + Send> {
+        Dataflow::generate(self, spec)
+    }
+    fn install<'s>(
+        &self,
+        scope: Scope<'s, Tick>,
+        source: Box<dyn RecordSource>,
+        opts: IngestOptions,
+        counters: Arc<Counters>,
+    ) -> Installed<'s> {
+        let this = self.clone();
+        let decode = move |r: &RecordRef<'_>| this.decode(r);
+        let ingested = ingest(scope, source, decode, Dataflow::horizon(self), opts, counters);
+        Installed {
+            features: self.build(ingested.events),
+            invalid: ingested.invalid,
+            final_tick: ingested.final_tick,
+        }
+    }
+}
+
+/// Builds a family from its config section (`None` = defaults).
+pub type Constructor = fn(Option<serde_json::Value>) -> Result<Box<dyn Family>, String>;
+
+fn construct<D: Dataflow + Clone>(section: Option<serde_json::Value>) -> Result<Box<dyn Family>, String> {
+    let config = match section {
+        None => D::Config::default(),
+        Some(v) => serde_json::from_value(v).map_err(|e| format!("[dataflows.{}]: {e}", D::NAME))?,
+    };
+    Ok(Box::new(D::new(config)))
+}
+
+/// Every family the engine knows: adding one is one line here.
+pub const REGISTRY: &[(&str, Constructor)] = &[(crate::search::Search::NAME, construct::<crate::search::Search>)];
+
+/// Looks a family up by name.
+pub fn family(name: &str, section: Option<serde_json::Value>) -> Result<Box<dyn Family>, String> {
+    match REGISTRY.iter().find(|(n, _)| *n == name) {
+        Some((_, make)) => make(section),
+        None => Err(format!(
+            "unknown dataflow '{name}': known dataflows are {}",
+            REGISTRY.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+        )),
+    }
+}

@@ -1,0 +1,192 @@
+//! Feature rows, the tables they belong to, and the per-tick changes that leave the dataflow.
+
+use std::collections::BTreeMap;
+
+use differential_dataflow::VecCollection;
+use ordered_float::OrderedFloat;
+use serde::{Deserialize, Serialize};
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::operator::Operator;
+
+use crate::time::Tick;
+
+/// A feature value. Floats are ordered so rows can live in differential collections.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Value {
+    Int(i64),
+    Float(OrderedFloat<f64>),
+    Text(String),
+}
+
+impl Value {
+    pub fn float(x: f64) -> Self {
+        Value::Float(OrderedFloat(x))
+    }
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Value::Int(i) => Some(*i as f64),
+            Value::Float(f) => Some(f.0),
+            Value::Text(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Value::Int(i) => write!(f, "{i}"),
+            Value::Float(x) => write!(f, "{}", x.0),
+            Value::Text(s) => f.write_str(s),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum FieldType {
+    Int,
+    Float,
+    Text,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct FieldSpec {
+    pub name: &'static str,
+    pub ty: FieldType,
+}
+
+pub const fn int(name: &'static str) -> FieldSpec {
+    FieldSpec { name, ty: FieldType::Int }
+}
+pub const fn float(name: &'static str) -> FieldSpec {
+    FieldSpec { name, ty: FieldType::Float }
+}
+
+/// A feature view: Redis hashes `feat:{ns}:{key…}` and the Postgres table `feat_{ns}`.
+#[derive(Clone, Debug, Serialize)]
+pub struct TableSpec {
+    pub ns: &'static str,
+    /// Key column names, in key order (Postgres primary key; Redis key parts).
+    pub keys: Vec<&'static str>,
+    pub fields: Vec<FieldSpec>,
+    /// Schema version, written as `_v`.
+    pub version: u32,
+}
+
+impl TableSpec {
+    pub fn field_index(&self, name: &str) -> Option<usize> {
+        self.fields.iter().position(|f| f.name == name)
+    }
+}
+
+/// The state of one entity: all features of one key of one table.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct FeatureRow {
+    /// Index into the dataflow's `tables()`.
+    pub table: u8,
+    pub key: Vec<String>,
+    /// One value per field of the table, in field order.
+    pub values: Vec<Value>,
+}
+
+/// What happened to one entity at one tick.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EntityChange {
+    pub table: u8,
+    pub key: Vec<String>,
+    /// The entity's features after the tick; `None` when it no longer exists.
+    pub after: Option<Vec<Value>>,
+    /// Indices of the fields whose value changed (all fields for a new entity).
+    pub changed: Vec<usize>,
+}
+
+/// All changes of one completed tick on one worker.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TickChanges {
+    pub tick: Tick,
+    pub changes: Vec<EntityChange>,
+}
+
+/// What a sink learns from the dataflow, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SinkEvent {
+    Changes(TickChanges),
+    /// Every tick before this one is complete on this worker.
+    Progress(Tick),
+}
+
+/// Groups a worker's feature updates by completed tick and turns each entity's
+/// `{-old, +new}` into one change naming only the fields that differ.
+///
+/// `rows` must be partitioned by entity (as `reduce` output is), so one worker sees
+/// every update of an entity.
+pub fn feature_changes<'s, F>(rows: VecCollection<'s, Tick, FeatureRow>, mut emit: F)
+where
+    F: FnMut(SinkEvent) + 'static,
+{
+    let mut pending: BTreeMap<Tick, Vec<(FeatureRow, isize)>> = BTreeMap::new();
+    let mut reported: Tick = 0;
+    rows.inner.sink(Pipeline, "FeatureChanges", move |(input, frontier)| {
+        input.for_each(|_cap, updates| {
+            for (row, t, r) in updates.drain(..) {
+                pending.entry(t).or_default().push((row, r));
+            }
+        });
+        let upto = frontier.frontier().iter().next().copied();
+        while let Some(entry) = pending.first_entry() {
+            if upto.is_some_and(|f| f <= *entry.key()) {
+                break;
+            }
+            let (tick, mut updates) = entry.remove_entry();
+            differential_dataflow::consolidation::consolidate(&mut updates);
+            let changes = changes_of(updates);
+            if !changes.is_empty() {
+                emit(SinkEvent::Changes(TickChanges { tick, changes }));
+            }
+        }
+        if let Some(f) = upto {
+            if f > reported {
+                reported = f;
+                emit(SinkEvent::Progress(f));
+            }
+        }
+    });
+}
+
+/// Pairs the retraction and insertion of each entity in one tick's consolidated updates.
+fn changes_of(updates: Vec<(FeatureRow, isize)>) -> Vec<EntityChange> {
+    let mut by_key: BTreeMap<(u8, Vec<String>), (Option<Vec<Value>>, Option<Vec<Value>>)> = BTreeMap::new();
+    for (row, r) in updates {
+        let slot = by_key.entry((row.table, row.key)).or_default();
+        match r {
+            1 => slot.1 = Some(row.values),
+            -1 => slot.0 = Some(row.values),
+            r => panic!("an entity row has multiplicity {r}: its reduce must emit one row per key"),
+        }
+    }
+    by_key
+        .into_iter()
+        .map(|((table, key), (before, after))| {
+            let changed = match (&before, &after) {
+                (Some(b), Some(a)) => (0..a.len()).filter(|&i| b.get(i) != a.get(i)).collect(),
+                (None, Some(a)) => (0..a.len()).collect(),
+                (_, None) => Vec::new(),
+            };
+            EntityChange { table, key, after, changed }
+        })
+        .collect()
+}
+
+/// Applies changes to a map of entity states: what any sink ends up holding.
+pub fn apply_changes(state: &mut BTreeMap<(u8, Vec<String>), Vec<Value>>, tick: &TickChanges) {
+    for c in &tick.changes {
+        let k = (c.table, c.key.clone());
+        match &c.after {
+            Some(v) => {
+                state.insert(k, v.clone());
+            }
+            None => {
+                state.remove(&k);
+            }
+        }
+    }
+}

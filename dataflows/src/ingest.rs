@@ -1,0 +1,279 @@
+//! From records to events: decode, validate, stream time, too-late and dedup (DESIGN §3, §4).
+
+use std::cell::Cell;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use differential_dataflow::{AsCollection, VecCollection};
+use serde::{Deserialize, Serialize};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::core::OkErr;
+use timely::dataflow::operators::generic::operator::{source, Operator};
+use timely::dataflow::{Scope, Stream};
+
+use crate::counters::Counters;
+use crate::record::{DecodeError, ErrorKind, InvalidRecord, Poll, RecordRef, RecordSource};
+use crate::time::{Tick, Window};
+
+/// An event's identity: a 128-bit hash of its `event_id`, so dedup state is fixed-size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct EventId(pub u128);
+
+impl EventId {
+    pub fn of(event_id: &str) -> Self {
+        EventId(xxhash_rust::xxh3::xxh3_128(event_id.as_bytes()))
+    }
+}
+
+/// A decoded event with its identity and event time (epoch ms).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Timed<E> {
+    pub id: EventId,
+    pub ts: u64,
+    pub event: E,
+}
+
+#[derive(Clone, Debug)]
+pub struct IngestOptions {
+    /// Events further ahead of the wall clock are invalid (range).
+    pub max_future_skew_ms: u64,
+    /// A repeated `event_id` within this much stream time changes nothing.
+    pub dedup_horizon_ms: u64,
+    /// Records per poll before the worker goes on with the dataflow.
+    pub batch_max: usize,
+    /// How long to wait before polling again once caught up.
+    pub poll_interval: Duration,
+    /// Time comes from the data alone; on `Poll::Finished` the workers agree on a final tick.
+    pub exit_at_end: bool,
+    /// Messages larger than this are invalid (oversized).
+    pub max_message_bytes: usize,
+}
+
+impl Default for IngestOptions {
+    fn default() -> Self {
+        IngestOptions {
+            max_future_skew_ms: 60_000,
+            dedup_horizon_ms: 3_600_000,
+            batch_max: 50_000,
+            poll_interval: Duration::from_millis(1),
+            exit_at_end: false,
+            max_message_bytes: 1 << 20,
+        }
+    }
+}
+
+/// What the ingest source emits, before it is split.
+#[derive(Clone, Debug)]
+enum Ingest<E> {
+    Event(Timed<E>, Tick),
+    Invalid(InvalidRecord),
+    /// A worker's source finished at this stream time; addressed to worker `to`.
+    End { to: usize, at: Tick },
+}
+
+/// The result of ingesting one worker's source.
+pub struct Ingested<'s, E: Clone + 'static> {
+    /// Valid, not too late, first copies only.
+    pub events: VecCollection<'s, Tick, Timed<E>>,
+    pub invalid: Stream<'s, Tick, Vec<InvalidRecord>>,
+    /// Once every worker's source finished (`exit_at_end`): the largest stream time reached.
+    pub final_tick: Rc<Cell<Option<Tick>>>,
+}
+
+/// Reads a worker's source into the dataflow.
+///
+/// Stream time `S` is the largest event time read so far. A batch goes in at `S` after
+/// the batch; once the source has caught up, the tick closes (the capability moves to
+/// `S + 1`), so a later batch that does not raise `S` goes in at `S + 1`. When every
+/// partition is idle, `S` follows the wall clock (not with `exit_at_end`).
+pub fn ingest<'s, E, D>(
+    scope: Scope<'s, Tick>,
+    mut records: Box<dyn RecordSource>,
+    decode: D,
+    horizon: Window,
+    opts: IngestOptions,
+    counters: Arc<Counters>,
+) -> Ingested<'s, E>
+where
+    E: timely::ExchangeData + differential_dataflow::Data,
+    D: Fn(&RecordRef<'_>) -> Result<Timed<E>, DecodeError> + 'static,
+{
+    let final_tick: Rc<Cell<Option<Tick>>> = Rc::new(Cell::new(None));
+    let final_seen = final_tick.clone();
+    let peers = scope.peers();
+    let ingest_opts = opts.clone();
+    let ingest_counters = counters.clone();
+    let stream = source::<_, CapacityContainerBuilder<Vec<Ingest<E>>>, _, _>(scope, "Ingest", move |cap, info| {
+        let opts = ingest_opts;
+        let counters = ingest_counters;
+        let activator = scope.activator_for(info.address.clone());
+        let mut cap = Some(cap);
+        let mut stream_time: Tick = 0;
+        let mut finished = false;
+        let mut events: Vec<Timed<E>> = Vec::new();
+        let mut invalid: Vec<InvalidRecord> = Vec::new();
+        move |output| {
+            let Some(held) = cap.as_mut() else { return };
+            if finished {
+                match final_seen.get() {
+                    Some(t) if *held.time() <= t => held.downgrade(&(t + 1)),
+                    Some(_) => {}
+                    None => activator.activate_after(Duration::from_millis(1)),
+                }
+                return;
+            }
+            let now = records.now_ms();
+            let mut consumed = 0u64;
+            let poll = records.poll(opts.batch_max, &mut |rec| {
+                consumed += 1;
+                let decoded = if rec.payload.len() > opts.max_message_bytes {
+                    Err(DecodeError::new(
+                        ErrorKind::Oversized,
+                        format!("{} bytes exceed max_message_bytes = {}", rec.payload.len(), opts.max_message_bytes),
+                    ))
+                } else {
+                    decode(&rec).and_then(|ev| {
+                        if ev.ts > now + opts.max_future_skew_ms {
+                            Err(DecodeError::new(
+                                ErrorKind::Range,
+                                format!("ts {} is more than max_future_skew_ms = {} ahead of the clock ({now})", ev.ts, opts.max_future_skew_ms),
+                            ))
+                        } else {
+                            Ok(ev)
+                        }
+                    })
+                };
+                match decoded {
+                    Ok(ev) => events.push(ev),
+                    Err(e) => {
+                        Counters::add(counters.invalid(&e.kind), 1);
+                        invalid.push(InvalidRecord::new(&rec, e));
+                    }
+                }
+            });
+            Counters::add(&counters.consumed, consumed);
+            if !invalid.is_empty() {
+                output.session(&*held).give_iterator(invalid.drain(..).map(Ingest::Invalid));
+            }
+            if !events.is_empty() {
+                let max_ts = events.iter().map(|e| e.ts).max().unwrap_or(0);
+                let tick = stream_time.max(max_ts).max(*held.time());
+                stream_time = tick;
+                held.downgrade(&tick);
+                let mut too_late = 0;
+                output.session(&*held).give_iterator(
+                    events
+                        .drain(..)
+                        .filter(|e| {
+                            let live = horizon.live_at(e.ts, tick);
+                            too_late += u64::from(!live);
+                            live
+                        })
+                        .map(|e| Ingest::Event(e, tick)),
+                );
+                Counters::add(&counters.too_late, too_late);
+                records.inserted(tick);
+            }
+            match poll {
+                Poll::Busy => activator.activate(),
+                Poll::Caught { idle } => {
+                    if idle && !opts.exit_at_end {
+                        stream_time = stream_time.max(now);
+                    }
+                    if *held.time() <= stream_time {
+                        held.downgrade(&(stream_time + 1));
+                    }
+                    activator.activate_after(opts.poll_interval);
+                }
+                Poll::Finished => {
+                    if opts.exit_at_end {
+                        finished = true;
+                        output
+                            .session(&*held)
+                            .give_iterator((0..peers).map(|to| Ingest::End { to, at: stream_time }));
+                        activator.activate_after(Duration::from_millis(1));
+                    } else {
+                        cap = None;
+                    }
+                }
+            }
+        }
+    });
+
+    type Split<'s, D> = Stream<'s, Tick, Vec<D>>;
+    let (events, rest): (Split<(Timed<E>, Tick, isize)>, Split<Ingest<E>>) = stream.ok_err(|x| match x {
+        Ingest::Event(e, t) => Ok((e, t, 1isize)),
+        other => Err(other),
+    });
+    let (invalid, ends): (Split<InvalidRecord>, Split<(usize, Tick)>) = rest.ok_err(|x| match x {
+        Ingest::Invalid(r) => Ok(r),
+        Ingest::End { to, at } => Err((to, at)),
+        Ingest::Event(..) => unreachable!("events were split off"),
+    });
+    agree_on_final_tick(ends, peers, final_tick.clone());
+    let events = dedup(events, opts.dedup_horizon_ms, counters);
+    Ingested { events: events.as_collection(), invalid, final_tick }
+}
+
+/// Collects every worker's end report; the final tick is the largest stream time reached.
+fn agree_on_final_tick<'s>(ends: Stream<'s, Tick, Vec<(usize, Tick)>>, peers: usize, out: Rc<Cell<Option<Tick>>>) {
+    let mut reports = Vec::new();
+    ends.sink(Exchange::new(|(to, _): &(usize, Tick)| *to as u64), "AgreeOnFinalTick", move |(input, _)| {
+        input.for_each(|_, data| reports.extend(data.drain(..).map(|(_, at)| at)));
+        if reports.len() == peers && out.get().is_none() {
+            out.set(reports.iter().copied().max());
+        }
+    });
+}
+
+/// Drops repeated event ids seen within `horizon` ticks of the first copy.
+///
+/// An id is forgotten once the input frontier is more than `horizon` past its first copy:
+/// any later copy is then outside the horizon anyway. (Eviction by the largest time seen
+/// would be wrong: workers' stream times differ, and a lagging worker still sends copies.)
+fn dedup<'s, E>(
+    events: Stream<'s, Tick, Vec<(Timed<E>, Tick, isize)>>,
+    horizon: u64,
+    counters: Arc<Counters>,
+) -> Stream<'s, Tick, Vec<(Timed<E>, Tick, isize)>>
+where
+    E: timely::ExchangeData,
+{
+    let mut seen: HashMap<EventId, Tick> = HashMap::new();
+    let mut order: VecDeque<(Tick, EventId)> = VecDeque::new();
+    let pact = Exchange::new(|(e, _, _): &(Timed<E>, Tick, isize)| e.id.0 as u64);
+    events.unary_frontier(pact, "Dedup", move |_, _| {
+        move |(input, frontier), output| {
+            input.for_each(|cap, data| {
+                let (mut dups, mut kept) = (0, 0);
+                let mut session = output.session(&cap);
+                for (ev, t, r) in data.drain(..) {
+                    match seen.get(&ev.id) {
+                        Some(&first) if t.saturating_sub(first) <= horizon => dups += 1,
+                        _ => {
+                            seen.insert(ev.id, t);
+                            order.push_back((t, ev.id));
+                            kept += 1;
+                            session.give((ev, t, r));
+                        }
+                    }
+                }
+                Counters::add(&counters.duplicates, dups);
+                Counters::add(&counters.accepted, kept);
+            });
+            let complete = frontier.frontier().iter().next().copied().unwrap_or(Tick::MAX);
+            while let Some(&(t, id)) = order.front() {
+                if t.saturating_add(horizon) >= complete {
+                    break;
+                }
+                order.pop_front();
+                if seen.get(&id) == Some(&t) {
+                    seen.remove(&id);
+                }
+            }
+        }
+    })
+}

@@ -1,0 +1,110 @@
+//! What a source hands the dataflow: borrowed records, and what becomes of the invalid ones.
+//!
+//! The runtime implements [`RecordSource`] over Kafka, files or a generator; the dataflow
+//! only sees records, never connections.
+
+use serde::{Deserialize, Serialize};
+
+use crate::time::Tick;
+
+/// One source record, borrowed from the source's buffer for the duration of a decode.
+#[derive(Clone, Copy, Debug)]
+pub struct RecordRef<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    /// The broker's append timestamp (epoch ms), used for freshness.
+    pub append_ms: i64,
+    pub key: Option<&'a [u8]>,
+    pub payload: &'a [u8],
+}
+
+/// How a poll ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Poll {
+    /// Records may follow right away.
+    Busy,
+    /// Nothing arrived; `idle` when every assigned partition has been quiet for the idle timeout.
+    Caught { idle: bool },
+    /// Every partition reached the end offsets fixed at start (`--exit-at-end`).
+    Finished,
+}
+
+/// A source of records for one worker.
+pub trait RecordSource {
+    /// Hands at most `max` records to `visit`, in order per partition.
+    fn poll(&mut self, max: usize, visit: &mut dyn FnMut(RecordRef<'_>)) -> Poll;
+    /// The records handed out so far went into the dataflow at `tick`.
+    fn inserted(&mut self, _tick: Tick) {}
+    /// Wall-clock time in epoch ms (a fixed clock in tests).
+    fn now_ms(&self) -> u64;
+}
+
+/// Why a record was rejected.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// Not JSON, or not an object.
+    Json,
+    /// A required field is absent or null.
+    MissingField,
+    /// A field has the wrong type (including NaN/Infinity where a number is required).
+    WrongType,
+    /// A value out of its range, e.g. a timestamp beyond the allowed future skew.
+    Range,
+    /// An `event_type` this dataflow does not know.
+    UnknownType,
+    /// Larger than `max_message_bytes`.
+    Oversized,
+}
+
+impl ErrorKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ErrorKind::Json => "json",
+            ErrorKind::MissingField => "missing_field",
+            ErrorKind::WrongType => "wrong_type",
+            ErrorKind::Range => "range",
+            ErrorKind::UnknownType => "unknown_type",
+            ErrorKind::Oversized => "oversized",
+        }
+    }
+}
+
+/// A decode failure: the kind and a message naming the field.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DecodeError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl DecodeError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        DecodeError { kind, message: message.into() }
+    }
+}
+
+/// An invalid record with its source coordinates, bound for the DLQ.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct InvalidRecord {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub append_ms: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub error: DecodeError,
+}
+
+impl InvalidRecord {
+    pub fn new(r: &RecordRef<'_>, error: DecodeError) -> Self {
+        InvalidRecord {
+            topic: r.topic.to_string(),
+            partition: r.partition,
+            offset: r.offset,
+            append_ms: r.append_ms,
+            key: r.key.map(|k| k.to_vec()),
+            payload: r.payload.to_vec(),
+            error,
+        }
+    }
+}

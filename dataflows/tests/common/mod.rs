@@ -1,0 +1,79 @@
+//! Running a family's dataflow on in-memory batches, on one or more workers.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use tidemark_dataflows::counters::Counters;
+use tidemark_dataflows::features::{apply_changes, feature_changes, SinkEvent, TickChanges, Value};
+use tidemark_dataflows::ingest::IngestOptions;
+use tidemark_dataflows::record::{Poll, RecordRef, RecordSource};
+use tidemark_dataflows::Tick;
+
+/// Hands out one batch per poll, then reports being caught up; finished when empty.
+pub struct VecSource {
+    pub batches: VecDeque<Vec<Vec<u8>>>,
+    pub now_ms: u64,
+    pub offset: i64,
+}
+
+impl RecordSource for VecSource {
+    fn poll(&mut self, _max: usize, visit: &mut dyn FnMut(RecordRef<'_>)) -> Poll {
+        let Some(batch) = self.batches.pop_front() else { return Poll::Finished };
+        for payload in &batch {
+            self.offset += 1;
+            visit(RecordRef { topic: "t", partition: 0, offset: self.offset, append_ms: 0, key: None, payload });
+        }
+        Poll::Caught { idle: false }
+    }
+    fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+}
+
+pub type State = BTreeMap<(u8, Vec<String>), Vec<Value>>;
+
+/// Runs family `name` with worker `w` reading `per_worker[w]`; returns every tick's changes
+/// (all workers) in tick order, and the counters.
+pub fn run(
+    name: &'static str,
+    per_worker: Vec<Vec<Vec<Vec<u8>>>>,
+    now_ms: u64,
+    opts: IngestOptions,
+) -> (Vec<TickChanges>, Arc<Counters>) {
+    let workers = per_worker.len();
+    let seen: Arc<Mutex<Vec<TickChanges>>> = Arc::default();
+    let counters: Arc<Counters> = Arc::default();
+    let input = Arc::new(per_worker);
+    let (out, c) = (seen.clone(), counters.clone());
+    timely::execute(timely::Config::process(workers), move |worker| {
+        let family = tidemark_dataflows::family(name, None).expect("a registered family");
+        let source = VecSource { batches: input[worker.index()].clone().into(), now_ms, offset: 0 };
+        let out = out.clone();
+        worker.dataflow::<Tick, _, _>(|scope| {
+            let installed = family.install(scope, Box::new(source), opts.clone(), c.clone());
+            feature_changes(installed.features, move |e| {
+                if let SinkEvent::Changes(t) = e {
+                    out.lock().unwrap().push(t);
+                }
+            });
+        });
+    })
+    .expect("timely starts")
+    .join()
+    .into_iter()
+    .for_each(|r| r.expect("worker ran"));
+    let mut all = std::mem::take(&mut *seen.lock().unwrap());
+    all.sort_by_key(|t| t.tick);
+    (all, counters)
+}
+
+/// The sink's view after applying every change up to and including `tick`.
+pub fn state_at(changes: &[TickChanges], tick: Tick) -> State {
+    let mut state = State::new();
+    for t in changes.iter().filter(|t| t.tick <= tick) {
+        apply_changes(&mut state, t);
+    }
+    state
+}
