@@ -1,1 +1,349 @@
-fn main(){}
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tidemark::config::Config;
+use tidemark::engine::{self, timely_config, RunOptions, Shared, SourceKind};
+use tidemark::kafka::{now_ms, Sender};
+use tidemark::store::memory::MemoryState;
+use tidemark::{bench, http};
+use tidemark_dataflows::features::Value;
+use tidemark_dataflows::GenerateSpec;
+
+/// Tidemark: a real-time feature engine on timely/differential dataflow.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, global = true, value_parser = ["text", "json"], default_value = "text")]
+    log_format: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Built-in traffic → dataflow → embedded store, with the read API and a live summary.
+    Demo(DemoArgs),
+    /// Synthetic traffic for a dataflow, to a JSON-lines file or a Kafka topic.
+    Generate(GenerateArgs),
+    /// Consume Kafka, maintain features, write Redis and Postgres.
+    Run(RunArgs),
+    /// Benchmarks (see README).
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    #[arg(long, default_value = "search")]
+    dataflow: String,
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Events per second.
+    #[arg(long, default_value_t = 2_000)]
+    rate: u64,
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http: String,
+    /// Stop after this many seconds (default: run until interrupted).
+    #[arg(long)]
+    seconds: Option<u64>,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[arg(long, default_value = "search")]
+    dataflow: String,
+    #[arg(long, default_value_t = 10_000)]
+    events: u64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Events per second of event time.
+    #[arg(long, default_value_t = 1_000)]
+    rate: u64,
+    /// Event time of the first event, epoch ms (default 2026-01-01T00:00:00Z).
+    #[arg(long)]
+    start_ms: Option<u64>,
+    #[arg(long, default_value_t = 0.01)]
+    duplicates: f64,
+    #[arg(long, default_value_t = 0.02)]
+    disorder: f64,
+    #[arg(long, default_value_t = 0.0)]
+    invalid: f64,
+    /// Write JSON lines here…
+    #[arg(long, conflicts_with = "topic", required_unless_present = "topic")]
+    out: Option<PathBuf>,
+    /// …or produce to this Kafka topic (brokers from TIDEMARK_KAFKA).
+    #[arg(long)]
+    topic: Option<String>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// TOML config file (lowest precedence; then TIDEMARK_… env; then these flags).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    dataflow: Option<String>,
+    #[arg(long)]
+    job: Option<String>,
+    /// Topic(s) to read instead of the dataflow's own.
+    #[arg(long = "topic")]
+    topics: Vec<String>,
+    #[arg(long)]
+    group_id: Option<String>,
+    /// Where a group without committed offsets starts: earliest or latest.
+    #[arg(long)]
+    from: Option<String>,
+    /// Consume up to the end offsets seen at start, write everything, commit and exit.
+    #[arg(long)]
+    exit_at_end: bool,
+    /// Worker threads per process.
+    #[arg(long, short = 'w')]
+    workers: Option<usize>,
+    #[arg(long)]
+    http: Option<String>,
+    /// Timely cluster: number of processes…
+    #[arg(long, default_value_t = 1)]
+    processes: usize,
+    /// …this process's index…
+    #[arg(long, default_value_t = 0)]
+    process: usize,
+    /// …and a file of `host:port` lines, one per process (default 127.0.0.1:2101+i).
+    #[arg(long)]
+    hostfile: Option<PathBuf>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,postgres=warn,tokio_postgres=warn".into());
+    if cli.log_format == "json" {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let result = match cli.command {
+        Command::Demo(a) => demo(a),
+        Command::Generate(a) => generate(a),
+        Command::Run(a) => run(a),
+        Command::Bench(a) => bench::bench(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(a: RunArgs) -> anyhow::Result<()> {
+    let mut flags = serde_json::Map::new();
+    let mut kafka = serde_json::Map::new();
+    if let Some(d) = a.dataflow {
+        flags.insert("dataflow".into(), d.into());
+    }
+    if let Some(j) = a.job {
+        flags.insert("job".into(), j.into());
+    }
+    if let Some(w) = a.workers {
+        flags.insert("workers".into(), w.into());
+    }
+    if let Some(h) = a.http {
+        flags.insert("http".into(), h.into());
+    }
+    if !a.topics.is_empty() {
+        kafka.insert("topics".into(), a.topics.into());
+    }
+    if let Some(g) = a.group_id {
+        kafka.insert("group_id".into(), g.into());
+    }
+    if let Some(f) = a.from {
+        kafka.insert("from".into(), f.into());
+    }
+    if !kafka.is_empty() {
+        flags.insert("kafka".into(), kafka.into());
+    }
+    let config = Config::load(a.config.as_deref(), flags.into())?;
+    tracing::info!(config = %config.redacted(), "effective configuration");
+    let timely = timely_config(config.workers, a.processes, a.process, a.hostfile.as_ref())?;
+    if let Some(addr) = &config.http {
+        let backend = match &config.redis.url {
+            Some(url) => http::Backend::Redis(redis::Client::open(url.as_str())?),
+            None => anyhow::bail!("--http needs redis.url (TIDEMARK_REDIS) to read features from"),
+        };
+        let bound = http::serve(addr, engine::family_of(&config)?, backend)?;
+        tracing::info!(%bound, "read API listening");
+    }
+    let shared = Arc::new(Shared::default());
+    let opts = RunOptions {
+        config,
+        exit_at_end: a.exit_at_end,
+        timely,
+        source: SourceKind::Kafka,
+        memory: None,
+        measure_freshness: false,
+    };
+    let final_tick = engine::run(opts, shared.clone())?;
+    let c = &shared.counters;
+    tracing::info!(
+        final_tick,
+        consumed = c.consumed.load(Relaxed),
+        accepted = c.accepted.load(Relaxed),
+        duplicates = c.duplicates.load(Relaxed),
+        too_late = c.too_late.load(Relaxed),
+        invalid = c.invalid_total(),
+        "stopped"
+    );
+    Ok(())
+}
+
+fn generate(a: GenerateArgs) -> anyhow::Result<()> {
+    let family = tidemark_dataflows::family(&a.dataflow, None).map_err(|e| anyhow::anyhow!(e))?;
+    let spec = GenerateSpec {
+        events: a.events,
+        seed: a.seed,
+        start_ms: a.start_ms.unwrap_or(GenerateSpec::default().start_ms),
+        rate: a.rate,
+        duplicate_share: a.duplicates,
+        disorder_share: a.disorder,
+        invalid_share: a.invalid,
+    };
+    let mut n = 0u64;
+    if let Some(path) = a.out {
+        let mut out = std::io::BufWriter::new(
+            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?,
+        );
+        for p in family.generate(&spec) {
+            out.write_all(&p.payload)?;
+            out.write_all(b"\n")?;
+            n += 1;
+        }
+        out.flush()?;
+    } else if let Some(topic) = a.topic {
+        let brokers = std::env::var("TIDEMARK_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into());
+        let sender = Sender::new(&brokers)?;
+        for p in family.generate(&spec) {
+            sender.send(
+                &topic,
+                p.key.as_deref().map(str::as_bytes),
+                &p.payload,
+                None,
+            );
+            n += 1;
+        }
+        sender.flush()?;
+    }
+    eprintln!("generated {n} records");
+    Ok(())
+}
+
+fn demo(a: DemoArgs) -> anyhow::Result<()> {
+    let config = Config {
+        dataflow: a.dataflow.clone(),
+        workers: a.workers,
+        ..Config::default()
+    };
+    let family = engine::family_of(&config)?;
+    let memory = Arc::new(std::sync::RwLock::new(MemoryState::default()));
+    let bound = http::serve(
+        &a.http,
+        engine::family_of(&config)?,
+        http::Backend::Memory(memory.clone()),
+    )?;
+    let tables = family.tables();
+    let spec = GenerateSpec {
+        events: u64::MAX,
+        start_ms: now_ms(),
+        rate: a.rate,
+        seed: now_ms(),
+        invalid_share: 0.001,
+        ..Default::default()
+    };
+    let shared = Arc::new(Shared::default());
+    let opts = RunOptions {
+        config,
+        exit_at_end: false,
+        timely: timely_config(a.workers, 1, 0, None)?,
+        source: SourceKind::Generator {
+            spec,
+            pace: Some(a.rate),
+        },
+        memory: Some(memory.clone()),
+        measure_freshness: false,
+    };
+    println!(
+        "Tidemark demo: {} dataflow, {} workers, {} events/s, embedded store",
+        a.dataflow, a.workers, a.rate
+    );
+    println!("read API: curl http://{bound}/features/doc/doc-0   (Ctrl-C to stop)");
+    let s = shared.clone();
+    let runner = std::thread::spawn(move || engine::run(opts, s));
+    let started = std::time::Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_secs(2));
+        let c = &shared.counters;
+        let state = memory.read().expect("memory store lock");
+        let mut top: Vec<(&Vec<String>, i64, f64)> = state
+            .entities
+            .iter()
+            .filter(|((t, _), _)| *t == 0)
+            .filter_map(|((_, k), (v, _))| match (&v[2], &v[4]) {
+                (Value::Int(clicks), ctr) => Some((k, *clicks, ctr.as_f64().unwrap_or(0.0))),
+                _ => None,
+            })
+            .collect();
+        top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        let per_table: Vec<String> = tables
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                format!(
+                    "{}={}",
+                    t.ns,
+                    state
+                        .entities
+                        .keys()
+                        .filter(|(x, _)| *x as usize == i)
+                        .count()
+                )
+            })
+            .collect();
+        println!(
+            "[{:>4}s] consumed {} accepted {} duplicates {} too-late {} invalid {} | entities {} | frontier {:?}",
+            started.elapsed().as_secs(),
+            c.consumed.load(Relaxed),
+            c.accepted.load(Relaxed),
+            c.duplicates.load(Relaxed),
+            c.too_late.load(Relaxed),
+            c.invalid_total(),
+            per_table.join(" "),
+            state.frontier(a.workers),
+        );
+        if a.dataflow == "search" {
+            let line: Vec<String> = top
+                .iter()
+                .take(3)
+                .map(|(k, clicks, ctr)| format!("{} clicks_7d={clicks} ctr_doc={ctr:.3}", k[0]))
+                .collect();
+            println!("        top docs: {}", line.join(" | "));
+        }
+        drop(state);
+        if a.seconds.is_some_and(|s| started.elapsed().as_secs() >= s) || runner.is_finished() {
+            shared.stop.store(true, Relaxed);
+            break;
+        }
+    }
+    runner
+        .join()
+        .map_err(|_| anyhow::anyhow!("the engine panicked"))??;
+    Ok(())
+}

@@ -76,9 +76,21 @@ pub trait Dataflow: Send + Sync + 'static {
     fn horizon(&self) -> Window;
     fn decode(&self, record: &RecordRef<'_>) -> Result<Timed<Self::Event>, DecodeError>;
     /// The features, one row per entity, partitioned by entity (e.g. `reduce` output).
-    fn build<'s>(&self, events: VecCollection<'s, Tick, Timed<Self::Event>>) -> VecCollection<'s, Tick, FeatureRow>;
+    fn build<'s>(
+        &self,
+        events: VecCollection<'s, Tick, Timed<Self::Event>>,
+    ) -> VecCollection<'s, Tick, FeatureRow>;
     /// Realistic synthetic traffic, deterministic per seed.
     fn generate(&self, spec: &GenerateSpec) -> Box<dyn Iterator<Item = Produced> + Send>;
+    /// Adds the features a reader computes at read time (e.g. decayed values at `now_ms`)
+    /// to an entity's stored fields.
+    fn at_read(
+        &self,
+        _table: &str,
+        _fields: &mut serde_json::Map<String, serde_json::Value>,
+        _now_ms: u64,
+    ) {
+    }
 }
 
 /// What a family installed in one worker's dataflow.
@@ -96,6 +108,12 @@ pub trait Family: Send + Sync {
     fn horizon(&self) -> Window;
     fn config_json(&self) -> serde_json::Value;
     fn generate(&self, spec: &GenerateSpec) -> Box<dyn Iterator<Item = Produced> + Send>;
+    fn at_read(
+        &self,
+        table: &str,
+        fields: &mut serde_json::Map<String, serde_json::Value>,
+        now_ms: u64,
+    );
     fn install<'s>(
         &self,
         scope: Scope<'s, Tick>,
@@ -124,6 +142,14 @@ impl<D: Dataflow + Clone> Family for D {
     fn generate(&self, spec: &GenerateSpec) -> Box<dyn Iterator<Item = Produced> + Send> {
         Dataflow::generate(self, spec)
     }
+    fn at_read(
+        &self,
+        table: &str,
+        fields: &mut serde_json::Map<String, serde_json::Value>,
+        now_ms: u64,
+    ) {
+        Dataflow::at_read(self, table, fields, now_ms)
+    }
     fn install<'s>(
         &self,
         scope: Scope<'s, Tick>,
@@ -133,7 +159,14 @@ impl<D: Dataflow + Clone> Family for D {
     ) -> Installed<'s> {
         let this = self.clone();
         let decode = move |r: &RecordRef<'_>| this.decode(r);
-        let ingested = ingest(scope, source, decode, Dataflow::horizon(self), opts, counters);
+        let ingested = ingest(
+            scope,
+            source,
+            decode,
+            Dataflow::horizon(self),
+            opts,
+            counters,
+        );
         Installed {
             features: self.build(ingested.events),
             invalid: ingested.invalid,
@@ -145,16 +178,23 @@ impl<D: Dataflow + Clone> Family for D {
 /// Builds a family from its config section (`None` = defaults).
 pub type Constructor = fn(Option<serde_json::Value>) -> Result<Box<dyn Family>, String>;
 
-fn construct<D: Dataflow + Clone>(section: Option<serde_json::Value>) -> Result<Box<dyn Family>, String> {
+fn construct<D: Dataflow + Clone>(
+    section: Option<serde_json::Value>,
+) -> Result<Box<dyn Family>, String> {
     let config = match section {
         None => D::Config::default(),
-        Some(v) => serde_json::from_value(v).map_err(|e| format!("[dataflows.{}]: {e}", D::NAME))?,
+        Some(v) => {
+            serde_json::from_value(v).map_err(|e| format!("[dataflows.{}]: {e}", D::NAME))?
+        }
     };
     Ok(Box::new(D::new(config)))
 }
 
 /// Every family the engine knows: adding one is one line here.
-pub const REGISTRY: &[(&str, Constructor)] = &[(crate::search::Search::NAME, construct::<crate::search::Search>)];
+pub const REGISTRY: &[(&str, Constructor)] = &[(
+    crate::search::Search::NAME,
+    construct::<crate::search::Search>,
+)];
 
 /// Looks a family up by name.
 pub fn family(name: &str, section: Option<serde_json::Value>) -> Result<Box<dyn Family>, String> {
@@ -162,7 +202,11 @@ pub fn family(name: &str, section: Option<serde_json::Value>) -> Result<Box<dyn 
         Some((_, make)) => make(section),
         None => Err(format!(
             "unknown dataflow '{name}': known dataflows are {}",
-            REGISTRY.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+            REGISTRY
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", ")
         )),
     }
 }

@@ -55,10 +55,16 @@ pub struct FieldSpec {
 }
 
 pub const fn int(name: &'static str) -> FieldSpec {
-    FieldSpec { name, ty: FieldType::Int }
+    FieldSpec {
+        name,
+        ty: FieldType::Int,
+    }
 }
 pub const fn float(name: &'static str) -> FieldSpec {
-    FieldSpec { name, ty: FieldType::Float }
+    FieldSpec {
+        name,
+        ty: FieldType::Float,
+    }
 }
 
 /// A feature view: Redis hashes `feat:{ns}:{key…}` and the Postgres table `feat_{ns}`.
@@ -114,6 +120,37 @@ pub enum SinkEvent {
     Progress(Tick),
 }
 
+/// A worker's feature updates, grouped by tick until the tick completes.
+#[derive(Default)]
+pub struct ChangeBuffer {
+    pending: BTreeMap<Tick, Vec<(FeatureRow, isize)>>,
+}
+
+impl ChangeBuffer {
+    pub fn push(&mut self, updates: &mut Vec<(FeatureRow, Tick, isize)>) {
+        for (row, t, r) in updates.drain(..) {
+            self.pending.entry(t).or_default().push((row, r));
+        }
+    }
+    /// The changes of every tick before `upto` (all of them when `None`), in tick order;
+    /// ticks whose updates cancel out are left out.
+    pub fn complete(&mut self, upto: Option<Tick>) -> Vec<TickChanges> {
+        let mut out = Vec::new();
+        while let Some(entry) = self.pending.first_entry() {
+            if upto.is_some_and(|f| f <= *entry.key()) {
+                break;
+            }
+            let (tick, mut updates) = entry.remove_entry();
+            differential_dataflow::consolidation::consolidate(&mut updates);
+            let changes = changes_of(updates);
+            if !changes.is_empty() {
+                out.push(TickChanges { tick, changes });
+            }
+        }
+        out
+    }
+}
+
 /// Groups a worker's feature updates by completed tick and turns each entity's
 /// `{-old, +new}` into one change naming only the fields that differ.
 ///
@@ -123,38 +160,28 @@ pub fn feature_changes<'s, F>(rows: VecCollection<'s, Tick, FeatureRow>, mut emi
 where
     F: FnMut(SinkEvent) + 'static,
 {
-    let mut pending: BTreeMap<Tick, Vec<(FeatureRow, isize)>> = BTreeMap::new();
+    let mut buffer = ChangeBuffer::default();
     let mut reported: Tick = 0;
-    rows.inner.sink(Pipeline, "FeatureChanges", move |(input, frontier)| {
-        input.for_each(|_cap, updates| {
-            for (row, t, r) in updates.drain(..) {
-                pending.entry(t).or_default().push((row, r));
+    rows.inner
+        .sink(Pipeline, "FeatureChanges", move |(input, frontier)| {
+            input.for_each(|_cap, updates| buffer.push(updates));
+            let upto = frontier.frontier().iter().next().copied();
+            for tick in buffer.complete(upto) {
+                emit(SinkEvent::Changes(tick));
+            }
+            if let Some(f) = upto {
+                if f > reported {
+                    reported = f;
+                    emit(SinkEvent::Progress(f));
+                }
             }
         });
-        let upto = frontier.frontier().iter().next().copied();
-        while let Some(entry) = pending.first_entry() {
-            if upto.is_some_and(|f| f <= *entry.key()) {
-                break;
-            }
-            let (tick, mut updates) = entry.remove_entry();
-            differential_dataflow::consolidation::consolidate(&mut updates);
-            let changes = changes_of(updates);
-            if !changes.is_empty() {
-                emit(SinkEvent::Changes(TickChanges { tick, changes }));
-            }
-        }
-        if let Some(f) = upto {
-            if f > reported {
-                reported = f;
-                emit(SinkEvent::Progress(f));
-            }
-        }
-    });
 }
 
 /// Pairs the retraction and insertion of each entity in one tick's consolidated updates.
 fn changes_of(updates: Vec<(FeatureRow, isize)>) -> Vec<EntityChange> {
-    let mut by_key: BTreeMap<(u8, Vec<String>), (Option<Vec<Value>>, Option<Vec<Value>>)> = BTreeMap::new();
+    let mut by_key: BTreeMap<(u8, Vec<String>), (Option<Vec<Value>>, Option<Vec<Value>>)> =
+        BTreeMap::new();
     for (row, r) in updates {
         let slot = by_key.entry((row.table, row.key)).or_default();
         match r {
@@ -171,7 +198,12 @@ fn changes_of(updates: Vec<(FeatureRow, isize)>) -> Vec<EntityChange> {
                 (None, Some(a)) => (0..a.len()).collect(),
                 (_, None) => Vec::new(),
             };
-            EntityChange { table, key, after, changed }
+            EntityChange {
+                table,
+                key,
+                after,
+                changed,
+            }
         })
         .collect()
 }

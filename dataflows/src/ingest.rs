@@ -71,7 +71,10 @@ enum Ingest<E> {
     Event(Timed<E>, Tick),
     Invalid(InvalidRecord),
     /// A worker's source finished at this stream time; addressed to worker `to`.
-    End { to: usize, at: Tick },
+    End {
+        to: usize,
+        at: Tick,
+    },
 }
 
 /// The result of ingesting one worker's source.
@@ -106,28 +109,34 @@ where
     let peers = scope.peers();
     let ingest_opts = opts.clone();
     let ingest_counters = counters.clone();
-    let stream = source::<_, CapacityContainerBuilder<Vec<Ingest<E>>>, _, _>(scope, "Ingest", move |cap, info| {
-        let opts = ingest_opts;
-        let counters = ingest_counters;
-        let activator = scope.activator_for(info.address.clone());
-        let mut cap = Some(cap);
-        let mut stream_time: Tick = 0;
-        let mut finished = false;
-        let mut events: Vec<Timed<E>> = Vec::new();
-        let mut invalid: Vec<InvalidRecord> = Vec::new();
-        move |output| {
-            let Some(held) = cap.as_mut() else { return };
-            if finished {
-                match final_seen.get() {
-                    Some(t) if *held.time() <= t => held.downgrade(&(t + 1)),
-                    Some(_) => {}
-                    None => activator.activate_after(Duration::from_millis(1)),
+    let stream = source::<_, CapacityContainerBuilder<Vec<Ingest<E>>>, _, _>(
+        scope,
+        "Ingest",
+        move |cap, info| {
+            let opts = ingest_opts;
+            let counters = ingest_counters;
+            let activator = scope.activator_for(info.address.clone());
+            let mut cap = Some(cap);
+            let mut stream_time: Tick = 0;
+            let mut finished = false;
+            let mut events: Vec<Timed<E>> = Vec::new();
+            let mut invalid: Vec<InvalidRecord> = Vec::new();
+            move |output| {
+                let Some(held) = cap.as_mut() else { return };
+                records.tend();
+                if finished {
+                    // hold time just past the agreed final tick: closing would expire every window
+                    if let Some(t) = final_seen.get() {
+                        if *held.time() <= t {
+                            held.downgrade(&(t + 1));
+                        }
+                    }
+                    activator.activate_after(Duration::from_millis(2));
+                    return;
                 }
-                return;
-            }
-            let now = records.now_ms();
-            let mut consumed = 0u64;
-            let poll = records.poll(opts.batch_max, &mut |rec| {
+                let now = records.now_ms();
+                let mut consumed = 0u64;
+                let poll = records.poll(opts.batch_max, &mut |rec| {
                 consumed += 1;
                 let decoded = if rec.payload.len() > opts.max_message_bytes {
                     Err(DecodeError::new(
@@ -154,60 +163,67 @@ where
                     }
                 }
             });
-            Counters::add(&counters.consumed, consumed);
-            if !invalid.is_empty() {
-                output.session(&*held).give_iterator(invalid.drain(..).map(Ingest::Invalid));
-            }
-            if !events.is_empty() {
-                let max_ts = events.iter().map(|e| e.ts).max().unwrap_or(0);
-                let tick = stream_time.max(max_ts).max(*held.time());
-                stream_time = tick;
-                held.downgrade(&tick);
-                let mut too_late = 0;
-                output.session(&*held).give_iterator(
-                    events
-                        .drain(..)
-                        .filter(|e| {
-                            let live = horizon.live_at(e.ts, tick);
-                            too_late += u64::from(!live);
-                            live
-                        })
-                        .map(|e| Ingest::Event(e, tick)),
-                );
-                Counters::add(&counters.too_late, too_late);
-                records.inserted(tick);
-            }
-            match poll {
-                Poll::Busy => activator.activate(),
-                Poll::Caught { idle } => {
-                    if idle && !opts.exit_at_end {
-                        stream_time = stream_time.max(now);
-                    }
-                    if *held.time() <= stream_time {
-                        held.downgrade(&(stream_time + 1));
-                    }
-                    activator.activate_after(opts.poll_interval);
+                Counters::add(&counters.consumed, consumed);
+                if !invalid.is_empty() {
+                    output
+                        .session(&*held)
+                        .give_iterator(invalid.drain(..).map(Ingest::Invalid));
                 }
-                Poll::Finished => {
-                    if opts.exit_at_end {
-                        finished = true;
-                        output
-                            .session(&*held)
-                            .give_iterator((0..peers).map(|to| Ingest::End { to, at: stream_time }));
-                        activator.activate_after(Duration::from_millis(1));
-                    } else {
-                        cap = None;
+                if !events.is_empty() {
+                    let max_ts = events.iter().map(|e| e.ts).max().unwrap_or(0);
+                    let tick = stream_time.max(max_ts).max(*held.time());
+                    stream_time = tick;
+                    held.downgrade(&tick);
+                    let mut too_late = 0;
+                    output.session(&*held).give_iterator(
+                        events
+                            .drain(..)
+                            .filter(|e| {
+                                let live = horizon.live_at(e.ts, tick);
+                                too_late += u64::from(!live);
+                                live
+                            })
+                            .map(|e| Ingest::Event(e, tick)),
+                    );
+                    Counters::add(&counters.too_late, too_late);
+                    records.inserted(tick);
+                }
+                match poll {
+                    Poll::Busy => activator.activate(),
+                    Poll::Caught { idle } => {
+                        if idle && !opts.exit_at_end {
+                            stream_time = stream_time.max(now);
+                        }
+                        if *held.time() <= stream_time {
+                            held.downgrade(&(stream_time + 1));
+                        }
+                        activator.activate_after(opts.poll_interval);
+                    }
+                    Poll::Finished => {
+                        if opts.exit_at_end {
+                            finished = true;
+                            output.session(&*held).give_iterator((0..peers).map(|to| {
+                                Ingest::End {
+                                    to,
+                                    at: stream_time,
+                                }
+                            }));
+                            activator.activate_after(Duration::from_millis(1));
+                        } else {
+                            cap = None;
+                        }
                     }
                 }
             }
-        }
-    });
+        },
+    );
 
     type Split<'s, D> = Stream<'s, Tick, Vec<D>>;
-    let (events, rest): (Split<(Timed<E>, Tick, isize)>, Split<Ingest<E>>) = stream.ok_err(|x| match x {
-        Ingest::Event(e, t) => Ok((e, t, 1isize)),
-        other => Err(other),
-    });
+    let (events, rest): (Split<(Timed<E>, Tick, isize)>, Split<Ingest<E>>) =
+        stream.ok_err(|x| match x {
+            Ingest::Event(e, t) => Ok((e, t, 1isize)),
+            other => Err(other),
+        });
     let (invalid, ends): (Split<InvalidRecord>, Split<(usize, Tick)>) = rest.ok_err(|x| match x {
         Ingest::Invalid(r) => Ok(r),
         Ingest::End { to, at } => Err((to, at)),
@@ -215,18 +231,30 @@ where
     });
     agree_on_final_tick(ends, peers, final_tick.clone());
     let events = dedup(events, opts.dedup_horizon_ms, counters);
-    Ingested { events: events.as_collection(), invalid, final_tick }
+    Ingested {
+        events: events.as_collection(),
+        invalid,
+        final_tick,
+    }
 }
 
 /// Collects every worker's end report; the final tick is the largest stream time reached.
-fn agree_on_final_tick<'s>(ends: Stream<'s, Tick, Vec<(usize, Tick)>>, peers: usize, out: Rc<Cell<Option<Tick>>>) {
+fn agree_on_final_tick<'s>(
+    ends: Stream<'s, Tick, Vec<(usize, Tick)>>,
+    peers: usize,
+    out: Rc<Cell<Option<Tick>>>,
+) {
     let mut reports = Vec::new();
-    ends.sink(Exchange::new(|(to, _): &(usize, Tick)| *to as u64), "AgreeOnFinalTick", move |(input, _)| {
-        input.for_each(|_, data| reports.extend(data.drain(..).map(|(_, at)| at)));
-        if reports.len() == peers && out.get().is_none() {
-            out.set(reports.iter().copied().max());
-        }
-    });
+    ends.sink(
+        Exchange::new(|(to, _): &(usize, Tick)| *to as u64),
+        "AgreeOnFinalTick",
+        move |(input, _)| {
+            input.for_each(|_, data| reports.extend(data.drain(..).map(|(_, at)| at)));
+            if reports.len() == peers && out.get().is_none() {
+                out.set(reports.iter().copied().max());
+            }
+        },
+    );
 }
 
 /// Drops repeated event ids seen within `horizon` ticks of the first copy.
@@ -264,7 +292,12 @@ where
                 Counters::add(&counters.duplicates, dups);
                 Counters::add(&counters.accepted, kept);
             });
-            let complete = frontier.frontier().iter().next().copied().unwrap_or(Tick::MAX);
+            let complete = frontier
+                .frontier()
+                .iter()
+                .next()
+                .copied()
+                .unwrap_or(Tick::MAX);
             while let Some(&(t, id)) = order.front() {
                 if t.saturating_add(horizon) >= complete {
                     break;

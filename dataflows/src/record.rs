@@ -36,6 +36,9 @@ pub trait RecordSource {
     fn poll(&mut self, max: usize, visit: &mut dyn FnMut(RecordRef<'_>)) -> Poll;
     /// The records handed out so far went into the dataflow at `tick`.
     fn inserted(&mut self, _tick: Tick) {}
+    /// Called on every activation, also after the source finished: time for housekeeping
+    /// such as committing offsets.
+    fn tend(&mut self) {}
     /// Wall-clock time in epoch ms (a fixed clock in tests).
     fn now_ms(&self) -> u64;
 }
@@ -79,7 +82,10 @@ pub struct DecodeError {
 
 impl DecodeError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        DecodeError { kind, message: message.into() }
+        DecodeError {
+            kind,
+            message: message.into(),
+        }
     }
 }
 

@@ -33,13 +33,32 @@ pub struct SessionId(pub String);
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum SearchEvent {
     /// One impression per distinct listed document.
-    Impression { query: QueryHash, docs: Vec<DocId> },
-    Click { session: SessionId, query: QueryHash, doc: DocId },
-    Dwell { doc: DocId, dwell_ms: u64 },
-    AcImpression { prefix: Prefix },
-    AcSelect { session: SessionId, prefix: Prefix },
-    AddToCart { doc: DocId },
-    Purchase { doc: DocId },
+    Impression {
+        query: QueryHash,
+        docs: Vec<DocId>,
+    },
+    Click {
+        session: SessionId,
+        query: QueryHash,
+        doc: DocId,
+    },
+    Dwell {
+        doc: DocId,
+        dwell_ms: u64,
+    },
+    AcImpression {
+        prefix: Prefix,
+    },
+    AcSelect {
+        session: SessionId,
+        prefix: Prefix,
+    },
+    AddToCart {
+        doc: DocId,
+    },
+    Purchase {
+        doc: DocId,
+    },
 }
 
 /// Popularity weight of each kind of interaction.
@@ -54,7 +73,12 @@ pub struct PopularityWeights {
 
 impl Default for PopularityWeights {
     fn default() -> Self {
-        PopularityWeights { click: 1, long_dwell: 2, add_to_cart: 3, purchase: 5 }
+        PopularityWeights {
+            click: 1,
+            long_dwell: 2,
+            add_to_cart: 3,
+            purchase: 5,
+        }
     }
 }
 
@@ -190,7 +214,10 @@ pub mod doc_fields {
 
 impl Search {
     /// What one event adds to which sums, for how long.
-    fn contributions_of(&self, e: &Timed<SearchEvent>) -> Vec<((Entity, Measure), isize, Option<Tick>)> {
+    fn contributions_of(
+        &self,
+        e: &Timed<SearchEvent>,
+    ) -> Vec<((Entity, Measure), isize, Option<Tick>)> {
         use Measure::*;
         let c = &self.config;
         let (d7, d30) = (Some(WINDOW_7D.expiry(e.ts)), Some(WINDOW_30D.expiry(e.ts)));
@@ -198,8 +225,16 @@ impl Search {
         let mut out = Vec::new();
         let popularity = |out: &mut Vec<_>, doc: &DocId, w: u32| {
             if w > 0 {
-                out.push(((Entity::Doc(doc.clone()), Popularity(Span::D7)), w as isize, d7));
-                out.push(((Entity::Doc(doc.clone()), Popularity(Span::D30)), w as isize, d30));
+                out.push((
+                    (Entity::Doc(doc.clone()), Popularity(Span::D7)),
+                    w as isize,
+                    d7,
+                ));
+                out.push((
+                    (Entity::Doc(doc.clone()), Popularity(Span::D30)),
+                    w as isize,
+                    d30,
+                ));
             }
         };
         match &e.event {
@@ -213,7 +248,11 @@ impl Search {
                     out.push(((d.clone(), Impressions(Span::D7)), 1, d7));
                     out.push(((d.clone(), Impressions(Span::D30)), 1, d30));
                     out.push(((d, DecayImpressions(epoch)), weight, None));
-                    out.push(((Entity::QueryDoc(*query, doc.clone()), Impressions(Span::D7)), 1, d7));
+                    out.push((
+                        (Entity::QueryDoc(*query, doc.clone()), Impressions(Span::D7)),
+                        1,
+                        d7,
+                    ));
                 }
             }
             SearchEvent::Click { query, doc, .. } => {
@@ -222,7 +261,11 @@ impl Search {
                 out.push(((d.clone(), Clicks(Span::D7)), 1, d7));
                 out.push(((d.clone(), Clicks(Span::D30)), 1, d30));
                 out.push(((d, DecayClicks(epoch)), weight, None));
-                out.push(((Entity::QueryDoc(*query, doc.clone()), Clicks(Span::D7)), 1, d7));
+                out.push((
+                    (Entity::QueryDoc(*query, doc.clone()), Clicks(Span::D7)),
+                    1,
+                    d7,
+                ));
                 popularity(&mut out, doc, c.popularity.click);
             }
             SearchEvent::Dwell { doc, dwell_ms } => {
@@ -235,8 +278,12 @@ impl Search {
             }
             SearchEvent::AddToCart { doc } => popularity(&mut out, doc, c.popularity.add_to_cart),
             SearchEvent::Purchase { doc } => popularity(&mut out, doc, c.popularity.purchase),
-            SearchEvent::AcImpression { prefix } => out.push(((Entity::Prefix(prefix.clone()), AcImpressions), 1, d7)),
-            SearchEvent::AcSelect { prefix, .. } => out.push(((Entity::Prefix(prefix.clone()), AcSelects), 1, d7)),
+            SearchEvent::AcImpression { prefix } => {
+                out.push(((Entity::Prefix(prefix.clone()), AcImpressions), 1, d7))
+            }
+            SearchEvent::AcSelect { prefix, .. } => {
+                out.push(((Entity::Prefix(prefix.clone()), AcSelects), 1, d7))
+            }
         }
         out
     }
@@ -245,8 +292,14 @@ impl Search {
     pub fn row(&self, entity: &Entity, sums: &[(&Measure, isize)]) -> Option<FeatureRow> {
         use Measure::*;
         let c = &self.config;
-        let sum = |m: Measure| sums.iter().find(|(k, _)| **k == m).map_or(0, |(_, n)| *n as i64);
-        let windowed = sums.iter().any(|(m, n)| *n != 0 && !matches!(m, DecayClicks(_) | DecayImpressions(_)));
+        let sum = |m: Measure| {
+            sums.iter()
+                .find(|(k, _)| **k == m)
+                .map_or(0, |(_, n)| *n as i64)
+        };
+        let windowed = sums
+            .iter()
+            .any(|(m, n)| *n != 0 && !matches!(m, DecayClicks(_) | DecayImpressions(_)));
         if !windowed {
             return None;
         }
@@ -271,12 +324,21 @@ impl Search {
             }
             Entity::QueryDoc(query, doc) => {
                 let (imp, clk) = (sum(Impressions(Span::D7)), sum(Clicks(Span::D7)));
-                let values = vec![Value::Int(imp), Value::Int(clk), Value::float(smoothed(clk, imp, c.alpha, c.beta))];
+                let values = vec![
+                    Value::Int(imp),
+                    Value::Int(clk),
+                    Value::float(smoothed(clk, imp, c.alpha, c.beta)),
+                ];
                 (QD, vec![query.to_string(), doc.0.clone()], values)
             }
             Entity::Prefix(prefix) => {
-                let (imp, sel, assisted) = (sum(AcImpressions), sum(AcSelects), sum(AssistedSelects));
-                let assist_click_rate = if sel > 0 { assisted as f64 / sel as f64 } else { 0.0 };
+                let (imp, sel, assisted) =
+                    (sum(AcImpressions), sum(AcSelects), sum(AssistedSelects));
+                let assist_click_rate = if sel > 0 {
+                    assisted as f64 / sel as f64
+                } else {
+                    0.0
+                };
                 let values = vec![
                     Value::Int(imp),
                     Value::Int(sel),
@@ -299,8 +361,13 @@ impl Search {
                 _ => None,
             })
             .max();
-        let Some(newest) = newest else { return DecayedSums::default() };
-        let mut out = DecayedSums { landmark_ms: Epoch(newest).landmark(h), ..Default::default() };
+        let Some(newest) = newest else {
+            return DecayedSums::default();
+        };
+        let mut out = DecayedSums {
+            landmark_ms: Epoch(newest).landmark(h),
+            ..Default::default()
+        };
         for (m, n) in sums {
             let (epoch, slot) = match m {
                 Measure::DecayClicks(e) => (e, &mut out.clicks),
@@ -322,13 +389,17 @@ impl Search {
         events: VecCollection<'s, Tick, Timed<SearchEvent>>,
     ) -> VecCollection<'s, Tick, (Entity, Measure)> {
         let selects = contributions(events.clone(), |e: &Timed<SearchEvent>| match &e.event {
-            SearchEvent::AcSelect { session, prefix } => {
-                Some(((session.clone(), (e.ts, prefix.clone())), 1, Some(WINDOW_7D.expiry(e.ts))))
-            }
+            SearchEvent::AcSelect { session, prefix } => Some((
+                (session.clone(), (e.ts, prefix.clone())),
+                1,
+                Some(WINDOW_7D.expiry(e.ts)),
+            )),
             _ => None,
         });
         let clicks = contributions(events, |e: &Timed<SearchEvent>| match &e.event {
-            SearchEvent::Click { session, .. } => Some(((session.clone(), e.ts), 1, Some(WINDOW_7D.expiry(e.ts)))),
+            SearchEvent::Click { session, .. } => {
+                Some(((session.clone(), e.ts), 1, Some(WINDOW_7D.expiry(e.ts))))
+            }
             _ => None,
         })
         .distinct();
@@ -336,7 +407,9 @@ impl Search {
         let matched = selects
             .clone()
             .join(clicks)
-            .filter(move |(_, ((select_ts, _), click_ts))| *click_ts >= *select_ts && *click_ts - *select_ts <= within)
+            .filter(move |(_, ((select_ts, _), click_ts))| {
+                *click_ts >= *select_ts && *click_ts - *select_ts <= within
+            })
             .map(|(session, ((select_ts, prefix), _))| ((session, select_ts, prefix), ()))
             .distinct()
             .map(|(select, ())| select);
@@ -406,7 +479,10 @@ impl Dataflow for Search {
     fn decode(&self, record: &RecordRef<'_>) -> Result<Timed<SearchEvent>, DecodeError> {
         decode::decode(record.payload)
     }
-    fn build<'s>(&self, events: VecCollection<'s, Tick, Timed<SearchEvent>>) -> VecCollection<'s, Tick, FeatureRow> {
+    fn build<'s>(
+        &self,
+        events: VecCollection<'s, Tick, Timed<SearchEvent>>,
+    ) -> VecCollection<'s, Tick, FeatureRow> {
         let this = self.clone();
         let sums = contributions(events.clone(), move |e| this.contributions_of(e))
             .concat(self.assisted_selects(events))
@@ -420,6 +496,43 @@ impl Dataflow for Search {
         .map(|(_, row)| row)
     }
     fn generate(&self, spec: &GenerateSpec) -> Box<dyn Iterator<Item = Produced> + Send> {
-        Box::new(generate::SearchTraffic::new(self.config.topic.clone(), spec.clone()))
+        Box::new(generate::SearchTraffic::new(
+            self.config.topic.clone(),
+            spec.clone(),
+        ))
+    }
+    /// `ctr_decay` at read time, from the forward-decayed sums.
+    fn at_read(
+        &self,
+        table: &str,
+        fields: &mut serde_json::Map<String, serde_json::Value>,
+        now_ms: u64,
+    ) {
+        if table != "doc" {
+            return;
+        }
+        let num = |k: &str| {
+            fields
+                .get(k)
+                .and_then(|v| v.as_f64().or_else(|| v.as_str()?.parse().ok()))
+        };
+        let (Some(clicks), Some(impressions), Some(landmark)) = (
+            num(doc_fields::DECAY_CLICKS),
+            num(doc_fields::DECAY_IMPRESSIONS),
+            num(doc_fields::DECAY_LANDMARK),
+        ) else {
+            return;
+        };
+        let sums = DecayedSums {
+            landmark_ms: landmark as u64,
+            clicks,
+            impressions,
+        };
+        let c = &self.config;
+        fields.insert(
+            "ctr_decay".into(),
+            sums.ctr_at(now_ms, c.decay_half_life_ms, c.alpha, c.beta)
+                .into(),
+        );
     }
 }

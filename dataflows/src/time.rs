@@ -26,7 +26,9 @@ impl Window {
         Window { length_ms: d * DAY }
     }
     pub const fn minutes(m: u64) -> Self {
-        Window { length_ms: m * MINUTE }
+        Window {
+            length_ms: m * MINUTE,
+        }
     }
     /// Windows of a day or more expire on minute boundaries, shorter ones on seconds: hot keys
     /// then cost at most one retraction per resolution step.

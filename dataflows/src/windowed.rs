@@ -13,7 +13,10 @@ use crate::time::Tick;
 /// The weight travels as the update's multiplicity, so downstream arrangements hold one
 /// count per (record, expiry) rather than one entry per event: window state grows with
 /// keys × live expiry buckets, not with traffic.
-pub fn contributions<'s, E, D, I, F>(events: VecCollection<'s, Tick, E>, logic: F) -> VecCollection<'s, Tick, D>
+pub fn contributions<'s, E, D, I, F>(
+    events: VecCollection<'s, Tick, E>,
+    logic: F,
+) -> VecCollection<'s, Tick, D>
 where
     E: Data,
     D: Data,

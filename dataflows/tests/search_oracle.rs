@@ -55,10 +55,22 @@ impl Ev {
                 "search_impression",
                 json!({"query": QUERIES[self.query], "doc_ids": docs.iter().map(|d| DOCS[*d]).collect::<Vec<_>>()}),
             ),
-            Kind::Click => ("click", json!({"query": QUERIES[self.query], "doc_id": DOCS[self.doc]})),
-            Kind::Dwell(ms) => ("dwell", json!({"query": QUERIES[self.query], "doc_id": DOCS[self.doc], "dwell_ms": ms})),
-            Kind::AcImpression => ("ac_impression", json!({"prefix": PREFIXES[self.prefix], "candidates": ["a", "b"]})),
-            Kind::AcSelect => ("ac_select", json!({"prefix": PREFIXES[self.prefix], "candidate": "a"})),
+            Kind::Click => (
+                "click",
+                json!({"query": QUERIES[self.query], "doc_id": DOCS[self.doc]}),
+            ),
+            Kind::Dwell(ms) => (
+                "dwell",
+                json!({"query": QUERIES[self.query], "doc_id": DOCS[self.doc], "dwell_ms": ms}),
+            ),
+            Kind::AcImpression => (
+                "ac_impression",
+                json!({"prefix": PREFIXES[self.prefix], "candidates": ["a", "b"]}),
+            ),
+            Kind::AcSelect => (
+                "ac_select",
+                json!({"prefix": PREFIXES[self.prefix], "candidate": "a"}),
+            ),
             Kind::AddToCart => ("add_to_cart", json!({"doc_id": DOCS[self.doc]})),
             Kind::Purchase => ("purchase", json!({"doc_id": DOCS[self.doc]})),
         };
@@ -122,7 +134,11 @@ fn accepted(batches: &[Vec<Item>], now: u64, skew: u64, horizon: u64) -> Vec<(Ev
 
 /// The features at tick `at`, recounted from the definitions.
 fn recount(events: &[(Ev, Tick)], at: Tick) -> (State, BTreeMap<String, f64>) {
-    let inserted: Vec<&Ev> = events.iter().filter(|(_, t)| *t <= at).map(|(e, _)| e).collect();
+    let inserted: Vec<&Ev> = events
+        .iter()
+        .filter(|(_, t)| *t <= at)
+        .map(|(e, _)| e)
+        .collect();
     let live = |e: &Ev, days: u64| at < expiry(e.ts, days);
     let mut state = State::new();
     let mut decayed_ctr = BTreeMap::new();
@@ -135,22 +151,52 @@ fn recount(events: &[(Ev, Tick)], at: Tick) -> (State, BTreeMap<String, f64>) {
     };
     for (d, doc) in DOCS.iter().enumerate() {
         let shown = |e: &&Ev| matches!(&e.kind, Kind::Impression(ds) if ds.contains(&d));
-        let about = |e: &&Ev| e.doc == d && !matches!(e.kind, Kind::Impression(_) | Kind::AcImpression | Kind::AcSelect);
-        let count = |f: &dyn Fn(&&Ev) -> bool, days| inserted.iter().filter(|e| f(e) && live(e, days)).count() as i64;
+        let about = |e: &&Ev| {
+            e.doc == d
+                && !matches!(
+                    e.kind,
+                    Kind::Impression(_) | Kind::AcImpression | Kind::AcSelect
+                )
+        };
+        let count = |f: &dyn Fn(&&Ev) -> bool, days| {
+            inserted.iter().filter(|e| f(e) && live(e, days)).count() as i64
+        };
         let imp = [count(&shown, 7), count(&shown, 30)];
-        let clk = [count(&|e| about(e) && e.kind == Kind::Click, 7), count(&|e| about(e) && e.kind == Kind::Click, 30)];
-        let popularity = |days| inserted.iter().filter(|e| about(e) && live(e, days)).map(|e| pop(e)).sum::<i64>();
+        let clk = [
+            count(&|e| about(e) && e.kind == Kind::Click, 7),
+            count(&|e| about(e) && e.kind == Kind::Click, 30),
+        ];
+        let popularity = |days| {
+            inserted
+                .iter()
+                .filter(|e| about(e) && live(e, days))
+                .map(|e| pop(e))
+                .sum::<i64>()
+        };
         let dwell: i64 = inserted
             .iter()
             .filter(|e| about(e) && live(e, 7))
-            .map(|e| if let Kind::Dwell(ms) = e.kind { ms as i64 } else { 0 })
+            .map(|e| {
+                if let Kind::Dwell(ms) = e.kind {
+                    ms as i64
+                } else {
+                    0
+                }
+            })
             .sum();
         let (p7, p30) = (popularity(7), popularity(30));
-        if [imp[0], imp[1], clk[0], clk[1], p7, p30, dwell].iter().all(|x| *x == 0) {
+        if [imp[0], imp[1], clk[0], clk[1], p7, p30, dwell]
+            .iter()
+            .all(|x| *x == 0)
+        {
             continue;
         }
         let decay = |f: &dyn Fn(&&Ev) -> bool| -> f64 {
-            inserted.iter().filter(|e| f(e)).map(|e| (-((at - e.ts) as f64) / HALF_LIFE as f64).exp2()).sum()
+            inserted
+                .iter()
+                .filter(|e| f(e))
+                .map(|e| (-((at - e.ts) as f64) / HALF_LIFE as f64).exp2())
+                .sum()
         };
         let (dc, di) = (decay(&|e| about(e) && e.kind == Kind::Click), decay(&shown));
         decayed_ctr.insert(doc.to_string(), (dc + 1.0) / (di + 21.0));
@@ -170,34 +216,60 @@ fn recount(events: &[(Ev, Tick)], at: Tick) -> (State, BTreeMap<String, f64>) {
         for (d, doc) in DOCS.iter().enumerate() {
             let imp = inserted
                 .iter()
-                .filter(|e| e.query == q && live(e, 7) && matches!(&e.kind, Kind::Impression(ds) if ds.contains(&d)))
+                .filter(|e| {
+                    e.query == q
+                        && live(e, 7)
+                        && matches!(&e.kind, Kind::Impression(ds) if ds.contains(&d))
+                })
                 .count() as i64;
-            let clk = inserted.iter().filter(|e| e.query == q && e.doc == d && e.kind == Kind::Click && live(e, 7)).count()
-                as i64;
+            let clk = inserted
+                .iter()
+                .filter(|e| e.query == q && e.doc == d && e.kind == Kind::Click && live(e, 7))
+                .count() as i64;
             if imp + clk > 0 {
                 let ctr = (clk as f64 + 1.0) / (imp as f64 + 1.0 + 20.0);
                 let key = vec![QueryHash::of(query).to_string(), doc.to_string()];
-                state.insert((1, key), vec![Value::Int(imp), Value::Int(clk), Value::float(ctr)]);
+                state.insert(
+                    (1, key),
+                    vec![Value::Int(imp), Value::Int(clk), Value::float(ctr)],
+                );
             }
         }
     }
     for (p, prefix) in PREFIXES.iter().enumerate() {
-        let imp = inserted.iter().filter(|e| e.prefix == p && e.kind == Kind::AcImpression && live(e, 7)).count() as i64;
-        let selects: Vec<&&Ev> =
-            inserted.iter().filter(|e| e.prefix == p && e.kind == Kind::AcSelect && live(e, 7)).collect();
+        let imp = inserted
+            .iter()
+            .filter(|e| e.prefix == p && e.kind == Kind::AcImpression && live(e, 7))
+            .count() as i64;
+        let selects: Vec<&&Ev> = inserted
+            .iter()
+            .filter(|e| e.prefix == p && e.kind == Kind::AcSelect && live(e, 7))
+            .collect();
         let assisted = selects
             .iter()
             .filter(|s| {
                 inserted.iter().any(|c| {
-                    c.kind == Kind::Click && c.session == s.session && c.ts >= s.ts && c.ts - s.ts <= 600_000 && live(c, 7)
+                    c.kind == Kind::Click
+                        && c.session == s.session
+                        && c.ts >= s.ts
+                        && c.ts - s.ts <= 600_000
+                        && live(c, 7)
                 })
             })
             .count();
         let sel = selects.len() as i64;
         if imp + sel > 0 {
-            let rate = if sel > 0 { assisted as f64 / sel as f64 } else { 0.0 };
-            let values =
-                vec![Value::Int(imp), Value::Int(sel), Value::float((sel as f64 + 1.0) / (imp as f64 + 21.0)), Value::float(rate)];
+            let rate = if sel > 0 {
+                assisted as f64 / sel as f64
+            } else {
+                0.0
+            };
+            let values = vec![
+                Value::Int(imp),
+                Value::Int(sel),
+                Value::float((sel as f64 + 1.0) / (imp as f64 + 21.0)),
+                Value::float(rate),
+            ];
             state.insert((2, vec![prefix.to_string()]), values);
         }
     }
@@ -206,7 +278,11 @@ fn recount(events: &[(Ev, Tick)], at: Tick) -> (State, BTreeMap<String, f64>) {
 
 /// Compares the written state with the recount: exact for counts and rates, within
 /// fixed-point rounding for the decayed CTR (computed as the read API does).
-fn check(written: &State, expected: &(State, BTreeMap<String, f64>), at: Tick) -> Result<(), TestCaseError> {
+fn check(
+    written: &State,
+    expected: &(State, BTreeMap<String, f64>),
+    at: Tick,
+) -> Result<(), TestCaseError> {
     let (expected, decayed) = expected;
     let keys = |s: &State| s.keys().cloned().collect::<BTreeSet<_>>();
     prop_assert_eq!(keys(written), keys(expected), "entities at tick {}", at);
@@ -215,10 +291,21 @@ fn check(written: &State, expected: &(State, BTreeMap<String, f64>), at: Tick) -
         prop_assert_eq!(&got[..want.len()], &want[..], "{:?} at tick {}", k, at);
         if k.0 == 0 {
             let f = |i: usize| got[i].as_f64().unwrap();
-            let sums = DecayedSums { clicks: f(8), impressions: f(9), landmark_ms: f(10) as u64 };
+            let sums = DecayedSums {
+                clicks: f(8),
+                impressions: f(9),
+                landmark_ms: f(10) as u64,
+            };
             let ctr = sums.ctr_at(at, HALF_LIFE, 1.0, 20.0);
             let want = decayed[&k.1[0]];
-            prop_assert!((ctr - want).abs() <= 1e-6 * want, "ctr_decay of {:?} at {}: {} vs {}", k, at, ctr, want);
+            prop_assert!(
+                (ctr - want).abs() <= 1e-6 * want,
+                "ctr_decay of {:?} at {}: {} vs {}",
+                k,
+                at,
+                ctr,
+                want
+            );
         }
     }
     Ok(())
@@ -239,25 +326,52 @@ fn kind() -> impl Strategy<Value = Kind> {
 /// Events clustered in bursts (so sessions' selects and clicks meet within minutes),
 /// spread over 45 days (so windows expire), each possibly late by up to 40 days.
 fn event(worker: usize) -> impl Strategy<Value = (Ev, u64, bool)> {
-    (kind(), 0..DOCS.len(), 0..QUERIES.len(), 0..PREFIXES.len(), 0..SESSIONS.len(), 0u64..45, 0u64..900_000)
+    (
+        kind(),
+        0..DOCS.len(),
+        0..QUERIES.len(),
+        0..PREFIXES.len(),
+        0..SESSIONS.len(),
+        0u64..45,
+        0u64..900_000,
+    )
         .prop_flat_map(move |(k, doc, query, prefix, session, day, ms)| {
-            let ev = Ev { id: String::new(), kind: k, doc, query, prefix, session, ts: BASE + day * DAY + ms };
+            let ev = Ev {
+                id: String::new(),
+                kind: k,
+                doc,
+                query,
+                prefix,
+                session,
+                ts: BASE + day * DAY + ms,
+            };
             let _ = worker;
-            (Just(ev), prop_oneof![8 => Just(0u64), 1 => 1u64..3_600_000, 1 => DAY..40 * DAY], prop::bool::weighted(0.15))
+            (
+                Just(ev),
+                prop_oneof![8 => Just(0u64), 1 => 1u64..3_600_000, 1 => DAY..40 * DAY],
+                prop::bool::weighted(0.15),
+            )
         })
 }
 
 /// Batches for one worker: reordered by a random delay, some copies repeated later,
 /// garbage and future-dated records mixed in.
 fn stream(worker: usize, now: u64) -> impl Strategy<Value = Vec<Vec<Item>>> {
-    (prop::collection::vec(event(worker), 1..40), prop::collection::vec(1usize..6, 40), 0usize..3).prop_map(
-        move |(events, cuts, garbage)| {
+    (
+        prop::collection::vec(event(worker), 1..40),
+        prop::collection::vec(1usize..6, 40),
+        0usize..3,
+    )
+        .prop_map(move |(events, cuts, garbage)| {
             let mut timeline: Vec<(u64, Item)> = Vec::new();
             for (i, (mut ev, delay, dup)) in events.into_iter().enumerate() {
                 ev.id = format!("w{worker}-e{i}");
                 timeline.push((ev.ts + delay, Item::Event(ev.clone())));
                 if dup {
-                    timeline.push((ev.ts + delay + 1 + (i as u64 % 5) * DAY / 10, Item::Event(ev)));
+                    timeline.push((
+                        ev.ts + delay + 1 + (i as u64 % 5) * DAY / 10,
+                        Item::Event(ev),
+                    ));
                 }
             }
             for g in 0..garbage {
@@ -285,8 +399,7 @@ fn stream(worker: usize, now: u64) -> impl Strategy<Value = Vec<Vec<Item>>> {
                 batches.push(batch);
             }
             batches
-        },
-    )
+        })
 }
 
 fn payloads(batches: &[Vec<Item>]) -> Vec<Vec<Vec<u8>>> {
@@ -306,7 +419,10 @@ fn payloads(batches: &[Vec<Item>]) -> Vec<Vec<Vec<u8>>> {
 const NOW: u64 = BASE + 50 * DAY;
 
 fn options(horizon: u64) -> IngestOptions {
-    IngestOptions { dedup_horizon_ms: horizon, ..IngestOptions::default() }
+    IngestOptions {
+        dedup_horizon_ms: horizon,
+        ..IngestOptions::default()
+    }
 }
 
 /// Every tick where the written state can be compared: each insertion tick, the ticks
@@ -375,14 +491,27 @@ proptest! {
 
 #[test]
 fn unchanged_features_are_not_rewritten() {
-    let ev = |id: &str, kind: Kind, doc: usize, ts: u64| Ev { id: id.into(), kind, doc, query: 0, prefix: 0, session: 0, ts };
+    let ev = |id: &str, kind: Kind, doc: usize, ts: u64| Ev {
+        id: id.into(),
+        kind,
+        doc,
+        query: 0,
+        prefix: 0,
+        session: 0,
+        ts,
+    };
     let batches = vec![
         vec![Item::Event(ev("a", Kind::Impression(vec![0, 1]), 0, BASE))],
         vec![Item::Event(ev("b", Kind::Dwell(1_000), 1, BASE + 1_000))],
         vec![Item::Event(ev("c", Kind::Click, 0, BASE + 2_000))],
     ];
     let (changes, _) = run("search", vec![payloads(&batches)], NOW, options(3_600_000));
-    let at = |t: u64| changes.iter().find(|c| c.tick == t).unwrap_or_else(|| panic!("no changes at {t}: {changes:?}"));
+    let at = |t: u64| {
+        changes
+            .iter()
+            .find(|c| c.tick == t)
+            .unwrap_or_else(|| panic!("no changes at {t}: {changes:?}"))
+    };
     // the dwell on d1 changes its dwell sum and nothing else, and leaves d0 alone
     let second = at(BASE + 1_000);
     assert_eq!(second.changes.len(), 1, "{second:?}");
@@ -390,5 +519,8 @@ fn unchanged_features_are_not_rewritten() {
     assert_eq!(second.changes[0].changed, vec![7], "only dwell_sum_7d");
     // the click on d0 touches d0 and its query×doc row, never d1
     let third = at(BASE + 2_000);
-    assert!(third.changes.iter().all(|c| c.key.last().unwrap() == "d0"), "{third:?}");
+    assert!(
+        third.changes.iter().all(|c| c.key.last().unwrap() == "d0"),
+        "{third:?}"
+    );
 }

@@ -17,7 +17,11 @@ pub struct QueryHash(pub u64);
 impl QueryHash {
     pub fn of(query: &str) -> Self {
         let digest = Sha256::digest(normalize_query(query).as_bytes());
-        QueryHash(u64::from_be_bytes(digest[..8].try_into().expect("a SHA-256 digest has 32 bytes")))
+        QueryHash(u64::from_be_bytes(
+            digest[..8]
+                .try_into()
+                .expect("a SHA-256 digest has 32 bytes"),
+        ))
     }
 }
 
@@ -70,7 +74,10 @@ struct Raw<'a> {
 }
 
 fn missing(field: &str) -> DecodeError {
-    DecodeError::new(ErrorKind::MissingField, format!("required field '{field}' is missing, null or empty"))
+    DecodeError::new(
+        ErrorKind::MissingField,
+        format!("required field '{field}' is missing, null or empty"),
+    )
 }
 
 fn text<'r>(v: &'r Option<Cow<'_, str>>, field: &str) -> Result<&'r str, DecodeError> {
@@ -80,7 +87,10 @@ fn text<'r>(v: &'r Option<Cow<'_, str>>, field: &str) -> Result<&'r str, DecodeE
     }
 }
 
-fn list<'r, 'a>(v: &'r Option<Vec<Cow<'a, str>>>, field: &str) -> Result<&'r [Cow<'a, str>], DecodeError> {
+fn list<'r, 'a>(
+    v: &'r Option<Vec<Cow<'a, str>>>,
+    field: &str,
+) -> Result<&'r [Cow<'a, str>], DecodeError> {
     v.as_deref().ok_or_else(|| missing(field))
 }
 
@@ -89,7 +99,8 @@ pub fn decode(payload: &[u8]) -> Result<Timed<SearchEvent>, DecodeError> {
     let event_id = text(&raw.event_id, "event_id")?;
     let event_type = text(&raw.event_type, "event_type")?;
     let ts = raw.ts.ok_or_else(|| missing("ts"))?;
-    let ts = u64::try_from(ts).map_err(|_| DecodeError::new(ErrorKind::Range, format!("ts {ts} is negative")))?;
+    let ts = u64::try_from(ts)
+        .map_err(|_| DecodeError::new(ErrorKind::Range, format!("ts {ts} is negative")))?;
     text(&raw.user_id, "user_id")?;
     let session = SessionId(text(&raw.session_id, "session_id")?.to_string());
     let doc = |raw: &Raw| text(&raw.doc_id, "doc_id").map(|d| DocId(d.to_string()));
@@ -132,7 +143,11 @@ pub fn decode(payload: &[u8]) -> Result<Timed<SearchEvent>, DecodeError> {
             ))
         }
     };
-    Ok(Timed { id: EventId::of(event_id), ts, event })
+    Ok(Timed {
+        id: EventId::of(event_id),
+        ts,
+        event,
+    })
 }
 
 /// The typed parse failed: say which field is wrong, or that it is not JSON at all.
@@ -152,9 +167,19 @@ fn diagnose(payload: &[u8], err: serde_json::Error) -> DecodeError {
         let ok = if integers.contains(&field.as_str()) {
             v.is_i64() || v.is_u64()
         } else if lists.contains(&field.as_str()) {
-            v.as_array().is_some_and(|a| a.iter().all(|x| x.is_string()))
-        } else if ["event_id", "event_type", "user_id", "session_id", "query", "doc_id", "prefix", "candidate"]
-            .contains(&field.as_str())
+            v.as_array()
+                .is_some_and(|a| a.iter().all(|x| x.is_string()))
+        } else if [
+            "event_id",
+            "event_type",
+            "user_id",
+            "session_id",
+            "query",
+            "doc_id",
+            "prefix",
+            "candidate",
+        ]
+        .contains(&field.as_str())
         {
             v.is_string()
         } else {
@@ -168,7 +193,10 @@ fn diagnose(payload: &[u8], err: serde_json::Error) -> DecodeError {
             } else {
                 "a string"
             };
-            return DecodeError::new(ErrorKind::WrongType, format!("field '{field}' must be {want}, got {v}"));
+            return DecodeError::new(
+                ErrorKind::WrongType,
+                format!("field '{field}' must be {want}, got {v}"),
+            );
         }
     }
     DecodeError::new(ErrorKind::WrongType, err.to_string())
@@ -180,10 +208,16 @@ mod tests {
 
     #[test]
     fn queries_normalise_before_hashing() {
-        assert_eq!(normalize_query("  New\u{3000}York   PIZZA "), "new york pizza");
+        assert_eq!(
+            normalize_query("  New\u{3000}York   PIZZA "),
+            "new york pizza"
+        );
         assert_eq!(QueryHash::of("New York"), QueryHash::of(" new   york"));
         // the hash is the first 16 hex digits of sha256("new york")
-        let expect: String = Sha256::digest(b"new york").iter().map(|b| format!("{b:02x}")).collect();
+        let expect: String = Sha256::digest(b"new york")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         assert_eq!(QueryHash::of("new york").to_string(), expect[..16]);
     }
 
@@ -193,11 +227,15 @@ mod tests {
         assert_eq!(kind("{not json"), ErrorKind::Json);
         assert_eq!(kind("[1,2]"), ErrorKind::Json);
         assert_eq!(
-            kind(r#"{"event_id":"e","event_type":"click","ts":1,"user_id":"u","session_id":null,"query":"q","doc_id":"d"}"#),
+            kind(
+                r#"{"event_id":"e","event_type":"click","ts":1,"user_id":"u","session_id":null,"query":"q","doc_id":"d"}"#
+            ),
             ErrorKind::MissingField
         );
         assert_eq!(
-            kind(r#"{"event_id":"e","event_type":"click","ts":"yesterday","user_id":"u","session_id":"s","query":"q","doc_id":"d"}"#),
+            kind(
+                r#"{"event_id":"e","event_type":"click","ts":"yesterday","user_id":"u","session_id":"s","query":"q","doc_id":"d"}"#
+            ),
             ErrorKind::WrongType
         );
         assert_eq!(
@@ -205,7 +243,9 @@ mod tests {
             ErrorKind::UnknownType
         );
         assert_eq!(
-            kind(r#"{"event_id":"e","event_type":"dwell","ts":1,"user_id":"u","session_id":"s","query":"q","doc_id":"d","dwell_ms":-5}"#),
+            kind(
+                r#"{"event_id":"e","event_type":"dwell","ts":1,"user_id":"u","session_id":"s","query":"q","doc_id":"d","dwell_ms":-5}"#
+            ),
             ErrorKind::Range
         );
         let wrong = decode(br#"{"event_id":"e","event_type":"click","ts":1.5,"user_id":"u","session_id":"s","query":"q","doc_id":"d"}"#)
@@ -221,7 +261,11 @@ mod tests {
         assert_eq!(e.id, EventId::of("e1"));
         assert_eq!(
             e.event,
-            SearchEvent::Click { session: SessionId("s".into()), query: QueryHash::of("pizza"), doc: DocId("d9".into()) }
+            SearchEvent::Click {
+                session: SessionId("s".into()),
+                query: QueryHash::of("pizza"),
+                doc: DocId("d9".into())
+            }
         );
     }
 }

@@ -13,9 +13,10 @@ use crate::family::{GenerateSpec, Produced};
 use crate::time::DAY;
 
 const WORDS: &[&str] = &[
-    "red", "wireless", "running", "shoes", "coffee", "grinder", "vintage", "lamp", "organic", "tea", "phone",
-    "case", "kids", "bike", "helmet", "winter", "jacket", "gaming", "chair", "desk", "steel", "bottle", "yoga",
-    "mat", "leather", "wallet", "smart", "watch", "camping", "tent", "Café", "crème", "über", "straße",
+    "red", "wireless", "running", "shoes", "coffee", "grinder", "vintage", "lamp", "organic",
+    "tea", "phone", "case", "kids", "bike", "helmet", "winter", "jacket", "gaming", "chair",
+    "desk", "steel", "bottle", "yoga", "mat", "leather", "wallet", "smart", "watch", "camping",
+    "tent", "Café", "crème", "über", "straße",
 ];
 const N_QUERIES: usize = 2_000;
 const N_DOCS: usize = 20_000;
@@ -24,13 +25,32 @@ const CONCURRENT_SESSIONS: usize = 64;
 
 /// One step of a session's script.
 enum Step {
-    AcImpression { prefix: String },
-    AcSelect { prefix: String, candidate: String },
-    Impression { query: String, docs: Vec<String> },
-    Click { query: String, doc: String },
-    Dwell { query: String, doc: String, dwell_ms: u64 },
-    AddToCart { doc: String },
-    Purchase { doc: String },
+    AcImpression {
+        prefix: String,
+    },
+    AcSelect {
+        prefix: String,
+        candidate: String,
+    },
+    Impression {
+        query: String,
+        docs: Vec<String>,
+    },
+    Click {
+        query: String,
+        doc: String,
+    },
+    Dwell {
+        query: String,
+        doc: String,
+        dwell_ms: u64,
+    },
+    AddToCart {
+        doc: String,
+    },
+    Purchase {
+        doc: String,
+    },
 }
 
 struct Session {
@@ -74,7 +94,9 @@ impl SearchTraffic {
 
     /// Result list of a query: a fixed ranking over documents, popular ones shared.
     fn results(k: usize) -> Vec<String> {
-        (0..RESULTS).map(|i| format!("doc-{}", (k * 7_919 + i * i * 131 + i) % N_DOCS)).collect()
+        (0..RESULTS)
+            .map(|i| format!("doc-{}", (k * 7_919 + i * i * 131 + i) % N_DOCS))
+            .collect()
     }
 
     fn new_session(&mut self) -> Session {
@@ -84,20 +106,38 @@ impl SearchTraffic {
         let query = Self::query_text(k);
         let mut script = VecDeque::new();
         if rng.random_bool(0.5) {
-            let cut = query.char_indices().nth(rng.random_range(1..4)).map_or(query.len(), |(i, _)| i);
+            let cut = query
+                .char_indices()
+                .nth(rng.random_range(1..4))
+                .map_or(query.len(), |(i, _)| i);
             let prefix = query[..cut].to_string();
-            script.push_back(Step::AcImpression { prefix: prefix.clone() });
+            script.push_back(Step::AcImpression {
+                prefix: prefix.clone(),
+            });
             if rng.random_bool(0.4) {
-                script.push_back(Step::AcSelect { prefix, candidate: query.clone() });
+                script.push_back(Step::AcSelect {
+                    prefix,
+                    candidate: query.clone(),
+                });
             }
         }
         let docs = Self::results(k);
-        script.push_back(Step::Impression { query: query.clone(), docs: docs.clone() });
+        script.push_back(Step::Impression {
+            query: query.clone(),
+            docs: docs.clone(),
+        });
         for (pos, doc) in docs.iter().enumerate() {
             if rng.random_bool(0.35 / (pos as f64 + 1.0)) {
-                script.push_back(Step::Click { query: query.clone(), doc: doc.clone() });
+                script.push_back(Step::Click {
+                    query: query.clone(),
+                    doc: doc.clone(),
+                });
                 let dwell_ms = (rng.random::<f64>().powi(3) * 300_000.0) as u64 + 500;
-                script.push_back(Step::Dwell { query: query.clone(), doc: doc.clone(), dwell_ms });
+                script.push_back(Step::Dwell {
+                    query: query.clone(),
+                    doc: doc.clone(),
+                    dwell_ms,
+                });
                 if rng.random_bool(0.12) {
                     script.push_back(Step::AddToCart { doc: doc.clone() });
                     if rng.random_bool(0.3) {
@@ -119,7 +159,10 @@ impl SearchTraffic {
             self.sessions.push(s);
         }
         let i = self.rng.random_range(0..self.sessions.len());
-        let step = self.sessions[i].script.pop_front().expect("sessions in the pool have steps left");
+        let step = self.sessions[i]
+            .script
+            .pop_front()
+            .expect("sessions in the pool have steps left");
         let (user, id) = (self.sessions[i].user.clone(), self.sessions[i].id.clone());
         if self.sessions[i].script.is_empty() {
             self.sessions.swap_remove(i);
@@ -151,7 +194,10 @@ impl SearchTraffic {
             Step::AcImpression { prefix } => {
                 set("event_type", json!("ac_impression"));
                 set("prefix", json!(prefix));
-                set("candidates", json!([Self::query_text(1), Self::query_text(2)]));
+                set(
+                    "candidates",
+                    json!([Self::query_text(1), Self::query_text(2)]),
+                );
             }
             Step::AcSelect { prefix, candidate } => {
                 set("event_type", json!("ac_select"));
@@ -168,7 +214,11 @@ impl SearchTraffic {
                 set("query", json!(query));
                 set("doc_id", json!(doc));
             }
-            Step::Dwell { query, doc, dwell_ms } => {
+            Step::Dwell {
+                query,
+                doc,
+                dwell_ms,
+            } => {
                 set("event_type", json!("dwell"));
                 set("query", json!(query));
                 set("doc_id", json!(doc));
@@ -183,7 +233,12 @@ impl SearchTraffic {
                 set("doc_id", json!(doc));
             }
         }
-        Produced { topic: self.topic.clone(), key: Some(session), payload: serde_json::to_vec(&v).expect("JSON"), ts }
+        Produced {
+            topic: self.topic.clone(),
+            key: Some(session),
+            payload: serde_json::to_vec(&v).expect("JSON"),
+            ts,
+        }
     }
 
     fn malformed(&mut self) -> Produced {
@@ -191,12 +246,25 @@ impl SearchTraffic {
         let ts = self.clock_ms as u64;
         let payload = match self.rng.random_range(0..5) {
             0 => format!("{{\"event_id\": \"bad-{n}\", \"event_type\": \"click\", "),
-            1 => format!(r#"{{"event_id":"bad-{n}","event_type":"click","ts":{ts},"user_id":"u","session_id":null,"query":"q","doc_id":"d"}}"#),
-            2 => format!(r#"{{"event_id":"bad-{n}","event_type":"click","ts":"{ts}","user_id":"u","session_id":"s","query":"q","doc_id":"d"}}"#),
-            3 => format!(r#"{{"event_id":"bad-{n}","event_type":"hover","ts":{ts},"user_id":"u","session_id":"s"}}"#),
-            _ => format!(r#"{{"event_id":"bad-{n}","event_type":"dwell","ts":{ts},"user_id":"u","session_id":"s","query":"q","doc_id":"d","dwell_ms":-1}}"#),
+            1 => format!(
+                r#"{{"event_id":"bad-{n}","event_type":"click","ts":{ts},"user_id":"u","session_id":null,"query":"q","doc_id":"d"}}"#
+            ),
+            2 => format!(
+                r#"{{"event_id":"bad-{n}","event_type":"click","ts":"{ts}","user_id":"u","session_id":"s","query":"q","doc_id":"d"}}"#
+            ),
+            3 => format!(
+                r#"{{"event_id":"bad-{n}","event_type":"hover","ts":{ts},"user_id":"u","session_id":"s"}}"#
+            ),
+            _ => format!(
+                r#"{{"event_id":"bad-{n}","event_type":"dwell","ts":{ts},"user_id":"u","session_id":"s","query":"q","doc_id":"d","dwell_ms":-1}}"#
+            ),
         };
-        Produced { topic: self.topic.clone(), key: None, payload: payload.into_bytes(), ts }
+        Produced {
+            topic: self.topic.clone(),
+            key: None,
+            payload: payload.into_bytes(),
+            ts,
+        }
     }
 }
 
@@ -213,7 +281,11 @@ impl Iterator for SearchTraffic {
             }
             *wait -= 1;
         }
-        let record = if self.rng.random_bool(self.spec.invalid_share) { self.malformed() } else { self.event() };
+        let record = if self.rng.random_bool(self.spec.invalid_share) {
+            self.malformed()
+        } else {
+            self.event()
+        };
         self.emitted += 1;
         if self.rng.random_bool(self.spec.duplicate_share) {
             let wait = self.rng.random_range(0..50);
@@ -230,25 +302,40 @@ mod tests {
 
     #[test]
     fn traffic_is_deterministic_and_decodes() {
-        let spec = GenerateSpec { events: 2_000, invalid_share: 0.0, ..Default::default() };
+        let spec = GenerateSpec {
+            events: 2_000,
+            invalid_share: 0.0,
+            ..Default::default()
+        };
         let a: Vec<_> = SearchTraffic::new("t".into(), spec.clone()).collect();
         let b: Vec<_> = SearchTraffic::new("t".into(), spec).collect();
         assert_eq!(a, b);
         assert!(a.len() >= 2_000);
         for p in &a {
-            decode(&p.payload).unwrap_or_else(|e| panic!("{e:?}: {}", String::from_utf8_lossy(&p.payload)));
+            decode(&p.payload)
+                .unwrap_or_else(|e| panic!("{e:?}: {}", String::from_utf8_lossy(&p.payload)));
         }
         let kinds: std::collections::BTreeSet<String> = a
             .iter()
-            .map(|p| serde_json::from_slice::<serde_json::Value>(&p.payload).unwrap()["event_type"].to_string())
+            .map(|p| {
+                serde_json::from_slice::<serde_json::Value>(&p.payload).unwrap()["event_type"]
+                    .to_string()
+            })
             .collect();
         assert_eq!(kinds.len(), 7, "{kinds:?}");
     }
 
     #[test]
     fn malformed_share_is_respected() {
-        let spec = GenerateSpec { events: 2_000, invalid_share: 0.1, duplicate_share: 0.0, ..Default::default() };
-        let bad = SearchTraffic::new("t".into(), spec).filter(|p| decode(&p.payload).is_err()).count();
+        let spec = GenerateSpec {
+            events: 2_000,
+            invalid_share: 0.1,
+            duplicate_share: 0.0,
+            ..Default::default()
+        };
+        let bad = SearchTraffic::new("t".into(), spec)
+            .filter(|p| decode(&p.payload).is_err())
+            .count();
         assert!((120..=280).contains(&bad), "{bad}");
     }
 }

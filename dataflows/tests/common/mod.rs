@@ -20,10 +20,19 @@ pub struct VecSource {
 
 impl RecordSource for VecSource {
     fn poll(&mut self, _max: usize, visit: &mut dyn FnMut(RecordRef<'_>)) -> Poll {
-        let Some(batch) = self.batches.pop_front() else { return Poll::Finished };
+        let Some(batch) = self.batches.pop_front() else {
+            return Poll::Finished;
+        };
         for payload in &batch {
             self.offset += 1;
-            visit(RecordRef { topic: "t", partition: 0, offset: self.offset, append_ms: 0, key: None, payload });
+            visit(RecordRef {
+                topic: "t",
+                partition: 0,
+                offset: self.offset,
+                append_ms: 0,
+                key: None,
+                payload,
+            });
         }
         Poll::Caught { idle: false }
     }
@@ -49,7 +58,11 @@ pub fn run(
     let (out, c) = (seen.clone(), counters.clone());
     timely::execute(timely::Config::process(workers), move |worker| {
         let family = tidemark_dataflows::family(name, None).expect("a registered family");
-        let source = VecSource { batches: input[worker.index()].clone().into(), now_ms, offset: 0 };
+        let source = VecSource {
+            batches: input[worker.index()].clone().into(),
+            now_ms,
+            offset: 0,
+        };
         let out = out.clone();
         worker.dataflow::<Tick, _, _>(|scope| {
             let installed = family.install(scope, Box::new(source), opts.clone(), c.clone());

@@ -1,0 +1,208 @@
+//! Configuration: TOML file < environment (`TIDEMARK_…`, `__` for nesting) < flags.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::kafka::StartFrom;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Names the job's keys (`tidemark:{job}:frontier`) and its default consumer group.
+    pub job: String,
+    /// The feature family to run.
+    pub dataflow: String,
+    /// Worker threads per process.
+    pub workers: usize,
+    pub kafka: KafkaConfig,
+    pub redis: RedisConfig,
+    pub postgres: PostgresConfig,
+    pub ingest: IngestConfig,
+    /// Address of the HTTP read API, e.g. `127.0.0.1:8080`.
+    pub http: Option<String>,
+    /// Per-family sections, `[dataflows.search]` etc.
+    pub dataflows: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    /// Overrides the family's topics.
+    pub topics: Option<Vec<String>>,
+    pub group_id: Option<String>,
+    #[serde(with = "start_from")]
+    pub from: StartFrom,
+    pub dlq_topic: String,
+    pub idle_timeout_ms: u64,
+    /// Records per poll per worker.
+    pub poll_batch: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    pub url: Option<String>,
+    /// Refreshes each written key's EXPIRE.
+    pub ttl_secs: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    /// libpq-style connection string; secrets are hidden when logged.
+    pub url: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    pub max_future_skew_ms: u64,
+    pub dedup_horizon_ms: u64,
+    pub max_message_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            job: "tidemark".into(),
+            dataflow: "search".into(),
+            workers: 1,
+            kafka: KafkaConfig::default(),
+            redis: RedisConfig::default(),
+            postgres: PostgresConfig::default(),
+            ingest: IngestConfig::default(),
+            http: None,
+            dataflows: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            topics: None,
+            group_id: None,
+            from: StartFrom::Earliest,
+            dlq_topic: "tidemark.dlq".into(),
+            idle_timeout_ms: 10_000,
+            poll_batch: 50_000,
+        }
+    }
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: None,
+            ttl_secs: None,
+        }
+    }
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig { url: None }
+    }
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            max_future_skew_ms: 60_000,
+            dedup_horizon_ms: 3_600_000,
+            max_message_bytes: 1 << 20,
+        }
+    }
+}
+
+mod start_from {
+    use super::StartFrom;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &StartFrom, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match v {
+            StartFrom::Earliest => "earliest",
+            StartFrom::Latest => "latest",
+        })
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<StartFrom, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl Config {
+    /// Merges the file (if any), the environment and the flags, in rising precedence.
+    /// `TIDEMARK_KAFKA`, `TIDEMARK_REDIS` and `TIDEMARK_PG` are shorthands for the addresses.
+    pub fn load(file: Option<&Path>, flags: serde_json::Value) -> anyhow::Result<Config> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(f) = file {
+            if !f.exists() {
+                anyhow::bail!("config file {} does not exist (--config)", f.display());
+            }
+            fig = fig.merge(Toml::file(f));
+        }
+        fig = fig.merge(
+            Env::prefixed("TIDEMARK_")
+                .split("__")
+                .ignore(&["KAFKA", "REDIS", "PG"]),
+        );
+        for (var, path) in [
+            ("TIDEMARK_KAFKA", "kafka.brokers"),
+            ("TIDEMARK_REDIS", "redis.url"),
+            ("TIDEMARK_PG", "postgres.url"),
+        ] {
+            if let Ok(v) = std::env::var(var) {
+                fig = fig.merge((path, v));
+            }
+        }
+        fig = fig.merge(Serialized::defaults(flags));
+        let cfg: Config = fig.extract().map_err(|e| {
+            let fix = "see README \"Configuration\" for every key and its default";
+            anyhow::anyhow!("invalid configuration: {e} ({fix})")
+        })?;
+        if cfg.workers == 0 {
+            anyhow::bail!("workers = 0: set workers (or --workers) to 1 or more");
+        }
+        Ok(cfg)
+    }
+
+    /// The effective config as JSON with passwords hidden, for the start-up log.
+    pub fn redacted(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        for path in [["postgres", "url"], ["redis", "url"]] {
+            if let Some(s) = v.get_mut(path[0]).and_then(|x| x.get_mut(path[1])) {
+                if let Some(text) = s.as_str() {
+                    *s = serde_json::Value::String(hide_password(text));
+                }
+            }
+        }
+        v
+    }
+}
+
+fn hide_password(url: &str) -> String {
+    let mut out: Vec<String> = Vec::new();
+    for part in url.split(' ') {
+        if part.starts_with("password=") {
+            out.push("password=***".into());
+        } else {
+            out.push(part.to_string());
+        }
+    }
+    let joined = out.join(" ");
+    // redis://user:secret@host
+    if let (Some(scheme), Some(at)) = (joined.find("://"), joined.find('@')) {
+        if let Some(colon) = joined[scheme + 3..at].find(':') {
+            return format!("{}***{}", &joined[..scheme + 3 + colon + 1], &joined[at..]);
+        }
+    }
+    joined
+}

@@ -1,0 +1,416 @@
+//! Runs a family on timely workers: a source per worker, the family's dataflow, and sinks
+//! whose durability holds back the frontier that offsets are committed behind.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use differential_dataflow::VecCollection;
+use tidemark_dataflows::counters::Counters;
+use tidemark_dataflows::features::{ChangeBuffer, FeatureRow};
+use tidemark_dataflows::ingest::IngestOptions;
+use tidemark_dataflows::record::{InvalidRecord, Poll, RecordRef, RecordSource};
+use tidemark_dataflows::{family, Family, GenerateSpec, Produced, Tick};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::operator::Operator;
+use timely::dataflow::operators::probe::{Handle as ProbeHandle, Probe};
+use timely::dataflow::Stream;
+
+use crate::config::Config;
+use crate::kafka::{self, Freshness, KafkaSource};
+use crate::store::memory::{MemoryStore, Shared as MemoryShared};
+use crate::store::postgres::PostgresStore;
+use crate::store::redis::RedisStore;
+use crate::store::{spawn_writer, Msg, SinkStats, Store, Writer, WriterHandle};
+
+/// Where records come from.
+#[derive(Clone)]
+pub enum SourceKind {
+    Kafka,
+    /// The family's generator, split over the workers; paced to `rate` records/s of wall
+    /// time when given.
+    Generator {
+        spec: GenerateSpec,
+        pace: Option<u64>,
+    },
+}
+
+/// What a run shares with the process that started it.
+#[derive(Default)]
+pub struct Shared {
+    pub counters: Arc<Counters>,
+    pub sinks: Vec<(&'static str, Arc<SinkStats>)>,
+    pub final_tick: Mutex<Option<Tick>>,
+    pub freshness: Arc<Freshness>,
+    pub stop: AtomicBool,
+}
+
+pub struct RunOptions {
+    pub config: Config,
+    pub exit_at_end: bool,
+    pub timely: timely::Config,
+    pub source: SourceKind,
+    /// Write to the embedded store (demo) instead of, or besides, Redis/Postgres.
+    pub memory: Option<MemoryShared>,
+    pub measure_freshness: bool,
+}
+
+pub fn family_of(cfg: &Config) -> anyhow::Result<Box<dyn Family>> {
+    family(&cfg.dataflow, cfg.dataflows.get(&cfg.dataflow).cloned()).map_err(|e| anyhow::anyhow!(e))
+}
+
+/// Runs until the source ends (`--exit-at-end`, or a finite generator) or `shared.stop`.
+pub fn run(opts: RunOptions, shared: Arc<Shared>) -> anyhow::Result<Option<Tick>> {
+    let family = family_of(&opts.config)?;
+    let topics = opts
+        .config
+        .kafka
+        .topics
+        .clone()
+        .unwrap_or_else(|| family.topics());
+    let tables = Arc::new(family.tables());
+    let dlq = match opts.source {
+        SourceKind::Kafka => Some(Arc::new(kafka::Sender::new(&opts.config.kafka.brokers)?)),
+        _ => None,
+    };
+    // fail fast, in the caller's thread, on a store that is not reachable
+    if let Some(url) = &opts.config.postgres.url {
+        let mut c = postgres::Client::connect(url, postgres::NoTls)
+            .context("connecting to postgres (postgres.url)")?;
+        crate::store::postgres::migrate(&mut c, &tables)?;
+    }
+    if let Some(url) = &opts.config.redis.url {
+        redis::Client::open(url.as_str())?
+            .get_connection()
+            .context("connecting to redis (redis.url)")?;
+    }
+    let opts = Arc::new(opts);
+    let stats: Vec<(&'static str, Arc<SinkStats>)> = Vec::new();
+    let _ = stats;
+    let (o, s, d) = (opts.clone(), shared.clone(), dlq.clone());
+    let guards = timely::execute(opts.timely.clone(), move |worker| {
+        run_worker(worker, &o, &s, &topics, &tables, d.clone()).map_err(|e| format!("{e:#}"))
+    })
+    .map_err(|e| anyhow::anyhow!("starting timely: {e}"))?;
+    let mut final_tick = None;
+    for r in guards.join() {
+        let r = r.map_err(|e| anyhow::anyhow!("worker failed: {e}"))?;
+        final_tick = final_tick.max(r.map_err(|e| anyhow::anyhow!(e))?);
+    }
+    if let Some(p) = &dlq {
+        p.flush()?;
+    }
+    *shared.final_tick.lock().expect("lock") = final_tick;
+    Ok(final_tick)
+}
+
+fn open_stores(
+    opts: &RunOptions,
+    writer: &Writer,
+    shared: &Shared,
+) -> anyhow::Result<Vec<(Box<dyn Store>, Arc<SinkStats>)>> {
+    let stats = |name: &str| {
+        shared
+            .sinks
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, s)| s.clone())
+            .unwrap_or_default()
+    };
+    let mut stores: Vec<(Box<dyn Store>, Arc<SinkStats>)> = Vec::new();
+    if let Some(state) = &opts.memory {
+        stores.push((
+            Box::new(MemoryStore {
+                state: state.clone(),
+                writer: writer.clone(),
+            }),
+            stats("memory"),
+        ));
+    }
+    if let Some(url) = &opts.config.redis.url {
+        stores.push((
+            Box::new(RedisStore::open(
+                url,
+                writer.clone(),
+                opts.config.redis.ttl_secs,
+            )?),
+            stats("redis"),
+        ));
+    }
+    if let Some(url) = &opts.config.postgres.url {
+        stores.push((
+            Box::new(PostgresStore::open(url, writer.clone())?),
+            stats("postgres"),
+        ));
+    }
+    Ok(stores)
+}
+
+fn run_worker(
+    worker: &mut timely::worker::Worker,
+    opts: &RunOptions,
+    shared: &Shared,
+    topics: &[String],
+    tables: &Arc<Vec<tidemark_dataflows::features::TableSpec>>,
+    dlq: Option<Arc<kafka::Sender>>,
+) -> anyhow::Result<Option<Tick>> {
+    let family = family_of(&opts.config)?;
+    let (index, peers) = (worker.index(), worker.peers());
+    let durable: ProbeHandle<Tick> = ProbeHandle::new();
+    let source: Box<dyn RecordSource> = match &opts.source {
+        SourceKind::Kafka => Box::new(KafkaSource::new(
+            &opts.config,
+            topics,
+            index,
+            peers,
+            opts.exit_at_end,
+            durable.clone(),
+            opts.measure_freshness.then(|| shared.freshness.clone()),
+        )?),
+        SourceKind::Generator { spec, pace } => Box::new(GeneratorSource::new(
+            family.generate(spec),
+            index,
+            peers,
+            *pace,
+        )),
+    };
+    let writer = Writer {
+        job: opts.config.job.clone(),
+        worker: index,
+        peers,
+        tables: tables.clone(),
+    };
+    let writers: Vec<WriterHandle> = open_stores(opts, &writer, shared)?
+        .into_iter()
+        .map(|(s, stats)| spawn_writer(s, stats))
+        .collect();
+    let ingest = IngestOptions {
+        max_future_skew_ms: opts.config.ingest.max_future_skew_ms,
+        dedup_horizon_ms: opts.config.ingest.dedup_horizon_ms,
+        max_message_bytes: opts.config.ingest.max_message_bytes,
+        batch_max: opts.config.kafka.poll_batch,
+        exit_at_end: opts.exit_at_end,
+        ..IngestOptions::default()
+    };
+    let dlq_topic = opts.config.kafka.dlq_topic.clone();
+    let counters = shared.counters.clone();
+    let dataflow = worker.next_dataflow_index();
+    let final_tick = worker.dataflow::<Tick, _, _>(|scope| {
+        let installed = family.install(scope, source, ingest, counters);
+        durable_sink(installed.features, writers).probe_with(&durable);
+        dead_letters(installed.invalid, dlq, dlq_topic);
+        installed.final_tick
+    });
+    let mut finished_at: Option<Instant> = None;
+    loop {
+        worker.step_or_park(Some(Duration::from_millis(1)));
+        if shared.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        if let Some(t) = final_tick.get() {
+            if finished_at.is_none() && !durable.less_equal(&t) {
+                finished_at = Some(Instant::now());
+            }
+        }
+        if durable.done() && finished_at.is_none() {
+            finished_at = Some(Instant::now());
+        }
+        // linger, so peers hear our last progress and the source commits its offsets
+        if finished_at.is_some_and(|at| at.elapsed() > Duration::from_millis(300)) {
+            break;
+        }
+    }
+    worker.drop_dataflow(dataflow);
+    Ok(final_tick.get())
+}
+
+/// Hands each completed tick's changes to the writers and holds its output frontier at
+/// the least tick not yet durable in every store: a probe on it tells when offsets may
+/// be committed and when `--exit-at-end` may stop.
+fn durable_sink<'s>(
+    rows: VecCollection<'s, Tick, FeatureRow>,
+    writers: Vec<WriterHandle>,
+) -> Stream<'s, Tick, Vec<()>> {
+    let scope = rows.inner.scope();
+    rows.inner
+        .unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+            Pipeline,
+            "DurableSink",
+            move |cap, info| {
+                let activator = scope.worker().sync_activator_for(info.address.to_vec());
+                for w in &writers {
+                    *w.wake.lock().expect("wake slot") = Some(activator.clone());
+                }
+                let mut cap = Some(cap);
+                let mut buffer = ChangeBuffer::default();
+                let mut sent: Tick = 0;
+                move |(input, frontier), _output| {
+                    input.for_each(|_, updates| buffer.push(updates));
+                    let upto = frontier.frontier().iter().next().copied();
+                    for tick in buffer.complete(upto) {
+                        let tick = Arc::new(tick);
+                        for w in &writers {
+                            w.send(Msg::Changes(tick.clone()));
+                        }
+                    }
+                    let f = upto.unwrap_or(Tick::MAX);
+                    if f > sent {
+                        sent = f;
+                        for w in &writers {
+                            w.send(Msg::Progress(f));
+                        }
+                    }
+                    let durable = writers.iter().map(|w| w.acked()).min().unwrap_or(f).min(f);
+                    if durable == Tick::MAX {
+                        cap = None;
+                    } else if let Some(c) = cap.as_mut() {
+                        if *c.time() < durable {
+                            c.downgrade(&durable);
+                        }
+                    }
+                }
+            },
+        )
+}
+
+/// Sends invalid records to the DLQ topic (or logs them when there is no Kafka).
+fn dead_letters<'s>(
+    invalid: Stream<'s, Tick, Vec<InvalidRecord>>,
+    dlq: Option<Arc<kafka::Sender>>,
+    topic: String,
+) {
+    invalid.sink(Pipeline, "DeadLetters", move |(input, _)| {
+        input.for_each(|_, records| {
+            for r in records.drain(..) {
+                tracing::debug!(topic = %r.topic, partition = r.partition, offset = r.offset, error = %r.error.message, "invalid record");
+                if let Some(p) = &dlq {
+                    let (key, payload, headers) = kafka::dlq_record(&r);
+                    p.send(&topic, Some(key.as_bytes()), &payload, Some(headers));
+                }
+            }
+        });
+    });
+}
+
+/// The family's synthetic traffic as a source: worker `w` of `n` takes records `w, w+n, …`.
+pub struct GeneratorSource {
+    records: Box<dyn Iterator<Item = Produced> + Send>,
+    worker: usize,
+    peers: usize,
+    next: u64,
+    pace: Option<(Instant, u64)>,
+    done: bool,
+}
+
+impl GeneratorSource {
+    pub fn new(
+        records: Box<dyn Iterator<Item = Produced> + Send>,
+        worker: usize,
+        peers: usize,
+        pace: Option<u64>,
+    ) -> Self {
+        GeneratorSource {
+            records,
+            worker,
+            peers,
+            next: 0,
+            pace: pace.map(|r| (Instant::now(), r.max(1))),
+            done: false,
+        }
+    }
+}
+
+impl RecordSource for GeneratorSource {
+    fn poll(&mut self, max: usize, visit: &mut dyn FnMut(RecordRef<'_>)) -> Poll {
+        let mut n = 0;
+        while n < max && !self.done {
+            if let Some((start, rate)) = self.pace {
+                if self.next as f64 / rate as f64 > start.elapsed().as_secs_f64() {
+                    return Poll::Caught { idle: false };
+                }
+            }
+            let Some(p) = self.records.next() else {
+                self.done = true;
+                break;
+            };
+            let i = self.next;
+            self.next += 1;
+            if i as usize % self.peers != self.worker {
+                continue;
+            }
+            n += 1;
+            let key = p.key.as_deref().map(str::as_bytes);
+            visit(RecordRef {
+                topic: &p.topic,
+                partition: self.worker as i32,
+                offset: i as i64,
+                append_ms: kafka::now_ms() as i64,
+                key,
+                payload: &p.payload,
+            });
+        }
+        if self.done {
+            Poll::Finished
+        } else if n == max {
+            Poll::Busy
+        } else {
+            Poll::Caught { idle: false }
+        }
+    }
+    fn now_ms(&self) -> u64 {
+        kafka::now_ms()
+    }
+}
+
+/// The timely communication config for `--workers/--processes/--process/--hostfile`.
+pub fn timely_config(
+    workers: usize,
+    processes: usize,
+    process: usize,
+    hostfile: Option<&PathBuf>,
+) -> anyhow::Result<timely::Config> {
+    let communication = if processes > 1 {
+        let addresses: Vec<String> = match hostfile {
+            Some(f) => std::fs::read_to_string(f)
+                .with_context(|| format!("reading --hostfile {}", f.display()))?
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect(),
+            None => (0..processes)
+                .map(|i| format!("127.0.0.1:{}", 2101 + i))
+                .collect(),
+        };
+        if addresses.len() != processes {
+            anyhow::bail!("--hostfile has {} addresses for --processes {processes}: give one host:port per process", addresses.len());
+        }
+        if process >= processes {
+            anyhow::bail!("--process {process} is not below --processes {processes}");
+        }
+        timely::CommunicationConfig::Cluster {
+            threads: workers,
+            process,
+            addresses,
+            report: false,
+            zerocopy: false,
+        }
+    } else if workers > 1 {
+        timely::CommunicationConfig::Process(workers)
+    } else {
+        timely::CommunicationConfig::Thread
+    };
+    let mut worker = timely::WorkerConfig::default();
+    differential_dataflow::configure(
+        &mut worker,
+        &differential_dataflow::Config::default().idle_merge_effort(Some(1000)),
+    );
+    Ok(timely::Config {
+        communication,
+        worker,
+    })
+}

@@ -1,0 +1,9 @@
+//! Tidemark's runtime: sources, sinks, the engine that drives timely workers, the HTTP API.
+//! The computation itself lives in the `tidemark-dataflows` crate.
+
+pub mod bench;
+pub mod config;
+pub mod engine;
+pub mod http;
+pub mod kafka;
+pub mod store;

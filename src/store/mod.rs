@@ -1,0 +1,143 @@
+//! Feature stores and the writer threads that keep I/O off the dataflow workers.
+
+pub mod memory;
+pub mod postgres;
+pub mod redis;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tidemark_dataflows::features::{TableSpec, TickChanges};
+use tidemark_dataflows::Tick;
+use timely::scheduling::SyncActivator;
+
+/// Where a worker's feature changes go.
+pub trait Store: Send {
+    fn name(&self) -> &'static str;
+    /// Writes whole ticks in one transaction; with `progress`, also records that every tick
+    /// before it is written by this worker.
+    fn write(&mut self, ticks: &[Arc<TickChanges>], progress: Option<Tick>) -> anyhow::Result<()>;
+}
+
+/// The identity a store writes under.
+#[derive(Clone, Debug)]
+pub struct Writer {
+    pub job: String,
+    pub worker: usize,
+    pub peers: usize,
+    pub tables: Arc<Vec<TableSpec>>,
+}
+
+pub enum Msg {
+    Changes(Arc<TickChanges>),
+    Progress(Tick),
+}
+
+/// Counters of one sink, shared by the workers of a process.
+#[derive(Debug, Default)]
+pub struct SinkStats {
+    pub writes: AtomicU64,
+    pub entity_updates: AtomicU64,
+    pub failures: AtomicU64,
+}
+
+/// The worker's end of a writer thread.
+pub struct WriterHandle {
+    pub name: &'static str,
+    tx: Sender<Msg>,
+    /// Every tick before this one is durably written.
+    pub acked: Arc<AtomicU64>,
+    /// The sink operator puts its activator here, so acks wake it.
+    pub wake: Arc<Mutex<Option<SyncActivator>>>,
+}
+
+impl WriterHandle {
+    pub fn send(&self, msg: Msg) {
+        // a writer that died has logged why; the worker notices through `acked` not moving
+        let _ = self.tx.send(msg);
+    }
+    pub fn acked(&self) -> Tick {
+        self.acked.load(Ordering::Acquire)
+    }
+}
+
+/// Starts a thread that writes what the worker sends, retrying with backoff on failure
+/// (nothing is acknowledged until it is written).
+pub fn spawn_writer(mut store: Box<dyn Store>, stats: Arc<SinkStats>) -> WriterHandle {
+    let (tx, rx) = channel::<Msg>();
+    let acked = Arc::new(AtomicU64::new(0));
+    let wake: Arc<Mutex<Option<SyncActivator>>> = Arc::default();
+    let name = store.name();
+    let (a, w) = (acked.clone(), wake.clone());
+    std::thread::Builder::new()
+        .name(format!("sink-{name}"))
+        .spawn(move || write_loop(&mut *store, rx, &a, &w, &stats))
+        .expect("spawn a writer thread");
+    WriterHandle {
+        name,
+        tx,
+        acked,
+        wake,
+    }
+}
+
+fn write_loop(
+    store: &mut dyn Store,
+    rx: Receiver<Msg>,
+    acked: &AtomicU64,
+    wake: &Mutex<Option<SyncActivator>>,
+    stats: &SinkStats,
+) {
+    const MAX_TICKS_PER_WRITE: usize = 512;
+    while let Ok(first) = rx.recv() {
+        let (mut ticks, mut progress) = (Vec::new(), None);
+        let mut next = Some(first);
+        while let Some(m) = next.take() {
+            match m {
+                Msg::Changes(t) => ticks.push(t),
+                Msg::Progress(p) => progress = Some(p),
+            }
+            if ticks.len() < MAX_TICKS_PER_WRITE {
+                next = rx.try_recv().ok();
+            }
+        }
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            match store.write(&ticks, progress) {
+                Ok(()) => break,
+                Err(e) => {
+                    stats.failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(sink = store.name(), error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "sink write failed");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        stats.writes.fetch_add(1, Ordering::Relaxed);
+        let updates: usize = ticks.iter().map(|t| t.changes.len()).sum();
+        stats
+            .entity_updates
+            .fetch_add(updates as u64, Ordering::Relaxed);
+        if let Some(p) = progress {
+            acked.store(p, Ordering::Release);
+            if let Some(a) = wake.lock().expect("wake slot").as_ref() {
+                let _ = a.activate();
+            }
+        }
+    }
+}
+
+/// `feat:{ns}:{key parts joined by ':'}`.
+pub fn entity_key(spec: &TableSpec, key: &[String]) -> String {
+    let mut k =
+        String::with_capacity(8 + spec.ns.len() + key.iter().map(|p| p.len() + 1).sum::<usize>());
+    k.push_str("feat:");
+    k.push_str(spec.ns);
+    for part in key {
+        k.push(':');
+        k.push_str(part);
+    }
+    k
+}

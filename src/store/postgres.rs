@@ -1,0 +1,253 @@
+//! Postgres: a table `feat_{ns}` per feature view (key columns first, one column per
+//! feature, `_tick`), created and migrated at start; each write is one transaction that
+//! also records the worker's progress. Upserts never move a row back to an older tick.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::Context;
+use postgres::types::ToSql;
+use postgres::{Client, NoTls};
+use tidemark_dataflows::features::{FieldType, TableSpec, TickChanges, Value};
+use tidemark_dataflows::Tick;
+
+use super::{Store, Writer};
+
+pub struct PostgresStore {
+    url: String,
+    client: Option<Client>,
+    writer: Writer,
+}
+
+fn sql_type(t: FieldType) -> &'static str {
+    match t {
+        FieldType::Int => "bigint",
+        FieldType::Float => "double precision",
+        FieldType::Text => "text",
+    }
+}
+
+pub fn table_name(spec: &TableSpec) -> String {
+    format!("feat_{}", spec.ns)
+}
+
+/// Creates the feature tables and the progress table, adding columns that are missing.
+pub fn migrate(client: &mut Client, tables: &[TableSpec]) -> anyhow::Result<()> {
+    let mut ddl = String::from(
+        "CREATE TABLE IF NOT EXISTS tidemark_progress (job text NOT NULL, worker int NOT NULL, \
+         tick bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (job, worker));\n",
+    );
+    for spec in tables {
+        let name = table_name(spec);
+        let keys: Vec<String> = spec
+            .keys
+            .iter()
+            .map(|k| format!("{k} text NOT NULL"))
+            .collect();
+        ddl += &format!(
+            "CREATE TABLE IF NOT EXISTS {name} ({}, _tick bigint NOT NULL, _v int NOT NULL, PRIMARY KEY ({}));\n",
+            keys.join(", "),
+            spec.keys.join(", ")
+        );
+        for f in &spec.fields {
+            ddl += &format!(
+                "ALTER TABLE {name} ADD COLUMN IF NOT EXISTS {} {};\n",
+                f.name,
+                sql_type(f.ty)
+            );
+        }
+    }
+    // concurrent workers may race on CREATE IF NOT EXISTS: serialise them
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock(7467001)", &[])?;
+    tx.batch_execute(&ddl)
+        .context("creating the feature tables")?;
+    tx.commit()?;
+    Ok(())
+}
+
+impl PostgresStore {
+    pub fn open(url: &str, writer: Writer) -> anyhow::Result<Self> {
+        let mut store = PostgresStore {
+            url: url.to_string(),
+            client: None,
+            writer,
+        };
+        let tables = store.writer.tables.clone();
+        migrate(store.client()?, &tables)?;
+        Ok(store)
+    }
+
+    fn client(&mut self) -> anyhow::Result<&mut Client> {
+        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+            let c = Client::connect(&self.url, NoTls)
+                .context("connecting to postgres (postgres.url)")?;
+            self.client = Some(c);
+        }
+        Ok(self.client.as_mut().expect("just connected"))
+    }
+}
+
+/// Column-major batch of one table's upserts, bound as arrays and expanded with `unnest`.
+struct Columns {
+    keys: Vec<Vec<String>>,
+    fields: Vec<Column>,
+    ticks: Vec<i64>,
+    versions: Vec<i32>,
+}
+
+enum Column {
+    Int(Vec<Option<i64>>),
+    Float(Vec<Option<f64>>),
+    Text(Vec<Option<String>>),
+}
+
+impl Column {
+    fn push(&mut self, v: &Value) {
+        match (self, v) {
+            (Column::Int(c), Value::Int(i)) => c.push(Some(*i)),
+            (Column::Float(c), v) => c.push(v.as_f64()),
+            (Column::Text(c), v) => c.push(Some(v.to_string())),
+            (Column::Int(c), _) => c.push(None),
+        }
+    }
+    fn param(&self) -> &(dyn ToSql + Sync) {
+        match self {
+            Column::Int(c) => c,
+            Column::Float(c) => c,
+            Column::Text(c) => c,
+        }
+    }
+}
+
+impl Store for PostgresStore {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn write(&mut self, ticks: &[Arc<TickChanges>], progress: Option<Tick>) -> anyhow::Result<()> {
+        let tables = self.writer.tables.clone();
+        // the latest state per entity across the ticks of this write
+        let mut latest: BTreeMap<(u8, &[String]), (Option<&Vec<Value>>, Tick)> = BTreeMap::new();
+        for t in ticks {
+            for c in &t.changes {
+                latest.insert((c.table, &c.key[..]), (c.after.as_ref(), t.tick));
+            }
+        }
+        let mut upserts: BTreeMap<u8, Columns> = BTreeMap::new();
+        let mut deletes: BTreeMap<u8, (Vec<Vec<String>>, Vec<i64>)> = BTreeMap::new();
+        for ((table, key), (after, tick)) in latest {
+            let spec = &tables[table as usize];
+            match after {
+                Some(values) => {
+                    let cols = upserts.entry(table).or_insert_with(|| Columns {
+                        keys: vec![Vec::new(); spec.keys.len()],
+                        fields: spec
+                            .fields
+                            .iter()
+                            .map(|f| match f.ty {
+                                FieldType::Int => Column::Int(Vec::new()),
+                                FieldType::Float => Column::Float(Vec::new()),
+                                FieldType::Text => Column::Text(Vec::new()),
+                            })
+                            .collect(),
+                        ticks: Vec::new(),
+                        versions: Vec::new(),
+                    });
+                    for (i, k) in key.iter().enumerate() {
+                        cols.keys[i].push(k.clone());
+                    }
+                    for (col, v) in cols.fields.iter_mut().zip(values) {
+                        col.push(v);
+                    }
+                    cols.ticks.push(tick as i64);
+                    cols.versions.push(spec.version as i32);
+                }
+                None => {
+                    let d = deletes
+                        .entry(table)
+                        .or_insert_with(|| (vec![Vec::new(); spec.keys.len()], Vec::new()));
+                    for (i, k) in key.iter().enumerate() {
+                        d.0[i].push(k.clone());
+                    }
+                    d.1.push(tick as i64);
+                }
+            }
+        }
+        let (job, worker) = (self.writer.job.clone(), self.writer.worker as i32);
+        let client = self.client()?;
+        let mut tx = client.transaction()?;
+        for (table, cols) in &upserts {
+            let spec = &tables[*table as usize];
+            let name = table_name(spec);
+            let mut names: Vec<&str> = spec.keys.clone();
+            names.extend(spec.fields.iter().map(|f| f.name));
+            names.extend(["_tick", "_v"]);
+            let mut types: Vec<&str> = spec.keys.iter().map(|_| "text[]").collect();
+            types.extend(spec.fields.iter().map(|f| match f.ty {
+                FieldType::Int => "bigint[]",
+                FieldType::Float => "float8[]",
+                FieldType::Text => "text[]",
+            }));
+            types.extend(["bigint[]", "int[]"]);
+            let unnest: Vec<String> = types
+                .iter()
+                .enumerate()
+                .map(|(i, t)| format!("${}::{t}", i + 1))
+                .collect();
+            let updates: Vec<String> = names[spec.keys.len()..]
+                .iter()
+                .map(|n| format!("{n} = excluded.{n}"))
+                .collect();
+            let sql = format!(
+                "INSERT INTO {name} ({}) SELECT * FROM unnest({}) ON CONFLICT ({}) DO UPDATE SET {} WHERE excluded._tick >= {name}._tick",
+                names.join(", "),
+                unnest.join(", "),
+                spec.keys.join(", "),
+                updates.join(", ")
+            );
+            let mut params: Vec<&(dyn ToSql + Sync)> =
+                cols.keys.iter().map(|k| k as &(dyn ToSql + Sync)).collect();
+            params.extend(cols.fields.iter().map(|c| c.param()));
+            params.push(&cols.ticks);
+            params.push(&cols.versions);
+            tx.execute(&sql, &params)
+                .with_context(|| format!("upserting into {name}"))?;
+        }
+        for (table, (keys, ticks)) in &deletes {
+            let spec = &tables[*table as usize];
+            let name = table_name(spec);
+            let mut using: Vec<String> = (0..spec.keys.len())
+                .map(|i| format!("${}::text[]", i + 1))
+                .collect();
+            using.push(format!("${}::bigint[]", spec.keys.len() + 1));
+            let mut cols: Vec<String> = spec.keys.iter().map(|k| k.to_string()).collect();
+            cols.push("_tick".into());
+            let on: Vec<String> = spec.keys.iter().map(|k| format!("t.{k} = d.{k}")).collect();
+            let sql = format!(
+                "DELETE FROM {name} t USING unnest({}) AS d({}) WHERE {} AND t._tick <= d._tick",
+                using.join(", "),
+                cols.join(", "),
+                on.join(" AND ")
+            );
+            let mut params: Vec<&(dyn ToSql + Sync)> =
+                keys.iter().map(|k| k as &(dyn ToSql + Sync)).collect();
+            params.push(ticks);
+            tx.execute(&sql, &params)
+                .with_context(|| format!("deleting from {name}"))?;
+        }
+        // an empty frontier (input closed) is not a tick to record
+        if let Some(p) = progress.filter(|p| *p != Tick::MAX) {
+            tx.execute(
+                "INSERT INTO tidemark_progress (job, worker, tick) VALUES ($1, $2, $3) \
+                 ON CONFLICT (job, worker) DO UPDATE SET tick = GREATEST(tidemark_progress.tick, excluded.tick), updated_at = now()",
+                &[&job, &worker, &(p.saturating_sub(1).min(i64::MAX as u64) as i64)],
+            )?;
+        }
+        let result = tx.commit();
+        if result.is_err() {
+            self.client = None;
+        }
+        result.context("committing the tick's transaction")
+    }
+}

@@ -1,0 +1,118 @@
+//! Redis: one hash per entity, only changed fields, `_tick` and `_v`; each write is one
+//! MULTI/EXEC, so a reader never sees part of a tick.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tidemark_dataflows::features::TickChanges;
+use tidemark_dataflows::Tick;
+
+use super::{entity_key, Store, Writer};
+
+/// Records a worker's progress and raises the job frontier to the least progress of all
+/// workers, never lowering it. KEYS: progress hash, frontier; ARGV: worker, tick, peers.
+const PROGRESS_SCRIPT: &str = r#"
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local least = nil
+for w = 0, tonumber(ARGV[3]) - 1 do
+  local v = redis.call('HGET', KEYS[1], tostring(w))
+  if not v then return -1 end
+  v = tonumber(v)
+  if least == nil or v < least then least = v end
+end
+local current = tonumber(redis.call('GET', KEYS[2]) or '-1')
+if least > current then redis.call('SET', KEYS[2], string.format('%d', least)) end
+return least
+"#;
+
+pub struct RedisStore {
+    conn: Option<redis::Connection>,
+    client: redis::Client,
+    writer: Writer,
+    ttl_secs: Option<u64>,
+}
+
+impl RedisStore {
+    pub fn open(url: &str, writer: Writer, ttl_secs: Option<u64>) -> anyhow::Result<Self> {
+        let client =
+            redis::Client::open(url).with_context(|| format!("redis url '{url}' (redis.url)"))?;
+        let mut store = RedisStore {
+            conn: None,
+            client,
+            writer,
+            ttl_secs,
+        };
+        store.connection()?;
+        Ok(store)
+    }
+
+    fn connection(&mut self) -> anyhow::Result<&mut redis::Connection> {
+        if self.conn.is_none() {
+            let conn = self
+                .client
+                .get_connection()
+                .context("connecting to redis")?;
+            self.conn = Some(conn);
+        }
+        Ok(self.conn.as_mut().expect("just connected"))
+    }
+
+    pub fn progress_key(job: &str) -> String {
+        format!("tidemark:{job}:progress")
+    }
+    pub fn frontier_key(job: &str) -> String {
+        format!("tidemark:{job}:frontier")
+    }
+}
+
+impl Store for RedisStore {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn write(&mut self, ticks: &[Arc<TickChanges>], progress: Option<Tick>) -> anyhow::Result<()> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for t in ticks {
+            for c in &t.changes {
+                let spec = &self.writer.tables[c.table as usize];
+                let key = entity_key(spec, &c.key);
+                let Some(values) = &c.after else {
+                    pipe.del(&key).ignore();
+                    continue;
+                };
+                let cmd = pipe.cmd("HSET").arg(&key);
+                for &i in &c.changed {
+                    cmd.arg(spec.fields[i].name).arg(values[i].to_string());
+                }
+                cmd.arg("_tick")
+                    .arg(t.tick)
+                    .arg("_v")
+                    .arg(spec.version)
+                    .ignore();
+                if let Some(ttl) = self.ttl_secs {
+                    pipe.expire(&key, ttl as i64).ignore();
+                }
+            }
+        }
+        // an empty frontier (input closed) is not a tick to record
+        if let Some(p) = progress.filter(|p| *p != Tick::MAX) {
+            let job = &self.writer.job;
+            pipe.cmd("EVAL")
+                .arg(PROGRESS_SCRIPT)
+                .arg(2)
+                .arg(Self::progress_key(job))
+                .arg(Self::frontier_key(job))
+                .arg(self.writer.worker)
+                .arg(p.saturating_sub(1))
+                .arg(self.writer.peers)
+                .ignore();
+        }
+        let result: redis::RedisResult<()> = pipe.query(self.connection()?);
+        if let Err(e) = result {
+            self.conn = None; // reconnect on the next try
+            return Err(e).context("redis MULTI/EXEC");
+        }
+        Ok(())
+    }
+}
