@@ -1,0 +1,168 @@
+//! Helpers for tests against the real services that `scripts/services.sh up` starts.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::ClientConfig;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tidemark");
+
+pub fn kafka() -> String {
+    std::env::var("TIDEMARK_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+pub fn redis_base() -> String {
+    std::env::var("TIDEMARK_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
+}
+
+/// A Redis URL on database `db`, emptied.
+pub fn fresh_redis(db: u8) -> String {
+    let base = redis_base();
+    let host = base
+        .split("://")
+        .nth(1)
+        .unwrap_or("127.0.0.1:6379")
+        .split('/')
+        .next()
+        .unwrap_or("127.0.0.1:6379");
+    let url = format!("redis://{host}/{db}");
+    let mut c = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection()
+        .expect("redis is up (scripts/services.sh up)");
+    redis::cmd("FLUSHDB").query::<()>(&mut c).unwrap();
+    url
+}
+
+pub fn pg_base() -> String {
+    std::env::var("TIDEMARK_PG").unwrap_or_else(|_| {
+        "host=127.0.0.1 port=5432 user=tidemark password=tidemark dbname=tidemark".into()
+    })
+}
+
+/// A connection string to an empty database `name`.
+pub fn fresh_pg(name: &str) -> String {
+    let mut admin = postgres::Client::connect(&pg_base(), postgres::NoTls)
+        .expect("postgres is up (scripts/services.sh up)");
+    admin
+        .execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"), &[])
+        .unwrap();
+    admin
+        .execute(&format!("CREATE DATABASE {name}"), &[])
+        .unwrap();
+    let base = pg_base();
+    let parts: Vec<&str> = base
+        .split(' ')
+        .filter(|p| !p.starts_with("dbname="))
+        .collect();
+    format!("{} dbname={name}", parts.join(" "))
+}
+
+/// A topic with a unique name and `partitions` partitions.
+pub fn fresh_topic(prefix: &str, partitions: i32) -> String {
+    let name = format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", kafka())
+        .create()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let topic = NewTopic::new(&name, partitions, TopicReplication::Fixed(1));
+    let res = rt
+        .block_on(admin.create_topics(
+            [&topic],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20))),
+        ))
+        .unwrap();
+    for r in res {
+        r.expect("topic created");
+    }
+    name
+}
+
+pub fn tidemark(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env("TIDEMARK_KAFKA", kafka())
+        .env("RUST_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run tidemark");
+    assert!(
+        out.status.success(),
+        "tidemark {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Every `feat:*` hash in the database, by key.
+pub fn redis_features(url: &str) -> BTreeMap<String, BTreeMap<String, String>> {
+    let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("feat:*").query(&mut c).unwrap();
+    keys.into_iter()
+        .map(|k| {
+            let h: BTreeMap<String, String> = redis::cmd("HGETALL").arg(&k).query(&mut c).unwrap();
+            (k, h)
+        })
+        .collect()
+}
+
+pub fn redis_get(url: &str, key: &str) -> Option<String> {
+    let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
+    redis::cmd("GET").arg(key).query(&mut c).unwrap()
+}
+
+/// A Postgres feature table as Redis-style hashes: `feat:{ns}:{keys}` → column → text.
+pub fn pg_features(
+    url: &str,
+    ns: &str,
+    keys: &[&str],
+) -> BTreeMap<String, BTreeMap<String, String>> {
+    let mut c = postgres::Client::connect(url, postgres::NoTls).unwrap();
+    let rows = c
+        .query(
+            &format!("SELECT row_to_json(t)::text FROM feat_{ns} t"),
+            &[],
+        )
+        .unwrap();
+    rows.into_iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_str(r.get::<_, &str>(0)).unwrap();
+            let o = v.as_object().unwrap();
+            let key: Vec<String> = keys
+                .iter()
+                .map(|k| o[*k].as_str().unwrap().to_string())
+                .collect();
+            let fields = o
+                .iter()
+                .filter(|(k, _)| !keys.contains(&k.as_str()))
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        match v {
+                            serde_json::Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        },
+                    )
+                })
+                .collect();
+            (format!("feat:{ns}:{}", key.join(":")), fields)
+        })
+        .collect()
+}
