@@ -1,6 +1,8 @@
 //! `tidemark bench`: throughput of the dataflow alone and of decoding.
 
-use std::time::Instant;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use differential_dataflow::input::Input;
@@ -9,7 +11,9 @@ use tidemark_dataflows::search::{Search, SearchConfig, SearchEvent};
 use tidemark_dataflows::{Dataflow, GenerateSpec, Tick};
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 
-use crate::engine::timely_config;
+use crate::config::Config;
+use crate::engine::{timely_config, RunOptions, Shared, SourceKind};
+use crate::kafka::{now_ms, Sender};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -23,6 +27,17 @@ pub struct BenchArgs {
     /// Worker counts to run the dataflow with.
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
     pub workers: Vec<usize>,
+    /// Also measure Kafka → Redis end to end (brokers and Redis from TIDEMARK_KAFKA/TIDEMARK_REDIS).
+    #[arg(long)]
+    pub kafka: bool,
+    /// Events produced for the end-to-end throughput run.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub e2e_events: u64,
+    /// Events/s for the freshness run (default: half the measured end-to-end throughput).
+    #[arg(long)]
+    pub freshness_rate: Option<u64>,
+    #[arg(long, default_value_t = 20)]
+    pub freshness_seconds: u64,
 }
 
 fn traffic(events: u64) -> Vec<Timed<SearchEvent>> {
@@ -131,6 +146,137 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
             .unwrap_or_default();
         one.get_or_insert(total);
         println!("dataflow, {w} worker(s): {:.0} events/s total, {:.0} per worker{scale} ({} events, batch {})", total, per, events.len(), a.batch);
+    }
+    if a.kafka {
+        end_to_end(&a)?;
+    }
+    Ok(())
+}
+
+fn bench_config(topic: &str, job: &str) -> anyhow::Result<Config> {
+    let flags = serde_json::json!({"job": job, "workers": 2, "kafka": {"topics": [topic], "group_id": job}});
+    let mut cfg = Config::load(None, flags)?;
+    if cfg.redis.url.is_none() {
+        anyhow::bail!("bench --kafka needs TIDEMARK_REDIS (scripts/services.sh env)");
+    }
+    cfg.postgres.url = None;
+    Ok(cfg)
+}
+
+fn create_topic(brokers: &str, name: &str, partitions: i32) -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    for r in rt.block_on(admin.create_topics(
+        [&NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
+        &AdminOptions::new(),
+    ))? {
+        r.map_err(|(t, e)| anyhow::anyhow!("creating topic {t}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Kafka (4 partitions) → 2 workers → Redis: throughput of a backlog with `--exit-at-end`,
+/// then freshness (Kafka append → tick durable in Redis) at a fixed rate.
+fn end_to_end(a: &BenchArgs) -> anyhow::Result<()> {
+    let stamp = now_ms();
+    let throughput_topic = format!("bench-search-{stamp}");
+    let cfg = bench_config(&throughput_topic, &format!("bench-{stamp}"))?;
+    let brokers = cfg.kafka.brokers.clone();
+    create_topic(&brokers, &throughput_topic, 4)?;
+    let family = crate::engine::family_of(&cfg)?;
+    eprintln!("producing {} events to {throughput_topic} …", a.e2e_events);
+    let sender = Sender::new(&brokers)?;
+    let spec = GenerateSpec {
+        events: a.e2e_events,
+        rate: 20_000,
+        ..Default::default()
+    };
+    for p in family.generate(&spec) {
+        sender.send(
+            &throughput_topic,
+            p.key.as_deref().map(str::as_bytes),
+            &p.payload,
+            None,
+        );
+    }
+    sender.flush()?;
+    let shared = Arc::new(Shared::default());
+    let opts = RunOptions {
+        timely: timely_config(cfg.workers, 1, 0, None)?,
+        config: cfg,
+        exit_at_end: true,
+        source: SourceKind::Kafka,
+        memory: None,
+        measure_freshness: false,
+    };
+    let start = Instant::now();
+    crate::engine::run(opts, shared.clone())?;
+    let secs = start.elapsed().as_secs_f64();
+    let consumed = shared.counters.consumed.load(Ordering::Relaxed) as f64;
+    let throughput = consumed / secs;
+    println!("end to end, Kafka → 2 workers → Redis: {throughput:.0} events/s ({consumed} events in {secs:.1} s, including start-up)");
+
+    let rate = a.freshness_rate.unwrap_or((throughput / 2.0) as u64).max(1);
+    let live_topic = format!("bench-live-{stamp}");
+    create_topic(&brokers, &live_topic, 4)?;
+    let cfg = bench_config(&live_topic, &format!("bench-live-{stamp}"))?;
+    let shared = Arc::new(Shared::default());
+    let opts = RunOptions {
+        timely: timely_config(cfg.workers, 1, 0, None)?,
+        config: cfg,
+        exit_at_end: false,
+        source: SourceKind::Kafka,
+        memory: None,
+        measure_freshness: true,
+    };
+    let s = shared.clone();
+    let engine = std::thread::spawn(move || crate::engine::run(opts, s));
+    std::thread::sleep(Duration::from_secs(2));
+    eprintln!(
+        "producing {rate} events/s for {} s to {live_topic} …",
+        a.freshness_seconds
+    );
+    let spec = GenerateSpec {
+        events: rate * a.freshness_seconds,
+        rate,
+        start_ms: now_ms(),
+        seed: stamp,
+        ..Default::default()
+    };
+    let begin = Instant::now();
+    for (i, p) in family.generate(&spec).enumerate() {
+        let due = Duration::from_secs_f64(i as f64 / rate as f64);
+        if let Some(wait) = due.checked_sub(begin.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        sender.send(
+            &live_topic,
+            p.key.as_deref().map(str::as_bytes),
+            &p.payload,
+            None,
+        );
+    }
+    sender.flush()?;
+    std::thread::sleep(Duration::from_secs(2));
+    shared.stop.store(true, Ordering::Relaxed);
+    engine
+        .join()
+        .map_err(|_| anyhow::anyhow!("engine panicked"))??;
+    let h = shared.freshness.histogram.lock().expect("lock");
+    match h.as_ref() {
+        Some(h) => println!(
+            "freshness at {rate} events/s (Kafka append → Redis EXEC acknowledged): p50 {} ms, p99 {} ms, max {} ms over {} events",
+            h.value_at_quantile(0.5),
+            h.value_at_quantile(0.99),
+            h.max(),
+            h.len()
+        ),
+        None => println!("freshness: no samples"),
     }
     Ok(())
 }

@@ -43,7 +43,7 @@ pub struct KafkaConfig {
     pub poll_batch: usize,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
     pub url: Option<String>,
@@ -51,7 +51,7 @@ pub struct RedisConfig {
     pub ttl_secs: Option<u64>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PostgresConfig {
     /// libpq-style connection string; secrets are hidden when logged.
@@ -64,6 +64,9 @@ pub struct IngestConfig {
     pub max_future_skew_ms: u64,
     pub dedup_horizon_ms: u64,
     pub max_message_bytes: usize,
+    /// Once caught up, how long a source waits before reading again: a tick gathers what
+    /// arrived meanwhile, trading this much latency for fewer, larger ticks.
+    pub poll_interval_ms: u64,
 }
 
 impl Default for Config {
@@ -96,27 +99,13 @@ impl Default for KafkaConfig {
     }
 }
 
-impl Default for RedisConfig {
-    fn default() -> Self {
-        RedisConfig {
-            url: None,
-            ttl_secs: None,
-        }
-    }
-}
-
-impl Default for PostgresConfig {
-    fn default() -> Self {
-        PostgresConfig { url: None }
-    }
-}
-
 impl Default for IngestConfig {
     fn default() -> Self {
         IngestConfig {
             max_future_skew_ms: 60_000,
             dedup_horizon_ms: 3_600_000,
             max_message_bytes: 1 << 20,
+            poll_interval_ms: 5,
         }
     }
 }

@@ -89,8 +89,6 @@ pub fn run(opts: RunOptions, shared: Arc<Shared>) -> anyhow::Result<Option<Tick>
             .context("connecting to redis (redis.url)")?;
     }
     let opts = Arc::new(opts);
-    let stats: Vec<(&'static str, Arc<SinkStats>)> = Vec::new();
-    let _ = stats;
     let (o, s, d) = (opts.clone(), shared.clone(), dlq.clone());
     let guards = timely::execute(opts.timely.clone(), move |worker| {
         run_worker(worker, &o, &s, &topics, &tables, d.clone()).map_err(|e| format!("{e:#}"))
@@ -108,11 +106,14 @@ pub fn run(opts: RunOptions, shared: Arc<Shared>) -> anyhow::Result<Option<Tick>
     Ok(final_tick)
 }
 
+/// A store and the counters it reports to.
+type OpenStore = (Box<dyn Store>, Arc<SinkStats>);
+
 fn open_stores(
     opts: &RunOptions,
     writer: &Writer,
     shared: &Shared,
-) -> anyhow::Result<Vec<(Box<dyn Store>, Arc<SinkStats>)>> {
+) -> anyhow::Result<Vec<OpenStore>> {
     let stats = |name: &str| {
         shared
             .sinks
@@ -121,7 +122,7 @@ fn open_stores(
             .map(|(_, s)| s.clone())
             .unwrap_or_default()
     };
-    let mut stores: Vec<(Box<dyn Store>, Arc<SinkStats>)> = Vec::new();
+    let mut stores: Vec<OpenStore> = Vec::new();
     if let Some(state) = &opts.memory {
         stores.push((
             Box::new(MemoryStore {
@@ -194,7 +195,7 @@ fn run_worker(
         max_message_bytes: opts.config.ingest.max_message_bytes,
         batch_max: opts.config.kafka.poll_batch,
         exit_at_end: opts.exit_at_end,
-        ..IngestOptions::default()
+        poll_interval: Duration::from_millis(opts.config.ingest.poll_interval_ms),
     };
     let dlq_topic = opts.config.kafka.dlq_topic.clone();
     let counters = shared.counters.clone();

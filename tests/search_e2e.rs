@@ -127,13 +127,11 @@ fn recount(events: &[serde_json::Map<String, Value>], at: u64) -> Hashes {
                     }
                 }
             }
-            t @ ("add_to_cart" | "purchase") => {
-                if windows[1] {
-                    bump(
-                        &mut docs.entry(s(e, "doc_id")).or_default().pop,
-                        if t == "purchase" { 5 } else { 3 },
-                    );
-                }
+            t @ ("add_to_cart" | "purchase") if windows[1] => {
+                bump(
+                    &mut docs.entry(s(e, "doc_id")).or_default().pop,
+                    if t == "purchase" { 5 } else { 3 },
+                );
             }
             "ac_impression" if windows[0] => ac.entry(norm(&s(e, "prefix"))).or_default()[0] += 1,
             "ac_select" if windows[0] => {

@@ -94,6 +94,9 @@ pub struct FeatureRow {
     pub values: Vec<Value>,
 }
 
+/// An entity's identity across tables: table index and key parts.
+pub type EntityKey = (u8, Vec<String>);
+
 /// What happened to one entity at one tick.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EntityChange {
@@ -180,8 +183,8 @@ where
 
 /// Pairs the retraction and insertion of each entity in one tick's consolidated updates.
 fn changes_of(updates: Vec<(FeatureRow, isize)>) -> Vec<EntityChange> {
-    let mut by_key: BTreeMap<(u8, Vec<String>), (Option<Vec<Value>>, Option<Vec<Value>>)> =
-        BTreeMap::new();
+    type BeforeAfter = (Option<Vec<Value>>, Option<Vec<Value>>);
+    let mut by_key: BTreeMap<EntityKey, BeforeAfter> = BTreeMap::new();
     for (row, r) in updates {
         let slot = by_key.entry((row.table, row.key)).or_default();
         match r {
@@ -209,7 +212,7 @@ fn changes_of(updates: Vec<(FeatureRow, isize)>) -> Vec<EntityChange> {
 }
 
 /// Applies changes to a map of entity states: what any sink ends up holding.
-pub fn apply_changes(state: &mut BTreeMap<(u8, Vec<String>), Vec<Value>>, tick: &TickChanges) {
+pub fn apply_changes(state: &mut BTreeMap<EntityKey, Vec<Value>>, tick: &TickChanges) {
     for c in &tick.changes {
         let k = (c.table, c.key.clone());
         match &c.after {

@@ -69,7 +69,7 @@ impl Default for IngestOptions {
 #[derive(Clone, Debug)]
 enum Ingest<E> {
     Event(Timed<E>, Tick),
-    Invalid(InvalidRecord),
+    Invalid(Box<InvalidRecord>),
     /// A worker's source finished at this stream time; addressed to worker `to`.
     End {
         to: usize,
@@ -167,7 +167,7 @@ where
                 if !invalid.is_empty() {
                     output
                         .session(&*held)
-                        .give_iterator(invalid.drain(..).map(Ingest::Invalid));
+                        .give_iterator(invalid.drain(..).map(|r| Ingest::Invalid(Box::new(r))));
                 }
                 if !events.is_empty() {
                     let max_ts = events.iter().map(|e| e.ts).max().unwrap_or(0);
@@ -219,13 +219,13 @@ where
     );
 
     type Split<'s, D> = Stream<'s, Tick, Vec<D>>;
-    let (events, rest): (Split<(Timed<E>, Tick, isize)>, Split<Ingest<E>>) =
-        stream.ok_err(|x| match x {
-            Ingest::Event(e, t) => Ok((e, t, 1isize)),
-            other => Err(other),
-        });
+    type Update<E> = (Timed<E>, Tick, isize);
+    let (events, rest): (Split<Update<E>>, Split<Ingest<E>>) = stream.ok_err(|x| match x {
+        Ingest::Event(e, t) => Ok((e, t, 1isize)),
+        other => Err(other),
+    });
     let (invalid, ends): (Split<InvalidRecord>, Split<(usize, Tick)>) = rest.ok_err(|x| match x {
-        Ingest::Invalid(r) => Ok(r),
+        Ingest::Invalid(r) => Ok(*r),
         Ingest::End { to, at } => Err((to, at)),
         Ingest::Event(..) => unreachable!("events were split off"),
     });

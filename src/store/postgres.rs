@@ -128,7 +128,8 @@ impl Store for PostgresStore {
     fn write(&mut self, ticks: &[Arc<TickChanges>], progress: Option<Tick>) -> anyhow::Result<()> {
         let tables = self.writer.tables.clone();
         // the latest state per entity across the ticks of this write
-        let mut latest: BTreeMap<(u8, &[String]), (Option<&Vec<Value>>, Tick)> = BTreeMap::new();
+        type Latest<'a> = (Option<&'a Vec<Value>>, Tick);
+        let mut latest: BTreeMap<(u8, &[String]), Latest> = BTreeMap::new();
         for t in ticks {
             for c in &t.changes {
                 latest.insert((c.table, &c.key[..]), (c.after.as_ref(), t.tick));
