@@ -15,4 +15,13 @@ if [ -n "${missing:-}" ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake build-essential perl >/dev/null
 fi
 cargo build --release --bins
-cargo test --release --workspace -- --test-threads=1 "$@"
+log=$(mktemp)
+set +e
+cargo test --release --workspace -- --test-threads=1 "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# one closing line for the whole run
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+rm -f "$log"
+exit "$status"
