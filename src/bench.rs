@@ -38,6 +38,9 @@ pub struct BenchArgs {
     pub freshness_rate: Option<u64>,
     #[arg(long, default_value_t = 20)]
     pub freshness_seconds: u64,
+    /// Workers of the end-to-end runs.
+    #[arg(long, default_value_t = 2)]
+    pub e2e_workers: usize,
 }
 
 fn traffic(events: u64) -> Vec<Timed<SearchEvent>> {
@@ -153,8 +156,8 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn bench_config(topic: &str, job: &str) -> anyhow::Result<Config> {
-    let flags = serde_json::json!({"job": job, "workers": 2, "kafka": {"topics": [topic], "group_id": job}});
+fn bench_config(topic: &str, job: &str, workers: usize) -> anyhow::Result<Config> {
+    let flags = serde_json::json!({"job": job, "workers": workers, "kafka": {"topics": [topic], "group_id": job}});
     let mut cfg = Config::load(None, flags)?;
     if cfg.redis.url.is_none() {
         anyhow::bail!("bench --kafka needs TIDEMARK_REDIS (scripts/services.sh env)");
@@ -185,7 +188,7 @@ fn create_topic(brokers: &str, name: &str, partitions: i32) -> anyhow::Result<()
 fn end_to_end(a: &BenchArgs) -> anyhow::Result<()> {
     let stamp = now_ms();
     let throughput_topic = format!("bench-search-{stamp}");
-    let cfg = bench_config(&throughput_topic, &format!("bench-{stamp}"))?;
+    let cfg = bench_config(&throughput_topic, &format!("bench-{stamp}"), a.e2e_workers)?;
     let brokers = cfg.kafka.brokers.clone();
     create_topic(&brokers, &throughput_topic, 4)?;
     let family = crate::engine::family_of(&cfg)?;
@@ -219,12 +222,12 @@ fn end_to_end(a: &BenchArgs) -> anyhow::Result<()> {
     let secs = start.elapsed().as_secs_f64();
     let consumed = shared.counters.consumed.load(Ordering::Relaxed) as f64;
     let throughput = consumed / secs;
-    println!("end to end, Kafka → 2 workers → Redis: {throughput:.0} events/s ({consumed} events in {secs:.1} s, including start-up)");
+    println!("end to end, Kafka → {} worker(s) → Redis: {throughput:.0} events/s ({consumed} events in {secs:.1} s, including start-up)", a.e2e_workers);
 
     let rate = a.freshness_rate.unwrap_or((throughput / 2.0) as u64).max(1);
     let live_topic = format!("bench-live-{stamp}");
     create_topic(&brokers, &live_topic, 4)?;
-    let cfg = bench_config(&live_topic, &format!("bench-live-{stamp}"))?;
+    let cfg = bench_config(&live_topic, &format!("bench-live-{stamp}"), a.e2e_workers)?;
     let shared = Arc::new(Shared::default());
     let opts = RunOptions {
         timely: timely_config(cfg.workers, 1, 0, None)?,
@@ -251,7 +254,11 @@ fn end_to_end(a: &BenchArgs) -> anyhow::Result<()> {
     let begin = Instant::now();
     for (i, p) in family.generate(&spec).enumerate() {
         let due = Duration::from_secs_f64(i as f64 / rate as f64);
-        if let Some(wait) = due.checked_sub(begin.elapsed()) {
+        // sleep in steps of at least 2 ms, so pacing does not take a core
+        if let Some(wait) = due
+            .checked_sub(begin.elapsed())
+            .filter(|w| *w >= Duration::from_millis(2))
+        {
             std::thread::sleep(wait);
         }
         sender.send(

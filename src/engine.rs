@@ -208,7 +208,15 @@ fn run_worker(
     });
     let mut finished_at: Option<Instant> = None;
     loop {
+        let stepped = Instant::now();
         worker.step_or_park(Some(Duration::from_millis(1)));
+        if stepped.elapsed() > Duration::from_millis(200) {
+            tracing::debug!(
+                worker = index,
+                ms = stepped.elapsed().as_millis() as u64,
+                "slow step"
+            );
+        }
         if shared.stop.load(Ordering::Relaxed) {
             break;
         }
@@ -405,13 +413,9 @@ pub fn timely_config(
     } else {
         timely::CommunicationConfig::Thread
     };
-    let mut worker = timely::WorkerConfig::default();
-    differential_dataflow::configure(
-        &mut worker,
-        &differential_dataflow::Config::default().idle_merge_effort(Some(1000)),
-    );
+    // no idle merge effort: it would re-merge whole arrangements between small live ticks
     Ok(timely::Config {
         communication,
-        worker,
+        worker: timely::WorkerConfig::default(),
     })
 }

@@ -207,7 +207,15 @@ impl KafkaSource {
                 if self.durable.less_equal(tick) {
                     break;
                 }
-                let (_, samples) = self.appends_by_tick.pop_front().expect("front exists");
+                let (tick, samples) = self.appends_by_tick.pop_front().expect("front exists");
+                if let Some(first) = samples.first() {
+                    tracing::debug!(
+                        tick,
+                        lag_ms = now - first,
+                        n = samples.len(),
+                        "tick durable"
+                    );
+                }
                 f.record(&samples, now);
             }
         }

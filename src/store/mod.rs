@@ -103,6 +103,7 @@ fn write_loop(
                 next = rx.try_recv().ok();
             }
         }
+        let started = std::time::Instant::now();
         let mut backoff = Duration::from_millis(20);
         loop {
             match store.write(&ticks, progress) {
@@ -114,6 +115,14 @@ fn write_loop(
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
+        }
+        if started.elapsed() > Duration::from_millis(200) {
+            tracing::debug!(
+                sink = store.name(),
+                ms = started.elapsed().as_millis() as u64,
+                ticks = ticks.len(),
+                "slow write"
+            );
         }
         stats.writes.fetch_add(1, Ordering::Relaxed);
         let updates: usize = ticks.iter().map(|t| t.changes.len()).sum();
