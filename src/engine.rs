@@ -43,7 +43,8 @@ pub enum SourceKind {
 #[derive(Default)]
 pub struct Shared {
     pub counters: Arc<Counters>,
-    pub sinks: Vec<(&'static str, Arc<SinkStats>)>,
+    /// Per sink kind, shared by all workers of the process.
+    pub sinks: Mutex<std::collections::BTreeMap<&'static str, Arc<SinkStats>>>,
     pub final_tick: Mutex<Option<Tick>>,
     pub freshness: Arc<Freshness>,
     pub stop: AtomicBool,
@@ -114,13 +115,14 @@ fn open_stores(
     writer: &Writer,
     shared: &Shared,
 ) -> anyhow::Result<Vec<OpenStore>> {
-    let stats = |name: &str| {
+    let stats = |name: &'static str| {
         shared
             .sinks
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, s)| s.clone())
-            .unwrap_or_default()
+            .lock()
+            .expect("sink stats")
+            .entry(name)
+            .or_default()
+            .clone()
     };
     let mut stores: Vec<OpenStore> = Vec::new();
     if let Some(state) = &opts.memory {

@@ -206,6 +206,15 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         invalid = c.invalid_total(),
         "stopped"
     );
+    for (sink, s) in shared.sinks.lock().expect("sink stats").iter() {
+        tracing::info!(
+            sink,
+            writes = s.writes.load(Relaxed),
+            entity_updates = s.entity_updates.load(Relaxed),
+            failures = s.failures.load(Relaxed),
+            "sink totals"
+        );
+    }
     Ok(())
 }
 

@@ -106,7 +106,6 @@ pub trait Family: Send + Sync {
     fn topics(&self) -> Vec<String>;
     fn tables(&self) -> Vec<TableSpec>;
     fn horizon(&self) -> Window;
-    fn config_json(&self) -> serde_json::Value;
     fn generate(&self, spec: &GenerateSpec) -> Box<dyn Iterator<Item = Produced> + Send>;
     fn at_read(
         &self,
@@ -135,9 +134,6 @@ impl<D: Dataflow + Clone> Family for D {
     }
     fn horizon(&self) -> Window {
         Dataflow::horizon(self)
-    }
-    fn config_json(&self) -> serde_json::Value {
-        serde_json::to_value(self.config()).unwrap_or_default()
     }
     fn generate(&self, spec: &GenerateSpec) -> Box<dyn Iterator<Item = Produced> + Send> {
         Dataflow::generate(self, spec)
