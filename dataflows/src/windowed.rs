@@ -1,6 +1,7 @@
 //! Contributions of events to windowed sums.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
 
 use differential_dataflow::{AsCollection, Data, VecCollection};
 use timely::dataflow::channels::pact::Pipeline;
@@ -25,50 +26,30 @@ pub fn contributions<'s, E, D, I, F>(
 ) -> VecCollection<'s, Tick, D>
 where
     E: Data,
-    D: Data,
+    D: Data + Hash,
     I: IntoIterator<Item = (D, isize, Option<Tick>)>,
     F: Fn(&E) -> I + 'static,
 {
-    let mut out = Vec::new();
-    events
-        .inner
-        .flat_map(move |(e, t, r): (E, Tick, isize)| {
-            out.clear();
-            for (d, w, expiry) in logic(&e) {
-                match expiry {
-                    None => out.push((d, t, r * w)),
-                    Some(x) if x > t => {
-                        out.push((d.clone(), t, r * w));
-                        out.push((d, x, -r * w));
-                    }
-                    Some(_) => {}
-                }
-            }
-            std::mem::take(&mut out)
+    let updates = events.inner.flat_map(move |(e, t, r): (E, Tick, isize)| {
+        logic(&e).into_iter().flat_map(move |(d, w, expiry)| {
+            let live = expiry.is_none_or(|x| x > t);
+            let retraction = expiry.filter(|x| *x > t).map(|x| (d.clone(), x, -r * w));
+            live.then_some((d, t, r * w)).into_iter().chain(retraction)
         })
-        .container::<Vec<(D, Tick, isize)>>()
-        .pipe(hold_until_due)
-        .as_collection()
+    });
+    hold_until_due(updates).as_collection()
 }
-
-trait Pipe: Sized {
-    fn pipe<R>(self, f: impl FnOnce(Self) -> R) -> R {
-        f(self)
-    }
-}
-impl<T> Pipe for T {}
 
 /// Holds each update stamped later than its message until the input frontier reaches its
-/// time, consolidated per time.
+/// time, summed per (record, due time): what waits is one count per record and due time.
 ///
 /// Differential would accept the future retractions directly, but its batchers keep them
 /// and sift them again at every tick: the cost of each tick would grow with every pending
 /// expiry of every live window. Here a tick costs only what it releases.
-pub fn hold_until_due<'s, D: Data>(
+pub fn hold_until_due<'s, D: Data + Hash>(
     updates: Stream<'s, Tick, Vec<(D, Tick, isize)>>,
 ) -> Stream<'s, Tick, Vec<(D, Tick, isize)>> {
-    // per due time: the updates, and the length at which to consolidate them next
-    let mut pending: BTreeMap<Tick, (Vec<(D, isize)>, usize)> = BTreeMap::new();
+    let mut pending: BTreeMap<Tick, HashMap<D, isize>> = BTreeMap::new();
     let mut held: Option<Capability<Tick>> = None;
     updates.unary_frontier(Pipeline, "HoldUntilDue", move |_, _| {
         move |(input, frontier), output| {
@@ -81,12 +62,7 @@ pub fn hold_until_due<'s, D: Data>(
                     if t <= *now.time() {
                         due.give((d, t, r));
                     } else {
-                        let (bucket, next) = pending.entry(t).or_insert_with(|| (Vec::new(), 1024));
-                        bucket.push((d, r));
-                        if bucket.len() >= *next {
-                            differential_dataflow::consolidation::consolidate(bucket);
-                            *next = (2 * bucket.len()).max(1024);
-                        }
+                        *pending.entry(t).or_default().entry(d).or_insert(0) += r;
                     }
                 }
                 drop(due);
@@ -99,15 +75,17 @@ pub fn hold_until_due<'s, D: Data>(
                 if reached.is_some_and(|f| f < *entry.key()) {
                     break;
                 }
-                let (t, (mut bucket, _)) = entry.remove_entry();
-                differential_dataflow::consolidation::consolidate(&mut bucket);
+                let (t, bucket) = entry.remove_entry();
                 let cap = held
                     .as_ref()
                     .expect("a capability is held while updates are pending")
                     .delayed(&t);
-                output
-                    .session(&cap)
-                    .give_iterator(bucket.into_iter().map(|(d, r)| (d, t, r)));
+                output.session(&cap).give_iterator(
+                    bucket
+                        .into_iter()
+                        .filter(|(_, r)| *r != 0)
+                        .map(|(d, r)| (d, t, r)),
+                );
             }
             // input messages bring their own capabilities: hold one only for what is pending
             match pending.keys().next().copied() {
