@@ -216,6 +216,7 @@ fn end_to_end(a: &BenchArgs) -> anyhow::Result<()> {
         source: SourceKind::Kafka,
         memory: None,
         measure_freshness: false,
+        family: None,
     };
     let start = Instant::now();
     crate::engine::run(opts, shared.clone())?;
@@ -236,6 +237,7 @@ fn end_to_end(a: &BenchArgs) -> anyhow::Result<()> {
         source: SourceKind::Kafka,
         memory: None,
         measure_freshness: true,
+        family: None,
     };
     let s = shared.clone();
     let engine = std::thread::spawn(move || crate::engine::run(opts, s));

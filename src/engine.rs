@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use differential_dataflow::VecCollection;
 use tidemark_dataflows::counters::Counters;
-use tidemark_dataflows::features::{ChangeBuffer, FeatureRow};
+use tidemark_dataflows::features::{ChangeBuffer, FeatureRow, SinkKind};
 use tidemark_dataflows::ingest::IngestOptions;
 use tidemark_dataflows::record::{InvalidRecord, Poll, RecordRef, RecordSource};
 use tidemark_dataflows::{family, Family, GenerateSpec, Produced, Tick};
@@ -25,6 +25,7 @@ use crate::kafka::{self, Freshness, KafkaSource};
 use crate::store::memory::{MemoryStore, Shared as MemoryShared};
 use crate::store::postgres::PostgresStore;
 use crate::store::redis::RedisStore;
+use crate::store::topic::TopicStore;
 use crate::store::{spawn_writer, Msg, SinkStats, Store, Writer, WriterHandle};
 
 /// Where records come from.
@@ -58,6 +59,19 @@ pub struct RunOptions {
     /// Write to the embedded store (demo) instead of, or besides, Redis/Postgres.
     pub memory: Option<MemoryShared>,
     pub measure_freshness: bool,
+    /// Runs this family instead of the registry's `config.dataflow` (tests, embedding).
+    pub family: Option<Arc<MakeFamily>>,
+}
+
+pub type MakeFamily = dyn Fn() -> Box<dyn Family> + Send + Sync;
+
+impl RunOptions {
+    fn family(&self) -> anyhow::Result<Box<dyn Family>> {
+        match &self.family {
+            Some(make) => Ok(make()),
+            None => family_of(&self.config),
+        }
+    }
 }
 
 pub fn family_of(cfg: &Config) -> anyhow::Result<Box<dyn Family>> {
@@ -66,7 +80,7 @@ pub fn family_of(cfg: &Config) -> anyhow::Result<Box<dyn Family>> {
 
 /// Runs until the source ends (`--exit-at-end`, or a finite generator) or `shared.stop`.
 pub fn run(opts: RunOptions, shared: Arc<Shared>) -> anyhow::Result<Option<Tick>> {
-    let family = family_of(&opts.config)?;
+    let family = opts.family()?;
     let topics = opts
         .config
         .kafka
@@ -150,6 +164,14 @@ fn open_stores(
             stats("postgres"),
         ));
     }
+    if writer
+        .tables
+        .iter()
+        .any(|t| matches!(t.sink, SinkKind::Topic(_)))
+    {
+        let store = TopicStore::open(&opts.config.kafka.brokers, writer.clone())?;
+        stores.push((Box::new(store), stats("kafka")));
+    }
     Ok(stores)
 }
 
@@ -161,7 +183,7 @@ fn run_worker(
     tables: &Arc<Vec<tidemark_dataflows::features::TableSpec>>,
     dlq: Option<Arc<kafka::Sender>>,
 ) -> anyhow::Result<Option<Tick>> {
-    let family = family_of(&opts.config)?;
+    let family = opts.family()?;
     let (index, peers) = (worker.index(), worker.peers());
     let durable: ProbeHandle<Tick> = ProbeHandle::new();
     let source: Box<dyn RecordSource> = match &opts.source {

@@ -361,7 +361,21 @@ impl Sender {
         payload: &[u8],
         headers: Option<OwnedHeaders>,
     ) {
-        let mut record = BaseRecord::<[u8], [u8]>::to(topic).payload(payload);
+        self.send_optional(topic, key, Some(payload), headers)
+    }
+
+    /// As `send`; without a payload the record is a tombstone.
+    pub fn send_optional(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        headers: Option<OwnedHeaders>,
+    ) {
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic);
+        if let Some(p) = payload {
+            record = record.payload(p);
+        }
         if let Some(k) = key {
             record = record.key(k);
         }

@@ -194,6 +194,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         source: SourceKind::Kafka,
         memory: None,
         measure_freshness: false,
+        family: None,
     };
     let final_tick = engine::run(opts, shared.clone())?;
     let c = &shared.counters;
@@ -291,6 +292,7 @@ fn demo(a: DemoArgs) -> anyhow::Result<()> {
         },
         memory: Some(memory.clone()),
         measure_freshness: false,
+        family: None,
     };
     println!(
         "Tidemark demo: {} dataflow, {} workers, {} events/s, embedded store",

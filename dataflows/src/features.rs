@@ -67,7 +67,18 @@ pub const fn float(name: &'static str) -> FieldSpec {
     }
 }
 
-/// A feature view: Redis hashes `feat:{ns}:{key…}` and the Postgres table `feat_{ns}`.
+/// Where a table's rows go.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum SinkKind {
+    /// A feature view: Redis hashes `feat:{ns}:{key…}` and the Postgres table `feat_{ns}`.
+    Store,
+    /// A changelog on a Kafka topic: each changed row is produced as a JSON object keyed by
+    /// its key parts joined with `|` (a tombstone when the row goes), so a compacted topic
+    /// keeps the latest record per key and a replay produces the same keys.
+    Topic(String),
+}
+
+/// A table of rows a family maintains, and where they are written.
 #[derive(Clone, Debug, Serialize)]
 pub struct TableSpec {
     pub ns: &'static str,
@@ -76,6 +87,7 @@ pub struct TableSpec {
     pub fields: Vec<FieldSpec>,
     /// Schema version, written as `_v`.
     pub version: u32,
+    pub sink: SinkKind,
 }
 
 impl TableSpec {

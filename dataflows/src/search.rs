@@ -11,7 +11,7 @@ pub mod generate;
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 
-use crate::features::{float, int, FeatureRow, TableSpec, Value};
+use crate::features::{float, int, FeatureRow, SinkKind, TableSpec, Value};
 use crate::ingest::Timed;
 use crate::record::{DecodeError, RecordRef};
 use crate::time::{Tick, Window, DAY, MINUTE, WINDOW_30D, WINDOW_7D};
@@ -453,12 +453,14 @@ impl Dataflow for Search {
                     int(doc_fields::DECAY_LANDMARK),
                 ],
                 version: 1,
+                sink: SinkKind::Store,
             },
             TableSpec {
                 ns: "qd",
                 keys: vec!["query_hash", "doc_id"],
                 fields: vec![int("impressions_7d"), int("clicks_7d"), float("ctr_qd")],
                 version: 1,
+                sink: SinkKind::Store,
             },
             TableSpec {
                 ns: "ac",
@@ -470,6 +472,7 @@ impl Dataflow for Search {
                     float("assist_click_rate"),
                 ],
                 version: 1,
+                sink: SinkKind::Store,
             },
         ]
     }

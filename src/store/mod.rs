@@ -3,6 +3,7 @@
 pub mod memory;
 pub mod postgres;
 pub mod redis;
+pub mod topic;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use postgres::types::ToSql;
 use postgres::{Client, NoTls};
-use tidemark_dataflows::features::{FieldType, TableSpec, TickChanges, Value};
+use tidemark_dataflows::features::{FieldType, SinkKind, TableSpec, TickChanges, Value};
 use tidemark_dataflows::Tick;
 
 use super::{Store, Writer};
@@ -37,7 +37,7 @@ pub fn migrate(client: &mut Client, tables: &[TableSpec]) -> anyhow::Result<()> 
         "CREATE TABLE IF NOT EXISTS tidemark_progress (job text NOT NULL, worker int NOT NULL, \
          tick bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (job, worker));\n",
     );
-    for spec in tables {
+    for spec in tables.iter().filter(|s| s.sink == SinkKind::Store) {
         let name = table_name(spec);
         let keys: Vec<String> = spec
             .keys
@@ -131,7 +131,11 @@ impl Store for PostgresStore {
         type Latest<'a> = (Option<&'a Vec<Value>>, Tick);
         let mut latest: BTreeMap<(u8, &[String]), Latest> = BTreeMap::new();
         for t in ticks {
-            for c in &t.changes {
+            for c in t
+                .changes
+                .iter()
+                .filter(|c| tables[c.table as usize].sink == SinkKind::Store)
+            {
                 latest.insert((c.table, &c.key[..]), (c.after.as_ref(), t.tick));
             }
         }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use tidemark_dataflows::features::TickChanges;
+use tidemark_dataflows::features::{SinkKind, TickChanges};
 use tidemark_dataflows::Tick;
 
 use super::{entity_key, Store, Writer};
@@ -76,6 +76,9 @@ impl Store for RedisStore {
         for t in ticks {
             for c in &t.changes {
                 let spec = &self.writer.tables[c.table as usize];
+                if spec.sink != SinkKind::Store {
+                    continue;
+                }
                 let key = entity_key(spec, &c.key);
                 let Some(values) = &c.after else {
                     pipe.del(&key).ignore();
