@@ -82,7 +82,7 @@ fn dataflow_throughput(
         let mut input = worker.dataflow::<Tick, _, _>(|scope| {
             let (input, events) = scope.new_collection::<Timed<SearchEvent>, isize>();
             Search::new(SearchConfig::default())
-                .build(events)
+                .build(events, Vec::new())
                 .probe_with(&probe);
             input
         });

@@ -51,11 +51,22 @@ pub struct RedisConfig {
     pub ttl_secs: Option<u64>,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PostgresConfig {
     /// libpq-style connection string; secrets are hidden when logged.
     pub url: Option<String>,
+    /// How often dimension tables are re-read.
+    pub dimension_poll_ms: u64,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            url: None,
+            dimension_poll_ms: 1_000,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -149,7 +160,9 @@ impl Config {
             ("TIDEMARK_PG", "postgres.url"),
         ] {
             if let Ok(v) = std::env::var(var) {
-                fig = fig.merge((path, v));
+                // `Serialized::default`, not a `(key, value)` pair: a pair is global and
+                // would override the flags
+                fig = fig.merge(Serialized::default(path, v));
             }
         }
         fig = fig.merge(Serialized::defaults(flags));
@@ -194,4 +207,44 @@ fn hide_password(url: &str) -> String {
         }
     }
     joined
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_environment_which_overrides_the_file() {
+        let dir = std::env::temp_dir().join(format!("tidemark-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("t.toml");
+        std::fs::write(
+            &file,
+            "job = \"from-file\"\nworkers = 3\n[redis]\nurl = \"redis://file/\"\n",
+        )
+        .unwrap();
+        std::env::set_var("TIDEMARK_REDIS", "redis://env/");
+        std::env::set_var("TIDEMARK_WORKERS", "5");
+        let cfg = Config::load(Some(&file), serde_json::json!({"job": "from-flags"})).unwrap();
+        assert_eq!((cfg.job.as_str(), cfg.workers), ("from-flags", 5));
+        assert_eq!(cfg.redis.url.as_deref(), Some("redis://env/"));
+        let cfg = Config::load(
+            Some(&file),
+            serde_json::json!({"redis": {"url": "redis://flag/"}}),
+        )
+        .unwrap();
+        assert_eq!(cfg.redis.url.as_deref(), Some("redis://flag/"));
+        std::env::remove_var("TIDEMARK_REDIS");
+        std::env::remove_var("TIDEMARK_WORKERS");
+        let cfg = Config::load(Some(&file), serde_json::json!({})).unwrap();
+        assert_eq!(
+            (cfg.job.as_str(), cfg.workers, cfg.redis.url.as_deref()),
+            ("from-file", 3, Some("redis://file/"))
+        );
+        std::fs::write(&file, "[kafka]\nbrokerz = \"x\"\n").unwrap();
+        let err = Config::load(Some(&file), serde_json::json!({}))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("brokerz") && err.contains("kafka"), "{err}");
+    }
 }

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use differential_dataflow::VecCollection;
 use tidemark_dataflows::counters::Counters;
+use tidemark_dataflows::dimension::TableSource;
 use tidemark_dataflows::features::{ChangeBuffer, FeatureRow, SinkKind};
 use tidemark_dataflows::ingest::IngestOptions;
 use tidemark_dataflows::record::{InvalidRecord, Poll, RecordRef, RecordSource};
@@ -22,6 +23,7 @@ use timely::dataflow::Stream;
 
 use crate::config::Config;
 use crate::kafka::{self, Freshness, KafkaSource};
+use crate::store::dimension::PgTable;
 use crate::store::memory::{MemoryStore, Shared as MemoryShared};
 use crate::store::postgres::PostgresStore;
 use crate::store::redis::RedisStore;
@@ -221,11 +223,28 @@ fn run_worker(
         exit_at_end: opts.exit_at_end,
         poll_interval: Duration::from_millis(opts.config.ingest.poll_interval_ms),
     };
+    // worker 0 reads the dimension tables
+    let mut tables: Vec<Option<Box<dyn TableSource>>> = Vec::new();
+    for spec in family.dimensions() {
+        if index != 0 {
+            tables.push(None);
+            continue;
+        }
+        let Some(url) = &opts.config.postgres.url else {
+            anyhow::bail!(
+                "dataflow '{}' reads table {}: set postgres.url (TIDEMARK_PG)",
+                family.name(),
+                spec.table
+            );
+        };
+        let poll = Duration::from_millis(opts.config.postgres.dimension_poll_ms);
+        tables.push(Some(Box::new(PgTable::open(url, spec, poll)?)));
+    }
     let dlq_topic = opts.config.kafka.dlq_topic.clone();
     let counters = shared.counters.clone();
     let dataflow = worker.next_dataflow_index();
     let final_tick = worker.dataflow::<Tick, _, _>(|scope| {
-        let installed = family.install(scope, source, ingest, counters);
+        let installed = family.install(scope, source, tables, ingest, counters);
         durable_sink(installed.features, writers).probe_with(&durable);
         dead_letters(installed.invalid, dlq, dlq_topic);
         installed.final_tick

@@ -74,6 +74,7 @@ impl Dataflow for Visits {
     fn build<'s>(
         &self,
         events: VecCollection<'s, Tick, Timed<String>>,
+        _dimensions: Vec<VecCollection<'s, Tick, Vec<String>>>,
     ) -> VecCollection<'s, Tick, FeatureRow> {
         contributions(events, |e: &Timed<String>| {
             Some((e.event.clone(), 1, Some(Window::days(1).expiry(e.ts))))

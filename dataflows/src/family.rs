@@ -12,7 +12,13 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use timely::dataflow::{Scope, Stream};
 
+use std::time::Duration;
+
+use differential_dataflow::AsCollection;
+use timely::dataflow::operators::probe::{Handle as ProbeHandle, Probe};
+
 use crate::counters::Counters;
+use crate::dimension::{dimension, DimRow, DimensionSpec, TableSource};
 use crate::features::{FeatureRow, TableSpec};
 use crate::ingest::{ingest, IngestOptions, Timed};
 use crate::record::{DecodeError, InvalidRecord, RecordRef, RecordSource};
@@ -75,10 +81,15 @@ pub trait Dataflow: Send + Sync + 'static {
     /// The longest window: an event whose expiry in it has passed changes nothing.
     fn horizon(&self) -> Window;
     fn decode(&self, record: &RecordRef<'_>) -> Result<Timed<Self::Event>, DecodeError>;
-    /// The features, one row per entity, partitioned by entity (e.g. `reduce` output).
+    /// Tables read as live inputs; `build` gets one collection per spec, in this order.
+    fn dimensions(&self) -> Vec<DimensionSpec> {
+        Vec::new()
+    }
+    /// The rows of every table, one per entity, partitioned by entity (e.g. `reduce` output).
     fn build<'s>(
         &self,
         events: VecCollection<'s, Tick, Timed<Self::Event>>,
+        dimensions: Vec<VecCollection<'s, Tick, DimRow>>,
     ) -> VecCollection<'s, Tick, FeatureRow>;
     /// Realistic synthetic traffic, deterministic per seed.
     fn generate(&self, spec: &GenerateSpec) -> Box<dyn Iterator<Item = Produced> + Send>;
@@ -106,6 +117,7 @@ pub trait Family: Send + Sync {
     fn topics(&self) -> Vec<String>;
     fn tables(&self) -> Vec<TableSpec>;
     fn horizon(&self) -> Window;
+    fn dimensions(&self) -> Vec<DimensionSpec>;
     fn generate(&self, spec: &GenerateSpec) -> Box<dyn Iterator<Item = Produced> + Send>;
     fn at_read(
         &self,
@@ -113,10 +125,12 @@ pub trait Family: Send + Sync {
         fields: &mut serde_json::Map<String, serde_json::Value>,
         now_ms: u64,
     );
+    /// `tables` holds one entry per dimension: a source on the worker that reads it.
     fn install<'s>(
         &self,
         scope: Scope<'s, Tick>,
         source: Box<dyn RecordSource>,
+        tables: Vec<Option<Box<dyn TableSource>>>,
         opts: IngestOptions,
         counters: Arc<Counters>,
     ) -> Installed<'s>;
@@ -146,10 +160,14 @@ impl<D: Dataflow + Clone> Family for D {
     ) {
         Dataflow::at_read(self, table, fields, now_ms)
     }
+    fn dimensions(&self) -> Vec<DimensionSpec> {
+        Dataflow::dimensions(self)
+    }
     fn install<'s>(
         &self,
         scope: Scope<'s, Tick>,
         source: Box<dyn RecordSource>,
+        tables: Vec<Option<Box<dyn TableSource>>>,
         opts: IngestOptions,
         counters: Arc<Counters>,
     ) -> Installed<'s> {
@@ -163,8 +181,14 @@ impl<D: Dataflow + Clone> Family for D {
             opts,
             counters,
         );
+        let followed: ProbeHandle<Tick> = ProbeHandle::new();
+        let events = ingested.events.inner.probe_with(&followed).as_collection();
+        let dimensions = tables
+            .into_iter()
+            .map(|t| dimension(scope, t, followed.clone(), Duration::from_millis(100)))
+            .collect();
         Installed {
-            features: self.build(ingested.events),
+            features: self.build(events, dimensions),
             invalid: ingested.invalid,
             final_tick: ingested.final_tick,
         }

@@ -4,6 +4,7 @@
 //! [`record::RecordSource`] and takes [`features::SinkEvent`]s out.
 
 pub mod counters;
+pub mod dimension;
 pub mod family;
 pub mod features;
 pub mod ingest;

@@ -485,6 +485,7 @@ impl Dataflow for Search {
     fn build<'s>(
         &self,
         events: VecCollection<'s, Tick, Timed<SearchEvent>>,
+        _dimensions: Vec<VecCollection<'s, Tick, crate::dimension::DimRow>>,
     ) -> VecCollection<'s, Tick, FeatureRow> {
         let this = self.clone();
         let sums = contributions(events.clone(), move |e| this.contributions_of(e))

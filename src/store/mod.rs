@@ -1,5 +1,6 @@
 //! Feature stores and the writer threads that keep I/O off the dataflow workers.
 
+pub mod dimension;
 pub mod memory;
 pub mod postgres;
 pub mod redis;

@@ -65,7 +65,8 @@ pub fn run(
         };
         let out = out.clone();
         worker.dataflow::<Tick, _, _>(|scope| {
-            let installed = family.install(scope, Box::new(source), opts.clone(), c.clone());
+            let installed =
+                family.install(scope, Box::new(source), Vec::new(), opts.clone(), c.clone());
             feature_changes(installed.features, move |e| {
                 if let SinkEvent::Changes(t) = e {
                     out.lock().unwrap().push(t);
