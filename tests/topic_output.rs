@@ -15,7 +15,7 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tidemark::config::Config;
 use tidemark::engine::{run, timely_config, RunOptions, Shared, SourceKind};
-use tidemark_dataflows::features::{int, FeatureRow, SinkKind, TableSpec, Value};
+use tidemark_dataflows::features::{int, text, FeatureRow, SinkKind, TableSpec, Value};
 use tidemark_dataflows::ingest::{EventId, Timed};
 use tidemark_dataflows::record::{DecodeError, ErrorKind, RecordRef};
 use tidemark_dataflows::time::Window;
@@ -47,13 +47,22 @@ impl Dataflow for Visits {
         vec![self.0.input.clone()]
     }
     fn tables(&self) -> Vec<TableSpec> {
-        vec![TableSpec {
-            ns: "visits",
-            keys: vec!["user_id"],
-            fields: vec![int("visits_1d")],
-            version: 1,
-            sink: SinkKind::Topic(self.0.output.clone()),
-        }]
+        vec![
+            TableSpec {
+                ns: "visits",
+                keys: vec!["user_id"],
+                fields: vec![int("visits_1d")],
+                version: 1,
+                sink: SinkKind::Topic(self.0.output.clone()),
+            },
+            TableSpec {
+                ns: "visitors",
+                keys: vec!["site"],
+                fields: vec![text("users")],
+                version: 1,
+                sink: SinkKind::List,
+            },
+        ]
     }
     fn horizon(&self) -> Window {
         Window::days(1)
@@ -76,6 +85,19 @@ impl Dataflow for Visits {
         events: VecCollection<'s, Tick, Timed<String>>,
         _dimensions: Vec<VecCollection<'s, Tick, Vec<String>>>,
     ) -> VecCollection<'s, Tick, FeatureRow> {
+        // every visitor so far, as a Redis list
+        let visitors = events
+            .clone()
+            .map(|e| ("all".to_string(), e.event))
+            .reduce(|_, users, out| {
+                let users: Vec<&String> = users.iter().map(|(u, _)| *u).collect();
+                out.push((serde_json::to_string(&users).unwrap(), 1))
+            })
+            .map(|(site, users)| FeatureRow {
+                table: 1,
+                key: vec![site],
+                values: vec![Value::Text(users)],
+            });
         contributions(events, |e: &Timed<String>| {
             Some((e.event.clone(), 1, Some(Window::days(1).expiry(e.ts))))
         })
@@ -91,6 +113,7 @@ impl Dataflow for Visits {
             ))
         })
         .map(|(_, row)| row)
+        .concat(visitors)
     }
     fn generate(&self, _: &GenerateSpec) -> Box<dyn Iterator<Item = Produced> + Send> {
         Box::new(std::iter::empty())
@@ -98,7 +121,7 @@ impl Dataflow for Visits {
 }
 
 #[test]
-fn a_topic_table_is_produced_as_a_keyed_changelog() {
+fn a_topic_table_is_a_keyed_changelog_and_a_list_table_a_redis_list() {
     let input = fresh_topic("visits-in", 2);
     let output = fresh_topic("visits-out", 1);
     let sender = tidemark::kafka::Sender::new(&kafka()).unwrap();
@@ -164,4 +187,15 @@ fn a_topic_table_is_produced_as_a_keyed_changelog() {
         redis_features(&redis).is_empty(),
         "a topic table is not written to Redis"
     );
+    let mut c = redis::Client::open(redis.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let visitors: Vec<String> = redis::cmd("LRANGE")
+        .arg("visitors:all")
+        .arg(0)
+        .arg(-1)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(visitors, vec!["u1", "u2"], "a list table is a Redis list");
 }

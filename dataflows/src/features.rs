@@ -66,6 +66,12 @@ pub const fn float(name: &'static str) -> FieldSpec {
         ty: FieldType::Float,
     }
 }
+pub const fn text(name: &'static str) -> FieldSpec {
+    FieldSpec {
+        name,
+        ty: FieldType::Text,
+    }
+}
 
 /// Where a table's rows go.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -76,6 +82,10 @@ pub enum SinkKind {
     /// its key parts joined with `|` (a tombstone when the row goes), so a compacted topic
     /// keeps the latest record per key and a replay produces the same keys.
     Topic(String),
+    /// A Redis list `{ns}:{key…}` (e.g. `user_recent:{user_id}`): the row's first field is
+    /// a JSON array of strings, newest first; the list is replaced whole when it changes.
+    /// Postgres keeps the array in `feat_{ns}` like any feature.
+    List,
 }
 
 /// A table of rows a family maintains, and where they are written.

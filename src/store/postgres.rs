@@ -37,7 +37,10 @@ pub fn migrate(client: &mut Client, tables: &[TableSpec]) -> anyhow::Result<()> 
         "CREATE TABLE IF NOT EXISTS tidemark_progress (job text NOT NULL, worker int NOT NULL, \
          tick bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (job, worker));\n",
     );
-    for spec in tables.iter().filter(|s| s.sink == SinkKind::Store) {
+    for spec in tables
+        .iter()
+        .filter(|s| !matches!(s.sink, SinkKind::Topic(_)))
+    {
         let name = table_name(spec);
         let keys: Vec<String> = spec
             .keys
@@ -134,7 +137,7 @@ impl Store for PostgresStore {
             for c in t
                 .changes
                 .iter()
-                .filter(|c| tables[c.table as usize].sink == SinkKind::Store)
+                .filter(|c| !matches!(tables[c.table as usize].sink, SinkKind::Topic(_)))
             {
                 latest.insert((c.table, &c.key[..]), (c.after.as_ref(), t.tick));
             }

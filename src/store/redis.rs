@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use tidemark_dataflows::features::{SinkKind, TickChanges};
+use tidemark_dataflows::features::{EntityChange, SinkKind, TableSpec, TickChanges, Value};
 use tidemark_dataflows::Tick;
 
 use super::{entity_key, Store, Writer};
@@ -24,6 +24,23 @@ local current = tonumber(redis.call('GET', KEYS[2]) or '-1')
 if least > current then redis.call('SET', KEYS[2], string.format('%d', least)) end
 return least
 "#;
+
+/// Replaces a list key whole: `DEL` then `RPUSH` of the row's JSON array, in the same
+/// transaction as the rest of the tick.
+fn list_change(pipe: &mut redis::Pipeline, spec: &TableSpec, c: &EntityChange, ttl: Option<u64>) {
+    let key = format!("{}:{}", spec.ns, c.key.join(":"));
+    pipe.del(&key).ignore();
+    let items: Vec<String> = match c.after.as_ref().and_then(|v| v.first()) {
+        Some(Value::Text(json)) => serde_json::from_str(json).unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    if !items.is_empty() {
+        pipe.cmd("RPUSH").arg(&key).arg(items).ignore();
+        if let Some(ttl) = ttl {
+            pipe.expire(&key, ttl as i64).ignore();
+        }
+    }
+}
 
 pub struct RedisStore {
     conn: Option<redis::Connection>,
@@ -76,8 +93,13 @@ impl Store for RedisStore {
         for t in ticks {
             for c in &t.changes {
                 let spec = &self.writer.tables[c.table as usize];
-                if spec.sink != SinkKind::Store {
-                    continue;
+                match spec.sink {
+                    SinkKind::Store => {}
+                    SinkKind::List => {
+                        list_change(&mut pipe, spec, c, self.ttl_secs);
+                        continue;
+                    }
+                    SinkKind::Topic(_) => continue,
                 }
                 let key = entity_key(spec, &c.key);
                 let Some(values) = &c.after else {
