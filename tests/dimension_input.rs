@@ -14,8 +14,8 @@ use tidemark::config::Config;
 use tidemark::engine::{run, timely_config, RunOptions, Shared, SourceKind};
 use tidemark_dataflows::dimension::{DimRow, DimensionSpec};
 use tidemark_dataflows::features::{int, FeatureRow, SinkKind, TableSpec, Value};
-use tidemark_dataflows::ingest::{EventId, Timed};
-use tidemark_dataflows::record::{DecodeError, ErrorKind, RecordRef};
+use tidemark_dataflows::ingest::Timed;
+use tidemark_dataflows::record::{DecodeError, RecordRef};
 use tidemark_dataflows::time::Window;
 use tidemark_dataflows::windowed::contributions;
 use tidemark_dataflows::{Dataflow, GenerateSpec, Produced, Tick};
@@ -62,13 +62,7 @@ impl Dataflow for CountryVisits {
         }]
     }
     fn decode(&self, r: &RecordRef<'_>) -> Result<Timed<String>, DecodeError> {
-        let v: serde_json::Value = serde_json::from_slice(r.payload)
-            .map_err(|e| DecodeError::new(ErrorKind::Json, e.to_string()))?;
-        Ok(Timed {
-            id: EventId::of(v["event_id"].as_str().unwrap_or_default()),
-            ts: v["ts"].as_u64().unwrap_or_default(),
-            event: v["user_id"].as_str().unwrap_or_default().to_string(),
-        })
+        decode_user_event(r)
     }
     fn build<'s>(
         &self,

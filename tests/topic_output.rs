@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use tidemark::config::Config;
 use tidemark::engine::{run, timely_config, RunOptions, Shared, SourceKind};
 use tidemark_dataflows::features::{int, text, FeatureRow, SinkKind, TableSpec, Value};
-use tidemark_dataflows::ingest::{EventId, Timed};
-use tidemark_dataflows::record::{DecodeError, ErrorKind, RecordRef};
+use tidemark_dataflows::ingest::Timed;
+use tidemark_dataflows::record::{DecodeError, RecordRef};
 use tidemark_dataflows::time::Window;
 use tidemark_dataflows::windowed::contributions;
 use tidemark_dataflows::{Dataflow, GenerateSpec, Produced, Tick};
@@ -68,17 +68,7 @@ impl Dataflow for Visits {
         Window::days(1)
     }
     fn decode(&self, r: &RecordRef<'_>) -> Result<Timed<String>, DecodeError> {
-        let v: serde_json::Value = serde_json::from_slice(r.payload)
-            .map_err(|e| DecodeError::new(ErrorKind::Json, e.to_string()))?;
-        let field = |k: &str| {
-            v.get(k)
-                .ok_or_else(|| DecodeError::new(ErrorKind::MissingField, k))
-        };
-        Ok(Timed {
-            id: EventId::of(field("event_id")?.as_str().unwrap_or_default()),
-            ts: field("ts")?.as_u64().unwrap_or_default(),
-            event: field("user_id")?.as_str().unwrap_or_default().to_string(),
-        })
+        decode_user_event(r)
     }
     fn build<'s>(
         &self,

@@ -12,6 +12,26 @@ use rdkafka::ClientConfig;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tidemark");
 
+/// Decodes `{"event_id", "ts", "user_id"}`: the events of the small families the tests define.
+pub fn decode_user_event(
+    r: &tidemark_dataflows::record::RecordRef<'_>,
+) -> Result<tidemark_dataflows::ingest::Timed<String>, tidemark_dataflows::record::DecodeError> {
+    use tidemark_dataflows::record::{DecodeError, ErrorKind};
+    let v: serde_json::Value = serde_json::from_slice(r.payload)
+        .map_err(|e| DecodeError::new(ErrorKind::Json, e.to_string()))?;
+    let field = |k: &str| {
+        v.get(k)
+            .ok_or_else(|| DecodeError::new(ErrorKind::MissingField, k))
+    };
+    Ok(tidemark_dataflows::ingest::Timed {
+        id: tidemark_dataflows::ingest::EventId::of(
+            field("event_id")?.as_str().unwrap_or_default(),
+        ),
+        ts: field("ts")?.as_u64().unwrap_or_default(),
+        event: field("user_id")?.as_str().unwrap_or_default().to_string(),
+    })
+}
+
 pub fn kafka() -> String {
     std::env::var("TIDEMARK_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
