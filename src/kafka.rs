@@ -1,7 +1,7 @@
 //! Kafka: the per-worker source (manually assigned partitions, offsets committed only
 //! behind the durable frontier), the DLQ and the producer `generate` uses.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -451,24 +451,4 @@ pub fn dlq_record(r: &InvalidRecord) -> (String, Vec<u8>, OwnedHeaders) {
             value: Some(r.error.message.as_bytes()),
         });
     (key, serde_json::to_vec(&envelope).expect("JSON"), headers)
-}
-
-/// Per-partition high watermarks of topics (used by tests and `generate`).
-pub fn high_watermarks(brokers: &str, topic: &str) -> anyhow::Result<HashMap<i32, i64>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
-    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let mut out = HashMap::new();
-    for t in md.topics() {
-        for p in t.partitions() {
-            out.insert(
-                p.id(),
-                consumer
-                    .fetch_watermarks(topic, p.id(), Duration::from_secs(10))?
-                    .1,
-            );
-        }
-    }
-    Ok(out)
 }

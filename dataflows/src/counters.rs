@@ -27,13 +27,6 @@ impl Counters {
             ErrorKind::Oversized => 5,
         }
     }
-    pub fn invalid_by_kind(&self) -> Vec<(&'static str, u64)> {
-        use ErrorKind::*;
-        [Json, MissingField, WrongType, Range, UnknownType, Oversized]
-            .iter()
-            .map(|k| (k.as_str(), self.invalid(k).load(Relaxed)))
-            .collect()
-    }
     pub fn invalid_total(&self) -> u64 {
         self.invalid.iter().map(|c| c.load(Relaxed)).sum()
     }

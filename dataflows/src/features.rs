@@ -100,12 +100,6 @@ pub struct TableSpec {
     pub sink: SinkKind,
 }
 
-impl TableSpec {
-    pub fn field_index(&self, name: &str) -> Option<usize> {
-        self.fields.iter().position(|f| f.name == name)
-    }
-}
-
 /// The state of one entity: all features of one key of one table.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct FeatureRow {
