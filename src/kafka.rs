@@ -268,9 +268,12 @@ impl RecordSource for KafkaSource {
                     if self.freshness.is_some() {
                         self.appends.push(append_ms);
                     }
-                    if let Some(pos) = self
+                    // a worker has few partitions: a scan beats allocating a key per message
+                    let (topic, partition) = (m.topic(), m.partition());
+                    if let Some((_, pos)) = self
                         .positions
-                        .get_mut(&(m.topic().to_string(), m.partition()))
+                        .iter_mut()
+                        .find(|((t, p), _)| *p == partition && t == topic)
                     {
                         *pos = m.offset() + 1;
                     }
