@@ -12,7 +12,7 @@ use tidemark_dataflows::{Dataflow, GenerateSpec, Tick};
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 
 use crate::config::Config;
-use crate::engine::{timely_config, RunOptions, Shared, SourceKind};
+use crate::engine::{timely_config, RunOptions, Shared};
 use crate::kafka::{now_ms, Sender};
 
 #[derive(Args)]
@@ -41,20 +41,6 @@ pub struct BenchArgs {
     /// Workers of the end-to-end runs.
     #[arg(long, default_value_t = 2)]
     pub e2e_workers: usize,
-}
-
-fn traffic(events: u64) -> Vec<Timed<SearchEvent>> {
-    let search = Search::new(SearchConfig::default());
-    let spec = GenerateSpec {
-        events,
-        rate: 20_000,
-        duplicate_share: 0.0,
-        ..Default::default()
-    };
-    search
-        .generate(&spec)
-        .filter_map(|p| search.decode(&record(&p.payload)).ok())
-        .collect()
 }
 
 fn record(payload: &[u8]) -> tidemark_dataflows::record::RecordRef<'_> {
@@ -128,17 +114,18 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
     };
     let payloads: Vec<Vec<u8>> = search.generate(&spec).map(|p| p.payload).collect();
     let start = Instant::now();
-    let mut ok = 0usize;
-    for p in &payloads {
-        ok += search.decode(&record(p)).is_ok() as usize;
-    }
+    let decoded: Vec<Timed<SearchEvent>> = payloads
+        .iter()
+        .filter_map(|p| search.decode(&record(p)).ok())
+        .collect();
     let decode_rate = payloads.len() as f64 / start.elapsed().as_secs_f64();
+    let ok = decoded.len();
     println!(
         "decode: {:.0} events/s on one core ({ok} valid of {})",
         decode_rate,
         payloads.len()
     );
-    let events = std::sync::Arc::new(traffic(a.events));
+    let events = std::sync::Arc::new(decoded);
     let mut one = None;
     for w in &a.workers {
         let secs = dataflow_throughput(&events, *w, a.batch)?;
@@ -209,15 +196,7 @@ fn end_to_end(a: &BenchArgs) -> anyhow::Result<()> {
     }
     sender.flush()?;
     let shared = Arc::new(Shared::default());
-    let opts = RunOptions {
-        timely: timely_config(cfg.workers, 1, 0, None)?,
-        config: cfg,
-        exit_at_end: true,
-        source: SourceKind::Kafka,
-        memory: None,
-        measure_freshness: false,
-        family: None,
-    };
+    let opts = RunOptions::kafka(timely_config(cfg.workers, 1, 0, None)?, cfg, true);
     let start = Instant::now();
     crate::engine::run(opts, shared.clone())?;
     let secs = start.elapsed().as_secs_f64();
@@ -231,13 +210,8 @@ fn end_to_end(a: &BenchArgs) -> anyhow::Result<()> {
     let cfg = bench_config(&live_topic, &format!("bench-live-{stamp}"), a.e2e_workers)?;
     let shared = Arc::new(Shared::default());
     let opts = RunOptions {
-        timely: timely_config(cfg.workers, 1, 0, None)?,
-        config: cfg,
-        exit_at_end: false,
-        source: SourceKind::Kafka,
-        memory: None,
         measure_freshness: true,
-        family: None,
+        ..RunOptions::kafka(timely_config(cfg.workers, 1, 0, None)?, cfg, false)
     };
     let s = shared.clone();
     let engine = std::thread::spawn(move || crate::engine::run(opts, s));

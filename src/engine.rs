@@ -48,7 +48,6 @@ pub struct Shared {
     pub counters: Arc<Counters>,
     /// Per sink kind, shared by all workers of the process.
     pub sinks: Mutex<std::collections::BTreeMap<&'static str, Arc<SinkStats>>>,
-    pub final_tick: Mutex<Option<Tick>>,
     pub freshness: Arc<Freshness>,
     pub stop: AtomicBool,
 }
@@ -68,6 +67,19 @@ pub struct RunOptions {
 pub type MakeFamily = dyn Fn() -> Box<dyn Family> + Send + Sync;
 
 impl RunOptions {
+    /// Reads Kafka and writes the stores of `config`.
+    pub fn kafka(timely: timely::Config, config: Config, exit_at_end: bool) -> Self {
+        RunOptions {
+            config,
+            exit_at_end,
+            timely,
+            source: SourceKind::Kafka,
+            memory: None,
+            measure_freshness: false,
+            family: None,
+        }
+    }
+
     fn family(&self) -> anyhow::Result<Box<dyn Family>> {
         match &self.family {
             Some(make) => Ok(make()),
@@ -119,7 +131,6 @@ pub fn run(opts: RunOptions, shared: Arc<Shared>) -> anyhow::Result<Option<Tick>
     if let Some(p) = &dlq {
         p.flush()?;
     }
-    *shared.final_tick.lock().expect("lock") = final_tick;
     Ok(final_tick)
 }
 

@@ -56,7 +56,7 @@ impl Api {
                         .fields
                         .iter()
                         .zip(values)
-                        .map(|(f, v)| (f.name.to_string(), json_value(v)))
+                        .map(|(f, v)| (f.name.to_string(), v.to_json()))
                         .collect();
                     m.insert("_tick".into(), (*tick).into());
                     m.insert("_v".into(), spec.version.into());
@@ -84,15 +84,6 @@ impl Api {
                 ))
             }
         }
-    }
-}
-
-fn json_value(v: &tidemark_dataflows::features::Value) -> Value {
-    use tidemark_dataflows::features::Value as V;
-    match v {
-        V::Int(i) => (*i).into(),
-        V::Float(f) => f.0.into(),
-        V::Text(t) => t.clone().into(),
     }
 }
 

@@ -187,15 +187,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         tracing::info!(%bound, "read API listening");
     }
     let shared = Arc::new(Shared::default());
-    let opts = RunOptions {
-        config,
-        exit_at_end: a.exit_at_end,
-        timely,
-        source: SourceKind::Kafka,
-        memory: None,
-        measure_freshness: false,
-        family: None,
-    };
+    let opts = RunOptions::kafka(timely, config, a.exit_at_end);
     let final_tick = engine::run(opts, shared.clone())?;
     let c = &shared.counters;
     tracing::info!(

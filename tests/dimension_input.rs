@@ -11,7 +11,7 @@ use common::*;
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 use tidemark::config::Config;
-use tidemark::engine::{run, timely_config, RunOptions, Shared, SourceKind};
+use tidemark::engine::{run, timely_config, RunOptions, Shared};
 use tidemark_dataflows::dimension::{DimRow, DimensionSpec};
 use tidemark_dataflows::features::{int, FeatureRow, SinkKind, TableSpec, Value};
 use tidemark_dataflows::ingest::Timed;
@@ -149,13 +149,8 @@ fn a_changed_dimension_row_moves_the_features_that_depend_on_it() {
         topic: topic.clone(),
     });
     let opts = RunOptions {
-        timely: timely_config(2, 1, 0, None).unwrap(),
-        config,
-        exit_at_end: false,
-        source: SourceKind::Kafka,
-        memory: None,
-        measure_freshness: false,
         family: Some(Arc::new(move || Box::new(family.clone()))),
+        ..RunOptions::kafka(timely_config(2, 1, 0, None).unwrap(), config, false)
     };
     let shared = Arc::new(Shared::default());
     let s = shared.clone();

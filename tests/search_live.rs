@@ -7,13 +7,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
+use tidemark::kafka::now_ms;
 
 fn produce(producer: &BaseProducer, topic: &str, json: String) {
     producer

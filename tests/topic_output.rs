@@ -14,7 +14,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tidemark::config::Config;
-use tidemark::engine::{run, timely_config, RunOptions, Shared, SourceKind};
+use tidemark::engine::{run, timely_config, RunOptions, Shared};
 use tidemark_dataflows::features::{int, text, FeatureRow, SinkKind, TableSpec, Value};
 use tidemark_dataflows::ingest::Timed;
 use tidemark_dataflows::record::{DecodeError, RecordRef};
@@ -134,13 +134,8 @@ fn a_topic_table_is_a_keyed_changelog_and_a_list_table_a_redis_list() {
         output: output.clone(),
     });
     let opts = RunOptions {
-        timely: timely_config(2, 1, 0, None).unwrap(),
-        config,
-        exit_at_end: true,
-        source: SourceKind::Kafka,
-        memory: None,
-        measure_freshness: false,
         family: Some(Arc::new(move || Box::new(visits.clone()))),
+        ..RunOptions::kafka(timely_config(2, 1, 0, None).unwrap(), config, true)
     };
     let final_tick = run(opts, Arc::new(Shared::default())).unwrap();
     assert_eq!(final_tick, Some(ts + 3_000));

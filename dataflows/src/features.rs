@@ -31,6 +31,17 @@ impl Value {
     }
 }
 
+impl Value {
+    /// As a JSON value (topic records, the read API).
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Value::Int(i) => (*i).into(),
+            Value::Float(f) => f.0.into(),
+            Value::Text(t) => t.clone().into(),
+        }
+    }
+}
+
 impl std::fmt::Display for Value {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

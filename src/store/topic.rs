@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use tidemark_dataflows::features::{SinkKind, TickChanges, Value};
+use tidemark_dataflows::features::{SinkKind, TickChanges};
 use tidemark_dataflows::Tick;
 
 use super::{Store, Writer};
@@ -19,14 +19,6 @@ impl TopicStore {
             sender: Sender::new(brokers)?,
             writer,
         })
-    }
-}
-
-fn json(v: &Value) -> serde_json::Value {
-    match v {
-        Value::Int(i) => (*i).into(),
-        Value::Float(f) => f.0.into(),
-        Value::Text(t) => t.clone().into(),
     }
 }
 
@@ -51,7 +43,7 @@ impl Store for TopicStore {
                         o.insert(name.to_string(), k.clone().into());
                     }
                     for (f, v) in spec.fields.iter().zip(values) {
-                        o.insert(f.name.to_string(), json(v));
+                        o.insert(f.name.to_string(), v.to_json());
                     }
                     o.insert("_tick".into(), t.tick.into());
                     serde_json::to_vec(&o).expect("JSON")
