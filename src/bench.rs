@@ -65,10 +65,11 @@ fn dataflow_throughput(
     let guards = timely::execute(timely_config(workers, 1, 0, None)?, move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
         let probe = ProbeHandle::new();
+        let state = tidemark_dataflows::state::State::none(index, peers);
         let mut input = worker.dataflow::<Tick, _, _>(|scope| {
             let (input, events) = scope.new_collection::<Timed<SearchEvent>, isize>();
             Search::new(SearchConfig::default())
-                .build(events, Vec::new())
+                .build(events, Vec::new(), &state)
                 .probe_with(&probe);
             input
         });

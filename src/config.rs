@@ -22,6 +22,7 @@ pub struct Config {
     pub redis: RedisConfig,
     pub postgres: PostgresConfig,
     pub ingest: IngestConfig,
+    pub checkpoint: CheckpointConfig,
     /// Address of the HTTP read API, e.g. `127.0.0.1:8080`.
     pub http: Option<String>,
     /// Per-family sections, `[dataflows.search]` etc.
@@ -35,7 +36,7 @@ pub struct KafkaConfig {
     /// Overrides the family's topics.
     pub topics: Option<Vec<String>>,
     pub group_id: Option<String>,
-    #[serde(with = "start_from")]
+    /// Where a run without a checkpoint starts: earliest, latest, epoch ms or RFC 3339.
     pub from: StartFrom,
     pub dlq_topic: String,
     pub idle_timeout_ms: u64,
@@ -78,6 +79,36 @@ pub struct IngestConfig {
     /// Once caught up, how long a source waits before reading again: a tick gathers what
     /// arrived meanwhile, trading this much latency for fewer, larger ticks.
     pub poll_interval_ms: u64,
+    /// A worker stops reading while this many records it read are not yet durable in every
+    /// sink (a slow or absent sink then bounds memory instead of growing it).
+    pub max_pending_records: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointConfig {
+    /// How often the workers checkpoint their state with their offsets.
+    pub interval_ms: u64,
+    /// `dir` (files under `dir`) or `postgres` (table `tidemark_checkpoints` at postgres.url).
+    pub backend: CheckpointBackend,
+    pub dir: std::path::PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckpointBackend {
+    Dir,
+    Postgres,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig {
+            interval_ms: 10_000,
+            backend: CheckpointBackend::Dir,
+            dir: "tidemark-state".into(),
+        }
+    }
 }
 
 impl Default for Config {
@@ -90,6 +121,7 @@ impl Default for Config {
             redis: RedisConfig::default(),
             postgres: PostgresConfig::default(),
             ingest: IngestConfig::default(),
+            checkpoint: CheckpointConfig::default(),
             http: None,
             dataflows: BTreeMap::new(),
         }
@@ -117,24 +149,8 @@ impl Default for IngestConfig {
             dedup_horizon_ms: 3_600_000,
             max_message_bytes: 1 << 20,
             poll_interval_ms: 5,
+            max_pending_records: 2_000_000,
         }
-    }
-}
-
-mod start_from {
-    use super::StartFrom;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &StartFrom, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(match v {
-            StartFrom::Earliest => "earliest",
-            StartFrom::Latest => "latest",
-        })
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<StartFrom, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -152,7 +168,7 @@ impl Config {
         fig = fig.merge(
             Env::prefixed("TIDEMARK_")
                 .split("__")
-                .ignore(&["KAFKA", "REDIS", "PG"]),
+                .ignore(&["KAFKA", "REDIS", "PG", "CRASH_AT"]),
         );
         for (var, path) in [
             ("TIDEMARK_KAFKA", "kafka.brokers"),

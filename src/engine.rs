@@ -5,15 +5,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use differential_dataflow::AsCollection;
 use differential_dataflow::VecCollection;
 use tidemark_dataflows::counters::Counters;
 use tidemark_dataflows::dimension::TableSource;
-use tidemark_dataflows::features::{ChangeBuffer, FeatureRow, SinkKind};
+use tidemark_dataflows::features::{ChangeBuffer, FeatureRow, SinkKind, TableSpec};
 use tidemark_dataflows::ingest::IngestOptions;
 use tidemark_dataflows::record::{InvalidRecord, Poll, RecordRef, RecordSource};
+use tidemark_dataflows::state::{Restore, State};
 use tidemark_dataflows::{family, Family, GenerateSpec, Produced, Tick};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
@@ -21,8 +24,9 @@ use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::probe::{Handle as ProbeHandle, Probe};
 use timely::dataflow::Stream;
 
+use crate::checkpoint::{self, Checkpointer};
 use crate::config::Config;
-use crate::kafka::{self, Freshness, KafkaSource};
+use crate::kafka::{self, Freshness, KafkaSource, Ledger};
 use crate::store::dimension::PgTable;
 use crate::store::memory::{MemoryStore, Shared as MemoryShared};
 use crate::store::postgres::PostgresStore;
@@ -49,7 +53,12 @@ pub struct Shared {
     /// Per sink kind, shared by all workers of the process.
     pub sinks: Mutex<std::collections::BTreeMap<&'static str, Arc<SinkStats>>>,
     pub freshness: Arc<Freshness>,
+    /// Stop now, without a checkpoint (benchmarks).
     pub stop: AtomicBool,
+    /// Stop gracefully (SIGTERM): stop reading, drain, checkpoint, commit, exit.
+    pub drain: Arc<AtomicBool>,
+    /// Records left before the end offsets (`--exit-at-end`), for progress reports.
+    pub backlog: Arc<std::sync::atomic::AtomicI64>,
 }
 
 pub struct RunOptions {
@@ -117,10 +126,16 @@ pub fn run(opts: RunOptions, shared: Arc<Shared>) -> anyhow::Result<Option<Tick>
             .get_connection()
             .context("connecting to redis (redis.url)")?;
     }
+    let resume = match opts.source {
+        SourceKind::Kafka => Resume::find(&opts.config, &tables, family.name())?,
+        SourceKind::Generator { .. } => Resume::default(),
+    };
     let opts = Arc::new(opts);
+    let resume = Arc::new(resume);
     let (o, s, d) = (opts.clone(), shared.clone(), dlq.clone());
     let guards = timely::execute(opts.timely.clone(), move |worker| {
-        run_worker(worker, &o, &s, &topics, &tables, d.clone()).map_err(|e| format!("{e:#}"))
+        run_worker(worker, &o, &s, &topics, &tables, d.clone(), &resume)
+            .map_err(|e| format!("{e:#}"))
     })
     .map_err(|e| anyhow::anyhow!("starting timely: {e}"))?;
     let mut final_tick = None;
@@ -133,6 +148,62 @@ pub fn run(opts: RunOptions, shared: Arc<Shared>) -> anyhow::Result<Option<Tick>
     }
     Ok(final_tick)
 }
+
+/// Where a run resumes: the newest complete checkpoint, and the first tick past
+/// everything the stores hold.
+#[derive(Default)]
+pub struct Resume {
+    pub restore: Option<Arc<Restore>>,
+    pub positions: BTreeMap<(String, i32), i64>,
+    /// Stream time starts here, so nothing replayed is written at a tick older than what
+    /// a reader has seen (monotonic visibility).
+    pub start_at: Tick,
+}
+
+impl Resume {
+    fn find(cfg: &Config, tables: &Arc<Vec<TableSpec>>, family: &str) -> anyhow::Result<Self> {
+        let writer = Writer {
+            job: cfg.job.clone(),
+            worker: 0,
+            peers: 1,
+            tables: tables.clone(),
+        };
+        let mut written: Option<Tick> = None;
+        if let Some(url) = &cfg.redis.url {
+            written = written.max(RedisStore::open(url, writer.clone(), None)?.written()?);
+        }
+        if let Some(url) = &cfg.postgres.url {
+            written = written.max(PostgresStore::open(url, writer)?.written()?);
+        }
+        let restore = checkpoint::load(cfg, family)?;
+        let mut start_at = written.map_or(0, |t| t + 1);
+        let mut positions = BTreeMap::new();
+        if let Some(r) = &restore {
+            start_at = start_at.max(r.tick + 1);
+            for part in &r.parts {
+                for (t, p, o) in &part.positions {
+                    positions.insert((t.clone(), *p), *o);
+                }
+            }
+            tracing::info!(
+                tick = r.tick,
+                workers = r.parts.len(),
+                start_at,
+                "resuming from checkpoint"
+            );
+        } else {
+            tracing::info!(from = %cfg.kafka.from, start_at, "no checkpoint for this job and group: starting from kafka.from");
+        }
+        Ok(Resume {
+            restore: restore.map(Arc::new),
+            positions,
+            start_at,
+        })
+    }
+}
+
+/// How long a graceful stop may take before the worker gives up on its last checkpoint.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(25);
 
 /// A store and the counters it reports to.
 type OpenStore = (Box<dyn Store>, Arc<SinkStats>);
@@ -195,20 +266,36 @@ fn run_worker(
     topics: &[String],
     tables: &Arc<Vec<tidemark_dataflows::features::TableSpec>>,
     dlq: Option<Arc<kafka::Sender>>,
+    resume: &Resume,
 ) -> anyhow::Result<Option<Tick>> {
     let family = opts.family()?;
     let (index, peers) = (worker.index(), worker.peers());
     let durable: ProbeHandle<Tick> = ProbeHandle::new();
+    let processed: ProbeHandle<Tick> = ProbeHandle::new();
+    let ledger: Arc<Mutex<Ledger>> = Arc::default();
+    let state = State::new(index, peers, resume.restore.clone());
+    let mut checkpointer = None;
     let source: Box<dyn RecordSource> = match &opts.source {
-        SourceKind::Kafka => Box::new(KafkaSource::new(
-            &opts.config,
-            topics,
-            index,
-            peers,
-            opts.exit_at_end,
-            durable.clone(),
-            opts.measure_freshness.then(|| shared.freshness.clone()),
-        )?),
+        SourceKind::Kafka => {
+            checkpointer = Some(Checkpointer::new(
+                &opts.config,
+                state.clone(),
+                family.name(),
+                ledger.clone(),
+                dlq.clone(),
+            )?);
+            let start = kafka::SourceStart {
+                worker: index,
+                peers,
+                exit_at_end: opts.exit_at_end,
+                restored: resume.restore.as_ref().map(|_| &resume.positions),
+                ledger: ledger.clone(),
+                durable: durable.clone(),
+                freshness: opts.measure_freshness.then(|| shared.freshness.clone()),
+                backlog: Some(shared.backlog.clone()),
+            };
+            Box::new(KafkaSource::new(&opts.config, topics, start)?)
+        }
         SourceKind::Generator { spec, pace } => Box::new(GeneratorSource::new(
             family.generate(spec),
             index,
@@ -233,6 +320,7 @@ fn run_worker(
         batch_max: opts.config.kafka.poll_batch,
         exit_at_end: opts.exit_at_end,
         poll_interval: Duration::from_millis(opts.config.ingest.poll_interval_ms),
+        start_at: resume.start_at,
     };
     // worker 0 reads the dimension tables
     let mut tables: Vec<Option<Box<dyn TableSource>>> = Vec::new();
@@ -254,13 +342,23 @@ fn run_worker(
     let dlq_topic = opts.config.kafka.dlq_topic.clone();
     let counters = shared.counters.clone();
     let dataflow = worker.next_dataflow_index();
+    let skip = resume.restore.as_ref().map(|r| r.tick);
     let final_tick = worker.dataflow::<Tick, _, _>(|scope| {
-        let installed = family.install(scope, source, tables, ingest, counters);
-        durable_sink(installed.features, writers).probe_with(&durable);
-        dead_letters(installed.invalid, dlq, dlq_topic);
+        let installed = family.install(scope, source, tables, ingest, counters, &state);
+        let features = installed
+            .features
+            .inner
+            .probe_with(&processed)
+            .as_collection();
+        durable_sink(features, writers, skip).probe_with(&durable);
+        dead_letters(installed.invalid.probe_with(&processed), dlq, dlq_topic);
         installed.final_tick
     });
+    if let Some(e) = state.error() {
+        anyhow::bail!("{e}");
+    }
     let mut finished_at: Option<Instant> = None;
+    let mut drain_deadline: Option<Instant> = None;
     loop {
         let stepped = Instant::now();
         worker.step_or_park(Some(Duration::from_millis(1)));
@@ -282,9 +380,33 @@ fn run_worker(
         if durable.done() && finished_at.is_none() {
             finished_at = Some(Instant::now());
         }
-        // linger, so peers hear our last progress and the source commits its offsets
-        if finished_at.is_some_and(|at| at.elapsed() > Duration::from_millis(300)) {
-            break;
+        let Some(c) = checkpointer.as_mut() else {
+            // linger, so peers hear our last progress
+            if finished_at.is_some_and(|at| at.elapsed() > Duration::from_millis(300)) {
+                break;
+            }
+            continue;
+        };
+        // at the end of the input, or asked to stop: a last checkpoint, then exit
+        if !c.draining && (finished_at.is_some() || shared.drain.load(Ordering::Relaxed)) {
+            c.draining = true;
+            drain_deadline = Some(Instant::now() + DRAIN_TIMEOUT);
+            tracing::info!(worker = index, "stopping: draining, then a last checkpoint");
+        }
+        c.step(&processed, &durable);
+        if c.drained() {
+            // linger, so peers hear our last progress
+            let lingered = *finished_at.get_or_insert_with(Instant::now);
+            if lingered.elapsed() > Duration::from_millis(300) {
+                break;
+            }
+        }
+        if drain_deadline.is_some_and(|d| Instant::now() > d) {
+            anyhow::bail!(
+                "worker {index}: the last checkpoint was not saved within {} s (a sink or the DLQ is down?); \
+                 a restart resumes from the previous checkpoint",
+                DRAIN_TIMEOUT.as_secs()
+            );
         }
     }
     worker.drop_dataflow(dataflow);
@@ -294,9 +416,12 @@ fn run_worker(
 /// Hands each completed tick's changes to the writers and holds its output frontier at
 /// the least tick not yet durable in every store: a probe on it tells when offsets may
 /// be committed and when `--exit-at-end` may stop.
+///
+/// `skip` is a restored checkpoint's tick: its rows are what the stores hold already.
 fn durable_sink<'s>(
     rows: VecCollection<'s, Tick, FeatureRow>,
     writers: Vec<WriterHandle>,
+    skip: Option<Tick>,
 ) -> Stream<'s, Tick, Vec<()>> {
     let scope = rows.inner.scope();
     rows.inner
@@ -315,8 +440,9 @@ fn durable_sink<'s>(
                     input.for_each(|_, updates| buffer.push(updates));
                     let upto = frontier.frontier().iter().next().copied();
                     for tick in buffer.complete(upto) {
+                        let restored = Some(tick.tick) == skip;
                         let tick = Arc::new(tick);
-                        for w in &writers {
+                        for w in writers.iter().filter(|w| !restored || w.name == "memory") {
                             w.send(Msg::Changes(tick.clone()));
                         }
                     }

@@ -2,14 +2,15 @@
 //! behind the durable frontier), the DLQ and the producer `generate` uses.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use tidemark_dataflows::record::{InvalidRecord, Poll, RecordRef, RecordSource};
 use tidemark_dataflows::Tick;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
@@ -22,11 +23,13 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Where a new group starts reading.
+/// Where a run without a checkpoint starts reading.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StartFrom {
     Earliest,
     Latest,
+    /// The first record appended at or after this time (epoch ms).
+    Time(u64),
 }
 
 impl std::str::FromStr for StartFrom {
@@ -35,9 +38,68 @@ impl std::str::FromStr for StartFrom {
         match s {
             "earliest" => Ok(StartFrom::Earliest),
             "latest" => Ok(StartFrom::Latest),
-            other => Err(format!("--from '{other}': use earliest or latest")),
+            ms if !ms.is_empty() && ms.bytes().all(|b| b.is_ascii_digit()) => {
+                ms.parse().map(StartFrom::Time).map_err(|e| format!("--from '{ms}': {e}"))
+            }
+            other => humantime::parse_rfc3339_weak(other)
+                .map_err(|e| {
+                    format!("--from '{other}': {e}; use earliest, latest, epoch ms or an RFC 3339 time such as 2026-01-01T00:00:00Z")
+                })
+                .map(|t| {
+                    let ms = t
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64);
+                    StartFrom::Time(ms)
+                }),
         }
     }
+}
+
+impl std::fmt::Display for StartFrom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartFrom::Earliest => f.write_str("earliest"),
+            StartFrom::Latest => f.write_str("latest"),
+            StartFrom::Time(ms) => write!(f, "{ms}"),
+        }
+    }
+}
+
+impl serde::Serialize for StartFrom {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for StartFrom {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Ms(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Ms(ms) => Ok(StartFrom::Time(ms)),
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// A source position: the next offset to read of (topic, partition).
+pub type Position = (String, i32, i64);
+
+/// What a worker's Kafka source and its checkpointer tell each other.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    /// The positions when the source paused for the checkpoint of this tick.
+    pub paused: Option<(Tick, Vec<Position>)>,
+    /// The positions of the newest saved checkpoint, numbered: the source commits them.
+    pub to_commit: Option<(u64, Vec<Position>)>,
+    /// The number of the last `to_commit` handed to the group coordinator.
+    pub committed: u64,
+    /// Commit synchronously (the last commit before a graceful stop).
+    pub sync: bool,
 }
 
 /// Freshness samples: Kafka append time → the tick durable in every sink (ms).
@@ -66,19 +128,21 @@ pub struct KafkaSource {
     positions: BTreeMap<Partition, i64>,
     /// With `--exit-at-end`: the end offsets seen at start.
     ends: Option<BTreeMap<Partition, i64>>,
-    /// Positions as of each inserted tick, waiting for that tick to become durable.
-    inserted: VecDeque<(Tick, BTreeMap<Partition, i64>)>,
-    read_since_insert: bool,
-    committed: BTreeMap<Partition, i64>,
-    last_commit: Instant,
+    /// Records read per inserted tick, until the tick is durable: reading stops while
+    /// more than `max_pending` wait.
+    pending: VecDeque<(Tick, u64)>,
+    pending_records: u64,
+    max_pending: u64,
+    read_since_insert: u64,
+    ledger: Arc<Mutex<Ledger>>,
     durable: ProbeHandle<Tick>,
     last_message: Instant,
     idle_timeout: Duration,
     freshness: Option<Arc<Freshness>>,
     appends: Vec<i64>,
     appends_by_tick: VecDeque<(Tick, Vec<i64>)>,
-    /// With `--exit-at-end`: everything read is durable and committed synchronously.
-    final_commit_done: bool,
+    /// Shared with the process: records still to read before the end offsets.
+    backlog: Option<Arc<std::sync::atomic::AtomicI64>>,
 }
 
 fn consumer_config(cfg: &Config, group: &str) -> ClientConfig {
@@ -94,23 +158,32 @@ fn consumer_config(cfg: &Config, group: &str) -> ClientConfig {
     c
 }
 
+/// The consumer group a config reads with.
+pub fn group_of(cfg: &Config) -> String {
+    cfg.kafka
+        .group_id
+        .clone()
+        .unwrap_or_else(|| format!("tidemark-{}", cfg.job))
+}
+
+/// Everything a worker's source starts from.
+pub struct SourceStart<'a> {
+    pub worker: usize,
+    pub peers: usize,
+    pub exit_at_end: bool,
+    /// The restored checkpoint's positions (of all partitions); else `kafka.from`.
+    pub restored: Option<&'a BTreeMap<Partition, i64>>,
+    pub ledger: Arc<Mutex<Ledger>>,
+    pub durable: ProbeHandle<Tick>,
+    pub freshness: Option<Arc<Freshness>>,
+    pub backlog: Option<Arc<std::sync::atomic::AtomicI64>>,
+}
+
 impl KafkaSource {
     /// Assigns this worker its share of the topics' partitions (round robin over all
-    /// workers of all processes) and seeks to the committed offsets, else to `from`.
-    pub fn new(
-        cfg: &Config,
-        topics: &[String],
-        worker: usize,
-        peers: usize,
-        exit_at_end: bool,
-        durable: ProbeHandle<Tick>,
-        freshness: Option<Arc<Freshness>>,
-    ) -> anyhow::Result<Self> {
-        let group = cfg
-            .kafka
-            .group_id
-            .clone()
-            .unwrap_or_else(|| format!("tidemark-{}", cfg.job));
+    /// workers of all processes) and seeks to the checkpoint's positions, else to `from`.
+    pub fn new(cfg: &Config, topics: &[String], start: SourceStart<'_>) -> anyhow::Result<Self> {
+        let group = group_of(cfg);
         let consumer: BaseConsumer = consumer_config(cfg, &group)
             .create()
             .context("creating the kafka consumer")?;
@@ -127,7 +200,7 @@ impl KafkaSource {
                 })?;
             for t in md.topics() {
                 if t.partitions().is_empty() {
-                    bail!("topic '{topic}' has no partitions (does it exist? create it with the partitions you want)");
+                    bail!("topic '{topic}' has no partitions (does it exist? create it with `tidemark topics create` or with the partitions you want)");
                 }
                 all.extend(t.partitions().iter().map(|p| (topic.clone(), p.id())));
             }
@@ -136,52 +209,53 @@ impl KafkaSource {
         let mine: Vec<Partition> = all
             .into_iter()
             .enumerate()
-            .filter(|(i, _)| i % peers == worker)
+            .filter(|(i, _)| i % start.peers == start.worker)
             .map(|(_, p)| p)
             .collect();
-        let mut tpl = TopicPartitionList::new();
-        for (t, p) in &mine {
-            tpl.add_partition(t, *p);
-        }
-        let committed = if mine.is_empty() {
-            TopicPartitionList::new()
-        } else {
-            committed_offsets(&consumer, &tpl)?
-        };
         let mut positions = BTreeMap::new();
         let mut ends = BTreeMap::new();
         let mut assignment = TopicPartitionList::new();
-        for e in committed.elements() {
-            let (low, high) = consumer.fetch_watermarks(e.topic(), e.partition(), timeout)?;
-            let start = match e.offset() {
-                Offset::Offset(o) if o >= low => o,
-                _ => match cfg.kafka.from {
+        for (topic, partition) in &mine {
+            let (low, high) = consumer.fetch_watermarks(topic, *partition, timeout)?;
+            let key = (topic.clone(), *partition);
+            let from = match start.restored.and_then(|r| r.get(&key)) {
+                Some(&o) if o < low => {
+                    tracing::error!(topic, partition, checkpoint = o, earliest = low, "records after the checkpoint were deleted by retention: they are lost to the features");
+                    low
+                }
+                Some(&o) => o,
+                None => match cfg.kafka.from {
                     StartFrom::Earliest => low,
                     StartFrom::Latest => high,
+                    StartFrom::Time(ms) => offset_at(&consumer, topic, *partition, ms, high)?,
                 },
             };
-            let key = (e.topic().to_string(), e.partition());
-            positions.insert(key.clone(), start);
+            positions.insert(key.clone(), from);
             ends.insert(key, high);
-            assignment.add_partition_offset(e.topic(), e.partition(), Offset::Offset(start))?;
+            assignment.add_partition_offset(topic, *partition, Offset::Offset(from))?;
         }
         consumer.assign(&assignment)?;
-        tracing::info!(worker, partitions = ?mine, group = %group, "kafka source assigned");
+        if let Some(b) = &start.backlog {
+            let left: i64 = ends.iter().map(|(p, e)| e - positions[p]).sum();
+            b.fetch_add(left, std::sync::atomic::Ordering::Relaxed);
+        }
+        tracing::info!(worker = start.worker, partitions = ?mine, group = %group, from = ?positions, "kafka source assigned");
         Ok(KafkaSource {
             consumer,
-            committed: positions.clone(),
             positions,
-            ends: exit_at_end.then_some(ends),
-            inserted: VecDeque::new(),
-            read_since_insert: false,
-            last_commit: Instant::now(),
-            durable,
+            ends: start.exit_at_end.then_some(ends),
+            pending: VecDeque::new(),
+            pending_records: 0,
+            max_pending: cfg.ingest.max_pending_records,
+            read_since_insert: 0,
+            ledger: start.ledger,
+            durable: start.durable,
             last_message: Instant::now(),
             idle_timeout: Duration::from_millis(cfg.kafka.idle_timeout_ms),
-            freshness,
+            freshness: start.freshness,
             appends: Vec::new(),
             appends_by_tick: VecDeque::new(),
-            final_commit_done: false,
+            backlog: start.backlog,
         })
     }
 
@@ -192,14 +266,15 @@ impl KafkaSource {
         })
     }
 
-    /// Commits the positions of every tick that every sink has durably written.
-    fn commit_durable(&mut self, force: bool) {
-        let mut newest = None;
-        while let Some((tick, _)) = self.inserted.front() {
-            if self.durable.less_equal(tick) {
+    /// Forgets what is durable, records freshness, and commits the newest checkpoint's
+    /// positions to the group.
+    fn follow_durable(&mut self) {
+        while let Some(&(tick, n)) = self.pending.front() {
+            if self.durable.less_equal(&tick) {
                 break;
             }
-            newest = self.inserted.pop_front().map(|(_, p)| p);
+            self.pending.pop_front();
+            self.pending_records -= n;
         }
         if let Some(f) = &self.freshness {
             let now = now_ms() as i64;
@@ -219,25 +294,34 @@ impl KafkaSource {
                 f.record(&samples, now);
             }
         }
-        if let Some(p) = newest {
-            self.committed = p;
-        }
-        if !force && self.last_commit.elapsed() < Duration::from_millis(200) {
-            return;
-        }
-        self.last_commit = Instant::now();
-        let mut tpl = TopicPartitionList::new();
-        for ((t, p), o) in &self.committed {
-            let _ = tpl.add_partition_offset(t, *p, Offset::Offset(*o));
-        }
-        if tpl.count() > 0 {
-            let mode = if force {
-                CommitMode::Sync
+        let commit = {
+            let ledger = self.ledger.lock().expect("ledger");
+            match &ledger.to_commit {
+                Some((n, p)) if *n > ledger.committed => Some((*n, p.clone())),
+                _ => None,
+            }
+        };
+        if let Some((n, positions)) = commit {
+            let mut tpl = TopicPartitionList::new();
+            for (t, p, o) in &positions {
+                if self.positions.contains_key(&(t.clone(), *p)) {
+                    let _ = tpl.add_partition_offset(t, *p, Offset::Offset(*o));
+                }
+            }
+            let result = if tpl.count() == 0 {
+                Ok(())
             } else {
-                CommitMode::Async
+                let sync = self.ledger.lock().expect("ledger").sync;
+                let mode = if sync {
+                    CommitMode::Sync
+                } else {
+                    CommitMode::Async
+                };
+                self.consumer.commit(&tpl, mode)
             };
-            if let Err(e) = self.consumer.commit(&tpl, mode) {
-                tracing::warn!(error = %e, "offset commit failed; it is retried with the next durable tick");
+            match result {
+                Ok(()) => self.ledger.lock().expect("ledger").committed = n,
+                Err(e) => tracing::warn!(error = %e, "offset commit failed; it is retried"),
             }
         }
     }
@@ -245,7 +329,11 @@ impl KafkaSource {
 
 impl RecordSource for KafkaSource {
     fn poll(&mut self, max: usize, visit: &mut dyn FnMut(RecordRef<'_>)) -> Poll {
-        self.commit_durable(false);
+        self.follow_durable();
+        if self.pending_records >= self.max_pending {
+            // the sinks lag: hold off (time must not follow the clock meanwhile)
+            return Poll::Caught { idle: false };
+        }
         let mut n = 0;
         while n < max {
             match self.consumer.poll(Duration::ZERO) {
@@ -282,7 +370,10 @@ impl RecordSource for KafkaSource {
         }
         if n > 0 {
             self.last_message = Instant::now();
-            self.read_since_insert = true;
+            self.read_since_insert += n as u64;
+            if let Some(b) = &self.backlog {
+                b.fetch_sub(n as i64, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         if n == max {
             Poll::Busy
@@ -296,11 +387,12 @@ impl RecordSource for KafkaSource {
     }
 
     fn inserted(&mut self, tick: Tick) {
-        if self.read_since_insert {
-            self.read_since_insert = false;
-            match self.inserted.back_mut() {
-                Some((t, p)) if *t == tick => *p = self.positions.clone(),
-                _ => self.inserted.push_back((tick, self.positions.clone())),
+        if self.read_since_insert > 0 {
+            let n = std::mem::take(&mut self.read_since_insert);
+            self.pending_records += n;
+            match self.pending.back_mut() {
+                Some((t, m)) if *t == tick => *m += n,
+                _ => self.pending.push_back((tick, n)),
             }
             if !self.appends.is_empty() {
                 self.appends_by_tick
@@ -309,10 +401,17 @@ impl RecordSource for KafkaSource {
         }
     }
 
+    fn paused(&mut self, tick: Tick) {
+        let positions = self
+            .positions
+            .iter()
+            .map(|((t, p), o)| (t.clone(), *p, *o))
+            .collect();
+        self.ledger.lock().expect("ledger").paused = Some((tick, positions));
+    }
+
     fn tend(&mut self) {
-        let all_durable = self.at_end() && self.inserted.is_empty();
-        self.commit_durable(all_durable && !self.final_commit_done);
-        self.final_commit_done |= all_durable;
+        self.follow_durable();
     }
 
     fn now_ms(&self) -> u64 {
@@ -320,41 +419,76 @@ impl RecordSource for KafkaSource {
     }
 }
 
-/// The group's committed offsets, waiting out a coordinator that is still loading (a new
-/// broker creates `__consumer_offsets` on the first request).
-fn committed_offsets(
+/// The offset of the first record appended at or after `ms` (the end when there is none).
+fn offset_at(
     consumer: &BaseConsumer,
-    tpl: &TopicPartitionList,
-) -> anyhow::Result<TopicPartitionList> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match consumer.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
-            Ok(c) => return Ok(c),
-            Err(e) if Instant::now() < deadline => {
-                tracing::info!(error = %e, "waiting for the group coordinator");
-                std::thread::sleep(Duration::from_millis(500));
+    topic: &str,
+    partition: i32,
+    ms: u64,
+    end: i64,
+) -> anyhow::Result<i64> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(ms as i64))?;
+    let found = consumer
+        .offsets_for_times(tpl, Duration::from_secs(10))
+        .with_context(|| format!("finding the offset of time {ms} in {topic}/{partition}"))?;
+    Ok(
+        match found.find_partition(topic, partition).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o,
+            _ => end,
+        },
+    )
+}
+
+/// What became of the records a [`Sender`] produced.
+#[derive(Debug, Default)]
+pub struct Deliveries {
+    pub delivered: AtomicU64,
+    /// A failed delivery is never retried here: whoever depends on it (the DLQ) must not
+    /// commit past it.
+    pub failed: AtomicU64,
+}
+
+pub struct Tracking(Arc<Deliveries>);
+
+impl ClientContext for Tracking {}
+
+impl ProducerContext for Tracking {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => {
+                self.0.delivered.fetch_add(1, AtomicOrdering::Relaxed);
             }
-            Err(e) => return Err(e).context("reading the group's committed offsets"),
+            Err((e, m)) => {
+                self.0.failed.fetch_add(1, AtomicOrdering::Relaxed);
+                tracing::error!(error = %e, topic = m.topic(), "a record could not be delivered to kafka");
+            }
         }
     }
 }
 
-/// Produces records to Kafka, keyed, and waits until every one is acknowledged.
+/// Produces records to Kafka, keyed, and tracks every delivery.
 pub struct Sender {
-    producer: ThreadedProducer<DefaultProducerContext>,
+    producer: ThreadedProducer<Tracking>,
+    pub deliveries: Arc<Deliveries>,
 }
 
 impl Sender {
     pub fn new(brokers: &str) -> anyhow::Result<Self> {
+        let deliveries: Arc<Deliveries> = Arc::default();
         let producer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .set("linger.ms", "5")
             .set("compression.type", "lz4")
             .set("enable.idempotence", "true")
             .set("queue.buffering.max.messages", "1000000")
-            .create()
+            .create_with_context(Tracking(deliveries.clone()))
             .context("creating the kafka producer")?;
-        Ok(Sender { producer })
+        Ok(Sender {
+            producer,
+            deliveries,
+        })
     }
 
     pub fn send(
@@ -405,10 +539,19 @@ impl Sender {
         }
     }
 
+    /// Waits until every record sent so far is delivered; an error if one failed, ever.
     pub fn flush(&self) -> anyhow::Result<()> {
+        self.flush_within(Duration::from_secs(60))
+    }
+
+    pub fn flush_within(&self, timeout: Duration) -> anyhow::Result<()> {
         self.producer
-            .flush(Duration::from_secs(60))
-            .context("flushing the kafka producer")
+            .flush(timeout)
+            .context("flushing the kafka producer")?;
+        match self.deliveries.failed.load(AtomicOrdering::Relaxed) {
+            0 => Ok(()),
+            n => bail!("{n} records could not be delivered to kafka"),
+        }
     }
 }
 

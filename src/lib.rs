@@ -2,7 +2,9 @@
 //! The computation itself lives in the `tidemark-dataflows` crate.
 
 pub mod bench;
+pub mod checkpoint;
 pub mod config;
+pub mod crash;
 pub mod engine;
 pub mod http;
 pub mod kafka;

@@ -98,10 +98,11 @@ struct RunArgs {
     topics: Vec<String>,
     #[arg(long)]
     group_id: Option<String>,
-    /// Where a group without committed offsets starts: earliest or latest.
+    /// Where a run without a checkpoint starts: earliest, latest, epoch ms or an RFC 3339
+    /// time (e.g. 2026-01-01T00:00:00Z). A checkpoint of the job and group wins.
     #[arg(long)]
     from: Option<String>,
-    /// Consume up to the end offsets seen at start, write everything, commit and exit.
+    /// Consume up to the end offsets seen at start, write everything, checkpoint and exit.
     #[arg(long)]
     exit_at_end: bool,
     /// Worker threads per process.
@@ -148,6 +149,41 @@ fn main() {
     }
 }
 
+/// Reports how much of the backlog is read: a progress bar on a terminal, else a log line
+/// every 10 s while there is a backlog.
+fn report_progress(shared: Arc<Shared>) -> std::thread::JoinHandle<()> {
+    use std::io::IsTerminal;
+    std::thread::spawn(move || {
+        let tty = std::io::stderr().is_terminal();
+        let bar = tty.then(|| {
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} {pos}/{len} records [{bar:40}] {per_sec} eta {eta}",
+                )
+                .expect("a valid template"),
+            );
+            bar
+        });
+        let mut last_log = std::time::Instant::now();
+        while !shared.stop.load(Relaxed) {
+            std::thread::sleep(Duration::from_millis(200));
+            let consumed = shared.counters.consumed.load(Relaxed);
+            let left = shared.backlog.load(Relaxed).max(0) as u64;
+            if let Some(bar) = &bar {
+                bar.set_length(consumed + left);
+                bar.set_position(consumed);
+            } else if left > 0 && last_log.elapsed() >= Duration::from_secs(10) {
+                last_log = std::time::Instant::now();
+                tracing::info!(consumed, left, "reading the backlog");
+            }
+        }
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+    })
+}
+
 fn run(a: RunArgs) -> anyhow::Result<()> {
     let mut flags = serde_json::Map::new();
     let mut kafka = serde_json::Map::new();
@@ -187,8 +223,16 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         tracing::info!(%bound, "read API listening");
     }
     let shared = Arc::new(Shared::default());
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, shared.drain.clone())
+            .context("installing the signal handler")?;
+    }
+    let reporter = report_progress(shared.clone());
     let opts = RunOptions::kafka(timely, config, a.exit_at_end);
-    let final_tick = engine::run(opts, shared.clone())?;
+    let final_tick = engine::run(opts, shared.clone());
+    shared.stop.store(true, Relaxed);
+    let _ = reporter.join();
+    let final_tick = final_tick?;
     let c = &shared.counters;
     tracing::info!(
         final_tick,

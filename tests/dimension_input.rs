@@ -16,6 +16,7 @@ use tidemark_dataflows::dimension::{DimRow, DimensionSpec};
 use tidemark_dataflows::features::{int, FeatureRow, SinkKind, TableSpec, Value};
 use tidemark_dataflows::ingest::Timed;
 use tidemark_dataflows::record::{DecodeError, RecordRef};
+use tidemark_dataflows::state::State;
 use tidemark_dataflows::time::Window;
 use tidemark_dataflows::windowed::contributions;
 use tidemark_dataflows::{Dataflow, GenerateSpec, Produced, Tick};
@@ -68,8 +69,9 @@ impl Dataflow for CountryVisits {
         &self,
         events: VecCollection<'s, Tick, Timed<String>>,
         dimensions: Vec<VecCollection<'s, Tick, DimRow>>,
+        state: &State,
     ) -> VecCollection<'s, Tick, FeatureRow> {
-        let visits = contributions(events, |e: &Timed<String>| {
+        let visits = contributions(state, events, |e: &Timed<String>| {
             Some((e.event.clone(), 1, Some(Window::days(1).expiry(e.ts))))
         });
         let country = dimensions[0]
@@ -144,7 +146,8 @@ fn a_changed_dimension_row_moves_the_features_that_depend_on_it() {
         "job": topic, "kafka": {"group_id": topic}, "redis": {"url": redis},
         "postgres": {"url": pg, "dimension_poll_ms": 100},
     });
-    let config = Config::load(None, flags).unwrap();
+    let mut config = Config::load(None, flags).unwrap();
+    config.checkpoint.dir = state_dir().into();
     let family = CountryVisits(CountryConfig {
         topic: topic.clone(),
     });

@@ -70,7 +70,7 @@ fn an_unchanged_feature_is_not_rewritten() {
         event("b", r#""event_type":"click","query":"q","doc_id":"x""#),
     );
     let _engine = Engine(
-        std::process::Command::new(BIN)
+        engine_command()
             .args([
                 "run",
                 "--topic",
@@ -82,9 +82,7 @@ fn an_unchanged_feature_is_not_rewritten() {
                 "--workers",
                 "1",
             ])
-            .env("TIDEMARK_KAFKA", kafka())
             .env("TIDEMARK_REDIS", &redis)
-            .env("RUST_LOG", "warn")
             .spawn()
             .unwrap(),
     );

@@ -18,6 +18,7 @@ use tidemark::engine::{run, timely_config, RunOptions, Shared};
 use tidemark_dataflows::features::{int, text, FeatureRow, SinkKind, TableSpec, Value};
 use tidemark_dataflows::ingest::Timed;
 use tidemark_dataflows::record::{DecodeError, RecordRef};
+use tidemark_dataflows::state::State;
 use tidemark_dataflows::time::Window;
 use tidemark_dataflows::windowed::contributions;
 use tidemark_dataflows::{Dataflow, GenerateSpec, Produced, Tick};
@@ -74,6 +75,7 @@ impl Dataflow for Visits {
         &self,
         events: VecCollection<'s, Tick, Timed<String>>,
         _dimensions: Vec<VecCollection<'s, Tick, Vec<String>>>,
+        state: &State,
     ) -> VecCollection<'s, Tick, FeatureRow> {
         // every visitor so far, as a Redis list
         let visitors = events
@@ -88,7 +90,7 @@ impl Dataflow for Visits {
                 key: vec![site],
                 values: vec![Value::Text(users)],
             });
-        contributions(events, |e: &Timed<String>| {
+        contributions(state, events, |e: &Timed<String>| {
             Some((e.event.clone(), 1, Some(Window::days(1).expiry(e.ts))))
         })
         .map(|user| (user, ()))
@@ -128,7 +130,8 @@ fn a_topic_table_is_a_keyed_changelog_and_a_list_table_a_redis_list() {
     let redis = fresh_redis(11);
     let flags =
         serde_json::json!({"job": output, "kafka": {"group_id": output}, "redis": {"url": redis}});
-    let config = Config::load(None, flags).unwrap();
+    let mut config = Config::load(None, flags).unwrap();
+    config.checkpoint.dir = state_dir().into();
     let visits = Visits(VisitsConfig {
         input: input.clone(),
         output: output.clone(),

@@ -22,6 +22,7 @@ use crate::dimension::{dimension, DimRow, DimensionSpec, TableSource};
 use crate::features::{FeatureRow, TableSpec};
 use crate::ingest::{ingest, IngestOptions, Timed};
 use crate::record::{DecodeError, InvalidRecord, RecordRef, RecordSource};
+use crate::state::State;
 use crate::time::{Tick, Window};
 
 /// One record of synthetic traffic.
@@ -90,6 +91,7 @@ pub trait Dataflow: Send + Sync + 'static {
         &self,
         events: VecCollection<'s, Tick, Timed<Self::Event>>,
         dimensions: Vec<VecCollection<'s, Tick, DimRow>>,
+        state: &State,
     ) -> VecCollection<'s, Tick, FeatureRow>;
     /// Realistic synthetic traffic, deterministic per seed.
     fn generate(&self, spec: &GenerateSpec) -> Box<dyn Iterator<Item = Produced> + Send>;
@@ -133,6 +135,7 @@ pub trait Family: Send + Sync {
         tables: Vec<Option<Box<dyn TableSource>>>,
         opts: IngestOptions,
         counters: Arc<Counters>,
+        state: &State,
     ) -> Installed<'s>;
 }
 
@@ -170,11 +173,13 @@ impl<D: Dataflow + Clone> Family for D {
         tables: Vec<Option<Box<dyn TableSource>>>,
         opts: IngestOptions,
         counters: Arc<Counters>,
+        state: &State,
     ) -> Installed<'s> {
         let this = self.clone();
         let decode = move |r: &RecordRef<'_>| this.decode(r);
         let ingested = ingest(
             scope,
+            state,
             source,
             decode,
             Dataflow::horizon(self),
@@ -188,7 +193,7 @@ impl<D: Dataflow + Clone> Family for D {
             .map(|t| dimension(scope, t, followed.clone(), Duration::from_millis(100)))
             .collect();
         Installed {
-            features: self.build(events, dimensions),
+            features: self.build(events, dimensions, state),
             invalid: ingested.invalid,
             final_tick: ingested.final_tick,
         }

@@ -1,7 +1,7 @@
 //! From records to events: decode, validate, stream time, too-late and dedup (DESIGN §3, §4).
 
-use std::cell::Cell;
-use std::collections::{HashMap, VecDeque};
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +16,7 @@ use timely::dataflow::{Scope, Stream};
 
 use crate::counters::Counters;
 use crate::record::{DecodeError, ErrorKind, InvalidRecord, Poll, RecordRef, RecordSource};
+use crate::state::{Split, State};
 use crate::time::{Tick, Window};
 
 /// An event's identity: a 128-bit hash of its `event_id`, so dedup state is fixed-size.
@@ -50,6 +51,9 @@ pub struct IngestOptions {
     pub exit_at_end: bool,
     /// Messages larger than this are invalid (oversized).
     pub max_message_bytes: usize,
+    /// Stream time starts here (after a restart: past every tick the stores hold, and past
+    /// the restored checkpoint's tick).
+    pub start_at: Tick,
 }
 
 impl Default for IngestOptions {
@@ -61,6 +65,7 @@ impl Default for IngestOptions {
             poll_interval: Duration::from_millis(1),
             exit_at_end: false,
             max_message_bytes: 1 << 20,
+            start_at: 0,
         }
     }
 }
@@ -75,7 +80,16 @@ enum Ingest<E> {
         to: usize,
         at: Tick,
     },
+    /// A worker's source paused for checkpoint `epoch` having inserted nothing after `at`.
+    Pause {
+        to: usize,
+        epoch: u64,
+        at: Tick,
+    },
 }
+
+/// What one worker heard of the peers' pauses: per checkpoint epoch, the ticks proposed.
+type Proposals = Rc<RefCell<BTreeMap<u64, Vec<Tick>>>>;
 
 /// The result of ingesting one worker's source.
 pub struct Ingested<'s, E: Clone + 'static> {
@@ -92,8 +106,12 @@ pub struct Ingested<'s, E: Clone + 'static> {
 /// the batch; once the source has caught up, the tick closes (the capability moves to
 /// `S + 1`), so a later batch that does not raise `S` goes in at `S + 1`. When every
 /// partition is idle, `S` follows the wall clock (not with `exit_at_end`).
+///
+/// For a checkpoint (see [`crate::state`]) the sources pause: each proposes the tick it
+/// reached, all move to one past the largest and wait until the runtime resumes them.
 pub fn ingest<'s, E, D>(
     scope: Scope<'s, Tick>,
+    state: &State,
     mut records: Box<dyn RecordSource>,
     decode: D,
     horizon: Window,
@@ -109,6 +127,14 @@ where
     let peers = scope.peers();
     let ingest_opts = opts.clone();
     let ingest_counters = counters.clone();
+    let proposals: Proposals = Rc::default();
+    let heard = proposals.clone();
+    let control = state.clone();
+    let start_at = opts.start_at;
+    assert!(
+        state.restore().is_none_or(|r| r.tick < start_at),
+        "a restored checkpoint's tick is in the past"
+    );
     let stream = source::<_, CapacityContainerBuilder<Vec<Ingest<E>>>, _, _>(
         scope,
         "Ingest",
@@ -118,12 +144,62 @@ where
             let activator = scope.activator_for(info.address.clone());
             let mut cap = Some(cap);
             let mut stream_time: Tick = 0;
+            if let Some(c) = cap.as_mut().filter(|_| start_at > 0) {
+                stream_time = start_at;
+                c.downgrade(&start_at);
+            }
             let mut finished = false;
             let mut events: Vec<Timed<E>> = Vec::new();
             let mut invalid: Vec<InvalidRecord> = Vec::new();
+            // checkpoints taken, and the one being agreed on
+            let mut epoch: u64 = 0;
+            let mut pausing: Option<u64> = None;
+            let mut paused = false;
             move |output| {
                 let Some(held) = cap.as_mut() else { return };
                 records.tend();
+                if paused {
+                    if !control.take_resume() {
+                        activator.activate_after(Duration::from_millis(1));
+                        return;
+                    }
+                    paused = false;
+                }
+                if let Some(k) = pausing {
+                    let agreed = heard
+                        .borrow()
+                        .get(&k)
+                        .filter(|p| p.len() == peers)
+                        .and_then(|p| p.iter().copied().max());
+                    if let Some(at) = agreed {
+                        heard.borrow_mut().remove(&k);
+                        if *held.time() <= at {
+                            held.downgrade(&(at + 1));
+                        }
+                        stream_time = stream_time.max(at);
+                        (epoch, pausing, paused) = (k, None, true);
+                        records.paused(at);
+                        control.set_paused(at);
+                    }
+                    activator.activate_after(Duration::from_millis(1));
+                    return;
+                }
+                let peer_asked = heard
+                    .borrow()
+                    .keys()
+                    .next_back()
+                    .is_some_and(|k| *k > epoch);
+                if control.take_wanted() || peer_asked {
+                    // everything inserted so far went in at or before the stream time
+                    let k = epoch + 1;
+                    let at = stream_time;
+                    output
+                        .session(&*held)
+                        .give_iterator((0..peers).map(|to| Ingest::Pause { to, epoch: k, at }));
+                    pausing = Some(k);
+                    activator.activate_after(Duration::from_millis(1));
+                    return;
+                }
                 if finished {
                     // hold time just past the agreed final tick: closing would expire every window
                     if let Some(t) = final_seen.get() {
@@ -224,18 +300,31 @@ where
         Ingest::Event(e, t) => Ok((e, t, 1isize)),
         other => Err(other),
     });
-    let (invalid, ends): (Split<InvalidRecord>, Split<(usize, Tick)>) = rest.ok_err(|x| match x {
+    let (invalid, control): (Split<InvalidRecord>, Split<Ingest<E>>) = rest.ok_err(|x| match x {
         Ingest::Invalid(r) => Ok(*r),
-        Ingest::End { to, at } => Err((to, at)),
-        Ingest::Event(..) => unreachable!("events were split off"),
+        other => Err(other),
+    });
+    type Pauses<'s> = Split<'s, (usize, u64, Tick)>;
+    let (ends, pauses): (Split<(usize, Tick)>, Pauses) = control.ok_err(|x| match x {
+        Ingest::End { to, at } => Ok((to, at)),
+        Ingest::Pause { to, epoch, at } => Err((to, epoch, at)),
+        _ => unreachable!("events and invalid records were split off"),
     });
     agree_on_final_tick(ends, peers, final_tick.clone());
-    let events = dedup(events, opts.dedup_horizon_ms, counters);
+    hear_pauses(pauses, proposals);
+    let events = dedup(state, events, opts.dedup_horizon_ms, counters);
     Ingested {
         events: events.as_collection(),
         invalid,
         final_tick,
     }
+}
+
+/// The event ids a worker has seen within the horizon, with the tick of their first copy.
+#[derive(Default, Serialize, Deserialize)]
+struct Seen {
+    first: HashMap<EventId, Tick>,
+    order: VecDeque<(Tick, EventId)>,
 }
 
 /// Collects every worker's end report; the final tick is the largest stream time reached.
@@ -257,12 +346,29 @@ fn agree_on_final_tick<'s>(
     );
 }
 
+/// Collects the peers' pause proposals, per checkpoint epoch.
+fn hear_pauses<'s>(pauses: Stream<'s, Tick, Vec<(usize, u64, Tick)>>, heard: Proposals) {
+    pauses.sink(
+        Exchange::new(|(to, _, _): &(usize, u64, Tick)| *to as u64),
+        "HearPauses",
+        move |(input, _)| {
+            input.for_each(|_, data| {
+                let mut heard = heard.borrow_mut();
+                for (_, epoch, at) in data.drain(..) {
+                    heard.entry(epoch).or_default().push(at);
+                }
+            });
+        },
+    );
+}
+
 /// Drops repeated event ids seen within `horizon` ticks of the first copy.
 ///
 /// An id is forgotten once the input frontier is more than `horizon` past its first copy:
 /// any later copy is then outside the horizon anyway. (Eviction by the largest time seen
 /// would be wrong: workers' stream times differ, and a lagging worker still sends copies.)
 fn dedup<'s, E>(
+    state: &State,
     events: Stream<'s, Tick, Vec<(Timed<E>, Tick, isize)>>,
     horizon: u64,
     counters: Arc<Counters>,
@@ -270,11 +376,25 @@ fn dedup<'s, E>(
 where
     E: timely::ExchangeData,
 {
-    let mut seen: HashMap<EventId, Tick> = HashMap::new();
-    let mut order: VecDeque<(Tick, EventId)> = VecDeque::new();
-    let pact = Exchange::new(|(e, _, _): &(Timed<E>, Tick, isize)| e.id.0 as u64);
+    let route = |id: &EventId| id.0 as u64;
+    // the ids seen, oldest first: a checkpoint keeps them, a restore keeps this worker's
+    let shared: Rc<RefCell<Seen>> = Rc::default();
+    let (me, peers) = (state.worker() as u64, state.peers() as u64);
+    for part in state.register("dedup", Split::ByKey, shared.clone()) {
+        let mut seen = shared.borrow_mut();
+        for (t, id) in part.order {
+            if route(&id) % peers == me && part.first.get(&id) == Some(&t) {
+                seen.first.insert(id, t);
+                seen.order.push_back((t, id));
+            }
+        }
+    }
+    shared.borrow_mut().order.make_contiguous().sort();
+    let pact = Exchange::new(move |(e, _, _): &(Timed<E>, Tick, isize)| route(&e.id));
     events.unary_frontier(pact, "Dedup", move |_, _| {
         move |(input, frontier), output| {
+            let mut guard = shared.borrow_mut();
+            let Seen { first: seen, order } = &mut *guard;
             input.for_each(|cap, data| {
                 let (mut dups, mut kept) = (0, 0);
                 let mut session = output.session(&cap);

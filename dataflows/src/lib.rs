@@ -10,6 +10,7 @@ pub mod features;
 pub mod ingest;
 pub mod record;
 pub mod search;
+pub mod state;
 pub mod time;
 pub mod windowed;
 

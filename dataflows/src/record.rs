@@ -36,6 +36,9 @@ pub trait RecordSource {
     fn poll(&mut self, max: usize, visit: &mut dyn FnMut(RecordRef<'_>)) -> Poll;
     /// The records handed out so far went into the dataflow at `tick`.
     fn inserted(&mut self, _tick: Tick) {}
+    /// The dataflow paused for a checkpoint at `tick`: everything handed out so far went in
+    /// at or before it, and nothing more is read until the checkpoint is taken.
+    fn paused(&mut self, _tick: Tick) {}
     /// Called on every activation, also after the source finished: time for housekeeping
     /// such as committing offsets.
     fn tend(&mut self) {}

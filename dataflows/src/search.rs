@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::features::{float, int, FeatureRow, SinkKind, TableSpec, Value};
 use crate::ingest::Timed;
 use crate::record::{DecodeError, RecordRef};
+use crate::state::State;
 use crate::time::{Tick, Window, DAY, MINUTE, WINDOW_30D, WINDOW_7D};
 use crate::windowed::contributions;
 use crate::{Dataflow, GenerateSpec, Produced};
@@ -387,16 +388,19 @@ impl Search {
     fn assisted_selects<'s>(
         &self,
         events: VecCollection<'s, Tick, Timed<SearchEvent>>,
+        state: &State,
     ) -> VecCollection<'s, Tick, (Entity, Measure)> {
-        let selects = contributions(events.clone(), |e: &Timed<SearchEvent>| match &e.event {
-            SearchEvent::AcSelect { session, prefix } => Some((
-                (session.clone(), (e.ts, prefix.clone())),
-                1,
-                Some(WINDOW_7D.expiry(e.ts)),
-            )),
-            _ => None,
+        let selects = contributions(state, events.clone(), |e: &Timed<SearchEvent>| {
+            match &e.event {
+                SearchEvent::AcSelect { session, prefix } => Some((
+                    (session.clone(), (e.ts, prefix.clone())),
+                    1,
+                    Some(WINDOW_7D.expiry(e.ts)),
+                )),
+                _ => None,
+            }
         });
-        let clicks = contributions(events, |e: &Timed<SearchEvent>| match &e.event {
+        let clicks = contributions(state, events, |e: &Timed<SearchEvent>| match &e.event {
             SearchEvent::Click { session, .. } => {
                 Some(((session.clone(), e.ts), 1, Some(WINDOW_7D.expiry(e.ts))))
             }
@@ -486,10 +490,11 @@ impl Dataflow for Search {
         &self,
         events: VecCollection<'s, Tick, Timed<SearchEvent>>,
         _dimensions: Vec<VecCollection<'s, Tick, crate::dimension::DimRow>>,
+        state: &State,
     ) -> VecCollection<'s, Tick, FeatureRow> {
         let this = self.clone();
-        let sums = contributions(events.clone(), move |e| this.contributions_of(e))
-            .concat(self.assisted_selects(events))
+        let sums = contributions(state, events.clone(), move |e| this.contributions_of(e))
+            .concat(self.assisted_selects(events, state))
             .consolidate_stream();
         let this = self.clone();
         sums.reduce_named("SearchFeatures", move |entity, measures, out| {

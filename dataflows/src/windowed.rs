@@ -1,15 +1,18 @@
 //! Contributions of events to windowed sums.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
+use std::rc::Rc;
 
-use differential_dataflow::{AsCollection, Data, VecCollection};
+use differential_dataflow::{AsCollection, ExchangeData, VecCollection};
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::core::Map;
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
+use crate::state::{Split, State};
 use crate::time::Tick;
 
 /// Maps each event to weighted contributions. A contribution `(record, weight, expiry)` is
@@ -17,42 +20,75 @@ use crate::time::Tick;
 /// at the insertion tick and `-weight` at the expiry. One that has already expired
 /// changes nothing.
 ///
+/// What is live is checkpointed in `state`: the pending expiries are exactly the live
+/// contributions, so a restore re-inserts them and keeps their expiries.
+///
 /// The weight travels as the update's multiplicity, so downstream arrangements hold one
 /// count per (record, expiry) rather than one entry per event: window state grows with
 /// keys × live expiry buckets, not with traffic.
 pub fn contributions<'s, E, D, I, F>(
+    state: &State,
     events: VecCollection<'s, Tick, E>,
     logic: F,
 ) -> VecCollection<'s, Tick, D>
 where
-    E: Data,
-    D: Data + Hash,
+    E: ExchangeData,
+    D: ExchangeData + Hash,
     I: IntoIterator<Item = (D, isize, Option<Tick>)>,
     F: Fn(&E) -> I + 'static,
 {
     let updates = events.inner.flat_map(move |(e, t, r): (E, Tick, isize)| {
         logic(&e).into_iter().flat_map(move |(d, w, expiry)| {
             let live = expiry.is_none_or(|x| x > t);
-            let retraction = expiry.filter(|x| *x > t).map(|x| (d.clone(), x, -r * w));
+            // a contribution that never expires waits for `NEVER`, which is never due
+            let retraction = match expiry {
+                Some(x) if x <= t => None,
+                x => Some((d.clone(), x.unwrap_or(NEVER), -r * w)),
+            };
             live.then_some((d, t, r * w)).into_iter().chain(retraction)
         })
     });
-    hold_until_due(updates).as_collection()
+    hold_until_due(state, updates).as_collection()
 }
 
-/// Holds each update stamped later than its message until the input frontier reaches its
+/// The due time of what is never due.
+const NEVER: Tick = Tick::MAX;
+
+/// Updates waiting for their time, summed per (due time, record).
+type Pending<D> = BTreeMap<Tick, HashMap<D, isize>>;
+
+/// Holds each update stamped later than its message until the input frontier passes its
 /// time, summed per (record, due time): what waits is one count per record and due time.
+/// (Releasing only past the frontier keeps a source paused at `T + 1` from releasing the
+/// expiries of `T + 1` before the snapshot of `T`.)
 ///
 /// Differential would accept the future retractions directly, but its batchers keep them
 /// and sift them again at every tick: the cost of each tick would grow with every pending
 /// expiry of every live window. Here a tick costs only what it releases.
-pub fn hold_until_due<'s, D: Data + Hash>(
+pub fn hold_until_due<'s, D: ExchangeData + Hash>(
+    state: &State,
     updates: Stream<'s, Tick, Vec<(D, Tick, isize)>>,
 ) -> Stream<'s, Tick, Vec<(D, Tick, isize)>> {
-    let mut pending: BTreeMap<Tick, HashMap<D, isize>> = BTreeMap::new();
-    let mut held: Option<Capability<Tick>> = None;
-    updates.unary_frontier(Pipeline, "HoldUntilDue", move |_, _| {
+    let shared: Rc<RefCell<Pending<D>>> = Rc::default();
+    let restored = state.register("contributions", Split::ByWorker, shared.clone());
+    let restore_at = state.restore().map(|r| r.tick);
+    updates.unary_frontier(Pipeline, "HoldUntilDue", move |cap, _| {
+        let mut held: Option<Capability<Tick>> = None;
+        if let Some(at) = restore_at {
+            // what is pending is what is live: insert it again at the checkpoint's tick
+            let mut pending = shared.borrow_mut();
+            for part in restored {
+                for (due, bucket) in part {
+                    for (d, r) in bucket {
+                        *pending.entry(at).or_default().entry(d.clone()).or_insert(0) -= r;
+                        *pending.entry(due).or_default().entry(d).or_insert(0) += r;
+                    }
+                }
+            }
+            held = Some(cap.delayed(&at));
+        }
         move |(input, frontier), output| {
+            let mut pending = shared.borrow_mut();
             input.for_each(|cap, data| {
                 let Some(now) = cap.retain_least(0) else {
                     return;
@@ -72,7 +108,8 @@ pub fn hold_until_due<'s, D: Data + Hash>(
             });
             let reached = frontier.frontier().iter().next().copied();
             while let Some(entry) = pending.first_entry() {
-                if reached.is_some_and(|f| f < *entry.key()) {
+                let due = *entry.key();
+                if due == NEVER || reached.is_some_and(|f| f <= due) {
                     break;
                 }
                 let (t, bucket) = entry.remove_entry();
@@ -87,8 +124,8 @@ pub fn hold_until_due<'s, D: Data + Hash>(
                         .map(|(d, r)| (d, t, r)),
                 );
             }
-            // input messages bring their own capabilities: hold one only for what is pending
-            match pending.keys().next().copied() {
+            // input messages bring their own capabilities: hold one only for what is due some day
+            match pending.keys().next().copied().filter(|l| *l != NEVER) {
                 None => held = None,
                 Some(l) => {
                     if let Some(h) = held.as_mut() {

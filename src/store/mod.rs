@@ -21,6 +21,10 @@ pub trait Store: Send {
     /// Writes whole ticks in one transaction; with `progress`, also records that every tick
     /// before it is written by this worker.
     fn write(&mut self, ticks: &[Arc<TickChanges>], progress: Option<Tick>) -> anyhow::Result<()>;
+    /// The last tick any worker of the job wrote here, if the store records progress.
+    fn written(&mut self) -> anyhow::Result<Option<Tick>> {
+        Ok(None)
+    }
 }
 
 /// The identity a store writes under.
@@ -105,11 +109,23 @@ fn write_loop(
                 next = rx.try_recv().ok();
             }
         }
+        // writing a tick means every earlier tick is written: record it even when the
+        // progress message has not arrived yet, so the stores never hold ticks past it
+        if let Some(last) = ticks.last() {
+            progress = Some(progress.map_or(last.tick + 1, |p| p.max(last.tick + 1)));
+        }
         let started = std::time::Instant::now();
         let mut backoff = Duration::from_millis(20);
         loop {
             match store.write(&ticks, progress) {
-                Ok(()) => break,
+                Ok(()) => {
+                    crate::crash::point(match store.name() {
+                        "redis" => "redis-written",
+                        "postgres" => "postgres-written",
+                        _ => "",
+                    });
+                    break;
+                }
                 Err(e) => {
                     stats.failures.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(sink = store.name(), error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "sink write failed");

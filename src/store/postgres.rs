@@ -128,6 +128,18 @@ impl Store for PostgresStore {
         "postgres"
     }
 
+    fn written(&mut self) -> anyhow::Result<Option<Tick>> {
+        let job = self.writer.job.clone();
+        let row = self
+            .client()?
+            .query_one(
+                "SELECT max(tick) FROM tidemark_progress WHERE job = $1",
+                &[&job],
+            )
+            .context("reading the job's progress from postgres")?;
+        Ok(row.get::<_, Option<i64>>(0).map(|t| t as u64))
+    }
+
     fn write(&mut self, ticks: &[Arc<TickChanges>], progress: Option<Tick>) -> anyhow::Result<()> {
         let tables = self.writer.tables.clone();
         // the latest state per entity across the ticks of this write

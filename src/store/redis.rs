@@ -25,6 +25,18 @@ if least > current then redis.call('SET', KEYS[2], string.format('%d', least)) e
 return least
 "#;
 
+/// Writes one entity unless the hash already holds a newer tick (monotonic visibility
+/// across restarts and replays, DESIGN §4). KEYS: the hash; ARGV: tick, version, ttl
+/// (0 = none), then field/value pairs — none means the entity is gone.
+const GUARDED_WRITE: &str = r#"
+local stored = tonumber(redis.call('HGET', KEYS[1], '_tick') or '-1')
+if stored > tonumber(ARGV[1]) then return 0 end
+if #ARGV == 3 then redis.call('DEL', KEYS[1]) return 1 end
+redis.call('HSET', KEYS[1], '_tick', ARGV[1], '_v', ARGV[2], unpack(ARGV, 4))
+if ARGV[3] ~= '0' then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
+return 1
+"#;
+
 /// Replaces a list key whole: `DEL` then `RPUSH` of the row's JSON array, in the same
 /// transaction as the rest of the tick.
 fn list_change(pipe: &mut redis::Pipeline, spec: &TableSpec, c: &EntityChange, ttl: Option<u64>) {
@@ -87,6 +99,15 @@ impl Store for RedisStore {
         "redis"
     }
 
+    fn written(&mut self) -> anyhow::Result<Option<Tick>> {
+        let key = Self::progress_key(&self.writer.job);
+        let ticks: Vec<u64> = redis::cmd("HVALS")
+            .arg(key)
+            .query(self.connection()?)
+            .context("reading the job's progress from redis")?;
+        Ok(ticks.into_iter().max())
+    }
+
     fn write(&mut self, ticks: &[Arc<TickChanges>], progress: Option<Tick>) -> anyhow::Result<()> {
         let mut pipe = redis::pipe();
         pipe.atomic();
@@ -101,23 +122,20 @@ impl Store for RedisStore {
                     }
                     SinkKind::Topic(_) => continue,
                 }
-                let key = entity_key(spec, &c.key);
-                let Some(values) = &c.after else {
-                    pipe.del(&key).ignore();
-                    continue;
-                };
-                let cmd = pipe.cmd("HSET").arg(&key);
-                for &i in &c.changed {
-                    cmd.arg(spec.fields[i].name).arg(values[i].to_string());
-                }
-                cmd.arg("_tick")
+                let cmd = pipe
+                    .cmd("EVAL")
+                    .arg(GUARDED_WRITE)
+                    .arg(1)
+                    .arg(entity_key(spec, &c.key))
                     .arg(t.tick)
-                    .arg("_v")
                     .arg(spec.version)
-                    .ignore();
-                if let Some(ttl) = self.ttl_secs {
-                    pipe.expire(&key, ttl as i64).ignore();
+                    .arg(self.ttl_secs.unwrap_or(0));
+                if let Some(values) = &c.after {
+                    for &i in &c.changed {
+                        cmd.arg(spec.fields[i].name).arg(values[i].to_string());
+                    }
                 }
+                cmd.ignore();
             }
         }
         // an empty frontier (input closed) is not a tick to record

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod search;
+
 use std::collections::BTreeMap;
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -114,11 +116,26 @@ pub fn fresh_topic(prefix: &str, partitions: i32) -> String {
     name
 }
 
-pub fn tidemark(args: &[&str], env: &[(&str, &str)]) -> Output {
+/// Where the tests' engines keep checkpoints (each job and group has its own directory).
+pub fn state_dir() -> String {
+    std::env::temp_dir()
+        .join("tidemark-test-state")
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The engine binary with the tests' Kafka and checkpoint directory.
+pub fn engine_command() -> Command {
     let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .env("TIDEMARK_KAFKA", kafka())
+    cmd.env("TIDEMARK_KAFKA", kafka())
+        .env("TIDEMARK_CHECKPOINT__DIR", state_dir())
         .env("RUST_LOG", "warn");
+    cmd
+}
+
+pub fn tidemark(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = engine_command();
+    cmd.args(args);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -185,4 +202,37 @@ pub fn pg_features(
             (format!("feat:{ns}:{}", key.join(":")), fields)
         })
         .collect()
+}
+
+/// Generates `events` search events (1 % invalid, plus `extra` flags) into a fresh
+/// 4-partition topic and, the same records, a JSON-lines file.
+pub fn generated_stream(
+    name: &str,
+    events: u64,
+    seed: u64,
+    extra: &[&str],
+) -> (String, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("tidemark-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("events.jsonl");
+    let topic = fresh_topic(name, 4);
+    let (events, seed) = (events.to_string(), seed.to_string());
+    let mut gen = vec![
+        "generate",
+        "--events",
+        &events,
+        "--seed",
+        &seed,
+        "--rate",
+        "200",
+        "--invalid",
+        "0.01",
+    ];
+    gen.extend_from_slice(extra);
+    tidemark(
+        &[&gen[..], &["--out", file.to_str().unwrap()]].concat(),
+        &[],
+    );
+    tidemark(&[&gen[..], &["--topic", &topic]].concat(), &[]);
+    (topic, file)
 }

@@ -64,9 +64,16 @@ pub fn run(
             offset: 0,
         };
         let out = out.clone();
+        let state = tidemark_dataflows::state::State::none(worker.index(), worker.peers());
         worker.dataflow::<Tick, _, _>(|scope| {
-            let installed =
-                family.install(scope, Box::new(source), Vec::new(), opts.clone(), c.clone());
+            let installed = family.install(
+                scope,
+                Box::new(source),
+                Vec::new(),
+                opts.clone(),
+                c.clone(),
+                &state,
+            );
             feature_changes(installed.features, move |e| {
                 if let SinkEvent::Changes(t) = e {
                     out.lock().unwrap().push(t);

@@ -1,0 +1,237 @@
+//! DESIGN §4 under faults, against the real services: processes killed at seeded random
+//! points and at the crash points in between the steps of a tick's journey, duplicates
+//! across partitions and restarts, a replay into fresh stores, a graceful stop under
+//! load. Every time the stores must equal the recount of the generated events.
+
+mod common;
+
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use common::search::*;
+use common::*;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::ClientConfig;
+
+/// A small deterministic generator for the kill schedule (splitmix64).
+struct Seeded(u64);
+
+impl Seeded {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn between(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo)
+    }
+}
+
+fn spawn(args: &[&str], env: &[(&str, &str)]) -> Child {
+    let mut cmd = engine_command();
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("spawn tidemark")
+}
+
+/// Asserts both stores hold exactly the recount of `file`'s valid events at the job's
+/// frontier. (A restart resumes one tick past its checkpoint, so the frontier may be a few
+/// ms past the largest event time.)
+fn assert_stores_match(what: &str, redis: &str, pg: &str, job: &str, file: &std::path::Path) {
+    let events = valid_events(&std::fs::read_to_string(file).unwrap());
+    let newest = events
+        .iter()
+        .map(|e| e["ts"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    let frontier: u64 = redis_get(redis, &format!("tidemark:{job}:frontier"))
+        .expect("a frontier")
+        .parse()
+        .unwrap();
+    assert!(
+        (newest..newest + 1_000).contains(&frontier),
+        "{what}: the frontier {frontier} is the newest event time {newest}, or just past it"
+    );
+    let want = recount(&events, frontier);
+    let (r, p) = (redis_features(redis), postgres_hashes(pg));
+    assert_matches(&format!("redis, {what}"), &r, &want);
+    assert_matches(&format!("postgres, {what}"), &p, &want);
+}
+
+#[test]
+fn kill_nine_at_random_points_and_crash_points_loses_and_doubles_nothing() {
+    let (topic, file) = generated_stream(
+        "eo-kill",
+        80_000,
+        11,
+        &["--duplicates", "0.05", "--disorder", "0.05"],
+    );
+    let redis = fresh_redis(5);
+    let pg = fresh_pg("tm_eo_kill");
+    let job = "eokill";
+    let env = [
+        ("TIDEMARK_REDIS", redis.as_str()),
+        ("TIDEMARK_PG", pg.as_str()),
+        ("TIDEMARK_CHECKPOINT__INTERVAL_MS", "300"),
+        // small polls: the stream takes several seconds, so the kills land inside it
+        ("TIDEMARK_KAFKA__POLL_BATCH", "200"),
+    ];
+    let args = [
+        "run",
+        "--topic",
+        &topic,
+        "--exit-at-end",
+        "--job",
+        job,
+        "--group-id",
+        &topic,
+        "--workers",
+        "2",
+    ];
+    // seeded kills, and one crash at each point between the steps of a tick
+    let mut rng = Seeded(0x71de_2026);
+    let mut plan: Vec<(String, Option<(&str, u64)>)> = Vec::new();
+    for point in [
+        "redis-written",
+        "checkpoint-saved",
+        "postgres-written",
+        "snapshot",
+    ] {
+        let ms = rng.between(400, 1_800);
+        plan.push((format!("kill -9 after {ms} ms"), None));
+        plan.push((
+            format!("crash at {point}"),
+            Some((point, rng.between(2, 6))),
+        ));
+    }
+    plan.push((
+        format!("kill -9 after {} ms", rng.between(400, 1_800)),
+        None,
+    ));
+    for (what, crash) in &plan {
+        let mut env = env.to_vec();
+        let at;
+        if let Some((point, n)) = crash {
+            at = format!("{point}:{n}");
+            env.push(("TIDEMARK_CRASH_AT", at.as_str()));
+        }
+        let mut child = spawn(&args, &env);
+        if crash.is_none() {
+            let ms: u64 = what
+                .split_whitespace()
+                .find_map(|w| w.parse().ok())
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(ms));
+            let _ = child.kill(); // SIGKILL
+        }
+        let status = child.wait().unwrap();
+        eprintln!("{what}: {status}");
+    }
+    let status = spawn(&args, &env).wait().unwrap();
+    assert!(status.success(), "the last run completes: {status}");
+    assert_stores_match("after kills", &redis, &pg, job, &file);
+
+    // copies of events on every partition, after a restart: nothing changes
+    let lines: Vec<String> = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .step_by(97)
+        .map(str::to_string)
+        .collect();
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", kafka())
+        .create()
+        .unwrap();
+    for line in &lines {
+        for partition in 0..4 {
+            let record = BaseRecord::<(), str>::to(&topic)
+                .payload(line.as_str())
+                .partition(partition);
+            producer.send(record).map_err(|(e, _)| e).unwrap();
+        }
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+    let status = spawn(&args, &env).wait().unwrap();
+    assert!(status.success());
+    assert_stores_match(
+        "after duplicates on every partition",
+        &redis,
+        &pg,
+        job,
+        &file,
+    );
+
+    // a replay from earliest with a new group into fresh stores gives the same features
+    let (redis2, pg2) = (fresh_redis(6), fresh_pg("tm_eo_replay"));
+    let group = format!("{topic}-replay");
+    tidemark(
+        &[
+            "run",
+            "--topic",
+            &topic,
+            "--exit-at-end",
+            "--job",
+            "eoreplay",
+            "--group-id",
+            &group,
+            "--from",
+            "earliest",
+        ],
+        &[
+            ("TIDEMARK_REDIS", redis2.as_str()),
+            ("TIDEMARK_PG", pg2.as_str()),
+        ],
+    );
+    assert_eq!(
+        comparable(&redis_features(&redis2), false),
+        comparable(&redis_features(&redis), false),
+        "a replay into fresh stores equals the killed and restarted run"
+    );
+    assert_eq!(
+        comparable(&postgres_hashes(&pg2), false),
+        comparable(&postgres_hashes(&pg), false),
+        "the same in postgres"
+    );
+}
+
+#[test]
+fn sigterm_under_load_drains_and_a_restart_loses_nothing() {
+    let (topic, file) = generated_stream(
+        "eo-term",
+        30_000,
+        12,
+        &["--duplicates", "0.05", "--disorder", "0.05"],
+    );
+    let redis = fresh_redis(7);
+    let pg = fresh_pg("tm_eo_term");
+    let job = "eoterm";
+    let env = [
+        ("TIDEMARK_REDIS", redis.as_str()),
+        ("TIDEMARK_PG", pg.as_str()),
+        ("TIDEMARK_KAFKA__POLL_BATCH", "300"),
+    ];
+    let base = ["run", "--topic", &topic, "--job", job, "--group-id", &topic];
+    let mut child = spawn(&[&base[..], &["--workers", "2"]].concat(), &env);
+    std::thread::sleep(Duration::from_millis(2_500));
+    let sent = Instant::now();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    let took = sent.elapsed();
+    assert!(status.success(), "SIGTERM exits 0: {status}");
+    assert!(took < Duration::from_secs(30), "and within 30 s: {took:?}");
+    let partial = redis_features(&redis);
+    assert!(
+        !partial.is_empty(),
+        "the stop came in the middle of the stream"
+    );
+    tidemark(&[&base[..], &["--exit-at-end"]].concat(), &env);
+    assert_stores_match("after SIGTERM and a restart", &redis, &pg, job, &file);
+}
