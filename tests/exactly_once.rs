@@ -66,7 +66,7 @@ fn assert_stores_match(what: &str, redis: &str, pg: &str, job: &str, file: &std:
 fn kill_nine_at_random_points_and_crash_points_loses_and_doubles_nothing() {
     let (topic, file) = generated_stream(
         "eo-kill",
-        80_000,
+        100_000,
         11,
         &["--duplicates", "0.05", "--disorder", "0.05"],
     );
@@ -78,7 +78,7 @@ fn kill_nine_at_random_points_and_crash_points_loses_and_doubles_nothing() {
         ("TIDEMARK_PG", pg.as_str()),
         ("TIDEMARK_CHECKPOINT__INTERVAL_MS", "300"),
         // small polls: the stream takes several seconds, so the kills land inside it
-        ("TIDEMARK_KAFKA__POLL_BATCH", "200"),
+        ("TIDEMARK_KAFKA__POLL_BATCH", "100"),
     ];
     let args = [
         "run",
@@ -89,8 +89,6 @@ fn kill_nine_at_random_points_and_crash_points_loses_and_doubles_nothing() {
         job,
         "--group-id",
         &topic,
-        "--workers",
-        "2",
     ];
     // seeded kills, and one crash at each point between the steps of a tick
     let mut rng = Seeded(0x71de_2026);
@@ -112,7 +110,10 @@ fn kill_nine_at_random_points_and_crash_points_loses_and_doubles_nothing() {
         format!("kill -9 after {} ms", rng.between(400, 1_800)),
         None,
     ));
-    for (what, crash) in &plan {
+    // each restart on another number of workers: the state is redistributed
+    for (i, (what, crash)) in plan.iter().enumerate() {
+        let workers = ["2", "1", "3"][i % 3];
+        let args = [&args[..], &["--workers", workers]].concat();
         let mut env = env.to_vec();
         let at;
         if let Some((point, n)) = crash {
@@ -129,8 +130,9 @@ fn kill_nine_at_random_points_and_crash_points_loses_and_doubles_nothing() {
             let _ = child.kill(); // SIGKILL
         }
         let status = child.wait().unwrap();
-        eprintln!("{what}: {status}");
+        eprintln!("{what} on {workers} workers: {status}");
     }
+    let args = [&args[..], &["--workers", "2"]].concat();
     let status = spawn(&args, &env).wait().unwrap();
     assert!(status.success(), "the last run completes: {status}");
     assert_stores_match("after kills", &redis, &pg, job, &file);
