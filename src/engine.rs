@@ -402,6 +402,8 @@ fn run_worker(
             }
         }
         if drain_deadline.is_some_and(|d| Instant::now() > d) {
+            // timely steps a worker until its dataflows are gone: drop it, or never return
+            worker.drop_dataflow(dataflow);
             anyhow::bail!(
                 "worker {index}: the last checkpoint was not saved within {} s (a sink or the DLQ is down?); \
                  a restart resumes from the previous checkpoint",

@@ -73,9 +73,11 @@ fn kill_nine_at_random_points_and_crash_points_loses_and_doubles_nothing() {
     let redis = fresh_redis(5);
     let pg = fresh_pg("tm_eo_kill");
     let job = "eokill";
+    let dlq = format!("{topic}-dlq");
     let env = [
         ("TIDEMARK_REDIS", redis.as_str()),
         ("TIDEMARK_PG", pg.as_str()),
+        ("TIDEMARK_KAFKA__DLQ_TOPIC", dlq.as_str()),
         ("TIDEMARK_CHECKPOINT__INTERVAL_MS", "300"),
         // small polls: the stream takes several seconds, so the kills land inside it
         ("TIDEMARK_KAFKA__POLL_BATCH", "100"),
@@ -136,6 +138,16 @@ fn kill_nine_at_random_points_and_crash_points_loses_and_doubles_nothing() {
     let status = spawn(&args, &env).wait().unwrap();
     assert!(status.success(), "the last run completes: {status}");
     assert_stores_match("after kills", &redis, &pg, job, &file);
+    // every poison record reached the DLQ, some more than once (at-least-once across crashes)
+    let invalid = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .filter(|l| valid_event(l).is_none())
+        .count();
+    let letters: std::collections::BTreeSet<String> =
+        dead_letters(&dlq).into_iter().map(|l| l.key).collect();
+    assert!(invalid > 100, "the stream has poison records: {invalid}");
+    assert_eq!(letters.len(), invalid, "each poison record is in the DLQ");
 
     // copies of events on every partition, after a restart: nothing changes
     let lines: Vec<String> = std::fs::read_to_string(&file)

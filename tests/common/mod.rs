@@ -236,3 +236,45 @@ pub fn generated_stream(
     tidemark(&[&gen[..], &["--topic", &topic]].concat(), &[]);
     (topic, file)
 }
+
+/// A record read back from the DLQ: key, JSON envelope, headers.
+pub struct DeadLetter {
+    pub key: String,
+    pub envelope: serde_json::Value,
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Every record of `topic`, read from the start until nothing new came for 3 s.
+pub fn dead_letters(topic: &str) -> Vec<DeadLetter> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka())
+        .set("group.id", format!("dlq-reader-{}", std::process::id()))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    let mut last = std::time::Instant::now();
+    while last.elapsed() < Duration::from_secs(3) {
+        let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        last = std::time::Instant::now();
+        let mut headers = BTreeMap::new();
+        if let Some(h) = m.headers() {
+            for h in h.iter() {
+                let v = h.value.map(|v| String::from_utf8_lossy(v).into_owned());
+                headers.insert(h.key.to_string(), v.unwrap_or_default());
+            }
+        }
+        out.push(DeadLetter {
+            key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+            envelope: serde_json::from_slice(m.payload().unwrap_or_default()).unwrap(),
+            headers,
+        });
+    }
+    out
+}

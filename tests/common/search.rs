@@ -31,8 +31,8 @@ pub fn qhash(q: &str) -> String {
         .collect()
 }
 
-/// The valid, first-seen events of a JSON-lines file, as JSON objects.
-pub fn valid_events(lines: &str) -> Vec<serde_json::Map<String, Value>> {
+/// A line as the search family's decoder must accept it, else `None`.
+pub fn valid_event(line: &str) -> Option<serde_json::Map<String, Value>> {
     let known = [
         "search_impression",
         "click",
@@ -42,23 +42,26 @@ pub fn valid_events(lines: &str) -> Vec<serde_json::Map<String, Value>> {
         "add_to_cart",
         "purchase",
     ];
+    let Ok(Value::Object(o)) = serde_json::from_str::<Value>(line) else {
+        return None;
+    };
+    let ok = o.get("ts").is_some_and(|t| t.is_u64())
+        && o.get("session_id").is_some_and(|s| s.is_string())
+        && o.get("event_type")
+            .and_then(|t| t.as_str())
+            .is_some_and(|t| known.contains(&t))
+        && (o["event_type"] != "dwell" || o.get("dwell_ms").is_some_and(|d| d.is_u64()));
+    ok.then_some(o)
+}
+
+/// The valid, first-seen events of a JSON-lines file, as JSON objects.
+pub fn valid_events(lines: &str) -> Vec<serde_json::Map<String, Value>> {
     let mut seen = HashSet::new();
-    let mut out = Vec::new();
-    for line in lines.lines() {
-        let Ok(Value::Object(o)) = serde_json::from_str::<Value>(line) else {
-            continue;
-        };
-        let ok = o.get("ts").is_some_and(|t| t.is_u64())
-            && o.get("session_id").is_some_and(|s| s.is_string())
-            && o.get("event_type")
-                .and_then(|t| t.as_str())
-                .is_some_and(|t| known.contains(&t))
-            && (o["event_type"] != "dwell" || o.get("dwell_ms").is_some_and(|d| d.is_u64()));
-        if ok && seen.insert(o["event_id"].as_str().unwrap().to_string()) {
-            out.push(o);
-        }
-    }
-    out
+    lines
+        .lines()
+        .filter_map(valid_event)
+        .filter(|o| seen.insert(o["event_id"].as_str().unwrap().to_string()))
+        .collect()
 }
 
 pub type Hashes = BTreeMap<String, BTreeMap<String, String>>;
