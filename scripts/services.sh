@@ -147,6 +147,21 @@ down() {
   log "stopped"
 }
 
+stop_one() { # kafka|postgres: stop one service (the outage tests start it again with `up`)
+  case "$1" in
+    kafka)
+      if [ -f "$STATE/kafka/pid" ]; then kill "$(cat "$STATE/kafka/pid")" 2>/dev/null || true; fi
+      local i; for ((i = 0; i < 120; i++)); do port_open $KAFKA_PORT || break; sleep 0.5; done
+      rm -f "$STATE/kafka/pid" ;;
+    postgres)
+      local bin; bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+      local pgdir="${TIDEMARK_PG_DIR:-/var/lib/tidemark/postgres}"
+      su postgres -s /bin/sh -c "$bin/pg_ctl -D '$pgdir/data' -m fast -w stop" >/dev/null ;;
+    *) echo "stop: kafka or postgres" >&2; return 2 ;;
+  esac
+  log "$1 stopped"
+}
+
 status() {
   local rc=0
   for s in "kafka $KAFKA_PORT" "redis $REDIS_PORT" "postgres $PG_PORT"; do
@@ -159,7 +174,8 @@ status() {
 case "${1:-}" in
   up) apt_install kcat; redis_up; pg_up; kafka_up; status ;;
   down) down ;;
+  stop) stop_one "${2:-}" ;;
   status) status ;;
   env) echo "export TIDEMARK_KAFKA='$TIDEMARK_KAFKA' TIDEMARK_REDIS='$TIDEMARK_REDIS' TIDEMARK_PG='$TIDEMARK_PG'" ;;
-  *) echo "usage: $0 up|down|status|env" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|env|stop kafka|stop postgres" >&2; exit 2 ;;
 esac

@@ -1,0 +1,277 @@
+//! Sink and broker outages (DESIGN §4): Redis, Postgres or the Kafka broker goes away for
+//! a while in the middle of a live stream. The engine retries, holds its offset commits and
+//! converges: when the stream is done the stores equal the recount.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use common::search::*;
+use common::*;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+/// A Redis of the test's own, with an append-only file, so it can stop and come back
+/// with its data (as a production Redis with persistence does).
+struct OwnRedis {
+    port: u16,
+    dir: PathBuf,
+}
+
+impl OwnRedis {
+    fn start(port: u16, dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let r = OwnRedis {
+            port,
+            dir: dir.to_path_buf(),
+        };
+        r.up();
+        r
+    }
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+    fn up(&self) {
+        let ok = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--dir", self.dir.to_str().unwrap(), "--appendonly", "yes"])
+            .args([
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+                "--daemonize",
+                "yes",
+            ])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "redis-server starts");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while redis::Client::open(self.url())
+            .unwrap()
+            .get_connection()
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "redis answers");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    fn down(&self) {
+        let _ = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "shutdown"])
+            .status();
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+fn services(args: &[&str]) {
+    let ok = Command::new("scripts/services.sh")
+        .args(args)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "scripts/services.sh {args:?}");
+}
+
+/// The group's committed offset per partition (-1: none).
+fn committed(topic: &str, group: &str) -> Vec<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka())
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..4 {
+        tpl.add_partition(topic, p);
+    }
+    let c = consumer
+        .committed_offsets(tpl, Duration::from_secs(30))
+        .unwrap();
+    c.elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(o) => o,
+            _ => -1,
+        })
+        .collect()
+}
+
+fn produce(topic: &str, lines: &[&str]) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", kafka())
+        .create()
+        .unwrap();
+    for line in lines {
+        loop {
+            match producer.send(BaseRecord::<(), str>::to(topic).payload(*line)) {
+                Ok(()) => break,
+                Err(_) => {
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(60)).unwrap();
+}
+
+fn wait_until(what: &str, secs: u64, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Runs a live engine over a stream produced in three parts; `outage` stops a service
+/// after the first part and `recover` brings it back 10 s later, the second part having
+/// been produced meanwhile.
+fn survives(name: &str, outage: impl Fn(&OwnRedis), recover: impl Fn(&OwnRedis)) {
+    let dir = std::env::temp_dir().join(format!("tidemark-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let own = OwnRedis::start(6391, &dir.join("redis"));
+    let redis = own.url();
+    let pg = fresh_pg(&format!("tm_{}", name.replace('-', "_")));
+    let file = dir.join("events.jsonl");
+    let start = (tidemark::kafka::now_ms() - 900_000).to_string();
+    tidemark(
+        &[
+            "generate",
+            "--events",
+            "15000",
+            "--seed",
+            "5",
+            "--rate",
+            "100",
+            "--start-ms",
+            &start,
+            "--out",
+            file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let text = std::fs::read_to_string(&file).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let third = lines.len() / 3;
+    let topic = fresh_topic(name, 4);
+    let job = name.replace('-', "");
+    produce(&topic, &lines[..third]);
+    let mut engine: Child = engine_command()
+        .args([
+            "run",
+            "--topic",
+            &topic,
+            "--job",
+            &job,
+            "--group-id",
+            &topic,
+        ])
+        .args(["--workers", "2"])
+        .env("TIDEMARK_REDIS", &redis)
+        .env("TIDEMARK_PG", &pg)
+        .env("TIDEMARK_CHECKPOINT__INTERVAL_MS", "500")
+        // stream time comes from the data alone: the recount needs no clock
+        .env("TIDEMARK_KAFKA__IDLE_TIMEOUT_MS", "3600000")
+        .spawn()
+        .unwrap();
+    let frontier = |url: &str| -> u64 {
+        redis::Client::open(url)
+            .and_then(|c| c.get_connection())
+            .and_then(|mut c| {
+                redis::cmd("GET")
+                    .arg(format!("tidemark:{job}:frontier"))
+                    .query::<Option<u64>>(&mut c)
+            })
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    };
+    wait_until("the first part is written", 60, || frontier(&redis) > 0);
+    std::thread::sleep(Duration::from_secs(1));
+
+    let broker = name == "kafka-restart";
+    outage(&own);
+    let down = Instant::now();
+    if broker {
+        std::thread::sleep(Duration::from_secs(10));
+        recover(&own);
+        produce(&topic, &lines[third..2 * third]);
+    } else {
+        produce(&topic, &lines[third..2 * third]);
+        std::thread::sleep(Duration::from_secs(2));
+        let held = committed(&topic, &topic);
+        std::thread::sleep(Duration::from_secs(10).saturating_sub(down.elapsed()));
+        let still = committed(&topic, &topic);
+        recover(&own);
+        assert_eq!(held, still, "no offset is committed while a sink is down");
+    }
+    produce(&topic, &lines[2 * third..]);
+
+    let events = valid_events(&text);
+    let newest = events
+        .iter()
+        .map(|e| e["ts"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    wait_until("every event is written", 120, || frontier(&redis) >= newest);
+    wait_until("every event is in postgres", 60, || {
+        postgres_hashes(&pg).len() == redis_features(&redis).len()
+    });
+    Command::new("kill")
+        .args(["-TERM", &engine.id().to_string()])
+        .status()
+        .unwrap();
+    let status = engine.wait().unwrap();
+    assert!(
+        status.success(),
+        "a graceful stop after the outage: {status}"
+    );
+    let at = frontier(&redis);
+    let want = recount(&events, at);
+    assert_matches(
+        &format!("redis after {name}"),
+        &redis_features(&redis),
+        &want,
+    );
+    assert_matches(
+        &format!("postgres after {name}"),
+        &postgres_hashes(&pg),
+        &want,
+    );
+    let after: Vec<i64> = committed(&topic, &topic);
+    assert!(
+        after.iter().all(|o| *o >= 0),
+        "offsets are committed at the end: {after:?}"
+    );
+}
+
+#[test]
+fn a_redis_outage_holds_commits_and_converges() {
+    survives("redis-down", |r| r.down(), |r| r.up());
+}
+
+#[test]
+fn a_postgres_outage_holds_commits_and_converges() {
+    survives(
+        "postgres-down",
+        |_| services(&["stop", "postgres"]),
+        |_| services(&["up"]),
+    );
+}
+
+#[test]
+fn a_kafka_broker_restart_converges() {
+    survives(
+        "kafka-restart",
+        |_| services(&["stop", "kafka"]),
+        |_| services(&["up"]),
+    );
+}
