@@ -17,8 +17,11 @@ use crate::kafka::{now_ms, Sender};
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// What to measure: search
+    /// What to measure: search (throughput, freshness) or state (checkpoint figures)
     pub dataflow: String,
+    /// `bench state`: live keys to build.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub keys: u64,
     #[arg(long, default_value_t = 1_000_000)]
     pub events: u64,
     /// Events per batch (one tick each).
@@ -99,6 +102,9 @@ fn dataflow_throughput(
 }
 
 pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
+    if a.dataflow == "state" {
+        return crate::bench_state::run(a.keys, a.events);
+    }
     if a.dataflow != "search" {
         anyhow::bail!(
             "bench '{}': only 'search' is benchmarked so far",
