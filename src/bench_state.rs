@@ -22,6 +22,8 @@ struct Drive {
     rss_growth: u64,
     entities: u64,
     snapshots: u32,
+    /// The longest snapshot (serializing the state while the sources wait).
+    longest_snapshot: Duration,
     last: Option<WorkerSnapshot>,
     /// From the start until the restored checkpoint's tick had gone through.
     restored_after: Option<Duration>,
@@ -81,6 +83,7 @@ fn drive(
         });
         let mut next = every.map(|e| Instant::now() + e);
         let (mut snapshots, mut last, mut restored_after, mut ending) = (0, None, None, false);
+        let mut longest_snapshot = Duration::ZERO;
         loop {
             worker.step();
             if let (Some(t), None) = (restored_tick, restored_after) {
@@ -96,7 +99,9 @@ fn drive(
             }
             if let Some(at) = state.paused_at() {
                 if !processed.less_equal(&at) {
+                    let taking = Instant::now();
                     let stages = state.snapshot().expect("a snapshot");
+                    longest_snapshot = longest_snapshot.max(taking.elapsed());
                     snapshots += 1;
                     last = Some(WorkerSnapshot {
                         format: FORMAT,
@@ -125,6 +130,7 @@ fn drive(
             rss_growth: rss_bytes().saturating_sub(rss_before),
             entities: entities.load(std::sync::atomic::Ordering::Relaxed).max(0) as u64,
             snapshots,
+            longest_snapshot,
             last,
             restored_after,
         }
@@ -171,9 +177,10 @@ pub fn run(keys: u64, events: u64) -> anyhow::Result<()> {
         one.rss_growth as f64 / one.entities.max(1) as f64
     );
     println!(
-        "checkpoint: {:.1} MB ({:.0} B per live key); encode + decode {:.2} s",
+        "checkpoint: {:.1} MB ({:.0} B per live key); snapshot {:.0} ms (the sources wait meanwhile); encode + decode {:.2} s",
         bytes as f64 / 1e6,
         bytes as f64 / one.entities.max(1) as f64,
+        one.longest_snapshot.as_secs_f64() * 1e3,
         codec.as_secs_f64()
     );
     let restore = Arc::new(Restore {
