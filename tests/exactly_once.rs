@@ -62,6 +62,13 @@ fn assert_stores_match(what: &str, redis: &str, pg: &str, job: &str, file: &std:
     assert_matches(&format!("postgres, {what}"), &p, &want);
 }
 
+/// Each entity's `_tick`.
+fn ticks(h: &Hashes) -> std::collections::BTreeMap<String, u64> {
+    h.iter()
+        .filter_map(|(k, f)| Some((k.clone(), f.get("_tick")?.parse().ok()?)))
+        .collect()
+}
+
 #[test]
 fn kill_nine_at_random_points_and_crash_points_loses_and_doubles_nothing() {
     let (topic, file) = generated_stream(
@@ -112,6 +119,8 @@ fn kill_nine_at_random_points_and_crash_points_loses_and_doubles_nothing() {
         format!("kill -9 after {} ms", rng.between(400, 1_800)),
         None,
     ));
+    let mut seen: std::collections::BTreeMap<&str, std::collections::BTreeMap<String, u64>> =
+        Default::default();
     // each restart on another number of workers: the state is redistributed
     for (i, (what, crash)) in plan.iter().enumerate() {
         let workers = ["2", "1", "3"][i % 3];
@@ -133,6 +142,22 @@ fn kill_nine_at_random_points_and_crash_points_loses_and_doubles_nothing() {
         }
         let status = child.wait().unwrap();
         eprintln!("{what} on {workers} workers: {status}");
+        // monotonic visibility: no entity's tick went back, in either store
+        for (store, now) in [
+            ("redis", ticks(&redis_features(&redis))),
+            ("postgres", ticks(&postgres_hashes(&pg))),
+        ] {
+            let before = seen.entry(store).or_default();
+            for (key, tick) in &now {
+                if let Some(old) = before.get(key) {
+                    assert!(
+                        tick >= old,
+                        "{store}: {key} went back from tick {old} to {tick}"
+                    );
+                }
+            }
+            *before = now;
+        }
     }
     let args = [&args[..], &["--workers", "2"]].concat();
     let status = spawn(&args, &env).wait().unwrap();
@@ -227,6 +252,8 @@ fn sigterm_under_load_drains_and_a_restart_loses_nothing() {
         ("TIDEMARK_REDIS", redis.as_str()),
         ("TIDEMARK_PG", pg.as_str()),
         ("TIDEMARK_KAFKA__POLL_BATCH", "300"),
+        // this test keeps its checkpoints in Postgres
+        ("TIDEMARK_CHECKPOINT__BACKEND", "postgres"),
     ];
     let base = ["run", "--topic", &topic, "--job", job, "--group-id", &topic];
     let mut child = spawn(&[&base[..], &["--workers", "2"]].concat(), &env);
