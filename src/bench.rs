@@ -153,6 +153,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
 fn bench_config(topic: &str, job: &str, workers: usize) -> anyhow::Result<Config> {
     let flags = serde_json::json!({"job": job, "workers": workers, "kafka": {"topics": [topic], "group_id": job}});
     let mut cfg = Config::load(None, flags)?;
+    cfg.checkpoint.dir = std::env::temp_dir().join("tidemark-bench-state");
     if cfg.redis.url.is_none() {
         anyhow::bail!("bench --kafka needs TIDEMARK_REDIS (scripts/services.sh env)");
     }
