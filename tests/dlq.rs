@@ -60,17 +60,11 @@ fn every_kind_of_poison_message_reaches_the_dlq_once_and_the_rest_counts() {
         }
     }
     let redis = fresh_redis(8);
-    tidemark(
-        &[
-            "run",
-            "--topic",
-            &topic,
-            "--exit-at-end",
-            "--job",
-            "dlq",
-            "--group-id",
-            &topic,
-        ],
+    run_to_end(
+        &topic,
+        "dlq",
+        &topic,
+        &[],
         &[
             ("TIDEMARK_REDIS", redis.as_str()),
             ("TIDEMARK_KAFKA__DLQ_TOPIC", dlq.as_str()),

@@ -207,19 +207,11 @@ fn kill_nine_at_random_points_and_crash_points_loses_and_doubles_nothing() {
     // a replay from earliest with a new group into fresh stores gives the same features
     let (redis2, pg2) = (fresh_redis(6), fresh_pg("tm_eo_replay"));
     let group = format!("{topic}-replay");
-    tidemark(
-        &[
-            "run",
-            "--topic",
-            &topic,
-            "--exit-at-end",
-            "--job",
-            "eoreplay",
-            "--group-id",
-            &group,
-            "--from",
-            "earliest",
-        ],
+    run_to_end(
+        &topic,
+        "eoreplay",
+        &group,
+        &["--from", "earliest"],
         &[
             ("TIDEMARK_REDIS", redis2.as_str()),
             ("TIDEMARK_PG", pg2.as_str()),

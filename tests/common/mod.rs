@@ -148,6 +148,21 @@ pub fn tidemark(args: &[&str], env: &[(&str, &str)]) -> Output {
     out
 }
 
+/// `run --exit-at-end` of `topic` as `job` in consumer group `group`, with `extra` flags.
+pub fn run_to_end(topic: &str, job: &str, group: &str, extra: &[&str], env: &[(&str, &str)]) {
+    let args = [
+        "run",
+        "--topic",
+        topic,
+        "--exit-at-end",
+        "--job",
+        job,
+        "--group-id",
+        group,
+    ];
+    tidemark(&[&args[..], extra].concat(), env);
+}
+
 /// Every `feat:*` hash in the database, by key.
 pub fn redis_features(url: &str) -> BTreeMap<String, BTreeMap<String, String>> {
     let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
