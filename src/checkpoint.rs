@@ -92,12 +92,7 @@ impl Dir {
             let mut by_peers: std::collections::BTreeMap<usize, Vec<PathBuf>> = Default::default();
             for f in std::fs::read_dir(entry.path())? {
                 let path = f?.path();
-                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                if let Some((peers, _)) = name
-                    .strip_suffix(".bin")
-                    .and_then(|n| n.split_once('-'))
-                    .and_then(|(p, w)| Some((p.parse::<usize>().ok()?, w.parse::<usize>().ok()?)))
-                {
+                if let Some((peers, _, true)) = part_of(&path) {
                     by_peers.entry(peers).or_default().push(path);
                 }
             }
@@ -108,6 +103,18 @@ impl Dir {
         out.sort_by_key(|(tick, _)| std::cmp::Reverse(*tick));
         Ok(out)
     }
+}
+
+/// A part's file `{peers}-{worker}.bin`, or `.tmp` while it is written: (peers, worker,
+/// whether it is whole).
+fn part_of(path: &Path) -> Option<(usize, usize, bool)> {
+    let name = path.file_name()?.to_str()?;
+    let (stem, whole) = match name.strip_suffix(".bin") {
+        Some(stem) => (stem, true),
+        None => (name.strip_suffix(".tmp")?, false),
+    };
+    let (peers, worker) = stem.split_once('-')?;
+    Some((peers.parse().ok()?, worker.parse().ok()?, whole))
 }
 
 impl Backend for Dir {
@@ -157,13 +164,7 @@ impl Backend for Dir {
             }
             for f in std::fs::read_dir(entry.path())? {
                 let path = f?.path();
-                let mine = path
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .and_then(|n| n.strip_suffix(".bin").or(n.strip_suffix(".tmp")))
-                    .and_then(|n| n.split_once('-'))
-                    .is_some_and(|(_, w)| w.parse() == Ok(worker));
-                if mine {
+                if part_of(&path).is_some_and(|(_, w, _)| w == worker) {
                     let _ = std::fs::remove_file(&path);
                 }
             }
