@@ -18,6 +18,7 @@ use timely::dataflow::operators::probe::Handle as ProbeHandle;
 
 use crate::config::{CheckpointBackend, Config};
 use crate::kafka::{self, Ledger};
+use crate::telemetry::Status;
 
 /// Where checkpoints are kept.
 pub trait Backend: Send {
@@ -292,6 +293,9 @@ pub struct Checkpointer {
     /// Stopping: the snapshot taken last does not resume the source.
     pub draining: bool,
     drained_at: Option<Tick>,
+    status: Arc<Status>,
+    /// When the checkpoint being taken was asked for.
+    asked: Instant,
 }
 
 impl Checkpointer {
@@ -301,6 +305,7 @@ impl Checkpointer {
         family: &str,
         ledger: Arc<Mutex<Ledger>>,
         dlq: Option<Arc<kafka::Sender>>,
+        status: Arc<Status>,
     ) -> anyhow::Result<Self> {
         let mut backend = open(cfg)?;
         let (to_saver, jobs) = channel::<WorkerSnapshot>();
@@ -341,6 +346,8 @@ impl Checkpointer {
             saved: 0,
             draining: false,
             drained_at: None,
+            status,
+            asked: Instant::now(),
         })
     }
 
@@ -352,6 +359,7 @@ impl Checkpointer {
         if want && idle && !self.requested && self.drained_at.is_none() {
             self.state.request();
             self.requested = true;
+            self.asked = Instant::now();
         }
         if let Some(at) = self.state.paused_at().filter(|_| self.drained_at.is_none()) {
             if !processed.less_equal(&at) {
@@ -370,6 +378,7 @@ impl Checkpointer {
             Ok(Ok(tick)) => {
                 let (_, positions) = self.saving.take().expect("a checkpoint was being saved");
                 self.saved += 1;
+                self.status.checkpoint_saved(tick, self.asked.elapsed());
                 let mut ledger = self.ledger.lock().expect("ledger");
                 ledger.to_commit = Some((self.saved, positions));
                 ledger.sync |= self.draining;
@@ -377,6 +386,7 @@ impl Checkpointer {
             }
             Ok(Err(e)) => {
                 self.saving = None;
+                self.status.checkpoint_failed(format!("{e:#}"));
                 tracing::error!(error = %format!("{e:#}"), "checkpoint not saved; offsets stay where they are");
             }
             Err(_) => {}

@@ -23,10 +23,28 @@ pub struct Config {
     pub postgres: PostgresConfig,
     pub ingest: IngestConfig,
     pub checkpoint: CheckpointConfig,
-    /// Address of the HTTP read API, e.g. `127.0.0.1:8080`.
+    /// Address of the HTTP API (operations and reads), e.g. `127.0.0.1:8080`.
     pub http: Option<String>,
+    pub serve: ServeConfig,
     /// Per-family sections, `[dataflows.search]` etc.
     pub dataflows: BTreeMap<String, serde_json::Value>,
+    /// Per topic, for `tidemark topics create`: `[topics."ad-events"]` etc.
+    pub topics: BTreeMap<String, TopicConfig>,
+}
+
+/// How `tidemark topics create` makes a topic; unset fields take the defaults of
+/// seed 002's table (or 6 partitions, 7 days, lz4 for a topic it does not list).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicConfig {
+    pub partitions: Option<i32>,
+    /// Default: min(3, brokers in the cluster).
+    pub replication_factor: Option<i32>,
+    pub retention_ms: Option<i64>,
+    /// none, gzip, snappy, lz4 or zstd.
+    pub compression: Option<String>,
+    /// delete or compact.
+    pub cleanup_policy: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -94,6 +112,26 @@ pub struct CheckpointConfig {
     pub dir: std::path::PathBuf,
 }
 
+/// The read API.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeConfig {
+    /// Per feature view (`doc`, `qd`, …): a row whose last change is older than this is
+    /// answered as OUTSIDE_MAX_AGE by `/get-online-features` (Feast's TTL).
+    pub max_age_secs: BTreeMap<String, u64>,
+    /// Entity rows one `/get-online-features` request may ask for.
+    pub max_entities: usize,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            max_age_secs: BTreeMap::new(),
+            max_entities: 10_000,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CheckpointBackend {
@@ -123,7 +161,9 @@ impl Default for Config {
             ingest: IngestConfig::default(),
             checkpoint: CheckpointConfig::default(),
             http: None,
+            serve: ServeConfig::default(),
             dataflows: BTreeMap::new(),
+            topics: BTreeMap::new(),
         }
     }
 }
@@ -182,14 +222,87 @@ impl Config {
             }
         }
         fig = fig.merge(Serialized::defaults(flags));
-        let cfg: Config = fig.extract().map_err(|e| {
-            let fix = "see README \"Configuration\" for every key and its default";
-            anyhow::anyhow!("invalid configuration: {e} ({fix})")
-        })?;
-        if cfg.workers == 0 {
-            anyhow::bail!("workers = 0: set workers (or --workers) to 1 or more");
-        }
+        let cfg: Config = fig.extract().map_err(explain)?;
+        cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Checks what types alone cannot; each error names the key and the fix.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        use anyhow::bail;
+        if self.workers == 0 {
+            bail!("workers = 0: set workers (TIDEMARK_WORKERS, --workers) to 1 or more");
+        }
+        if self.kafka.poll_batch == 0 {
+            bail!("kafka.poll_batch = 0: set it to 1 or more (default 50000)");
+        }
+        if self.checkpoint.interval_ms == 0 {
+            bail!("checkpoint.interval_ms = 0: set it to 1 or more (default 10000)");
+        }
+        if self.checkpoint.backend == CheckpointBackend::Postgres && self.postgres.url.is_none() {
+            bail!("checkpoint.backend = \"postgres\" needs postgres.url: set postgres.url (TIDEMARK_PG) or checkpoint.backend = \"dir\"");
+        }
+        if let Some(addr) = &self.http {
+            let port = addr.rsplit_once(':').map(|(_, p)| p.parse::<u16>());
+            if !matches!(port, Some(Ok(_))) {
+                bail!("http = {addr:?} is not host:port: use e.g. \"127.0.0.1:8080\" (--http)");
+            }
+        }
+        if let Some(url) = &self.redis.url {
+            if let Err(e) = redis::Client::open(url.as_str()) {
+                bail!(
+                    "redis.url {:?}: {e}: use redis://host:port/db (TIDEMARK_REDIS)",
+                    hide_password(url)
+                );
+            }
+        }
+        if let Some(url) = &self.postgres.url {
+            if let Err(e) = url.parse::<postgres::Config>() {
+                bail!("postgres.url: {e}: use \"host=… user=… password=… dbname=…\" or postgres://user:password@host/db (TIDEMARK_PG)");
+            }
+        }
+        let family =
+            tidemark_dataflows::family(&self.dataflow, self.dataflows.get(&self.dataflow).cloned())
+                .map_err(|e| anyhow::anyhow!("dataflow = {:?}: {e}", self.dataflow))?;
+        let views: Vec<&str> = family.tables().iter().map(|t| t.ns).collect();
+        for view in self.serve.max_age_secs.keys() {
+            if !views.contains(&view.as_str()) {
+                bail!(
+                    "serve.max_age_secs.{view}: dataflow {} has no feature view '{view}': use one of {}",
+                    self.dataflow,
+                    views.join(", ")
+                );
+            }
+        }
+        for (name, t) in &self.topics {
+            if let Some(c) = &t.compression {
+                if !["none", "gzip", "snappy", "lz4", "zstd"].contains(&c.as_str()) {
+                    bail!("topics.{name}.compression = {c:?}: use none, gzip, snappy, lz4 or zstd");
+                }
+            }
+            if let Some(c) = &t.cleanup_policy {
+                if !["delete", "compact", "compact,delete"].contains(&c.as_str()) {
+                    bail!("topics.{name}.cleanup_policy = {c:?}: use delete, compact or \"compact,delete\"");
+                }
+            }
+            if t.partitions.is_some_and(|p| p < 1) || t.replication_factor.is_some_and(|r| r < 1) {
+                bail!("topics.{name}: partitions and replication_factor must be 1 or more");
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective config as TOML, secrets hidden (`tidemark config check`).
+    pub fn to_toml(&self) -> anyhow::Result<String> {
+        fn strip_nulls(v: &mut serde_json::Value) {
+            if let serde_json::Value::Object(m) = v {
+                m.retain(|_, x| !x.is_null());
+                m.values_mut().for_each(strip_nulls);
+            }
+        }
+        let mut v = self.redacted();
+        strip_nulls(&mut v);
+        Ok(toml::to_string(&v)?)
     }
 
     /// The effective config as JSON with passwords hidden, for the start-up log.
@@ -204,6 +317,58 @@ impl Config {
         }
         v
     }
+}
+
+/// Turns figment's errors into one line each that names the key, where it was set and
+/// what would fix it.
+fn explain(err: figment::Error) -> anyhow::Error {
+    use figment::error::Kind;
+    let lines: Vec<String> = err
+        .into_iter()
+        .map(|e| {
+            let path = &e.path;
+            let key = path.join(".");
+            let source = match &e.metadata {
+                Some(m) if m.name.contains("environment") => format!(
+                    "environment variable TIDEMARK_{}",
+                    path.iter()
+                        .map(|p| p.to_ascii_uppercase())
+                        .collect::<Vec<_>>()
+                        .join("__")
+                ),
+                Some(m) => match &m.source {
+                    Some(figment::Source::File(f)) => format!("file {}", f.display()),
+                    _ => "flags or TIDEMARK_KAFKA/REDIS/PG".to_string(),
+                },
+                None => "the configuration".to_string(),
+            };
+            match &e.kind {
+                Kind::UnknownField(_, expected) => format!(
+                    "{key}: unknown key (in {source}): remove it, or use one of: {}",
+                    expected.join(", ")
+                ),
+                Kind::UnknownVariant(v, expected) => format!(
+                    "{key} = {v:?} (in {source}): use one of: {}",
+                    expected.join(", ")
+                ),
+                Kind::InvalidType(actual, expected) | Kind::InvalidValue(actual, expected) => {
+                    let want = match expected.as_str() {
+                        "usize" | "u64" | "u32" | "u16" | "u8" => "a whole number ≥ 0",
+                        "i64" | "i32" => "a whole number",
+                        "f64" => "a number",
+                        _ => expected.as_str(),
+                    };
+                    format!("{key}: found {actual} (in {source}): give {want}")
+                }
+                Kind::Message(m) => format!("{key}: {m} (in {source})"),
+                Kind::MissingField(f) => format!("{key}.{f}: missing (in {source}): set it"),
+                other => format!(
+                    "{key}: {other} (in {source}): see README \"Configuration\" for every key and its default"
+                ),
+            }
+        })
+        .collect();
+    anyhow::anyhow!("invalid configuration: {}", lines.join("; "))
 }
 
 fn hide_password(url: &str) -> String {

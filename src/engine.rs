@@ -33,6 +33,7 @@ use crate::store::postgres::PostgresStore;
 use crate::store::redis::RedisStore;
 use crate::store::topic::TopicStore;
 use crate::store::{spawn_writer, Msg, SinkStats, Store, Writer, WriterHandle};
+use crate::telemetry::{self, Status};
 
 /// Where records come from.
 #[derive(Clone)]
@@ -59,6 +60,8 @@ pub struct Shared {
     pub drain: Arc<AtomicBool>,
     /// Records left before the end offsets (`--exit-at-end`), for progress reports.
     pub backlog: Arc<std::sync::atomic::AtomicI64>,
+    /// What `/status`, `/readyz` and `/metrics` report.
+    pub status: Arc<Status>,
 }
 
 pub struct RunOptions {
@@ -130,6 +133,21 @@ pub fn run(opts: RunOptions, shared: Arc<Shared>) -> anyhow::Result<Option<Tick>
         SourceKind::Kafka => Resume::find(&opts.config, &tables, family.name())?,
         SourceKind::Generator { .. } => Resume::default(),
     };
+    telemetry::prometheus();
+    shared
+        .status
+        .sources
+        .store(opts.config.workers, Ordering::Relaxed);
+    let watching = Arc::new(AtomicBool::new(false));
+    telemetry::watch(opts.config.clone(), shared.clone(), watching.clone());
+    // the watcher stops when this run returns, however it returns
+    struct StopOnDrop(Arc<AtomicBool>);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let _watching = StopOnDrop(watching);
     let opts = Arc::new(opts);
     let resume = Arc::new(resume);
     let (o, s, d) = (opts.clone(), shared.clone(), dlq.clone());
@@ -283,6 +301,7 @@ fn run_worker(
                 family.name(),
                 ledger.clone(),
                 dlq.clone(),
+                shared.status.clone(),
             )?);
             let start = kafka::SourceStart {
                 worker: index,
@@ -293,15 +312,19 @@ fn run_worker(
                 durable: durable.clone(),
                 freshness: opts.measure_freshness.then(|| shared.freshness.clone()),
                 backlog: Some(shared.backlog.clone()),
+                status: shared.status.clone(),
             };
             Box::new(KafkaSource::new(&opts.config, topics, start)?)
         }
-        SourceKind::Generator { spec, pace } => Box::new(GeneratorSource::new(
-            family.generate(spec),
-            index,
-            peers,
-            *pace,
-        )),
+        SourceKind::Generator { spec, pace } => {
+            shared.status.assigned.fetch_add(1, Ordering::Relaxed);
+            Box::new(GeneratorSource::new(
+                family.generate(spec),
+                index,
+                peers,
+                *pace,
+            ))
+        }
     };
     let writer = Writer {
         job: opts.config.job.clone(),
@@ -351,7 +374,12 @@ fn run_worker(
             .probe_with(&processed)
             .as_collection();
         durable_sink(features, writers, skip).probe_with(&durable);
-        dead_letters(installed.invalid.probe_with(&processed), dlq, dlq_topic);
+        dead_letters(
+            installed.invalid.probe_with(&processed),
+            dlq,
+            dlq_topic,
+            shared.status.clone(),
+        );
         installed.final_tick
     });
     if let Some(e) = state.error() {
@@ -359,9 +387,17 @@ fn run_worker(
     }
     let mut finished_at: Option<Instant> = None;
     let mut drain_deadline: Option<Instant> = None;
+    let mut reported = Instant::now();
     loop {
         let stepped = Instant::now();
         worker.step_or_park(Some(Duration::from_millis(1)));
+        if reported.elapsed() > Duration::from_millis(100) {
+            reported = Instant::now();
+            let first = |p: &ProbeHandle<Tick>| p.with_frontier(|f| f.first().copied());
+            shared
+                .status
+                .worker(index, first(&processed), first(&durable));
+        }
         if stepped.elapsed() > Duration::from_millis(200) {
             tracing::debug!(
                 worker = index,
@@ -473,11 +509,29 @@ fn dead_letters<'s>(
     invalid: Stream<'s, Tick, Vec<InvalidRecord>>,
     dlq: Option<Arc<kafka::Sender>>,
     topic: String,
+    status: Arc<Status>,
 ) {
+    // a flood of bad records must not flood the log: the first few per 10 s are logged
+    let mut logged = (Instant::now(), 0u32);
     invalid.sink(Pipeline, "DeadLetters", move |(input, _)| {
         input.for_each(|_, records| {
+            status
+                .dlq_records
+                .fetch_add(records.len() as u64, Ordering::Relaxed);
             for r in records.drain(..) {
-                tracing::debug!(topic = %r.topic, partition = r.partition, offset = r.offset, error = %r.error.message, "invalid record");
+                if logged.0.elapsed() > Duration::from_secs(10) {
+                    if logged.1 > 10 {
+                        tracing::warn!(
+                            unlogged = logged.1 - 10,
+                            "more invalid records went to the DLQ"
+                        );
+                    }
+                    logged = (Instant::now(), 0);
+                }
+                logged.1 += 1;
+                if logged.1 <= 10 {
+                    tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset, reason = ?r.error.kind, error = %r.error.message, dlq = %topic, "invalid record");
+                }
                 if let Some(p) = &dlq {
                     let (key, payload, headers) = kafka::dlq_record(&r);
                     p.send(&topic, Some(key.as_bytes()), &payload, Some(headers));

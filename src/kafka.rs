@@ -16,6 +16,7 @@ use tidemark_dataflows::Tick;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 
 use crate::config::Config;
+use crate::telemetry::Status;
 
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -143,6 +144,12 @@ pub struct KafkaSource {
     appends_by_tick: VecDeque<(Tick, Vec<i64>)>,
     /// Shared with the process: records still to read before the end offsets.
     backlog: Option<Arc<std::sync::atomic::AtomicI64>>,
+    status: Arc<Status>,
+    worker: usize,
+    published: Instant,
+    /// `tidemark_events_consumed_total` per topic read.
+    consumed: Vec<(String, metrics::Counter)>,
+    fresh: metrics::Histogram,
 }
 
 fn consumer_config(cfg: &Config, group: &str) -> ClientConfig {
@@ -177,6 +184,7 @@ pub struct SourceStart<'a> {
     pub durable: ProbeHandle<Tick>,
     pub freshness: Option<Arc<Freshness>>,
     pub backlog: Option<Arc<std::sync::atomic::AtomicI64>>,
+    pub status: Arc<Status>,
 }
 
 impl KafkaSource {
@@ -240,6 +248,22 @@ impl KafkaSource {
             b.fetch_add(left, std::sync::atomic::Ordering::Relaxed);
         }
         tracing::info!(worker = start.worker, partitions = ?mine, group = %group, from = ?positions, "kafka source assigned");
+        {
+            let mut status = start.status.partitions.lock().expect("status");
+            for (key, &position) in &positions {
+                let p = status.entry(key.clone()).or_default();
+                p.worker = start.worker;
+                p.position = position;
+            }
+        }
+        start.status.assigned.fetch_add(1, AtomicOrdering::Relaxed);
+        let consumed = topics
+            .iter()
+            .map(|t| {
+                let c = metrics::counter!(crate::telemetry::CONSUMED, "topic" => t.clone());
+                (t.clone(), c)
+            })
+            .collect();
         Ok(KafkaSource {
             consumer,
             positions,
@@ -256,7 +280,26 @@ impl KafkaSource {
             appends: Vec::new(),
             appends_by_tick: VecDeque::new(),
             backlog: start.backlog,
+            status: start.status,
+            worker: start.worker,
+            published: Instant::now(),
+            consumed,
+            fresh: metrics::histogram!(crate::telemetry::FRESHNESS),
         })
+    }
+
+    /// Tells `/status` where this worker's partitions are, a few times a second.
+    fn publish_positions(&mut self) {
+        if self.published.elapsed() < Duration::from_millis(200) {
+            return;
+        }
+        self.published = Instant::now();
+        let mut status = self.status.partitions.lock().expect("status");
+        for (key, &position) in &self.positions {
+            let p = status.entry(key.clone()).or_default();
+            p.worker = self.worker;
+            p.position = position;
+        }
     }
 
     fn at_end(&self) -> bool {
@@ -276,21 +319,24 @@ impl KafkaSource {
             self.pending.pop_front();
             self.pending_records -= n;
         }
-        if let Some(f) = &self.freshness {
-            let now = now_ms() as i64;
-            while let Some((tick, _)) = self.appends_by_tick.front() {
-                if self.durable.less_equal(tick) {
-                    break;
-                }
-                let (tick, samples) = self.appends_by_tick.pop_front().expect("front exists");
-                if let Some(first) = samples.first() {
-                    tracing::debug!(
-                        tick,
-                        lag_ms = now - first,
-                        n = samples.len(),
-                        "tick durable"
-                    );
-                }
+        let now = now_ms() as i64;
+        while let Some((tick, _)) = self.appends_by_tick.front() {
+            if self.durable.less_equal(tick) {
+                break;
+            }
+            let (tick, samples) = self.appends_by_tick.pop_front().expect("front exists");
+            if let Some(first) = samples.first() {
+                tracing::debug!(
+                    tick,
+                    lag_ms = now - first,
+                    n = samples.len(),
+                    "tick durable"
+                );
+            }
+            for a in &samples {
+                self.fresh.record((now - a).max(0) as f64 / 1000.0);
+            }
+            if let Some(f) = &self.freshness {
                 f.record(&samples, now);
             }
         }
@@ -330,6 +376,7 @@ impl KafkaSource {
 impl RecordSource for KafkaSource {
     fn poll(&mut self, max: usize, visit: &mut dyn FnMut(RecordRef<'_>)) -> Poll {
         self.follow_durable();
+        self.publish_positions();
         if self.pending_records >= self.max_pending {
             // the sinks lag: hold off (time must not follow the clock meanwhile)
             return Poll::Caught { idle: false };
@@ -353,11 +400,12 @@ impl RecordSource for KafkaSource {
                         key: m.key(),
                         payload: m.payload().unwrap_or(&[]),
                     });
-                    if self.freshness.is_some() {
-                        self.appends.push(append_ms);
-                    }
+                    self.appends.push(append_ms);
                     // a worker has few partitions: a scan beats allocating a key per message
                     let (topic, partition) = (m.topic(), m.partition());
+                    if let Some((_, c)) = self.consumed.iter().find(|(t, _)| t == topic) {
+                        c.increment(1);
+                    }
                     if let Some((_, pos)) = self
                         .positions
                         .iter_mut()

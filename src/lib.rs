@@ -10,3 +10,5 @@ pub mod engine;
 pub mod http;
 pub mod kafka;
 pub mod store;
+pub mod telemetry;
+pub mod topics;

@@ -13,7 +13,7 @@ use tidemark::config::Config;
 use tidemark::engine::{self, timely_config, RunOptions, Shared, SourceKind};
 use tidemark::kafka::{now_ms, Sender};
 use tidemark::store::memory::MemoryState;
-use tidemark::{bench, http};
+use tidemark::{bench, http, topics};
 use tidemark_dataflows::features::Value;
 use tidemark_dataflows::GenerateSpec;
 
@@ -36,6 +36,12 @@ enum Command {
     Generate(GenerateArgs),
     /// Consume Kafka, maintain features, write Redis and Postgres.
     Run(RunArgs),
+    /// Configuration: `config check` prints the effective config (secrets hidden).
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Kafka topics: `topics create` creates the dataflow's topics and the DLQ.
+    #[command(subcommand)]
+    Topics(TopicsCommand),
     /// Benchmarks (see README).
     Bench(bench::BenchArgs),
 }
@@ -84,8 +90,42 @@ struct GenerateArgs {
     topic: Option<String>,
 }
 
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Merges file, environment and flags as `run` does, validates, and prints the result
+    /// as TOML with secrets hidden; exits 1 naming the field and the fix when invalid.
+    Check(ConfigArgs),
+}
+
+#[derive(Subcommand)]
+enum TopicsCommand {
+    /// Creates the topics the dataflow reads and writes, and the DLQ, with partitions,
+    /// retention and compression from `[topics.<name>]` (defaults: seed 002's table).
+    /// Topics that exist are left as they are and reported.
+    Create(ConfigArgs),
+}
+
 #[derive(Args)]
 struct RunArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Consume up to the end offsets seen at start, write everything, checkpoint and exit.
+    #[arg(long)]
+    exit_at_end: bool,
+    /// Timely cluster: number of processes…
+    #[arg(long, default_value_t = 1)]
+    processes: usize,
+    /// …this process's index…
+    #[arg(long, default_value_t = 0)]
+    process: usize,
+    /// …and a file of `host:port` lines, one per process (default 127.0.0.1:2101+i).
+    #[arg(long)]
+    hostfile: Option<PathBuf>,
+}
+
+/// The flags that override the config file and the environment.
+#[derive(Args)]
+struct ConfigArgs {
     /// TOML config file (lowest precedence; then TIDEMARK_… env; then these flags).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -102,23 +142,45 @@ struct RunArgs {
     /// time (e.g. 2026-01-01T00:00:00Z). A checkpoint of the job and group wins.
     #[arg(long)]
     from: Option<String>,
-    /// Consume up to the end offsets seen at start, write everything, checkpoint and exit.
-    #[arg(long)]
-    exit_at_end: bool,
     /// Worker threads per process.
     #[arg(long, short = 'w')]
     workers: Option<usize>,
+    /// Address of the HTTP API (`/metrics`, `/status`, `/readyz`, feature reads).
     #[arg(long)]
     http: Option<String>,
-    /// Timely cluster: number of processes…
-    #[arg(long, default_value_t = 1)]
-    processes: usize,
-    /// …this process's index…
-    #[arg(long, default_value_t = 0)]
-    process: usize,
-    /// …and a file of `host:port` lines, one per process (default 127.0.0.1:2101+i).
-    #[arg(long)]
-    hostfile: Option<PathBuf>,
+}
+
+impl ConfigArgs {
+    /// File < environment < these flags.
+    fn load(self) -> anyhow::Result<Config> {
+        let mut flags = serde_json::Map::new();
+        let mut kafka = serde_json::Map::new();
+        if let Some(d) = self.dataflow {
+            flags.insert("dataflow".into(), d.into());
+        }
+        if let Some(j) = self.job {
+            flags.insert("job".into(), j.into());
+        }
+        if let Some(w) = self.workers {
+            flags.insert("workers".into(), w.into());
+        }
+        if let Some(h) = self.http {
+            flags.insert("http".into(), h.into());
+        }
+        if !self.topics.is_empty() {
+            kafka.insert("topics".into(), self.topics.into());
+        }
+        if let Some(g) = self.group_id {
+            kafka.insert("group_id".into(), g.into());
+        }
+        if let Some(f) = self.from {
+            kafka.insert("from".into(), f.into());
+        }
+        if !kafka.is_empty() {
+            flags.insert("kafka".into(), kafka.into());
+        }
+        Config::load(self.config.as_deref(), flags.into())
+    }
 }
 
 fn main() {
@@ -141,6 +203,11 @@ fn main() {
         Command::Demo(a) => demo(a),
         Command::Generate(a) => generate(a),
         Command::Run(a) => run(a),
+        Command::Config(ConfigCommand::Check(a)) => a.load().and_then(|c| {
+            print!("{}", c.to_toml()?);
+            Ok(())
+        }),
+        Command::Topics(TopicsCommand::Create(a)) => a.load().and_then(|c| topics::create(&c)),
         Command::Bench(a) => bench::bench(a),
     };
     if let Err(e) = result {
@@ -185,44 +252,19 @@ fn report_progress(shared: Arc<Shared>) -> std::thread::JoinHandle<()> {
 }
 
 fn run(a: RunArgs) -> anyhow::Result<()> {
-    let mut flags = serde_json::Map::new();
-    let mut kafka = serde_json::Map::new();
-    if let Some(d) = a.dataflow {
-        flags.insert("dataflow".into(), d.into());
-    }
-    if let Some(j) = a.job {
-        flags.insert("job".into(), j.into());
-    }
-    if let Some(w) = a.workers {
-        flags.insert("workers".into(), w.into());
-    }
-    if let Some(h) = a.http {
-        flags.insert("http".into(), h.into());
-    }
-    if !a.topics.is_empty() {
-        kafka.insert("topics".into(), a.topics.into());
-    }
-    if let Some(g) = a.group_id {
-        kafka.insert("group_id".into(), g.into());
-    }
-    if let Some(f) = a.from {
-        kafka.insert("from".into(), f.into());
-    }
-    if !kafka.is_empty() {
-        flags.insert("kafka".into(), kafka.into());
-    }
-    let config = Config::load(a.config.as_deref(), flags.into())?;
+    let config = a.config.load()?;
     tracing::info!(config = %config.redacted(), "effective configuration");
     let timely = timely_config(config.workers, a.processes, a.process, a.hostfile.as_ref())?;
+    let shared = Arc::new(Shared::default());
     if let Some(addr) = &config.http {
         let backend = match &config.redis.url {
-            Some(url) => http::Backend::Redis(redis::Client::open(url.as_str())?),
-            None => anyhow::bail!("--http needs redis.url (TIDEMARK_REDIS) to read features from"),
+            Some(url) => Some(http::Backend::Redis(redis::Client::open(url.as_str())?)),
+            None => None,
         };
-        let bound = http::serve(addr, engine::family_of(&config)?, backend)?;
-        tracing::info!(%bound, "read API listening");
+        let family = engine::family_of(&config)?;
+        let bound = http::serve(addr, family, backend, shared.clone(), config.clone())?;
+        tracing::info!(%bound, "HTTP API listening");
     }
-    let shared = Arc::new(Shared::default());
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, shared.drain.clone())
             .context("installing the signal handler")?;
@@ -303,10 +345,13 @@ fn demo(a: DemoArgs) -> anyhow::Result<()> {
     };
     let family = engine::family_of(&config)?;
     let memory = Arc::new(std::sync::RwLock::new(MemoryState::default()));
+    let shared = Arc::new(Shared::default());
     let bound = http::serve(
         &a.http,
         engine::family_of(&config)?,
-        http::Backend::Memory(memory.clone()),
+        Some(http::Backend::Memory(memory.clone())),
+        shared.clone(),
+        config.clone(),
     )?;
     let tables = family.tables();
     let spec = GenerateSpec {
@@ -317,7 +362,6 @@ fn demo(a: DemoArgs) -> anyhow::Result<()> {
         invalid_share: 0.001,
         ..Default::default()
     };
-    let shared = Arc::new(Shared::default());
     let opts = RunOptions {
         config,
         exit_at_end: false,
@@ -334,7 +378,7 @@ fn demo(a: DemoArgs) -> anyhow::Result<()> {
         "Tidemark demo: {} dataflow, {} workers, {} events/s, embedded store",
         a.dataflow, a.workers, a.rate
     );
-    println!("read API: curl http://{bound}/features/doc/doc-0   (Ctrl-C to stop)");
+    println!("read API: curl http://{bound}/features/doc/doc-0 · status: http://{bound}/status · metrics: http://{bound}/metrics   (Ctrl-C to stop)");
     let s = shared.clone();
     let runner = std::thread::spawn(move || engine::run(opts, s));
     let started = std::time::Instant::now();

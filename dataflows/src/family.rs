@@ -104,6 +104,10 @@ pub trait Dataflow: Send + Sync + 'static {
         _now_ms: u64,
     ) {
     }
+    /// The names of the features `at_read` adds to a table's entities.
+    fn read_time_features(&self, _table: &str) -> Vec<&'static str> {
+        Vec::new()
+    }
 }
 
 /// What a family installed in one worker's dataflow.
@@ -127,6 +131,7 @@ pub trait Family: Send + Sync {
         fields: &mut serde_json::Map<String, serde_json::Value>,
         now_ms: u64,
     );
+    fn read_time_features(&self, table: &str) -> Vec<&'static str>;
     /// `tables` holds one entry per dimension: a source on the worker that reads it.
     fn install<'s>(
         &self,
@@ -162,6 +167,9 @@ impl<D: Dataflow + Clone> Family for D {
         now_ms: u64,
     ) {
         Dataflow::at_read(self, table, fields, now_ms)
+    }
+    fn read_time_features(&self, table: &str) -> Vec<&'static str> {
+        Dataflow::read_time_features(self, table)
     }
     fn dimensions(&self) -> Vec<DimensionSpec> {
         Dataflow::dimensions(self)

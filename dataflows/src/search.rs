@@ -544,4 +544,10 @@ impl Dataflow for Search {
                 .into(),
         );
     }
+    fn read_time_features(&self, table: &str) -> Vec<&'static str> {
+        match table {
+            "doc" => vec!["ctr_decay"],
+            _ => Vec::new(),
+        }
+    }
 }

@@ -47,6 +47,10 @@ pub struct SinkStats {
     pub writes: AtomicU64,
     pub entity_updates: AtomicU64,
     pub failures: AtomicU64,
+    /// Entity rows of writes that failed (and were retried).
+    pub failed_updates: AtomicU64,
+    /// When (epoch ms) and why the last write failed.
+    pub last_error: Mutex<Option<(u64, String)>>,
 }
 
 /// The worker's end of a writer thread.
@@ -116,8 +120,13 @@ fn write_loop(
         }
         let started = std::time::Instant::now();
         let mut backoff = Duration::from_millis(20);
+        let updates: usize = ticks.iter().map(|t| t.changes.len()).sum();
+        let duration = metrics::histogram!(crate::telemetry::SINK_WRITE, "sink" => store.name());
         loop {
-            match store.write(&ticks, progress) {
+            let attempt = std::time::Instant::now();
+            let result = store.write(&ticks, progress);
+            duration.record(attempt.elapsed().as_secs_f64());
+            match result {
                 Ok(()) => {
                     crate::crash::point(match store.name() {
                         "redis" => "redis-written",
@@ -127,8 +136,14 @@ fn write_loop(
                     break;
                 }
                 Err(e) => {
+                    let error = format!("{e:#}");
                     stats.failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(sink = store.name(), error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "sink write failed");
+                    stats
+                        .failed_updates
+                        .fetch_add(updates as u64, Ordering::Relaxed);
+                    tracing::warn!(sink = store.name(), error = %error, retry_in_ms = backoff.as_millis() as u64, "sink write failed");
+                    *stats.last_error.lock().expect("sink stats") =
+                        Some((crate::kafka::now_ms(), error));
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
@@ -143,7 +158,6 @@ fn write_loop(
             );
         }
         stats.writes.fetch_add(1, Ordering::Relaxed);
-        let updates: usize = ticks.iter().map(|t| t.changes.len()).sum();
         stats
             .entity_updates
             .fetch_add(updates as u64, Ordering::Relaxed);

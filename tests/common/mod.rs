@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod search;
+pub mod services;
 
 use std::collections::BTreeMap;
 use std::process::{Command, Output};
