@@ -17,8 +17,15 @@ use crate::kafka::{now_ms, Sender};
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// What to measure: search (throughput, freshness) or state (checkpoint figures)
+    /// What to measure: search (throughput, freshness), state (checkpoint figures) or
+    /// serve (read API latency and throughput over Redis)
     pub dataflow: String,
+    /// `bench serve`: entities written to Redis and read at random.
+    #[arg(long, default_value_t = 100_000)]
+    pub entities: u64,
+    /// `bench serve`: seconds per load shape.
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
     /// `bench state`: live keys to build.
     #[arg(long, default_value_t = 1_000_000)]
     pub keys: u64,
@@ -105,11 +112,11 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
     if a.dataflow == "state" {
         return crate::bench_state::run(a.keys, a.events);
     }
+    if a.dataflow == "serve" {
+        return crate::bench_serve::run(a.entities, a.seconds);
+    }
     if a.dataflow != "search" {
-        anyhow::bail!(
-            "bench '{}': only 'search' is benchmarked so far",
-            a.dataflow
-        );
+        anyhow::bail!("bench '{}': use search, state or serve", a.dataflow);
     }
     eprintln!("generating {} events …", a.events);
     let search = Search::new(SearchConfig::default());

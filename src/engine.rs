@@ -530,7 +530,7 @@ fn dead_letters<'s>(
                 }
                 logged.1 += 1;
                 if logged.1 <= 10 {
-                    tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset, reason = ?r.error.kind, error = %r.error.message, dlq = %topic, "invalid record");
+                    tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset, reason = r.error.kind.as_str(), error = %r.error.message, dlq = %topic, "invalid record");
                 }
                 if let Some(p) = &dlq {
                     let (key, payload, headers) = kafka::dlq_record(&r);

@@ -556,3 +556,33 @@ fn offsets(consumer: &BaseConsumer, shared: &Shared) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_ready_until_every_source_is_assigned_and_again_while_draining() {
+        let shared = Shared::default();
+        shared.status.sources.store(2, Relaxed);
+        shared.status.assigned.store(1, Relaxed);
+        assert_eq!(not_ready(&shared), ["sources assigned: 1 of 2 workers"]);
+        shared.status.assigned.store(2, Relaxed);
+        assert!(not_ready(&shared).is_empty());
+        shared.status.health.lock().unwrap().insert(
+            "postgres",
+            Health {
+                up: false,
+                checked_at_ms: 0,
+                error: Some("connection refused".into()),
+            },
+        );
+        assert_eq!(
+            not_ready(&shared),
+            ["postgres unreachable: connection refused"]
+        );
+        shared.status.health.lock().unwrap().clear();
+        shared.drain.store(true, Relaxed);
+        assert_eq!(not_ready(&shared), ["draining: stopping on SIGTERM"]);
+    }
+}

@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::services::*;
@@ -60,7 +60,11 @@ fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
     found
 }
 
-fn spawn_engine(args: &[&str], env: &[(&str, &str)], stderr: Option<&std::path::Path>) -> Child {
+fn spawn_engine(
+    args: &[&str],
+    env: &[(&str, &str)],
+    stderr: Option<&std::path::Path>,
+) -> KillOnDrop {
     let mut cmd = engine_command();
     cmd.args(args);
     for (k, v) in env {
@@ -69,21 +73,20 @@ fn spawn_engine(args: &[&str], env: &[(&str, &str)], stderr: Option<&std::path::
     if let Some(path) = stderr {
         cmd.stderr(Stdio::from(std::fs::File::create(path).unwrap()));
     }
-    cmd.spawn().unwrap()
+    KillOnDrop(cmd.spawn().unwrap())
 }
 
-fn stop(mut engine: Child) -> std::process::ExitStatus {
+fn stop(mut engine: KillOnDrop) -> std::process::ExitStatus {
     std::process::Command::new("kill")
-        .args(["-TERM", &engine.id().to_string()])
+        .args(["-TERM", &engine.0.id().to_string()])
         .status()
         .unwrap();
     for _ in 0..300 {
-        if let Some(s) = engine.try_wait().unwrap() {
+        if let Some(s) = engine.0.try_wait().unwrap() {
             return s;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let _ = engine.kill();
     panic!("the engine did not stop within 30 s of SIGTERM");
 }
 

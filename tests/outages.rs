@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::search::*;
@@ -23,7 +23,8 @@ fn services(args: &[&str]) {
     assert!(ok, "scripts/services.sh {args:?}");
 }
 
-/// The group's committed offset per partition (-1: none).
+/// The group's committed offset per partition (-1: none). Retries while the group
+/// coordinator is moving or loading (right after a broker restart).
 fn committed(topic: &str, group: &str) -> Vec<i64> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", kafka())
@@ -34,9 +35,17 @@ fn committed(topic: &str, group: &str) -> Vec<i64> {
     for p in 0..4 {
         tpl.add_partition(topic, p);
     }
-    let c = consumer
-        .committed_offsets(tpl, Duration::from_secs(30))
-        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let c = loop {
+        match consumer.committed_offsets(tpl.clone(), Duration::from_secs(30)) {
+            Ok(c) => break c,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("committed offsets: {e}; retrying");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => panic!("committed offsets of {topic}: {e}"),
+        }
+    };
     c.elements()
         .iter()
         .map(|e| match e.offset() {
@@ -113,24 +122,26 @@ fn survives(name: &str, outage: impl Fn(&OwnRedis), recover: impl Fn(&OwnRedis))
     let topic = fresh_topic(name, 4);
     let job = name.replace('-', "");
     produce(&topic, &lines[..third]);
-    let mut engine: Child = engine_command()
-        .args([
-            "run",
-            "--topic",
-            &topic,
-            "--job",
-            &job,
-            "--group-id",
-            &topic,
-        ])
-        .args(["--workers", "2"])
-        .env("TIDEMARK_REDIS", &redis)
-        .env("TIDEMARK_PG", &pg)
-        .env("TIDEMARK_CHECKPOINT__INTERVAL_MS", "500")
-        // stream time comes from the data alone: the recount needs no clock
-        .env("TIDEMARK_KAFKA__IDLE_TIMEOUT_MS", "3600000")
-        .spawn()
-        .unwrap();
+    let mut engine = KillOnDrop(
+        engine_command()
+            .args([
+                "run",
+                "--topic",
+                &topic,
+                "--job",
+                &job,
+                "--group-id",
+                &topic,
+            ])
+            .args(["--workers", "2"])
+            .env("TIDEMARK_REDIS", &redis)
+            .env("TIDEMARK_PG", &pg)
+            .env("TIDEMARK_CHECKPOINT__INTERVAL_MS", "500")
+            // stream time comes from the data alone: the recount needs no clock
+            .env("TIDEMARK_KAFKA__IDLE_TIMEOUT_MS", "3600000")
+            .spawn()
+            .unwrap(),
+    );
     let frontier = |url: &str| -> u64 {
         redis::Client::open(url)
             .and_then(|c| c.get_connection())
@@ -177,10 +188,10 @@ fn survives(name: &str, outage: impl Fn(&OwnRedis), recover: impl Fn(&OwnRedis))
     });
     assert!(frontier(&redis) >= newest);
     Command::new("kill")
-        .args(["-TERM", &engine.id().to_string()])
+        .args(["-TERM", &engine.0.id().to_string()])
         .status()
         .unwrap();
-    let status = engine.wait().unwrap();
+    let status = engine.0.wait().unwrap();
     assert!(
         status.success(),
         "a graceful stop after the outage: {status}"

@@ -29,15 +29,9 @@ impl Counters {
     }
     /// Invalid records per reason, named as in metrics and `/status`.
     pub fn invalid_by_reason(&self) -> [(&'static str, u64); 6] {
-        let names = [
-            "json",
-            "missing_field",
-            "wrong_type",
-            "range",
-            "unknown_type",
-            "oversized",
-        ];
-        std::array::from_fn(|i| (names[i], self.invalid[i].load(Relaxed)))
+        use ErrorKind::*;
+        [Json, MissingField, WrongType, Range, UnknownType, Oversized]
+            .map(|k| (k.as_str(), self.invalid(&k).load(Relaxed)))
     }
     pub fn invalid_total(&self) -> u64 {
         self.invalid.iter().map(|c| c.load(Relaxed)).sum()
