@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use differential_dataflow::input::Input;
-use tidemark_dataflows::ingest::Timed;
+use tidemark_dataflows::ingest::{Rejection, Timed};
 use tidemark_dataflows::search::{Search, SearchConfig, SearchEvent};
 use tidemark_dataflows::{Dataflow, GenerateSpec, Tick};
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
@@ -78,8 +78,10 @@ fn dataflow_throughput(
         let state = tidemark_dataflows::state::State::none(index, peers);
         let mut input = worker.dataflow::<Tick, _, _>(|scope| {
             let (input, events) = scope.new_collection::<Timed<SearchEvent>, isize>();
+            // no rejections: the input handle goes at once, leaving the collection empty
+            let (_, rejected) = scope.new_collection::<Rejection, isize>();
             Search::new(SearchConfig::default())
-                .build(events, Vec::new(), &state)
+                .build(events, Vec::new(), rejected, &state)
                 .probe_with(&probe);
             input
         });

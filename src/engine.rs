@@ -346,6 +346,7 @@ fn run_worker(
         start_at: resume.start_at,
     };
     // worker 0 reads the dimension tables
+    let quality = Quality::of(tables, shared.status.clone());
     let mut tables: Vec<Option<Box<dyn TableSource>>> = Vec::new();
     for spec in family.dimensions() {
         if index != 0 {
@@ -373,7 +374,7 @@ fn run_worker(
             .inner
             .probe_with(&processed)
             .as_collection();
-        durable_sink(features, writers, skip).probe_with(&durable);
+        durable_sink(features, writers, skip, quality).probe_with(&durable);
         dead_letters(
             installed.invalid.probe_with(&processed),
             dlq,
@@ -460,6 +461,7 @@ fn durable_sink<'s>(
     rows: VecCollection<'s, Tick, FeatureRow>,
     writers: Vec<WriterHandle>,
     skip: Option<Tick>,
+    mut quality: Option<Quality>,
 ) -> Stream<'s, Tick, Vec<()>> {
     let scope = rows.inner.scope();
     rows.inner
@@ -478,6 +480,9 @@ fn durable_sink<'s>(
                     input.for_each(|_, updates| buffer.push(updates));
                     let upto = frontier.frontier().iter().next().copied();
                     for tick in buffer.complete(upto) {
+                        if let Some(q) = quality.as_mut() {
+                            q.observe(&tick);
+                        }
                         let restored = Some(tick.tick) == skip;
                         let tick = Arc::new(tick);
                         for w in writers.iter().filter(|w| !restored || w.name == "memory") {
@@ -502,6 +507,46 @@ fn durable_sink<'s>(
                 }
             },
         )
+}
+
+/// Follows a family's `quality_hourly` rows into `/status` and the metrics.
+struct Quality {
+    table: u8,
+    fields: Vec<&'static str>,
+    status: Arc<Status>,
+}
+
+impl Quality {
+    fn of(tables: &[TableSpec], status: Arc<Status>) -> Option<Quality> {
+        let t = tables
+            .iter()
+            .position(|t| t.ns == telemetry::QUALITY_TABLE)?;
+        Some(Quality {
+            table: t as u8,
+            fields: tables[t].fields.iter().map(|f| f.name).collect(),
+            status,
+        })
+    }
+    fn observe(&mut self, tick: &tidemark_dataflows::features::TickChanges) {
+        let mut hours = self.status.quality.lock().expect("status");
+        for c in tick.changes.iter().filter(|c| c.table == self.table) {
+            let hour = c.key.join(":");
+            match &c.after {
+                None => {
+                    hours.remove(&hour);
+                }
+                Some(values) => {
+                    let counts = self
+                        .fields
+                        .iter()
+                        .zip(values)
+                        .map(|(f, v)| (*f, v.as_f64().unwrap_or(0.0) as i64))
+                        .collect();
+                    hours.insert(hour, counts);
+                }
+            }
+        }
+    }
 }
 
 /// Sends invalid records to the DLQ topic (or logs them when there is no Kafka).

@@ -32,7 +32,8 @@ struct Cli {
 enum Command {
     /// Built-in traffic → dataflow → embedded store, with the read API and a live summary.
     Demo(DemoArgs),
-    /// Synthetic traffic for a dataflow, to a JSON-lines file or a Kafka topic.
+    /// Synthetic traffic for a dataflow, to a JSON-lines file or a Kafka topic; with
+    /// TIDEMARK_PG set, also the dimension tables it refers to (e.g. episode_metadata).
     Generate(GenerateArgs),
     /// Consume Kafka, maintain features, write Redis and Postgres.
     Run(RunArgs),
@@ -308,6 +309,12 @@ fn generate(a: GenerateArgs) -> anyhow::Result<()> {
         disorder_share: a.disorder,
         invalid_share: a.invalid,
     };
+    if let Ok(url) = std::env::var("TIDEMARK_PG") {
+        for (table, rows) in family.dimension_rows(&spec) {
+            tidemark::store::dimension::fill(&url, &table, &rows)?;
+            eprintln!("filled {} with {} rows", table.table, rows.len());
+        }
+    }
     let mut n = 0u64;
     if let Some(path) = a.out {
         let mut out = std::io::BufWriter::new(

@@ -25,6 +25,8 @@ pub const FRESHNESS: &str = "tidemark_freshness_seconds";
 pub const SINK_WRITE: &str = "tidemark_sink_write_duration_seconds";
 pub const CHECKPOINT: &str = "tidemark_checkpoint_duration_seconds";
 pub const DLQ: &str = "tidemark_dlq_records_total";
+/// The feature view whose rows are data-quality counts per hour.
+pub const QUALITY_TABLE: &str = "quality_hourly";
 
 /// Seconds: 1 ms … 60 s, fine where freshness and writes usually fall.
 const BUCKETS: [f64; 16] = [
@@ -141,6 +143,10 @@ fn describe() {
         "Records consumed per second over the last 10 s."
     );
     describe_gauge!(
+        "tidemark_quality_events",
+        "Data-quality issues per kind over the hours the quality view holds (30 days)."
+    );
+    describe_gauge!(
         "tidemark_ready",
         "1 when /readyz answers 200: sources assigned, sinks reachable, not draining."
     );
@@ -200,6 +206,9 @@ pub struct Status {
     pub sources: AtomicUsize,
     pub assigned: AtomicUsize,
     pub dlq_records: AtomicU64,
+    /// Data-quality counts per hour (`YYYY-MM-DDTHH`) and kind, as this process's
+    /// workers wrote them (a family with a `quality_hourly` view).
+    pub quality: Mutex<BTreeMap<String, BTreeMap<&'static str, i64>>>,
     /// (when, records consumed): samples for the rate.
     rate: Mutex<VecDeque<(Instant, u64)>>,
     pub started_ms: AtomicU64,
@@ -327,6 +336,15 @@ pub fn render(shared: &Shared) -> String {
         0.0
     });
     gauge!("tidemark_events_per_second").set(shared.status.rate());
+    let mut kinds: BTreeMap<&'static str, i64> = BTreeMap::new();
+    for counts in shared.status.quality.lock().expect("status").values() {
+        for (kind, n) in counts {
+            *kinds.entry(kind).or_default() += n;
+        }
+    }
+    for (kind, n) in kinds {
+        gauge!("tidemark_quality_events", "kind" => kind).set(n as f64);
+    }
     if let Some(rss) = resident_bytes() {
         gauge!("tidemark_process_resident_memory_bytes").set(rss as f64);
     }
@@ -430,6 +448,9 @@ pub fn status(shared: &Shared, cfg: &Config, family: &str) -> Value {
         "sinks": sinks,
         "health": health,
         "checkpoint": s.checkpoint.lock().expect("status").clone(),
+        // the newest 48 hours
+        "quality_hourly": s.quality.lock().expect("status").iter().rev().take(48)
+            .map(|(h, c)| (h.clone(), json!(c))).collect::<serde_json::Map<String, Value>>(),
     })
 }
 

@@ -60,6 +60,7 @@ impl Dataflow for CountryVisits {
         vec![DimensionSpec {
             table: "user_country".into(),
             columns: vec!["user_id".into(), "country".into()],
+            create: None,
         }]
     }
     fn decode(&self, r: &RecordRef<'_>) -> Result<Timed<String>, DecodeError> {
@@ -69,6 +70,7 @@ impl Dataflow for CountryVisits {
         &self,
         events: VecCollection<'s, Tick, Timed<String>>,
         dimensions: Vec<VecCollection<'s, Tick, DimRow>>,
+        _rejected: VecCollection<'s, Tick, tidemark_dataflows::ingest::Rejection>,
         state: &State,
     ) -> VecCollection<'s, Tick, FeatureRow> {
         let visits = contributions(state, events, |e: &Timed<String>| {

@@ -75,6 +75,7 @@ impl Dataflow for Visits {
         &self,
         events: VecCollection<'s, Tick, Timed<String>>,
         _dimensions: Vec<VecCollection<'s, Tick, Vec<String>>>,
+        _rejected: VecCollection<'s, Tick, tidemark_dataflows::ingest::Rejection>,
         state: &State,
     ) -> VecCollection<'s, Tick, FeatureRow> {
         // every visitor so far, as a Redis list

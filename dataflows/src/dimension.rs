@@ -16,6 +16,8 @@ use crate::time::Tick;
 pub struct DimensionSpec {
     pub table: String,
     pub columns: Vec<String>,
+    /// `CREATE TABLE IF NOT EXISTS …`: the runtime creates a missing table empty.
+    pub create: Option<String>,
 }
 
 /// One row, its columns as text in `DimensionSpec::columns` order (NULL as "").

@@ -20,7 +20,7 @@ use timely::dataflow::operators::probe::{Handle as ProbeHandle, Probe};
 use crate::counters::Counters;
 use crate::dimension::{dimension, DimRow, DimensionSpec, TableSource};
 use crate::features::{FeatureRow, TableSpec};
-use crate::ingest::{ingest, IngestOptions, Timed};
+use crate::ingest::{ingest, IngestOptions, Rejection, Timed};
 use crate::record::{DecodeError, InvalidRecord, RecordRef, RecordSource};
 use crate::state::State;
 use crate::time::{Tick, Window};
@@ -87,10 +87,13 @@ pub trait Dataflow: Send + Sync + 'static {
         Vec::new()
     }
     /// The rows of every table, one per entity, partitioned by entity (e.g. `reduce` output).
+    /// `rejected` holds the records ingest turned away (invalid, duplicate), for
+    /// data-quality features.
     fn build<'s>(
         &self,
         events: VecCollection<'s, Tick, Timed<Self::Event>>,
         dimensions: Vec<VecCollection<'s, Tick, DimRow>>,
+        rejected: VecCollection<'s, Tick, Rejection>,
         state: &State,
     ) -> VecCollection<'s, Tick, FeatureRow>;
     /// Realistic synthetic traffic, deterministic per seed.
@@ -106,6 +109,10 @@ pub trait Dataflow: Send + Sync + 'static {
     }
     /// The names of the features `at_read` adds to a table's entities.
     fn read_time_features(&self, _table: &str) -> Vec<&'static str> {
+        Vec::new()
+    }
+    /// Dimension rows that go with the synthetic traffic (`generate` fills the tables).
+    fn dimension_rows(&self, _spec: &GenerateSpec) -> Vec<(DimensionSpec, Vec<DimRow>)> {
         Vec::new()
     }
 }
@@ -132,6 +139,7 @@ pub trait Family: Send + Sync {
         now_ms: u64,
     );
     fn read_time_features(&self, table: &str) -> Vec<&'static str>;
+    fn dimension_rows(&self, spec: &GenerateSpec) -> Vec<(DimensionSpec, Vec<DimRow>)>;
     /// `tables` holds one entry per dimension: a source on the worker that reads it.
     fn install<'s>(
         &self,
@@ -171,6 +179,9 @@ impl<D: Dataflow + Clone> Family for D {
     fn read_time_features(&self, table: &str) -> Vec<&'static str> {
         Dataflow::read_time_features(self, table)
     }
+    fn dimension_rows(&self, spec: &GenerateSpec) -> Vec<(DimensionSpec, Vec<DimRow>)> {
+        Dataflow::dimension_rows(self, spec)
+    }
     fn dimensions(&self) -> Vec<DimensionSpec> {
         Dataflow::dimensions(self)
     }
@@ -201,7 +212,7 @@ impl<D: Dataflow + Clone> Family for D {
             .map(|t| dimension(scope, t, followed.clone(), Duration::from_millis(100)))
             .collect();
         Installed {
-            features: self.build(events, dimensions, state),
+            features: self.build(events, dimensions, ingested.rejected, state),
             invalid: ingested.invalid,
             final_tick: ingested.final_tick,
         }
@@ -224,10 +235,16 @@ fn construct<D: Dataflow + Clone>(
 }
 
 /// Every family the engine knows: adding one is one line here.
-pub const REGISTRY: &[(&str, Constructor)] = &[(
-    crate::search::Search::NAME,
-    construct::<crate::search::Search>,
-)];
+pub const REGISTRY: &[(&str, Constructor)] = &[
+    (
+        crate::search::Search::NAME,
+        construct::<crate::search::Search>,
+    ),
+    (
+        crate::reading::Reading::NAME,
+        construct::<crate::reading::Reading>,
+    ),
+];
 
 /// Looks a family up by name.
 pub fn family(name: &str, section: Option<serde_json::Value>) -> Result<Box<dyn Family>, String> {

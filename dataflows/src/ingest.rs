@@ -9,7 +9,7 @@ use std::time::Duration;
 use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
-use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::core::OkErr;
 use timely::dataflow::operators::generic::operator::{source, Operator};
 use timely::dataflow::{Scope, Stream};
@@ -35,6 +35,21 @@ pub struct Timed<E> {
     pub id: EventId,
     pub ts: u64,
     pub event: E,
+}
+
+/// Why ingest turned a record away, for the families' data-quality counts.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Rejected {
+    Invalid(ErrorKind),
+    Duplicate,
+}
+
+/// A record ingest turned away and its time: the event time of a duplicate; for an
+/// invalid record the integer `ts` it carries, else its Kafka append time.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Rejection {
+    pub reason: Rejected,
+    pub ts: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -96,8 +111,19 @@ pub struct Ingested<'s, E: Clone + 'static> {
     /// Valid, not too late, first copies only.
     pub events: VecCollection<'s, Tick, Timed<E>>,
     pub invalid: Stream<'s, Tick, Vec<InvalidRecord>>,
+    /// Invalid records and duplicates, at the tick they were read.
+    pub rejected: VecCollection<'s, Tick, Rejection>,
     /// Once every worker's source finished (`exit_at_end`): the largest stream time reached.
     pub final_tick: Rc<Cell<Option<Tick>>>,
+}
+
+/// The `ts` an invalid record carries, when it has a readable one.
+fn claimed_ts(payload: &[u8]) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct Ts {
+        ts: Option<serde_json::Value>,
+    }
+    serde_json::from_slice::<Ts>(payload).ok()?.ts?.as_u64()
 }
 
 /// Reads a worker's source into the dataflow.
@@ -312,10 +338,34 @@ where
     });
     agree_on_final_tick(ends, peers, final_tick.clone());
     hear_pauses(pauses, proposals);
-    let events = dedup(state, events, opts.dedup_horizon_ms, counters);
+    let (events, duplicates) = dedup(state, events, opts.dedup_horizon_ms, counters);
+    let rejected = invalid
+        .clone()
+        .unary::<CapacityContainerBuilder<Vec<(Rejection, Tick, isize)>>, _, _, _>(
+            Pipeline,
+            "RejectedInvalid",
+            |_, _| {
+                move |input, output| {
+                    input.for_each(|cap, data| {
+                        let Some(cap) = cap.retain_least(0) else {
+                            return;
+                        };
+                        let t = *cap.time();
+                        output.session(&cap).give_iterator(data.iter().map(|r| {
+                            let reason = Rejected::Invalid(r.error.kind.clone());
+                            let ts = claimed_ts(&r.payload).unwrap_or(r.append_ms.max(0) as u64);
+                            (Rejection { reason, ts }, t, 1)
+                        }));
+                    });
+                }
+            },
+        )
+        .as_collection()
+        .concat(duplicates.as_collection());
     Ingested {
         events: events.as_collection(),
         invalid,
+        rejected,
         final_tick,
     }
 }
@@ -367,12 +417,16 @@ fn hear_pauses<'s>(pauses: Stream<'s, Tick, Vec<(usize, u64, Tick)>>, heard: Pro
 /// An id is forgotten once the input frontier is more than `horizon` past its first copy:
 /// any later copy is then outside the horizon anyway. (Eviction by the largest time seen
 /// would be wrong: workers' stream times differ, and a lagging worker still sends copies.)
+#[allow(clippy::type_complexity)]
 fn dedup<'s, E>(
     state: &State,
     events: Stream<'s, Tick, Vec<(Timed<E>, Tick, isize)>>,
     horizon: u64,
     counters: Arc<Counters>,
-) -> Stream<'s, Tick, Vec<(Timed<E>, Tick, isize)>>
+) -> (
+    Stream<'s, Tick, Vec<(Timed<E>, Tick, isize)>>,
+    Stream<'s, Tick, Vec<(Rejection, Tick, isize)>>,
+)
 where
     E: timely::ExchangeData,
 {
@@ -391,42 +445,53 @@ where
     }
     shared.borrow_mut().order.make_contiguous().sort();
     let pact = Exchange::new(move |(e, _, _): &(Timed<E>, Tick, isize)| route(&e.id));
-    events.unary_frontier(pact, "Dedup", move |_, _| {
-        move |(input, frontier), output| {
-            let mut guard = shared.borrow_mut();
-            let Seen { first: seen, order } = &mut *guard;
-            input.for_each(|cap, data| {
-                let (mut dups, mut kept) = (0, 0);
-                let mut session = output.session(&cap);
-                for (ev, t, r) in data.drain(..) {
-                    match seen.get(&ev.id) {
-                        Some(&first) if t.saturating_sub(first) <= horizon => dups += 1,
-                        _ => {
-                            seen.insert(ev.id, t);
-                            order.push_back((t, ev.id));
-                            kept += 1;
-                            session.give((ev, t, r));
+    type KeptOrDup<E> = Result<(Timed<E>, Tick, isize), (Rejection, Tick, isize)>;
+    let kept_or_dup = events
+        .unary_frontier::<CapacityContainerBuilder<Vec<KeptOrDup<E>>>, _, _, _>(
+            pact,
+            "Dedup",
+            move |_, _| {
+                move |(input, frontier), output| {
+                    let mut guard = shared.borrow_mut();
+                    let Seen { first: seen, order } = &mut *guard;
+                    input.for_each(|cap, data| {
+                        let (mut dups, mut kept) = (0, 0);
+                        let mut session = output.session(&cap);
+                        for (ev, t, r) in data.drain(..) {
+                            match seen.get(&ev.id) {
+                                Some(&first) if t.saturating_sub(first) <= horizon => {
+                                    dups += 1;
+                                    let reason = Rejected::Duplicate;
+                                    session.give(Err((Rejection { reason, ts: ev.ts }, t, r)));
+                                }
+                                _ => {
+                                    seen.insert(ev.id, t);
+                                    order.push_back((t, ev.id));
+                                    kept += 1;
+                                    session.give(Ok((ev, t, r)));
+                                }
+                            }
+                        }
+                        Counters::add(&counters.duplicates, dups);
+                        Counters::add(&counters.accepted, kept);
+                    });
+                    let complete = frontier
+                        .frontier()
+                        .iter()
+                        .next()
+                        .copied()
+                        .unwrap_or(Tick::MAX);
+                    while let Some(&(t, id)) = order.front() {
+                        if t.saturating_add(horizon) >= complete {
+                            break;
+                        }
+                        order.pop_front();
+                        if seen.get(&id) == Some(&t) {
+                            seen.remove(&id);
                         }
                     }
                 }
-                Counters::add(&counters.duplicates, dups);
-                Counters::add(&counters.accepted, kept);
-            });
-            let complete = frontier
-                .frontier()
-                .iter()
-                .next()
-                .copied()
-                .unwrap_or(Tick::MAX);
-            while let Some(&(t, id)) = order.front() {
-                if t.saturating_add(horizon) >= complete {
-                    break;
-                }
-                order.pop_front();
-                if seen.get(&id) == Some(&t) {
-                    seen.remove(&id);
-                }
-            }
-        }
-    })
+            },
+        );
+    kept_or_dup.ok_err(|x| x)
 }

@@ -8,6 +8,7 @@ pub mod dimension;
 pub mod family;
 pub mod features;
 pub mod ingest;
+pub mod reading;
 pub mod record;
 pub mod search;
 pub mod state;

@@ -15,6 +15,7 @@ use crate::features::{float, int, FeatureRow, SinkKind, TableSpec, Value};
 use crate::ingest::Timed;
 use crate::record::{DecodeError, RecordRef};
 use crate::state::State;
+pub use crate::time::Span;
 use crate::time::{Tick, Window, DAY, MINUTE, WINDOW_30D, WINDOW_7D};
 use crate::windowed::contributions;
 use crate::{Dataflow, GenerateSpec, Produced};
@@ -130,22 +131,6 @@ pub enum Entity {
     Doc(DocId),
     QueryDoc(QueryHash, DocId),
     Prefix(Prefix),
-}
-
-/// The two window lengths of the search features.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum Span {
-    D7,
-    D30,
-}
-
-impl Span {
-    pub fn window(self) -> Window {
-        match self {
-            Span::D7 => WINDOW_7D,
-            Span::D30 => WINDOW_30D,
-        }
-    }
 }
 
 /// What a contribution adds to.
@@ -490,6 +475,7 @@ impl Dataflow for Search {
         &self,
         events: VecCollection<'s, Tick, Timed<SearchEvent>>,
         _dimensions: Vec<VecCollection<'s, Tick, crate::dimension::DimRow>>,
+        _rejected: VecCollection<'s, Tick, crate::ingest::Rejection>,
         state: &State,
     ) -> VecCollection<'s, Tick, FeatureRow> {
         let this = self.clone();

@@ -52,6 +52,22 @@ impl Window {
 pub const WINDOW_7D: Window = Window::days(7);
 pub const WINDOW_30D: Window = Window::days(30);
 
+/// The two window lengths most features come in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Span {
+    D7,
+    D30,
+}
+
+impl Span {
+    pub fn window(self) -> Window {
+        match self {
+            Span::D7 => WINDOW_7D,
+            Span::D30 => WINDOW_30D,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -38,6 +38,11 @@ impl PgTable {
     pub fn open(url: &str, spec: DimensionSpec, poll: Duration) -> anyhow::Result<Self> {
         let mut client = Client::connect(url, NoTls)
             .context("connecting to postgres for a dimension (postgres.url)")?;
+        if let Some(ddl) = &spec.create {
+            client
+                .batch_execute(ddl)
+                .with_context(|| format!("creating dimension table {}", spec.table))?;
+        }
         let first = read(&mut client, &spec)?;
         let (tx, updates) = sync_channel(1);
         let url = url.to_string();
@@ -83,4 +88,57 @@ impl TableSource for PgTable {
             }
         }
     }
+}
+
+/// Creates a dimension table if it is missing and upserts `rows` into it (by its first
+/// column), for `generate`: the synthetic traffic's catalog.
+pub fn fill(url: &str, spec: &DimensionSpec, rows: &[DimRow]) -> anyhow::Result<()> {
+    let mut client = Client::connect(url, NoTls).context("connecting to postgres (TIDEMARK_PG)")?;
+    if let Some(ddl) = &spec.create {
+        client.batch_execute(ddl)?;
+    }
+    let cols = spec.columns.join(", ");
+    let params: Vec<String> = (1..=spec.columns.len())
+        .map(|i| format!("${i}::text"))
+        .collect();
+    let updates: Vec<String> = spec.columns[1..]
+        .iter()
+        .map(|c| format!("{c} = EXCLUDED.{c}"))
+        .collect();
+    // casting from text lets one statement fill columns of any type
+    let types: Vec<String> = {
+        let q = format!(
+            "SELECT {} FROM {} LIMIT 0",
+            spec.columns.join(", "),
+            spec.table
+        );
+        let stmt = client.prepare(&q)?;
+        stmt.columns()
+            .iter()
+            .map(|c| c.type_().name().to_string())
+            .collect()
+    };
+    let values: Vec<String> = params
+        .iter()
+        .zip(&types)
+        .map(|(p, t)| format!("{p}::{t}"))
+        .collect();
+    let sql = format!(
+        "INSERT INTO {} ({cols}) VALUES ({}) ON CONFLICT ({}) DO UPDATE SET {}",
+        spec.table,
+        values.join(", "),
+        spec.columns[0],
+        updates.join(", ")
+    );
+    let stmt = client.prepare(&sql)?;
+    let mut tx = client.transaction()?;
+    for row in rows {
+        let args: Vec<&(dyn postgres::types::ToSql + Sync)> = row
+            .iter()
+            .map(|v| v as &(dyn postgres::types::ToSql + Sync))
+            .collect();
+        tx.execute(&stmt, &args)?;
+    }
+    tx.commit()?;
+    Ok(())
 }

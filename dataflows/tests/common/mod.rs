@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use tidemark_dataflows::counters::Counters;
+use tidemark_dataflows::dimension::{DimRow, TableSource};
 use tidemark_dataflows::features::{apply_changes, feature_changes, SinkEvent, TickChanges, Value};
 use tidemark_dataflows::ingest::IngestOptions;
 use tidemark_dataflows::record::{Poll, RecordRef, RecordSource};
@@ -51,6 +52,26 @@ pub fn run(
     now_ms: u64,
     opts: IngestOptions,
 ) -> (Vec<TickChanges>, Arc<Counters>) {
+    run_with_dimension(name, per_worker, now_ms, opts, None)
+}
+
+/// A dimension table that never changes: its rows at time 0.
+struct StaticTable(Option<Vec<DimRow>>);
+
+impl TableSource for StaticTable {
+    fn snapshot(&mut self) -> Option<Vec<DimRow>> {
+        self.0.take()
+    }
+}
+
+/// `run`, with the rows of the family's (only) dimension table.
+pub fn run_with_dimension(
+    name: &'static str,
+    per_worker: Vec<Vec<Vec<Vec<u8>>>>,
+    now_ms: u64,
+    opts: IngestOptions,
+    dimension: Option<Vec<DimRow>>,
+) -> (Vec<TickChanges>, Arc<Counters>) {
     let workers = per_worker.len();
     let seen: Arc<Mutex<Vec<TickChanges>>> = Arc::default();
     let counters: Arc<Counters> = Arc::default();
@@ -65,11 +86,18 @@ pub fn run(
         };
         let out = out.clone();
         let state = tidemark_dataflows::state::State::none(worker.index(), worker.peers());
+        let tables: Vec<Option<Box<dyn TableSource>>> = match &dimension {
+            Some(rows) if worker.index() == 0 => {
+                vec![Some(Box::new(StaticTable(Some(rows.clone()))))]
+            }
+            Some(_) => vec![None],
+            None => Vec::new(),
+        };
         worker.dataflow::<Tick, _, _>(|scope| {
             let installed = family.install(
                 scope,
                 Box::new(source),
-                Vec::new(),
+                tables,
                 opts.clone(),
                 c.clone(),
                 &state,
