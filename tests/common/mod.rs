@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod reading;
 pub mod search;
 pub mod services;
 

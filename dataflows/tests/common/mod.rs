@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod reading_model;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 

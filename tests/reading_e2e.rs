@@ -1,0 +1,210 @@
+//! The reading family end to end: `generate --dataflow reading` (with its episode
+//! metadata in Postgres) → a real 4-partition topic → `run --exit-at-end` on 2 workers →
+//! real Redis and Postgres equal the model of `dataflows/tests/common/reading_model.rs`;
+//! and a metadata row changed under a live engine moves every feature that depends on it.
+
+mod common;
+
+use std::time::Duration;
+
+use common::reading::{assert_views, model_input, postgres_hashes, recount};
+use common::services::*;
+use common::*;
+
+const DAY: u64 = 86_400_000;
+
+fn metadata(pg: &str) -> Vec<Vec<String>> {
+    let mut c = postgres::Client::connect(pg, postgres::NoTls).unwrap();
+    c.query(
+        "SELECT episode_id, title_id, genre, episode_no::text FROM episode_metadata",
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| (0..4).map(|i| r.get::<_, String>(i)).collect())
+    .collect()
+}
+
+/// Generates reading traffic into a fresh topic and a JSON-lines file, and its catalog
+/// into `pg`; returns the topic and the lines.
+fn reading_stream(name: &str, events: u64, pg: &str, extra: &[&str]) -> (String, String) {
+    let dir = std::env::temp_dir().join(format!("tidemark-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("events.jsonl");
+    let topic = fresh_topic(name, 4);
+    let n = events.to_string();
+    let gen = [
+        "generate",
+        "--dataflow",
+        "reading",
+        "--events",
+        &n,
+        "--seed",
+        "3",
+        "--rate",
+        "10",
+        "--invalid",
+        "0.01",
+    ];
+    let gen = [&gen[..], extra].concat();
+    tidemark(
+        &[&gen[..], &["--out", file.to_str().unwrap()]].concat(),
+        &[("TIDEMARK_PG", pg)],
+    );
+    tidemark(&[&gen[..], &["--topic", &topic]].concat(), &[]);
+    (topic, std::fs::read_to_string(&file).unwrap())
+}
+
+fn hour_key_ms(key: &str) -> u64 {
+    let hour = key.rsplit(':').next().unwrap();
+    chrono::NaiveDateTime::parse_from_str(&format!("{hour}:00:00"), "%Y-%m-%dT%H:%M:%S")
+        .unwrap()
+        .and_utc()
+        .timestamp_millis() as u64
+}
+
+#[test]
+fn kafka_to_redis_and_postgres_matches_the_model_on_2_workers() {
+    let pg = fresh_pg("tm_reading");
+    let redis = fresh_redis(12);
+    let (topic, text) = reading_stream("e2e-reading", 30_000, &pg, &[]);
+    let group = format!("{topic}-g");
+    let env = [
+        ("TIDEMARK_REDIS", redis.as_str()),
+        ("TIDEMARK_PG", pg.as_str()),
+    ];
+    run_to_end(
+        &topic,
+        "rd",
+        &group,
+        &["--dataflow", "reading", "--workers", "2"],
+        &env,
+    );
+    let at: u64 = redis_get(&redis, "tidemark:rd:frontier")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (events, _, untimed) = model_input(&text);
+    assert_eq!(
+        at,
+        events.iter().map(|(e, _)| e.ts).max().unwrap(),
+        "stream time = newest event"
+    );
+
+    let want = recount(&text, &metadata(&pg), at);
+    let count = |prefix: &str, field: &str, value: &str| {
+        want.iter()
+            .filter(|(k, f)| k.starts_with(prefix) && f.get(field).is_some_and(|v| v == value))
+            .count()
+    };
+    // the stream is meaningful: every state occurs, the experiment has both groups
+    for state in ["active", "completed", "exited", "timed_out"] {
+        assert!(
+            count("feat:session:", "state", state) > 20,
+            "{state} sessions"
+        );
+    }
+    assert!(want.contains_key("feat:experiment:reader-v2:treatment"));
+    assert!(
+        want.keys()
+            .filter(|k| k.starts_with("feat:segment:"))
+            .count()
+            > 30
+    );
+    assert!(want.keys().filter(|k| k.starts_with("feat:user:")).count() > 1_000);
+
+    // quality rows of records without a readable ts sit at their append hour (today)
+    let timed = |k: &str| !k.starts_with("feat:quality_hourly:") || hour_key_ms(k) <= at + DAY;
+    let stored = redis_features(&redis);
+    assert_views("redis", &stored, &want, timed);
+    assert_views("postgres", &postgres_hashes(&pg), &want, timed);
+    let malformed = |h: &common::search::Hashes| -> i64 {
+        h.iter()
+            .filter(|(k, _)| k.starts_with("feat:quality_hourly:"))
+            .map(|(_, f)| f["malformed_events"].parse::<i64>().unwrap())
+            .sum()
+    };
+    assert_eq!(malformed(&stored), malformed(&want) + untimed as i64);
+    // the treatment's lift shows, with an interval that says whether it is significant
+    let t = &stored["feat:experiment:reader-v2:treatment"];
+    let diff: f64 = t["diff_vs_control"].parse().unwrap();
+    let (lo, hi): (f64, f64) = (
+        t["ci95_low"].parse().unwrap(),
+        t["ci95_high"].parse().unwrap(),
+    );
+    assert!(lo < diff && diff < hi && diff > 0.0, "{t:?}");
+}
+
+#[test]
+fn a_changed_metadata_row_moves_every_feature_that_depends_on_it() {
+    let pg = fresh_pg("tm_reading_meta");
+    let redis = fresh_redis(13);
+    // events of the last quarter hour: a quiet stream's time follows the clock (the
+    // metadata change needs time to move), and no window or timeout ends meanwhile
+    let start = (tidemark::kafka::now_ms() - 900_000).to_string();
+    let (topic, text) = reading_stream("e2e-reading-meta", 6_000, &pg, &["--start-ms", &start]);
+    let group = format!("{topic}-g");
+    let newest = model_input(&text)
+        .0
+        .iter()
+        .map(|(e, _)| e.ts)
+        .max()
+        .unwrap();
+    let _engine = KillOnDrop(
+        engine_command()
+            .args([
+                "run",
+                "--dataflow",
+                "reading",
+                "--topic",
+                &topic,
+                "--job",
+                "rdm",
+            ])
+            .args(["--group-id", &group, "--workers", "2"])
+            .env("TIDEMARK_REDIS", &redis)
+            .env("TIDEMARK_PG", &pg)
+            .env("TIDEMARK_POSTGRES__DIMENSION_POLL_MS", "200")
+            .env("TIDEMARK_KAFKA__IDLE_TIMEOUT_MS", "2000")
+            .spawn()
+            .unwrap(),
+    );
+    let frontier =
+        || -> u64 { redis_get(&redis, "tidemark:rdm:frontier").map_or(0, |f| f.parse().unwrap()) };
+    wait_until("every event is written", 120, || frontier() >= newest);
+
+    // the most read episode changes genre
+    let before = redis_features(&redis);
+    let (episode, fields) = before
+        .iter()
+        .filter(|(k, _)| k.starts_with("feat:episode:"))
+        .max_by_key(|(_, f)| f["views_30d"].parse::<i64>().unwrap())
+        .unwrap();
+    let episode = episode.strip_prefix("feat:episode:").unwrap().to_string();
+    assert_ne!(fields["genre"], "mystery");
+    let mut c = postgres::Client::connect(&pg, postgres::NoTls).unwrap();
+    c.execute(
+        "UPDATE episode_metadata SET genre = 'mystery' WHERE episode_id = $1",
+        &[&episode],
+    )
+    .unwrap();
+    let key = format!("feat:episode:{episode}");
+    wait_until("the episode's genre follows", 60, || {
+        redis_features(&redis)
+            .get(&key)
+            .is_some_and(|f| f["genre"] == "mystery")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let after = redis_features(&redis);
+    assert!(
+        after
+            .keys()
+            .any(|k| k.starts_with("feat:segment:") && k.contains(":mystery:")),
+        "segments of the new genre"
+    );
+    // everything agrees with the model under the new metadata (quality rows aside: the
+    // append hours of untimed records are this hour too)
+    let want = recount(&text, &metadata(&pg), frontier());
+    let views = |k: &str| !k.starts_with("feat:quality_hourly:");
+    assert_views("redis after the change", &after, &want, views);
+}
