@@ -8,6 +8,7 @@ use clap::Args;
 use differential_dataflow::input::Input;
 use tidemark_dataflows::ingest::{Rejection, Timed};
 use tidemark_dataflows::search::{Search, SearchConfig, SearchEvent};
+use tidemark_dataflows::dimension::DimRow;
 use tidemark_dataflows::{Dataflow, GenerateSpec, Tick};
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 
@@ -20,6 +21,9 @@ pub struct BenchArgs {
     /// What to measure: search (throughput, freshness), state (checkpoint figures) or
     /// serve (read API latency and throughput over Redis)
     pub dataflow: String,
+    /// `bench reading`: open sessions built for the memory figure.
+    #[arg(long, default_value_t = 200_000)]
+    pub sessions: u64,
     /// `bench serve`: entities written to Redis and read at random.
     #[arg(long, default_value_t = 100_000)]
     pub entities: u64,
@@ -53,7 +57,7 @@ pub struct BenchArgs {
     pub e2e_workers: usize,
 }
 
-fn record(payload: &[u8]) -> tidemark_dataflows::record::RecordRef<'_> {
+pub fn record(payload: &[u8]) -> tidemark_dataflows::record::RecordRef<'_> {
     tidemark_dataflows::record::RecordRef {
         topic: "b",
         partition: 0,
@@ -64,28 +68,46 @@ fn record(payload: &[u8]) -> tidemark_dataflows::record::RecordRef<'_> {
     }
 }
 
-/// Events/s through the search dataflow alone, on pre-decoded events.
-fn dataflow_throughput(
-    events: &std::sync::Arc<Vec<Timed<SearchEvent>>>,
+/// Events/s through a family's dataflow alone, on pre-decoded events, with its dimension
+/// tables' rows in place from the start.
+pub fn dataflow_throughput<D>(
+    family: D,
+    events: &Arc<Vec<Timed<D::Event>>>,
+    dimensions: Arc<Vec<Vec<DimRow>>>,
     workers: usize,
     batch: usize,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<f64>
+where
+    D: Dataflow + Clone,
+    D::Event: Sync,
+{
     let events = events.clone();
     let start = Instant::now();
     let guards = timely::execute(timely_config(workers, 1, 0, None)?, move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
         let probe = ProbeHandle::new();
         let state = tidemark_dataflows::state::State::none(index, peers);
-        let mut input = worker.dataflow::<Tick, _, _>(|scope| {
-            let (input, events) = scope.new_collection::<Timed<SearchEvent>, isize>();
+        let (mut input, mut tables) = worker.dataflow::<Tick, _, _>(|scope| {
+            let (input, events) = scope.new_collection::<Timed<D::Event>, isize>();
+            let (tables, dims): (Vec<_>, Vec<_>) = dimensions
+                .iter()
+                .map(|_| scope.new_collection::<DimRow, isize>())
+                .unzip();
             // no rejections: the input handle goes at once, leaving the collection empty
             let (_, rejected) = scope.new_collection::<Rejection, isize>();
-            Search::new(SearchConfig::default())
-                .build(events, Vec::new(), rejected, &state)
+            family
+                .build(events, dims, rejected, &state)
                 .probe_with(&probe);
-            input
+            (input, tables)
         });
-        let mine: Vec<&Timed<SearchEvent>> = events.iter().skip(index).step_by(peers).collect();
+        for (table, rows) in tables.iter_mut().zip(dimensions.iter()) {
+            if index == 0 {
+                rows.iter().for_each(|r| table.insert(r.clone()));
+            }
+        }
+        // the tables stay as they are: close them
+        tables.clear();
+        let mine: Vec<&Timed<D::Event>> = events.iter().skip(index).step_by(peers).collect();
         let mut tick = 0;
         for chunk in mine.chunks(batch / peers.max(1)) {
             tick = chunk
@@ -117,8 +139,14 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
     if a.dataflow == "serve" {
         return crate::bench_serve::run(a.entities, a.seconds);
     }
+    if a.dataflow == "reading" {
+        return crate::bench_reading::run(&a);
+    }
     if a.dataflow != "search" {
-        anyhow::bail!("bench '{}': use search, state or serve", a.dataflow);
+        anyhow::bail!(
+            "bench '{}': use search, reading, state or serve",
+            a.dataflow
+        );
     }
     eprintln!("generating {} events …", a.events);
     let search = Search::new(SearchConfig::default());
@@ -144,7 +172,8 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
     let events = std::sync::Arc::new(decoded);
     let mut one = None;
     for w in &a.workers {
-        let secs = dataflow_throughput(&events, *w, a.batch)?;
+        let search = Search::new(SearchConfig::default());
+        let secs = dataflow_throughput(search, &events, Arc::default(), *w, a.batch)?;
         let total = events.len() as f64 / secs;
         let per = total / *w as f64;
         let scale = one
@@ -170,7 +199,7 @@ fn bench_config(topic: &str, job: &str, workers: usize) -> anyhow::Result<Config
     Ok(cfg)
 }
 
-fn create_topic(brokers: &str, name: &str, partitions: i32) -> anyhow::Result<()> {
+pub fn create_topic(brokers: &str, name: &str, partitions: i32) -> anyhow::Result<()> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -225,6 +254,23 @@ fn end_to_end(a: &BenchArgs) -> anyhow::Result<()> {
     let live_topic = format!("bench-live-{stamp}");
     create_topic(&brokers, &live_topic, 4)?;
     let cfg = bench_config(&live_topic, &format!("bench-live-{stamp}"), a.e2e_workers)?;
+    let h = freshness(cfg, &live_topic, rate, a.freshness_seconds, stamp)?;
+    report_freshness(&h, rate, "Kafka append → Redis EXEC acknowledged");
+    Ok(())
+}
+
+/// Runs the engine of `cfg` live on `topic` while producing its family's traffic at `rate`
+/// events/s for `seconds`; returns the freshness samples (Kafka append → tick durable in
+/// every sink of `cfg`).
+pub fn freshness(
+    cfg: Config,
+    topic: &str,
+    rate: u64,
+    seconds: u64,
+    seed: u64,
+) -> anyhow::Result<hdrhistogram::Histogram<u64>> {
+    let family = crate::engine::family_of(&cfg)?;
+    let sender = Sender::new(&cfg.kafka.brokers)?;
     let shared = Arc::new(Shared::default());
     let opts = RunOptions {
         measure_freshness: true,
@@ -233,15 +279,12 @@ fn end_to_end(a: &BenchArgs) -> anyhow::Result<()> {
     let s = shared.clone();
     let engine = std::thread::spawn(move || crate::engine::run(opts, s));
     std::thread::sleep(Duration::from_secs(2));
-    eprintln!(
-        "producing {rate} events/s for {} s to {live_topic} …",
-        a.freshness_seconds
-    );
+    eprintln!("producing {rate} events/s for {seconds} s to {topic} …");
     let spec = GenerateSpec {
-        events: rate * a.freshness_seconds,
+        events: rate * seconds,
         rate,
         start_ms: now_ms(),
-        seed: stamp,
+        seed,
         ..Default::default()
     };
     let begin = Instant::now();
@@ -254,12 +297,7 @@ fn end_to_end(a: &BenchArgs) -> anyhow::Result<()> {
         {
             std::thread::sleep(wait);
         }
-        sender.send(
-            &live_topic,
-            p.key.as_deref().map(str::as_bytes),
-            &p.payload,
-            None,
-        );
+        sender.send(topic, p.key.as_deref().map(str::as_bytes), &p.payload, None);
     }
     sender.flush()?;
     std::thread::sleep(Duration::from_secs(2));
@@ -267,16 +305,16 @@ fn end_to_end(a: &BenchArgs) -> anyhow::Result<()> {
     engine
         .join()
         .map_err(|_| anyhow::anyhow!("engine panicked"))??;
-    let h = shared.freshness.histogram.lock().expect("lock");
-    match h.as_ref() {
-        Some(h) => println!(
-            "freshness at {rate} events/s (Kafka append → Redis EXEC acknowledged): p50 {} ms, p99 {} ms, max {} ms over {} events",
-            h.value_at_quantile(0.5),
-            h.value_at_quantile(0.99),
-            h.max(),
-            h.len()
-        ),
-        None => println!("freshness: no samples"),
-    }
-    Ok(())
+    let h = shared.freshness.histogram.lock().expect("lock").take();
+    h.ok_or_else(|| anyhow::anyhow!("freshness: no samples"))
+}
+
+pub fn report_freshness(h: &hdrhistogram::Histogram<u64>, rate: u64, what: &str) {
+    println!(
+        "freshness at {rate} events/s ({what}): p50 {} ms, p99 {} ms, max {} ms over {} events",
+        h.value_at_quantile(0.5),
+        h.value_at_quantile(0.99),
+        h.max(),
+        h.len()
+    );
 }

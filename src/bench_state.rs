@@ -30,10 +30,7 @@ struct Drive {
 }
 
 fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0, |pages| pages * 4096)
+    crate::telemetry::resident_bytes().unwrap_or(0)
 }
 
 /// Runs the search family on one worker over `records` until they are all through,

@@ -351,7 +351,8 @@ pub fn render(shared: &Shared) -> String {
     prometheus().render()
 }
 
-fn resident_bytes() -> Option<u64> {
+/// Resident set size of this process (Linux).
+pub fn resident_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * 4096)
