@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use differential_dataflow::input::Input;
+use tidemark_dataflows::dimension::DimRow;
 use tidemark_dataflows::ingest::{Rejection, Timed};
 use tidemark_dataflows::search::{Search, SearchConfig, SearchEvent};
-use tidemark_dataflows::dimension::DimRow;
 use tidemark_dataflows::{Dataflow, GenerateSpec, Tick};
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 

@@ -13,7 +13,7 @@ use tidemark_dataflows::reading::{
 use tidemark_dataflows::{Dataflow, Family, GenerateSpec, Tick};
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 
-use crate::bench::{BenchArgs, create_topic, dataflow_throughput, freshness, report_freshness};
+use crate::bench::{create_topic, dataflow_throughput, freshness, report_freshness, BenchArgs};
 use crate::config::Config;
 use crate::engine::timely_config;
 use crate::kafka::now_ms;

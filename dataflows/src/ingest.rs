@@ -1,7 +1,7 @@
 //! From records to events: decode, validate, stream time, too-late and dedup (DESIGN §3, §4).
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -373,7 +373,7 @@ where
 /// The event ids a worker has seen within the horizon, with the tick of their first copy.
 #[derive(Default, Serialize, Deserialize)]
 struct Seen {
-    first: HashMap<EventId, Tick>,
+    first: rustc_hash::FxHashMap<EventId, Tick>,
     order: VecDeque<(Tick, EventId)>,
 }
 

@@ -288,6 +288,19 @@ impl Session {
         Some(session)
     }
 
+    /// What the windowed views read of a session. A scroll in an active session changes
+    /// nothing here, so it costs the views nothing: only a new or a finished session does.
+    fn summary(&self) -> Session {
+        let finished = self.state.finished();
+        Session {
+            id: SessionId(String::new()),
+            dwell_ms: if finished { self.dwell_ms } else { 0 },
+            max_scroll_pct: if finished { self.max_scroll_pct } else { 0 },
+            scroll_events: 0,
+            ..self.clone()
+        }
+    }
+
     fn row(&self) -> FeatureRow {
         FeatureRow {
             table: SESSION,
@@ -784,7 +797,7 @@ impl Dataflow for Reading {
             };
             (EpisodeId(row[0].clone()), meta)
         });
-        let by_episode = sessions.map(|(_, s)| (s.reader.episode.clone(), s));
+        let by_episode = sessions.map(|(_, s)| (s.reader.episode.clone(), s.summary()));
         let known = by_episode.clone().join_map(metadata.clone(), |_, s, meta| {
             (s.clone(), meta.genre.clone())
         });

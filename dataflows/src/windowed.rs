@@ -1,7 +1,9 @@
 //! Contributions of events to windowed sums.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
 use std::hash::Hash;
 use std::rc::Rc;
 
@@ -55,7 +57,7 @@ where
 const NEVER: Tick = Tick::MAX;
 
 /// Updates waiting for their time, summed per (due time, record).
-type Pending<D> = BTreeMap<Tick, HashMap<D, isize>>;
+type Pending<D> = BTreeMap<Tick, FxHashMap<D, isize>>;
 
 /// Holds each update stamped later than its message until the input frontier passes its
 /// time, summed per (record, due time): what waits is one count per record and due time.
