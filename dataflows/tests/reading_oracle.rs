@@ -14,7 +14,7 @@ use tidemark_dataflows::ingest::IngestOptions;
 use tidemark_dataflows::Tick;
 
 use common::reading_model::*;
-use common::{run_with_dimension, state_at};
+use common::{run_with_dimension, run_with_table_changes, state_at};
 
 const BASE: u64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
 const NOW: u64 = BASE + 60 * DAY;
@@ -165,8 +165,25 @@ fn accepted(batches: &[Vec<Item>], now: u64, horizon: u64) -> (Vec<(Ev, Tick)>, 
 
 /// The model's views at `at`, from the events as the model reads them.
 fn model(events: &[(Ev, Tick)], rejected: &[Rejected], at: Tick) -> State {
+    model_with(events, rejected, &metadata(), at)
+}
+
+fn model_with(
+    events: &[(Ev, Tick)],
+    rejected: &[Rejected],
+    metadata: &[Vec<String>],
+    at: Tick,
+) -> State {
     let reads: Vec<(Read, Tick)> = events.iter().map(|(e, t)| (e.read(), *t)).collect();
-    recount(&reads, rejected, &metadata(), at)
+    recount(&reads, rejected, metadata, at)
+}
+
+fn agrees(got: &State, want: &State) -> bool {
+    got.len() == want.len()
+        && got.iter().all(|(k, g)| {
+            want.get(k)
+                .is_some_and(|w| g.len() == w.len() && g.iter().zip(w).all(|(a, b)| close(a, b)))
+        })
 }
 
 fn close(a: &Value, b: &Value) -> bool {
@@ -325,6 +342,44 @@ proptest! {
         rejected.extend(r2);
         for at in checkpoints(&events) {
             check(&state_at(&changes, at), &model(&events, &rejected, at), at)?;
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// An episode re-genred (or dropped from the catalog) while the stream runs: at every
+    /// tick every view agrees with the model under the old catalog or under the new one,
+    /// never a mix, once new always new, and new from the last batch on.
+    #[test]
+    fn a_metadata_change_moves_every_view_at_once(batches in stream(0), row in 0..3usize, drop_it in any::<bool>()) {
+        let old = metadata();
+        let mut new = old.clone();
+        if drop_it {
+            new.remove(row);
+        } else {
+            new[row][2] = "mystery".into();
+        }
+        let (changes, _) = run_with_table_changes(
+            "reading", vec![payloads(&batches)], NOW, options(), Some(vec![old.clone(), new.clone()]),
+        );
+        let (events, rejected) = accepted(&batches, NOW, u64::MAX / 4);
+        let last_ids: BTreeSet<&str> = batches.last().into_iter().flatten().filter_map(|i| match i {
+            Item::Event(e) => Some(e.id.as_str()),
+            _ => None,
+        }).collect();
+        let last_batch = events.iter().find(|(e, _)| last_ids.contains(e.id.as_str())).map(|(_, t)| *t);
+        let mut switched = false;
+        for at in checkpoints(&events) {
+            let got = state_at(&changes, at);
+            let (was, now) = (model_with(&events, &rejected, &old, at), model_with(&events, &rejected, &new, at));
+            let (is_old, is_new) = (agrees(&got, &was), agrees(&got, &now));
+            prop_assert!(is_old || is_new, "at {at}: neither catalog: {got:?}");
+            if switched || last_batch.is_some_and(|t| at >= t) {
+                prop_assert!(is_new, "at {at}: the new catalog holds");
+            }
+            switched |= is_new && !is_old;
         }
     }
 }

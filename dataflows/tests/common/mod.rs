@@ -5,6 +5,7 @@
 pub mod reading_model;
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 
 use tidemark_dataflows::counters::Counters;
@@ -14,15 +15,20 @@ use tidemark_dataflows::ingest::IngestOptions;
 use tidemark_dataflows::record::{Poll, RecordRef, RecordSource};
 use tidemark_dataflows::Tick;
 
-/// Hands out one batch per poll, then reports being caught up; finished when empty.
+/// Hands out one batch per poll, then reports being caught up; finished when empty. With
+/// a gate, the last batch waits until the gate opens.
 pub struct VecSource {
     pub batches: VecDeque<Vec<Vec<u8>>>,
     pub now_ms: u64,
     pub offset: i64,
+    pub gate: Option<Arc<AtomicBool>>,
 }
 
 impl RecordSource for VecSource {
     fn poll(&mut self, _max: usize, visit: &mut dyn FnMut(RecordRef<'_>)) -> Poll {
+        if self.batches.len() == 1 && self.gate.as_ref().is_some_and(|g| !g.load(SeqCst)) {
+            return Poll::Caught { idle: false };
+        }
         let Some(batch) = self.batches.pop_front() else {
             return Poll::Finished;
         };
@@ -57,12 +63,20 @@ pub fn run(
     run_with_dimension(name, per_worker, now_ms, opts, None)
 }
 
-/// A dimension table that never changes: its rows at time 0.
-struct StaticTable(Option<Vec<DimRow>>);
+/// A dimension table whose contents are `snapshots`, one per read (the first at time 0);
+/// `done` opens once the last is handed out.
+struct ScriptedTable {
+    snapshots: VecDeque<Vec<DimRow>>,
+    done: Arc<AtomicBool>,
+}
 
-impl TableSource for StaticTable {
+impl TableSource for ScriptedTable {
     fn snapshot(&mut self) -> Option<Vec<DimRow>> {
-        self.0.take()
+        let next = self.snapshots.pop_front();
+        if self.snapshots.is_empty() {
+            self.done.store(true, SeqCst);
+        }
+        next
     }
 }
 
@@ -74,6 +88,21 @@ pub fn run_with_dimension(
     opts: IngestOptions,
     dimension: Option<Vec<DimRow>>,
 ) -> (Vec<TickChanges>, Arc<Counters>) {
+    run_with_table_changes(name, per_worker, now_ms, opts, dimension.map(|d| vec![d]))
+}
+
+/// `run`, with a dimension table that reads as `snapshots` one after the other; the last
+/// batch of each worker waits until the table has shown its last snapshot, so the change
+/// lands while the stream runs.
+pub fn run_with_table_changes(
+    name: &'static str,
+    per_worker: Vec<Vec<Vec<Vec<u8>>>>,
+    now_ms: u64,
+    opts: IngestOptions,
+    snapshots: Option<Vec<Vec<DimRow>>>,
+) -> (Vec<TickChanges>, Arc<Counters>) {
+    let done = Arc::new(AtomicBool::new(false));
+    let gated = snapshots.as_ref().is_some_and(|s| s.len() > 1);
     let workers = per_worker.len();
     let seen: Arc<Mutex<Vec<TickChanges>>> = Arc::default();
     let counters: Arc<Counters> = Arc::default();
@@ -85,13 +114,15 @@ pub fn run_with_dimension(
             batches: input[worker.index()].clone().into(),
             now_ms,
             offset: 0,
+            gate: gated.then(|| done.clone()),
         };
         let out = out.clone();
         let state = tidemark_dataflows::state::State::none(worker.index(), worker.peers());
-        let tables: Vec<Option<Box<dyn TableSource>>> = match &dimension {
-            Some(rows) if worker.index() == 0 => {
-                vec![Some(Box::new(StaticTable(Some(rows.clone()))))]
-            }
+        let tables: Vec<Option<Box<dyn TableSource>>> = match &snapshots {
+            Some(rows) if worker.index() == 0 => vec![Some(Box::new(ScriptedTable {
+                snapshots: rows.clone().into(),
+                done: done.clone(),
+            }))],
             Some(_) => vec![None],
             None => Vec::new(),
         };
