@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::reading::{assert_views, model_input, postgres_hashes, recount};
+use common::reading::{assert_views, model, model_input, postgres_hashes, recount};
 use common::services::*;
 use common::*;
 
@@ -69,9 +69,11 @@ fn kafka_to_redis_and_postgres_matches_the_model_on_2_workers() {
     let redis = fresh_redis(12);
     let (topic, text) = reading_stream("e2e-reading", 30_000, &pg, &[]);
     let group = format!("{topic}-g");
+    let dlq = format!("{topic}-dlq");
     let env = [
         ("TIDEMARK_REDIS", redis.as_str()),
         ("TIDEMARK_PG", pg.as_str()),
+        ("TIDEMARK_KAFKA__DLQ_TOPIC", dlq.as_str()),
     ];
     run_to_end(
         &topic,
@@ -84,7 +86,7 @@ fn kafka_to_redis_and_postgres_matches_the_model_on_2_workers() {
         .unwrap()
         .parse()
         .unwrap();
-    let (events, _, untimed) = model_input(&text);
+    let (events, rejected, untimed) = model_input(&text);
     assert_eq!(
         at,
         events.iter().map(|(e, _)| e.ts).max().unwrap(),
@@ -125,6 +127,15 @@ fn kafka_to_redis_and_postgres_matches_the_model_on_2_workers() {
             .sum()
     };
     assert_eq!(malformed(&stored), malformed(&want) + untimed as i64);
+    // every malformed record is in the DLQ, once
+    let invalid = rejected
+        .iter()
+        .filter(|r| r.kind != model::DUPLICATE)
+        .count()
+        + untimed;
+    let keys: std::collections::BTreeSet<String> =
+        dead_letters(&dlq).into_iter().map(|d| d.key).collect();
+    assert_eq!(keys.len(), invalid, "DLQ records");
     // the treatment's lift shows, with an interval that says whether it is significant
     let t = &stored["feat:experiment:reader-v2:treatment"];
     let diff: f64 = t["diff_vs_control"].parse().unwrap();
@@ -150,6 +161,12 @@ fn a_changed_metadata_row_moves_every_feature_that_depends_on_it() {
         .map(|(e, _)| e.ts)
         .max()
         .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let http = format!("127.0.0.1:{port}");
     let _engine = KillOnDrop(
         engine_command()
             .args([
@@ -161,7 +178,7 @@ fn a_changed_metadata_row_moves_every_feature_that_depends_on_it() {
                 "--job",
                 "rdm",
             ])
-            .args(["--group-id", &group, "--workers", "2"])
+            .args(["--group-id", &group, "--workers", "2", "--http", &http])
             .env("TIDEMARK_REDIS", &redis)
             .env("TIDEMARK_PG", &pg)
             .env("TIDEMARK_POSTGRES__DIMENSION_POLL_MS", "200")
@@ -173,6 +190,27 @@ fn a_changed_metadata_row_moves_every_feature_that_depends_on_it() {
         || -> u64 { redis_get(&redis, "tidemark:rdm:frontier").map_or(0, |f| f.parse().unwrap()) };
     wait_until("every event is written", 120, || frontier() >= newest);
 
+    // quality counts reach /status and the metrics
+    let get = |path: &str| {
+        reqwest::blocking::get(format!("http://{http}{path}"))
+            .unwrap()
+            .text()
+            .unwrap()
+    };
+    let status: serde_json::Value = serde_json::from_str(&get("/status")).unwrap();
+    let hours = status["quality_hourly"].as_object().unwrap();
+    let duplicates: i64 = hours
+        .values()
+        .map(|h| h["duplicate_events"].as_i64().unwrap())
+        .sum();
+    assert!(duplicates > 0, "{hours:?}");
+    let metrics = get("/metrics");
+    assert!(
+        metrics.contains(&format!(
+            "tidemark_quality_events{{kind=\"duplicate_events\"}} {duplicates}"
+        )),
+        "{metrics}"
+    );
     // the most read episode changes genre
     let before = redis_features(&redis);
     let (episode, fields) = before
