@@ -65,6 +65,45 @@ impl Default for GenerateSpec {
     }
 }
 
+/// Copies of generated records sent again a little later: the duplicates a generator
+/// makes on request (`GenerateSpec::duplicate_share`).
+#[derive(Default)]
+pub struct Echoes {
+    /// Each copy with the number of records to wait before it goes.
+    waiting: std::collections::VecDeque<(u32, Produced)>,
+    /// Copies go after 0..`within` records.
+    within: u32,
+}
+
+impl Echoes {
+    pub fn within(records: u32) -> Self {
+        Echoes {
+            waiting: Default::default(),
+            within: records.max(1),
+        }
+    }
+    /// The next copy once the generator is done.
+    pub fn rest(&mut self) -> Option<Produced> {
+        self.waiting.pop_front().map(|(_, p)| p)
+    }
+    /// A copy due now, if any (one more record has gone by).
+    pub fn due(&mut self) -> Option<Produced> {
+        let (wait, _) = self.waiting.front_mut()?;
+        if *wait == 0 {
+            return self.rest();
+        }
+        *wait -= 1;
+        None
+    }
+    /// Sends `record` again later with probability `share`.
+    pub fn maybe_repeat(&mut self, rng: &mut impl rand::RngExt, share: f64, record: &Produced) {
+        if rng.random_bool(share) {
+            let wait = rng.random_range(0..self.within);
+            self.waiting.push_back((wait, record.clone()));
+        }
+    }
+}
+
 /// A feature family (DESIGN §5): pure computation from events to feature rows.
 pub trait Dataflow: Send + Sync + 'static {
     type Event: timely::ExchangeData + differential_dataflow::ExchangeData + std::hash::Hash;

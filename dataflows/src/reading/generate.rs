@@ -13,7 +13,7 @@ use rand_distr::{Distribution, Zipf};
 use serde_json::json;
 
 use crate::dimension::DimRow;
-use crate::family::{GenerateSpec, Produced};
+use crate::family::{Echoes, GenerateSpec, Produced};
 use crate::time::DAY;
 
 pub const GENRES: [&str; 8] = [
@@ -84,8 +84,7 @@ pub struct ReadingTraffic {
     clock_ms: f64,
     pool: usize,
     sessions: Vec<Session>,
-    /// Copies waiting to be sent again, with how many records to wait.
-    echoes: VecDeque<(u32, Produced)>,
+    echoes: Echoes,
 }
 
 impl ReadingTraffic {
@@ -99,7 +98,7 @@ impl ReadingTraffic {
             clock_ms: spec.start_ms as f64,
             pool: (spec.rate * SESSION_GAP_S).clamp(4, 100_000) as usize,
             sessions: Vec::new(),
-            echoes: VecDeque::new(),
+            echoes: Echoes::within(200),
             spec,
         }
     }
@@ -260,13 +259,10 @@ impl Iterator for ReadingTraffic {
 
     fn next(&mut self) -> Option<Produced> {
         if self.emitted >= self.spec.events {
-            return self.echoes.pop_front().map(|(_, p)| p);
+            return self.echoes.rest();
         }
-        if let Some((wait, _)) = self.echoes.front_mut() {
-            if *wait == 0 {
-                return self.echoes.pop_front().map(|(_, p)| p);
-            }
-            *wait -= 1;
+        if let Some(copy) = self.echoes.due() {
+            return Some(copy);
         }
         let record = if self.rng.random_bool(self.spec.invalid_share) {
             self.malformed()
@@ -274,10 +270,8 @@ impl Iterator for ReadingTraffic {
             self.event()
         };
         self.emitted += 1;
-        if self.rng.random_bool(self.spec.duplicate_share) {
-            let wait = self.rng.random_range(0..200);
-            self.echoes.push_back((wait, record.clone()));
-        }
+        self.echoes
+            .maybe_repeat(&mut self.rng, self.spec.duplicate_share, &record);
         Some(record)
     }
 }

@@ -9,7 +9,7 @@ use rand::{RngExt, SeedableRng};
 use rand_distr::{Distribution, Zipf};
 use serde_json::json;
 
-use crate::family::{GenerateSpec, Produced};
+use crate::family::{Echoes, GenerateSpec, Produced};
 use crate::time::DAY;
 
 const WORDS: &[&str] = &[
@@ -68,8 +68,7 @@ pub struct SearchTraffic {
     serial: u64,
     clock_ms: f64,
     sessions: Vec<Session>,
-    /// Copies waiting to be sent again, with how many records to wait.
-    echoes: VecDeque<(u32, Produced)>,
+    echoes: Echoes,
 }
 
 impl SearchTraffic {
@@ -82,7 +81,7 @@ impl SearchTraffic {
             serial: 0,
             clock_ms: spec.start_ms as f64,
             sessions: Vec::new(),
-            echoes: VecDeque::new(),
+            echoes: Echoes::within(50),
             spec,
         }
     }
@@ -273,13 +272,10 @@ impl Iterator for SearchTraffic {
 
     fn next(&mut self) -> Option<Produced> {
         if self.emitted >= self.spec.events {
-            return self.echoes.pop_front().map(|(_, p)| p);
+            return self.echoes.rest();
         }
-        if let Some((wait, _)) = self.echoes.front_mut() {
-            if *wait == 0 {
-                return self.echoes.pop_front().map(|(_, p)| p);
-            }
-            *wait -= 1;
+        if let Some(copy) = self.echoes.due() {
+            return Some(copy);
         }
         let record = if self.rng.random_bool(self.spec.invalid_share) {
             self.malformed()
@@ -287,10 +283,8 @@ impl Iterator for SearchTraffic {
             self.event()
         };
         self.emitted += 1;
-        if self.rng.random_bool(self.spec.duplicate_share) {
-            let wait = self.rng.random_range(0..50);
-            self.echoes.push_back((wait, record.clone()));
-        }
+        self.echoes
+            .maybe_repeat(&mut self.rng, self.spec.duplicate_share, &record);
         Some(record)
     }
 }
