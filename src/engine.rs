@@ -521,9 +521,11 @@ impl Quality {
         let t = tables
             .iter()
             .position(|t| t.ns == telemetry::QUALITY_TABLE)?;
+        let fields: Vec<&'static str> = tables[t].fields.iter().map(|f| f.name).collect();
+        *status.quality_kinds.lock().expect("status") = fields.clone();
         Some(Quality {
             table: t as u8,
-            fields: tables[t].fields.iter().map(|f| f.name).collect(),
+            fields,
             status,
         })
     }

@@ -331,7 +331,7 @@ async fn online_features(State(api): State<Arc<Api>>, body: axum::body::Bytes) -
             let expired = max_age.is_some_and(|age| tick.saturating_add(age) < now);
             api.family.at_read(view, &mut fields, now);
             for ((_, feature), o) in wanted.iter().zip(&mut out) {
-                match fields.remove(*feature) {
+                match fields.get(*feature).cloned() {
                     _ if expired => {
                         o.0.push(Value::Null);
                         o.1.push("OUTSIDE_MAX_AGE");
@@ -431,13 +431,11 @@ pub fn serve(
             let config = redis::aio::ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(std::time::Duration::from_secs(1)))
                 .set_response_timeout(Some(std::time::Duration::from_secs(2)));
+            // connects on the first read: the API (and /readyz) is up while Redis is not
+            let _runtime = rt.enter();
             Reader::Redis(
-                rt.block_on(redis::aio::ConnectionManager::new_with_config(
-                    client, config,
-                ))
-                .map_err(|e| {
-                    anyhow::anyhow!("connecting the read API to redis (redis.url): {e}")
-                })?,
+                redis::aio::ConnectionManager::new_lazy_with_config(client, config)
+                    .map_err(|e| anyhow::anyhow!("the read API's redis client (redis.url): {e}"))?,
             )
         }
     };

@@ -209,6 +209,8 @@ pub struct Status {
     /// Data-quality counts per hour (`YYYY-MM-DDTHH`) and kind, as this process's
     /// workers wrote them (a family with a `quality_hourly` view).
     pub quality: Mutex<BTreeMap<String, BTreeMap<&'static str, i64>>>,
+    /// The kinds of quality count the view has (each gauge is set, to 0 when no hour holds it).
+    pub quality_kinds: Mutex<Vec<&'static str>>,
     /// (when, records consumed): samples for the rate.
     rate: Mutex<VecDeque<(Instant, u64)>>,
     pub started_ms: AtomicU64,
@@ -336,7 +338,14 @@ pub fn render(shared: &Shared) -> String {
         0.0
     });
     gauge!("tidemark_events_per_second").set(shared.status.rate());
-    let mut kinds: BTreeMap<&'static str, i64> = BTreeMap::new();
+    let mut kinds: BTreeMap<&'static str, i64> = shared
+        .status
+        .quality_kinds
+        .lock()
+        .expect("status")
+        .iter()
+        .map(|k| (*k, 0))
+        .collect();
     for counts in shared.status.quality.lock().expect("status").values() {
         for (kind, n) in counts {
             *kinds.entry(kind).or_default() += n;

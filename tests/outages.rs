@@ -11,7 +11,6 @@ use common::search::*;
 use common::services::*;
 use common::*;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 fn services(args: &[&str]) {
@@ -69,24 +68,6 @@ fn end_offsets(topic: &str) -> Vec<i64> {
                 .1
         })
         .collect()
-}
-
-fn produce(topic: &str, lines: &[&str]) {
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", kafka())
-        .create()
-        .unwrap();
-    for line in lines {
-        loop {
-            match producer.send(BaseRecord::<(), str>::to(topic).payload(*line)) {
-                Ok(()) => break,
-                Err(_) => {
-                    producer.poll(Duration::from_millis(10));
-                }
-            }
-        }
-    }
-    producer.flush(Duration::from_secs(60)).unwrap();
 }
 
 /// Runs a live engine over a stream produced in three parts; `outage` stops a service

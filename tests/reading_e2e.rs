@@ -246,3 +246,75 @@ fn a_changed_metadata_row_moves_every_feature_that_depends_on_it() {
     let views = |k: &str| !k.starts_with("feat:quality_hourly:");
     assert_views("redis after the change", &after, &want, views);
 }
+
+/// A run that stops at a checkpoint and a second run that restores it count every session
+/// once: the views equal the model of all records (sessions are rebuilt from their restored
+/// events; their contributions are not restored a second time).
+#[test]
+fn a_restart_from_a_checkpoint_counts_every_session_once() {
+    let pg = fresh_pg("tm_reading_restart");
+    let redis = fresh_redis(14);
+    let dir = std::env::temp_dir().join(format!("tidemark-reading-restart-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("events.jsonl");
+    let gen = [
+        "generate",
+        "--dataflow",
+        "reading",
+        "--events",
+        "12000",
+        "--seed",
+        "5",
+        "--rate",
+        "5",
+        "--invalid",
+        "0.01",
+        "--out",
+        file.to_str().unwrap(),
+    ];
+    tidemark(&gen, &[("TIDEMARK_PG", pg.as_str())]);
+    let text = std::fs::read_to_string(&file).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let topic = fresh_topic("e2e-reading-restart", 4);
+    let group = format!("{topic}-g");
+    let env = [
+        ("TIDEMARK_REDIS", redis.as_str()),
+        ("TIDEMARK_PG", pg.as_str()),
+    ];
+    let half = lines.len() / 2;
+    produce(&topic, &lines[..half]);
+    run_to_end(
+        &topic,
+        "rdr",
+        &group,
+        &["--dataflow", "reading", "--workers", "2"],
+        &env,
+    );
+    produce(&topic, &lines[half..]);
+    run_to_end(
+        &topic,
+        "rdr",
+        &group,
+        &["--dataflow", "reading", "--workers", "1"],
+        &env,
+    );
+    let at: u64 = redis_get(&redis, "tidemark:rdr:frontier")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let want = recount(&text, &metadata(&pg), at);
+    assert!(want.keys().filter(|k| k.starts_with("feat:user:")).count() > 500);
+    let timed = |k: &str| !k.starts_with("feat:quality_hourly:") || hour_key_ms(k) <= at + DAY;
+    assert_views(
+        "redis after a restart",
+        &redis_features(&redis),
+        &want,
+        timed,
+    );
+    assert_views(
+        "postgres after a restart",
+        &postgres_hashes(&pg),
+        &want,
+        timed,
+    );
+}

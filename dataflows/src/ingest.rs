@@ -45,7 +45,8 @@ pub enum Rejected {
 }
 
 /// A record ingest turned away and its time: the event time of a duplicate; for an
-/// invalid record the integer `ts` it carries, else its Kafka append time.
+/// invalid record the integer `ts` it carries (unless it is ahead of the clock's
+/// allowance), else its Kafka append time.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Rejection {
     pub reason: Rejected,
@@ -261,7 +262,10 @@ where
                     Ok(ev) => events.push(ev),
                     Err(e) => {
                         Counters::add(counters.invalid(&e.kind), 1);
-                        invalid.push(InvalidRecord::new(&rec, e));
+                        let mut r = InvalidRecord::new(&rec, e);
+                        r.claimed_ts = claimed_ts(rec.payload)
+                            .filter(|ts| *ts <= now.saturating_add(opts.max_future_skew_ms));
+                        invalid.push(r);
                     }
                 }
             });
@@ -353,7 +357,7 @@ where
                         let t = *cap.time();
                         output.session(&cap).give_iterator(data.iter().map(|r| {
                             let reason = Rejected::Invalid(r.error.kind.clone());
-                            let ts = claimed_ts(&r.payload).unwrap_or(r.append_ms.max(0) as u64);
+                            let ts = r.claimed_ts.unwrap_or(r.append_ms.max(0) as u64);
                             (Rejection { reason, ts }, t, 1)
                         }));
                     });

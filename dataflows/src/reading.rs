@@ -22,7 +22,7 @@ use crate::ingest::{Rejected, Rejection, Timed};
 use crate::record::{DecodeError, ErrorKind, RecordRef};
 use crate::state::State;
 use crate::time::{Span, Tick, Window, HOUR, MINUTE, WINDOW_30D};
-use crate::windowed::contributions;
+use crate::windowed::{contributions, derived_contributions};
 use crate::{Dataflow, GenerateSpec, Produced};
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -106,6 +106,11 @@ pub struct Reading {
 /// more than any session lasts, so a session leaves every window before it starts to fade.
 pub const SESSION_RETENTION: Window = Window::days(31);
 
+/// How long a session remembers that it had an event: once any event has left retention,
+/// the session is gone (and does not come back with a later start), as long as its events
+/// span less than this minus the retention.
+pub const SESSION_MEMORY: Window = Window::days(62);
+
 /// Table indices, in `tables()` order.
 pub const SESSION: u8 = 0;
 pub const USER: u8 = 1;
@@ -145,9 +150,14 @@ impl SessionState {
 /// marker per event until the timeout after it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 enum Piece {
-    Event { ts: u64, action: Action },
+    Event {
+        ts: u64,
+        action: Action,
+    },
     Reader(Reader),
     Alive,
+    /// One per event, outliving it: more of these than events means one has expired.
+    Had,
 }
 
 /// A reading session as its events define it.
@@ -217,15 +227,20 @@ impl Session {
     /// The session its pieces define, or `None` when no event is left.
     fn of(id: &SessionId, pieces: &[(&Piece, isize)]) -> Option<Session> {
         let mut events: Vec<(u64, Action, u64)> = Vec::new();
-        let (mut alive, mut reader) = (false, None::<&Reader>);
+        let (mut alive, mut reader, mut had) = (false, None::<&Reader>, 0);
         for (piece, n) in pieces {
             match piece {
                 Piece::Event { ts, action } if *n > 0 => events.push((*ts, *action, *n as u64)),
+                Piece::Had => had += *n,
                 // a session's events agree on their reader; if not, the least one wins
                 Piece::Reader(r) if *n > 0 => reader = Some(reader.map_or(r, |x| x.min(r))),
                 Piece::Alive if *n > 0 => alive = true,
                 _ => {}
             }
+        }
+        let held: u64 = events.iter().map(|(_, _, n)| n).sum();
+        if (held as isize) < had {
+            return None;
         }
         let reader = reader?.clone();
         let enter = events
@@ -234,9 +249,11 @@ impl Session {
             .map(|(ts, _, _)| *ts)
             .min();
         let start = enter.or_else(|| events.iter().map(|(ts, _, _)| *ts).min())?;
-        // the first terminal event ends the session; complete wins a tie
+        // the first terminal event at or after the enter ends the session; complete wins
+        // a tie
         let terminal = events
             .iter()
+            .filter(|(ts, _, _)| enter.is_none_or(|e| *ts >= e))
             .filter_map(|(ts, a, _)| match a {
                 Action::Complete => Some((*ts, 0, *a)),
                 Action::Exit => Some((*ts, 1, *a)),
@@ -781,6 +798,11 @@ impl Dataflow for Reading {
                 ),
                 ((s.clone(), Piece::Reader(e.event.reader.clone())), 1, kept),
                 ((s.clone(), Piece::Alive), 1, Some(timeout.expiry(e.ts))),
+                (
+                    (s.clone(), Piece::Had),
+                    1,
+                    Some(SESSION_MEMORY.expiry(e.ts)),
+                ),
             ]
         });
         let sessions = pieces.reduce_named("Sessions", move |id, pieces, out| {
@@ -805,7 +827,9 @@ impl Dataflow for Reading {
             .antijoin(metadata.clone().map(|(e, _)| e).distinct())
             .map(|(_, s)| (s, UNKNOWN_GENRE.to_string()));
         let this = self.clone();
-        let sums = contributions(state, known.concat(unknown), move |s| {
+        // sessions are rebuilt from their restored events: their contributions are not
+        // checkpointed themselves
+        let sums = derived_contributions(state, known.concat(unknown), move |s| {
             this.session_contributions(s)
         })
         .concat(metadata.map(|(e, meta)| (Entity::Episode(e), Measure::Meta(meta))))

@@ -102,6 +102,8 @@ pub struct InvalidRecord {
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
     pub error: DecodeError,
+    /// The integer `ts` it carries, when it has one not ahead of the clock's allowance.
+    pub claimed_ts: Option<u64>,
 }
 
 impl InvalidRecord {
@@ -114,6 +116,7 @@ impl InvalidRecord {
             key: r.key.map(|k| k.to_vec()),
             payload: r.payload.to_vec(),
             error,
+            claimed_ts: None,
         }
     }
 }

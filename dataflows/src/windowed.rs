@@ -39,7 +39,40 @@ where
     I: IntoIterator<Item = (D, isize, Option<Tick>)>,
     F: Fn(&E) -> I + 'static,
 {
-    let updates = events.inner.flat_map(move |(e, t, r): (E, Tick, isize)| {
+    hold_until_due(Some(state), with_expiries(events, logic)).as_collection()
+}
+
+/// [`contributions`] of a collection the dataflow derives from checkpointed state (e.g.
+/// sessions rebuilt from their restored events). A restore rebuilds the collection, and
+/// with it these contributions and their expiries, so they are not checkpointed: restoring
+/// them too would count them twice.
+pub fn derived_contributions<'s, E, D, I, F>(
+    state: &State,
+    derived: VecCollection<'s, Tick, E>,
+    logic: F,
+) -> VecCollection<'s, Tick, D>
+where
+    E: ExchangeData,
+    D: ExchangeData + Hash,
+    I: IntoIterator<Item = (D, isize, Option<Tick>)>,
+    F: Fn(&E) -> I + 'static,
+{
+    let _ = state;
+    hold_until_due(None, with_expiries(derived, logic)).as_collection()
+}
+
+/// Each update's contributions now, and their retractions at their expiries.
+fn with_expiries<'s, E, D, I, F>(
+    events: VecCollection<'s, Tick, E>,
+    logic: F,
+) -> Stream<'s, Tick, Vec<(D, Tick, isize)>>
+where
+    E: ExchangeData,
+    D: ExchangeData + Hash,
+    I: IntoIterator<Item = (D, isize, Option<Tick>)>,
+    F: Fn(&E) -> I + 'static,
+{
+    events.inner.flat_map(move |(e, t, r): (E, Tick, isize)| {
         logic(&e).into_iter().flat_map(move |(d, w, expiry)| {
             let live = expiry.is_none_or(|x| x > t);
             // a contribution that never expires waits for `NEVER`, which is never due
@@ -49,8 +82,7 @@ where
             };
             live.then_some((d, t, r * w)).into_iter().chain(retraction)
         })
-    });
-    hold_until_due(state, updates).as_collection()
+    })
 }
 
 /// The due time of what is never due.
@@ -67,13 +99,20 @@ type Pending<D> = BTreeMap<Tick, FxHashMap<D, isize>>;
 /// Differential would accept the future retractions directly, but its batchers keep them
 /// and sift them again at every tick: the cost of each tick would grow with every pending
 /// expiry of every live window. Here a tick costs only what it releases.
+///
+/// With `state`, what is pending is checkpointed and restored.
 pub fn hold_until_due<'s, D: ExchangeData + Hash>(
-    state: &State,
+    state: Option<&State>,
     updates: Stream<'s, Tick, Vec<(D, Tick, isize)>>,
 ) -> Stream<'s, Tick, Vec<(D, Tick, isize)>> {
     let shared: Rc<RefCell<Pending<D>>> = Rc::default();
-    let restored = state.register("contributions", Split::ByWorker, shared.clone());
-    let restore_at = state.restore().map(|r| r.tick);
+    let (restored, restore_at) = match state {
+        Some(state) => (
+            state.register("contributions", Split::ByWorker, shared.clone()),
+            state.restore().map(|r| r.tick),
+        ),
+        None => (Vec::new(), None),
+    };
     updates.unary_frontier(Pipeline, "HoldUntilDue", move |cap, _| {
         let mut held: Option<Capability<Tick>> = None;
         if let Some(at) = restore_at {

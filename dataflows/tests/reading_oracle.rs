@@ -116,7 +116,8 @@ fn accepted(batches: &[Vec<Item>], now: u64, horizon: u64) -> (Vec<(Ev, Tick)>, 
             .iter()
             .filter_map(|i| match i {
                 Item::Bad(_, kind, ts) => Some((*kind, ts.unwrap_or(0))),
-                Item::Event(e) if e.ts > now + MINUTE => Some((OUT_OF_RANGE, e.ts)),
+                // a ts ahead of the clock is not believed: counted at the append time
+                Item::Event(e) if e.ts > now + MINUTE => Some((OUT_OF_RANGE, 0)),
                 _ => None,
             })
             .collect();
@@ -310,13 +311,14 @@ fn checkpoints(events: &[(Ev, Tick)]) -> BTreeSet<Tick> {
             expiry_days(e.ts, 7),
             expiry_days(e.ts, 30),
             expiry_days(e.ts, 31),
+            expiry_days(e.ts, 62),
         ] {
             at.insert(x);
             at.insert(x - 1);
         }
     }
     if let Some(last) = at.iter().next_back().copied() {
-        at.insert(last + 32 * DAY);
+        at.insert(last + 63 * DAY);
     }
     at
 }

@@ -295,3 +295,23 @@ pub fn dead_letters(topic: &str) -> Vec<DeadLetter> {
     }
     out
 }
+
+/// Produces `lines` to `topic`, waiting until every one is acknowledged.
+pub fn produce(topic: &str, lines: &[&str]) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", kafka())
+        .create()
+        .unwrap();
+    for line in lines {
+        loop {
+            match producer.send(BaseRecord::<(), str>::to(topic).payload(*line)) {
+                Ok(()) => break,
+                Err(_) => {
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(60)).unwrap();
+}

@@ -99,7 +99,12 @@ pub fn session(events: &[&(Read, Tick)], at: Tick) -> Option<Session> {
         .filter(|(e, t)| *t <= at && at < expiry_days(e.ts, 31))
         .map(|(e, _)| e)
         .collect();
-    if live.is_empty() {
+    // a session whose events have started to leave retention is gone
+    let had = events
+        .iter()
+        .filter(|(e, t)| *t <= at && at < expiry_days(e.ts, 62))
+        .count();
+    if live.is_empty() || live.len() < had {
         return None;
     }
     let alive = events
@@ -115,6 +120,7 @@ pub fn session(events: &[&(Read, Tick)], at: Tick) -> Option<Session> {
     let terminal = live
         .iter()
         .filter(|e| matches!(e.act, Act::Complete | Act::Exit))
+        .filter(|e| enter.is_none_or(|x| e.ts >= x))
         .map(|e| (e.ts, e.act != Act::Complete, e.act))
         .min();
     let end = terminal.map_or_else(|| live.iter().map(|e| e.ts).max().unwrap(), |t| t.0);
