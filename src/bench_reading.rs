@@ -20,6 +20,9 @@ use crate::kafka::now_ms;
 use crate::telemetry::resident_bytes;
 
 pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
+    // first, while nothing else has grown the heap: freed memory the allocator keeps
+    // would otherwise be reused and hide part of the growth
+    open_sessions(a.sessions)?;
     let reading = Reading::new(ReadingConfig::default());
     eprintln!("generating {} reading events …", a.events);
     let spec = GenerateSpec {
@@ -49,7 +52,6 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
             a.batch
         );
     }
-    open_sessions(a.sessions)?;
     if a.kafka {
         let stamp = now_ms();
         let topic = format!("bench-reading-{stamp}");

@@ -147,8 +147,9 @@ pub struct KafkaSource {
     status: Arc<Status>,
     worker: usize,
     published: Instant,
-    /// `tidemark_events_consumed_total` per topic read.
-    consumed: Vec<(String, metrics::Counter)>,
+    /// `tidemark_events_consumed_total` per topic read, and the records of this poll not
+    /// yet added to it (the shared counter is touched once per poll, not per record).
+    consumed: Vec<(String, metrics::Counter, u64)>,
     fresh: metrics::Histogram,
 }
 
@@ -261,7 +262,7 @@ impl KafkaSource {
             .iter()
             .map(|t| {
                 let c = metrics::counter!(crate::telemetry::CONSUMED, "topic" => t.clone());
-                (t.clone(), c)
+                (t.clone(), c, 0)
             })
             .collect();
         Ok(KafkaSource {
@@ -403,8 +404,8 @@ impl RecordSource for KafkaSource {
                     self.appends.push(append_ms);
                     // a worker has few partitions: a scan beats allocating a key per message
                     let (topic, partition) = (m.topic(), m.partition());
-                    if let Some((_, c)) = self.consumed.iter().find(|(t, _)| t == topic) {
-                        c.increment(1);
+                    if let Some((_, _, n)) = self.consumed.iter_mut().find(|(t, _, _)| t == topic) {
+                        *n += 1;
                     }
                     if let Some((_, pos)) = self
                         .positions
@@ -415,6 +416,9 @@ impl RecordSource for KafkaSource {
                     }
                 }
             }
+        }
+        for (_, counter, n) in &mut self.consumed {
+            counter.increment(std::mem::take(n));
         }
         if n > 0 {
             self.last_message = Instant::now();

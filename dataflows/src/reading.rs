@@ -829,7 +829,7 @@ impl Dataflow for Reading {
         let this = self.clone();
         // sessions are rebuilt from their restored events: their contributions are not
         // checkpointed themselves
-        let sums = derived_contributions(state, known.concat(unknown), move |s| {
+        let sums = derived_contributions(known.concat(unknown), move |s| {
             this.session_contributions(s)
         })
         .concat(metadata.map(|(e, meta)| (Entity::Episode(e), Measure::Meta(meta))))

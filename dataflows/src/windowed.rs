@@ -47,7 +47,6 @@ where
 /// with it these contributions and their expiries, so they are not checkpointed: restoring
 /// them too would count them twice.
 pub fn derived_contributions<'s, E, D, I, F>(
-    state: &State,
     derived: VecCollection<'s, Tick, E>,
     logic: F,
 ) -> VecCollection<'s, Tick, D>
@@ -57,7 +56,6 @@ where
     I: IntoIterator<Item = (D, isize, Option<Tick>)>,
     F: Fn(&E) -> I + 'static,
 {
-    let _ = state;
     hold_until_due(None, with_expiries(derived, logic)).as_collection()
 }
 
