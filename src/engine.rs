@@ -269,7 +269,7 @@ fn open_stores(
     if writer
         .tables
         .iter()
-        .any(|t| matches!(t.sink, SinkKind::Topic(_)))
+        .any(|t| t.sink.topic().is_some())
     {
         let store = TopicStore::open(&opts.config.kafka.brokers, writer.clone())?;
         stores.push((Box::new(store), stats("kafka")));

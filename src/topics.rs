@@ -48,7 +48,8 @@ pub fn plan(cfg: &Config, brokers: i32) -> anyhow::Result<Vec<TopicSpec>> {
         .map(|t| (t, "delete"))
         .collect();
     for t in family.tables() {
-        if let SinkKind::Topic(name) = t.sink {
+        if let Some(name) = t.sink.topic() {
+            let name = name.to_string();
             // a changelog keyed by entity: compaction keeps the latest record per key
             names.push((name, "compact"));
         }

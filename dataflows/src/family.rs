@@ -283,6 +283,7 @@ pub const REGISTRY: &[(&str, Constructor)] = &[
         crate::reading::Reading::NAME,
         construct::<crate::reading::Reading>,
     ),
+    (crate::ads::Ads::NAME, construct::<crate::ads::Ads>),
 ];
 
 /// Looks a family up by name.

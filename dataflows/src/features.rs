@@ -97,6 +97,31 @@ pub enum SinkKind {
     /// a JSON array of strings, newest first; the list is replaced whole when it changes.
     /// Postgres keeps the array in `feat_{ns}` like any feature.
     List,
+    /// Records on a Kafka topic keyed by their key parts joined with `|`, like `Topic`,
+    /// except that a row leaving the dataflow (its retention ended) produces nothing: the
+    /// last record stays what consumers keep (closed windows' metrics).
+    Records(String),
+    /// A Redis hash `{ns}:{key…}` only (e.g. `budget:{campaign_id}:{yyyymmdd}`).
+    RedisHash,
+    /// A Postgres table named `{ns}` only, holding history: rows are upserted and never
+    /// deleted when they leave the dataflow (e.g. `budget_spend`).
+    PgTable,
+}
+
+impl SinkKind {
+    /// The Kafka topic the rows go to, if any.
+    pub fn topic(&self) -> Option<&str> {
+        match self {
+            SinkKind::Topic(t) | SinkKind::Records(t) => Some(t),
+            _ => None,
+        }
+    }
+    pub fn in_redis(&self) -> bool {
+        matches!(self, SinkKind::Store | SinkKind::List | SinkKind::RedisHash)
+    }
+    pub fn in_postgres(&self) -> bool {
+        matches!(self, SinkKind::Store | SinkKind::List | SinkKind::PgTable)
+    }
 }
 
 /// A table of rows a family maintains, and where they are written.

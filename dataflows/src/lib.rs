@@ -3,6 +3,7 @@
 //! No network or database here: the runtime (`tidemark`) brings records in through a
 //! [`record::RecordSource`] and takes [`features::SinkEvent`]s out.
 
+pub mod ads;
 pub mod counters;
 pub mod dimension;
 pub mod family;

@@ -70,15 +70,66 @@ where
     I: IntoIterator<Item = (D, isize, Option<Tick>)>,
     F: Fn(&E) -> I + 'static,
 {
+    with_intervals(events, move |e| {
+        logic(e)
+            .into_iter()
+            .map(|(d, w, expiry)| (d, w, 0, expiry))
+    })
+}
+
+/// Contributions present over an interval of stream time: `(record, weight, from, until)`
+/// counts from `from` (or the update's tick, if later) until `until` (forever when `None`).
+/// A window's record that may only show once the window has closed is one that starts at
+/// its close.
+pub fn intervals<'s, E, D, I, F>(
+    state: &State,
+    events: VecCollection<'s, Tick, E>,
+    logic: F,
+) -> VecCollection<'s, Tick, D>
+where
+    E: ExchangeData,
+    D: ExchangeData + Hash,
+    I: IntoIterator<Item = (D, isize, Tick, Option<Tick>)>,
+    F: Fn(&E) -> I + 'static,
+{
+    hold_until_due(Some(state), with_intervals(events, logic)).as_collection()
+}
+
+/// [`intervals`] of a derived collection (see [`derived_contributions`]): not checkpointed.
+pub fn derived_intervals<'s, E, D, I, F>(
+    derived: VecCollection<'s, Tick, E>,
+    logic: F,
+) -> VecCollection<'s, Tick, D>
+where
+    E: ExchangeData,
+    D: ExchangeData + Hash,
+    I: IntoIterator<Item = (D, isize, Tick, Option<Tick>)>,
+    F: Fn(&E) -> I + 'static,
+{
+    hold_until_due(None, with_intervals(derived, logic)).as_collection()
+}
+
+/// Each update's contributions at the start of their interval (its tick at the earliest),
+/// and their retractions at its end. An update retracted later retracts the same way, so
+/// a contribution follows its source even when the source goes first.
+fn with_intervals<'s, E, D, I, F>(
+    events: VecCollection<'s, Tick, E>,
+    logic: F,
+) -> Stream<'s, Tick, Vec<(D, Tick, isize)>>
+where
+    E: ExchangeData,
+    D: ExchangeData + Hash,
+    I: IntoIterator<Item = (D, isize, Tick, Option<Tick>)>,
+    F: Fn(&E) -> I + 'static,
+{
     events.inner.flat_map(move |(e, t, r): (E, Tick, isize)| {
-        logic(&e).into_iter().flat_map(move |(d, w, expiry)| {
-            let live = expiry.is_none_or(|x| x > t);
-            // a contribution that never expires waits for `NEVER`, which is never due
-            let retraction = match expiry {
-                Some(x) if x <= t => None,
-                x => Some((d.clone(), x.unwrap_or(NEVER), -r * w)),
-            };
-            live.then_some((d, t, r * w)).into_iter().chain(retraction)
+        logic(&e).into_iter().flat_map(move |(d, w, from, until)| {
+            let start = from.max(t);
+            // a contribution that never ends waits for `NEVER`, which is never due
+            let end = until.unwrap_or(NEVER);
+            let live = end > start;
+            let retraction = live.then(|| (d.clone(), end, -r * w));
+            live.then_some((d, start, r * w)).into_iter().chain(retraction)
         })
     })
 }

@@ -170,11 +170,13 @@ fn write_loop(
     }
 }
 
-/// `feat:{ns}:{key parts joined by ':'}`.
+/// `feat:{ns}:{key parts joined by ':'}` (`{ns}:…` for a plain Redis hash).
 pub fn entity_key(spec: &TableSpec, key: &[String]) -> String {
     let mut k =
         String::with_capacity(8 + spec.ns.len() + key.iter().map(|p| p.len() + 1).sum::<usize>());
-    k.push_str("feat:");
+    if spec.sink != tidemark_dataflows::features::SinkKind::RedisHash {
+        k.push_str("feat:");
+    }
     k.push_str(spec.ns);
     for part in key {
         k.push(':');

@@ -28,7 +28,10 @@ fn sql_type(t: FieldType) -> &'static str {
 }
 
 pub fn table_name(spec: &TableSpec) -> String {
-    format!("feat_{}", spec.ns)
+    match spec.sink {
+        SinkKind::PgTable => spec.ns.to_string(),
+        _ => format!("feat_{}", spec.ns),
+    }
 }
 
 /// Creates the feature tables and the progress table, adding columns that are missing.
@@ -39,7 +42,7 @@ pub fn migrate(client: &mut Client, tables: &[TableSpec]) -> anyhow::Result<()> 
     );
     for spec in tables
         .iter()
-        .filter(|s| !matches!(s.sink, SinkKind::Topic(_)))
+        .filter(|s| s.sink.in_postgres())
     {
         let name = table_name(spec);
         let keys: Vec<String> = spec
@@ -149,8 +152,12 @@ impl Store for PostgresStore {
             for c in t
                 .changes
                 .iter()
-                .filter(|c| !matches!(tables[c.table as usize].sink, SinkKind::Topic(_)))
+                .filter(|c| tables[c.table as usize].sink.in_postgres())
             {
+                // a history table keeps a row that leaves the dataflow
+                if c.after.is_none() && tables[c.table as usize].sink == SinkKind::PgTable {
+                    continue;
+                }
                 latest.insert((c.table, &c.key[..]), (c.after.as_ref(), t.tick));
             }
         }

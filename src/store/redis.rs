@@ -115,12 +115,12 @@ impl Store for RedisStore {
             for c in &t.changes {
                 let spec = &self.writer.tables[c.table as usize];
                 match spec.sink {
-                    SinkKind::Store => {}
+                    SinkKind::Store | SinkKind::RedisHash => {}
                     SinkKind::List => {
                         list_change(&mut pipe, spec, c, self.ttl_secs);
                         continue;
                     }
-                    SinkKind::Topic(_) => continue,
+                    SinkKind::Topic(_) | SinkKind::Records(_) | SinkKind::PgTable => continue,
                 }
                 let cmd = pipe
                     .cmd("EVAL")

@@ -33,9 +33,12 @@ impl Store for TopicStore {
         for t in ticks {
             for c in &t.changes {
                 let spec = &self.writer.tables[c.table as usize];
-                let SinkKind::Topic(topic) = &spec.sink else {
+                let Some(topic) = spec.sink.topic() else {
                     continue;
                 };
+                if c.after.is_none() && matches!(spec.sink, SinkKind::Records(_)) {
+                    continue;
+                }
                 let key = c.key.join("|");
                 let payload = c.after.as_ref().map(|values| {
                     let mut o = serde_json::Map::new();

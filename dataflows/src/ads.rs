@@ -1,0 +1,1198 @@
+//! Ads (CPC/RTB, seed 002): click→conversion attribution, closed 5-minute and 1-hour
+//! performance windows with defense values, daily budgets with alerts and pauses, and
+//! product quality scores (DESIGN §5.3).
+//!
+//! Every output is a function of the events and the `campaign_budgets` table, never of
+//! arrival order or batch boundaries: a replay produces the same records with the same ids,
+//! and a late event re-emits exactly the records it changes.
+
+pub mod decode;
+pub mod generate;
+
+use chrono::{DateTime, NaiveDate, SecondsFormat, TimeZone, Utc};
+use differential_dataflow::VecCollection;
+use ordered_float::OrderedFloat;
+use serde::{Deserialize, Serialize};
+
+use crate::dimension::{DimRow, DimensionSpec};
+use crate::family::{Dataflow, GenerateSpec, Produced};
+use crate::features::{float, int, text, FeatureRow, FieldSpec, SinkKind, TableSpec, Value};
+use crate::ingest::{EventId, Rejection, Timed};
+use crate::record::{DecodeError, RecordRef};
+use crate::state::State;
+use crate::time::{ceil_to, Tick, Window, DAY, HOUR, MINUTE};
+use crate::windowed::{derived_intervals, intervals};
+
+/// `[dataflows.ads]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdsConfig {
+    /// `ad-events`: impressions, clicks and conversions.
+    pub topic: String,
+    /// `quality-score-updates`: product quality scores from the scoring system.
+    pub quality_topic: String,
+    /// Where closed windows' records go.
+    pub metrics_topic: String,
+    /// Where budget alerts, pauses and syncs go.
+    pub budget_topic: String,
+    /// The live table `campaign_budgets(campaign_id, advertiser_id, daily_budget, timezone)`.
+    pub budgets_table: String,
+    /// A conversion is attributed to the latest click of its device and ad this long before it.
+    pub attribution_window_ms: u64,
+    /// The tumbling CTR/CVR windows.
+    pub metrics_window_ms: u64,
+    /// The tumbling defense-value windows.
+    pub defense_window_ms: u64,
+    /// A window's record goes out once stream time passes its end plus this.
+    pub allowed_lateness_ms: u64,
+    /// Prior strength of the category rate in the defense values, in impressions.
+    pub defense_prior_impressions: f64,
+    /// The day of a campaign without a `campaign_budgets` row (or with a bad zone).
+    pub default_timezone: String,
+    /// Spend is synced to Postgres `budget_spend` on these boundaries of stream time.
+    pub budget_sync_interval_ms: u64,
+    /// An event this much older than stream time is too late to change anything.
+    pub late_horizon_ms: u64,
+    /// A product whose score was not updated for this long leaves the store.
+    pub quality_retention_ms: u64,
+}
+
+impl Default for AdsConfig {
+    fn default() -> Self {
+        AdsConfig {
+            topic: "ad-events".into(),
+            quality_topic: "quality-score-updates".into(),
+            metrics_topic: "performance-metrics".into(),
+            budget_topic: "budget-management".into(),
+            budgets_table: "campaign_budgets".into(),
+            attribution_window_ms: DAY,
+            metrics_window_ms: 5 * MINUTE,
+            defense_window_ms: HOUR,
+            allowed_lateness_ms: 5_000,
+            defense_prior_impressions: 1_000.0,
+            default_timezone: "UTC".into(),
+            budget_sync_interval_ms: 10 * MINUTE,
+            late_horizon_ms: DAY,
+            quality_retention_ms: 30 * DAY,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Ads {
+    config: AdsConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct CampaignId(pub String);
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ProductId(pub String);
+
+/// Where on the site an ad was shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Placement {
+    Home,
+    Category,
+    ProductDetail,
+    Search,
+}
+
+impl Placement {
+    pub const ALL: [Placement; 4] = [
+        Placement::Home,
+        Placement::Category,
+        Placement::ProductDetail,
+        Placement::Search,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Placement::Home => "HOME",
+            Placement::Category => "CATEGORY",
+            Placement::ProductDetail => "PRODUCT_DETAIL",
+            Placement::Search => "SEARCH",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
+/// What the performance windows group by.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Slot {
+    pub campaign: CampaignId,
+    pub placement: Placement,
+    pub category: String,
+}
+
+/// A device's view of one ad: the attribution join key, hashed so open clicks stay small.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DeviceAd {
+    pub device: u64,
+    pub ad: u64,
+}
+
+impl DeviceAd {
+    pub fn of(device: &str, ad: &str) -> Self {
+        DeviceAd {
+            device: xxhash_rust::xxh3::xxh3_64(device.as_bytes()),
+            ad: xxhash_rust::xxh3::xxh3_64(ad.as_bytes()),
+        }
+    }
+}
+
+/// A new quality score for a product, in force from `effective_from`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct QualityUpdate {
+    pub product: ProductId,
+    pub effective_from: u64,
+    pub score: OrderedFloat<f64>,
+    /// As the scoring system reported it.
+    pub previous: Option<OrderedFloat<f64>>,
+    pub category: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum AdEvent {
+    Impression(Slot),
+    Click {
+        slot: Slot,
+        pair: DeviceAd,
+        price: i64,
+    },
+    Conversion {
+        slot: Slot,
+        pair: DeviceAd,
+        revenue: i64,
+    },
+    Quality(QualityUpdate),
+}
+
+/// A click as attribution sees it: of several, the latest by `(ts, id)` wins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ClickRef {
+    pub ts: u64,
+    pub id: EventId,
+    pub placement: Placement,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ConversionRef {
+    pub ts: u64,
+    pub id: EventId,
+    pub campaign: CampaignId,
+    pub category: String,
+    pub revenue: i64,
+}
+
+/// A conversion and the click it is attributed to, if any.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Attribution {
+    pub conversion: ConversionRef,
+    pub click: Option<ClickRef>,
+}
+
+/// What a window counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Kind {
+    Impression,
+    Click,
+    Conversion,
+}
+
+/// A tumbling window of one category: the defense values need the category's totals, so
+/// all its campaigns' counts meet in one place.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct WindowKey {
+    pub category: String,
+    pub start: u64,
+    pub length: u64,
+}
+
+/// The sliding windows of the campaign view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Rolling {
+    H1,
+    H24,
+}
+
+impl Rolling {
+    fn window(self) -> Window {
+        match self {
+            Rolling::H1 => Window { length_ms: HOUR },
+            Rolling::H24 => Window { length_ms: DAY },
+        }
+    }
+}
+
+/// One sum of the campaign view (the weight is the count, or the amount for money).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum CampaignMeasure {
+    /// `Closed` counts are those of closed metrics windows, for the latest one.
+    Closed { start: u64, kind: Kind },
+    Impressions(Rolling),
+    Clicks(Rolling),
+    Conversions(Rolling),
+    Spend(Rolling),
+    Revenue(Rolling),
+    Unattributed,
+}
+
+/// A campaign's day in the campaign's time zone.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct CampaignDay {
+    pub campaign: CampaignId,
+    /// `yyyymmdd`.
+    pub date: String,
+}
+
+/// A `campaign_budgets` row.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Budget {
+    pub advertiser: String,
+    pub daily: i64,
+    pub timezone: String,
+}
+
+/// What a campaign-day's budget state is computed from. `Click`s sort by time, so a scan
+/// finds where each threshold was crossed.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum BudgetPiece {
+    Budget(Budget),
+    /// The end of the day (epoch ms): the records of a day carry it.
+    Click {
+        ts: u64,
+        id: EventId,
+        price: i64,
+    },
+    /// Spend synced at a boundary (the weight is the amount).
+    Synced,
+    /// A sync boundary at which a click of the day was synced.
+    SyncedAt(u64),
+}
+
+/// Budget thresholds: percent, `alert_type`, `event_type`, `action`.
+pub const THRESHOLDS: [(i64, &str, &str, &str); 3] = [
+    (90, "90_PERCENT", "BUDGET_ALERT", "NOTIFY"),
+    (95, "95_PERCENT", "BUDGET_ALERT", "NOTIFY"),
+    (100, "EXHAUSTED", "CAMPAIGN_PAUSE", "PAUSE_CAMPAIGN"),
+];
+
+/// Table indices, in `tables()` order.
+pub mod table {
+    pub const CAMPAIGN: u8 = 0;
+    pub const PERFORMANCE: u8 = 1;
+    pub const PERFORMANCE_HISTORY: u8 = 2;
+    pub const BUDGET: u8 = 3;
+    pub const BUDGET_EVENTS: u8 = 4;
+    pub const BUDGET_SPEND: u8 = 5;
+    pub const PRODUCT: u8 = 6;
+}
+
+/// `2024-01-15T10:30:00Z` (milliseconds only when there are some).
+pub fn iso(ms: u64) -> String {
+    DateTime::<Utc>::from_timestamp_millis(ms as i64)
+        .expect("a time in chrono's range")
+        .to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+/// The date (`yyyymmdd`) of `ts` in `tz` and when that day ends (epoch ms).
+pub fn local_day(ts: u64, tz: chrono_tz::Tz) -> (String, u64) {
+    let local = tz
+        .timestamp_millis_opt(ts as i64)
+        .single()
+        .expect("a UTC instant has one local time");
+    let date = local.date_naive();
+    let next: NaiveDate = date.succ_opt().expect("a next day");
+    let midnight = next.and_hms_opt(0, 0, 0).expect("midnight");
+    // a zone whose clocks skip midnight starts the day at the first minute that exists
+    let end = (0..=24 * 60)
+        .find_map(|m| {
+            tz.from_local_datetime(&(midnight + chrono::Duration::minutes(m)))
+                .earliest()
+        })
+        .expect("some minute of the day exists");
+    (
+        date.format("%Y%m%d").to_string(),
+        end.timestamp_millis() as u64,
+    )
+}
+
+/// `hits / trials`, 0 without trials.
+pub fn rate(hits: i64, trials: i64) -> f64 {
+    if trials > 0 {
+        hits as f64 / trials as f64
+    } else {
+        0.0
+    }
+}
+
+/// Defense values (DESIGN §5.3): the campaign's rates smoothed toward its category's with a
+/// prior of `m` impressions behaving like the category — `m·ctr_c` clicks and
+/// `m·ctr_c·cvr_c` conversions.
+pub fn defense(own: [i64; 3], category: [i64; 3], m: f64) -> (f64, f64) {
+    let [impressions, clicks, conversions] = own;
+    let ctr_c = rate(category[1], category[0]);
+    let cvr_c = rate(category[2], category[1]);
+    let prior_clicks = m * ctr_c;
+    let ctr = (clicks as f64 + prior_clicks) / (impressions as f64 + m);
+    let denominator = clicks as f64 + prior_clicks;
+    let cvr = if denominator > 0.0 {
+        (conversions as f64 + prior_clicks * cvr_c) / denominator
+    } else {
+        0.0
+    };
+    (ctr, cvr)
+}
+
+impl Ads {
+    fn horizon_window(&self) -> Window {
+        Window {
+            length_ms: self.config.late_horizon_ms,
+        }
+    }
+    /// When a window's record may first show: its end plus the allowed lateness.
+    fn closes(&self, start: u64, length: u64) -> Tick {
+        start + length + self.config.allowed_lateness_ms
+    }
+    /// A window leaves the dataflow once no event that is not too late can change it.
+    fn window_retires(&self, start: u64, length: u64) -> Tick {
+        self.horizon_window().expiry(start + length)
+    }
+    /// A conversion is kept while a window or rolling sum it counts in may still change.
+    fn conversion_kept(&self, ts: u64) -> Tick {
+        let longest = self.config.defense_window_ms.max(self.config.metrics_window_ms);
+        self.window_retires(ts - ts % longest, longest)
+            .max(Rolling::H24.window().expiry(ts))
+    }
+    /// A click is kept for attribution while a conversion it may win is kept.
+    fn click_kept(&self, ts: u64) -> Tick {
+        self.conversion_kept(ts + self.config.attribution_window_ms)
+    }
+    /// A click is kept for its budget day while the day's state is: the day ends at most 25 h
+    /// after it (a DST day), and the day's rows live one more day.
+    fn spend_kept(&self, ts: u64) -> Tick {
+        ceil_to(ts + 25 * HOUR + self.budget_day_retention(), MINUTE)
+    }
+    fn budget_day_retention(&self) -> u64 {
+        self.config.late_horizon_ms.max(DAY)
+    }
+    fn default_zone(&self) -> chrono_tz::Tz {
+        self.config.default_timezone.parse().unwrap_or(chrono_tz::UTC)
+    }
+    fn windows(&self) -> [u64; 2] {
+        [self.config.metrics_window_ms, self.config.defense_window_ms]
+    }
+
+    /// A window contribution of `slot` for an event at `ts`: one per window length.
+    fn window_counts(
+        &self,
+        slot: &Slot,
+        kind: Kind,
+        ts: u64,
+    ) -> impl Iterator<Item = ((WindowKey, (CampaignId, Placement, Kind)), isize, Tick, Option<Tick>)>
+    {
+        let this = self.clone();
+        let slot = slot.clone();
+        self.windows().into_iter().map(move |length| {
+            let start = ts - ts % length;
+            (
+                (
+                    WindowKey {
+                        category: slot.category.clone(),
+                        start,
+                        length,
+                    },
+                    (slot.campaign.clone(), slot.placement, kind),
+                ),
+                1,
+                this.closes(start, length),
+                Some(this.window_retires(start, length)),
+            )
+        })
+    }
+
+    /// What one count adds to its campaign's view: both rolling windows and the closed
+    /// metrics window (shown for an hour after it closes).
+    fn campaign_counts(
+        &self,
+        campaign: &CampaignId,
+        kind: Kind,
+        ts: u64,
+        amount: Option<i64>,
+    ) -> Vec<((CampaignId, CampaignMeasure), isize, Tick, Option<Tick>)> {
+        let length = self.config.metrics_window_ms;
+        let start = ts - ts % length;
+        let closes = self.closes(start, length);
+        let mut out = vec![(
+            (campaign.clone(), CampaignMeasure::Closed { start, kind }),
+            1,
+            closes,
+            Some(closes + HOUR),
+        )];
+        for rolling in [Rolling::H1, Rolling::H24] {
+            let until = Some(rolling.window().expiry(ts));
+            let count = match kind {
+                Kind::Impression => CampaignMeasure::Impressions(rolling),
+                Kind::Click => CampaignMeasure::Clicks(rolling),
+                Kind::Conversion => CampaignMeasure::Conversions(rolling),
+            };
+            out.push(((campaign.clone(), count), 1, 0, until));
+            if let Some(amount) = amount.filter(|a| *a != 0) {
+                let money = match kind {
+                    Kind::Click => CampaignMeasure::Spend(rolling),
+                    _ => CampaignMeasure::Revenue(rolling),
+                };
+                out.push(((campaign.clone(), money), amount as isize, 0, until));
+            }
+        }
+        out
+    }
+
+    /// The record of one window of one campaign and placement.
+    fn performance_values(&self, key: &WindowKey, own: [i64; 3], category: [i64; 3]) -> Vec<Value> {
+        let [impressions, clicks, conversions] = own;
+        let (defense_ctr, defense_cvr) =
+            defense(own, category, self.config.defense_prior_impressions);
+        let end = iso(key.start + key.length);
+        let sufficient = impressions as f64 >= self.config.defense_prior_impressions;
+        vec![
+            Value::Text(end.clone()),
+            Value::Text(end),
+            Value::Int(impressions),
+            Value::Int(clicks),
+            Value::Int(conversions),
+            Value::float(rate(clicks, impressions)),
+            Value::float(rate(conversions, clicks)),
+            Value::float(defense_ctr),
+            Value::float(defense_cvr),
+            Value::Text(if sufficient { "SUFFICIENT" } else { "INSUFFICIENT" }.into()),
+        ]
+    }
+
+    fn metric_type(&self, length: u64) -> &'static str {
+        if length == self.config.defense_window_ms {
+            "DEFENSE_VALUE"
+        } else {
+            "CTR"
+        }
+    }
+
+    /// The window records of one category's window: one per campaign and placement.
+    fn window_rows(
+        &self,
+        key: &WindowKey,
+        counts: &[(&(CampaignId, Placement, Kind), isize)],
+    ) -> Vec<FeatureRow> {
+        let idx = |k: Kind| k as usize;
+        let mut category = [0i64; 3];
+        let mut by_slot: Vec<((&CampaignId, Placement), [i64; 3])> = Vec::new();
+        for ((campaign, placement, kind), n) in counts {
+            category[idx(*kind)] += *n as i64;
+            match by_slot.last_mut() {
+                Some((s, c)) if *s == (campaign, *placement) => c[idx(*kind)] += *n as i64,
+                _ => {
+                    let mut c = [0; 3];
+                    c[idx(*kind)] = *n as i64;
+                    by_slot.push(((campaign, *placement), c));
+                }
+            }
+        }
+        let mut rows = Vec::with_capacity(2 * by_slot.len());
+        for ((campaign, placement), own) in by_slot {
+            let key_parts = vec![
+                campaign.0.clone(),
+                placement.as_str().to_string(),
+                key.category.clone(),
+                iso(key.start),
+                self.metric_type(key.length).to_string(),
+            ];
+            let values = self.performance_values(key, own, category);
+            for table in [table::PERFORMANCE, table::PERFORMANCE_HISTORY] {
+                rows.push(FeatureRow {
+                    table,
+                    key: key_parts.clone(),
+                    values: values.clone(),
+                });
+            }
+        }
+        rows
+    }
+
+    /// A campaign's view: the latest closed window and the rolling sums.
+    fn campaign_row(
+        &self,
+        campaign: &CampaignId,
+        measures: &[(&CampaignMeasure, isize)],
+    ) -> FeatureRow {
+        let mut latest: Option<u64> = None;
+        let mut closed = [0i64; 3];
+        let mut sums = [[0i64; 5]; 2]; // per rolling window: impressions, clicks, conversions, spend, revenue
+        let mut unattributed = 0;
+        for (m, n) in measures {
+            let n = *n as i64;
+            match m {
+                CampaignMeasure::Closed { start, kind } => {
+                    if latest != Some(*start) {
+                        // `Closed` measures sort by start: a later one replaces the counts
+                        latest = Some(*start);
+                        closed = [0; 3];
+                    }
+                    closed[*kind as usize] += n;
+                }
+                CampaignMeasure::Impressions(r) => sums[*r as usize][0] += n,
+                CampaignMeasure::Clicks(r) => sums[*r as usize][1] += n,
+                CampaignMeasure::Conversions(r) => sums[*r as usize][2] += n,
+                CampaignMeasure::Spend(r) => sums[*r as usize][3] += n,
+                CampaignMeasure::Revenue(r) => sums[*r as usize][4] += n,
+                CampaignMeasure::Unattributed => unattributed += n,
+            }
+        }
+        let mut values = vec![
+            Value::Text(latest.map(iso).unwrap_or_default()),
+            Value::Int(closed[0]),
+            Value::Int(closed[1]),
+            Value::Int(closed[2]),
+            Value::float(rate(closed[1], closed[0])),
+            Value::float(rate(closed[2], closed[1])),
+        ];
+        for s in sums {
+            values.extend([
+                Value::Int(s[0]),
+                Value::Int(s[1]),
+                Value::Int(s[2]),
+                Value::float(rate(s[1], s[0])),
+                Value::float(rate(s[2], s[1])),
+                Value::Int(s[3]),
+                Value::Int(s[4]),
+            ]);
+        }
+        values.push(Value::Int(unattributed));
+        FeatureRow {
+            table: table::CAMPAIGN,
+            key: vec![campaign.0.clone()],
+            values,
+        }
+    }
+
+    /// A campaign-day's budget hash, its alerts, and its last sync.
+    fn budget_rows(&self, day: &CampaignDay, pieces: &[(&BudgetPiece, isize)]) -> Vec<FeatureRow> {
+        let mut budget: Option<&Budget> = None;
+        let (mut spent, mut clicks, mut synced, mut synced_at) = (0i64, 0i64, 0i64, None);
+        let mut crossed: Vec<(usize, u64, i64)> = Vec::new();
+        for (piece, n) in pieces {
+            match piece {
+                BudgetPiece::Budget(b) => budget = Some(b),
+                BudgetPiece::Click { ts, price, .. } => {
+                    for _ in 0..*n {
+                        spent += price;
+                        clicks += 1;
+                        let Some(b) = budget.filter(|b| b.daily > 0) else {
+                            continue;
+                        };
+                        while crossed.len() < THRESHOLDS.len()
+                            && spent * 100 >= b.daily * THRESHOLDS[crossed.len()].0
+                        {
+                            crossed.push((crossed.len(), *ts, spent));
+                        }
+                    }
+                }
+                BudgetPiece::Synced => synced += *n as i64,
+                BudgetPiece::SyncedAt(at) => synced_at = Some(*at),
+            }
+        }
+        let (advertiser, daily) = budget.map_or(("", 0), |b| (b.advertiser.as_str(), b.daily));
+        let key = vec![day.campaign.0.clone(), day.date.clone()];
+        let mut rows = Vec::new();
+        if clicks > 0 {
+            let exhausted = daily > 0 && spent >= daily;
+            rows.push(FeatureRow {
+                table: table::BUDGET,
+                key: key.clone(),
+                values: vec![
+                    Value::Text(advertiser.to_string()),
+                    Value::Int(daily),
+                    Value::Int(spent),
+                    Value::Int((daily - spent).max(0)),
+                    Value::float(rate(spent, daily)),
+                    Value::Int(clicks),
+                    Value::Int(exhausted as i64),
+                ],
+            });
+        }
+        let event = |kind: &str, values: Vec<Value>| FeatureRow {
+            table: table::BUDGET_EVENTS,
+            key: vec![day.campaign.0.clone(), day.date.clone(), kind.to_string()],
+            values,
+        };
+        for (i, ts, spent_then) in crossed {
+            let (_, alert, event_type, action) = THRESHOLDS[i];
+            rows.push(event(
+                alert,
+                vec![
+                    Value::Text(event_type.into()),
+                    Value::Text(iso(ts)),
+                    Value::Text(advertiser.to_string()),
+                    Value::Int(daily),
+                    Value::Int(spent_then),
+                    Value::Int((daily - spent_then).max(0)),
+                    Value::Text(alert.into()),
+                    Value::Text("STREAM".into()),
+                    Value::Text(action.into()),
+                ],
+            ));
+        }
+        if let Some(at) = synced_at {
+            rows.push(event(
+                "SYNC",
+                vec![
+                    Value::Text("BUDGET_SYNC".into()),
+                    Value::Text(iso(at)),
+                    Value::Text(advertiser.to_string()),
+                    Value::Int(daily),
+                    Value::Int(synced),
+                    Value::Int((daily - synced).max(0)),
+                    Value::Text(String::new()),
+                    Value::Text("STREAM".into()),
+                    Value::Text("SYNC".into()),
+                ],
+            ));
+            rows.push(FeatureRow {
+                table: table::BUDGET_SPEND,
+                key,
+                values: vec![
+                    Value::Text(advertiser.to_string()),
+                    Value::Int(daily),
+                    Value::Int(synced),
+                    Value::Text(iso(at)),
+                    Value::Int(at as i64),
+                ],
+            });
+        }
+        rows
+    }
+
+    /// A product's score in force: the latest update whose `effective_from` has come.
+    fn product_row(&self, product: &ProductId, updates: &[(&(u64, u64, QualityUpdate), isize)]) -> Option<FeatureRow> {
+        let n = updates.len();
+        let ((_, ts, last), _) = updates.last()?;
+        let previous = last
+            .previous
+            .map(|p| p.0)
+            .or_else(|| (n > 1).then(|| updates[n - 2].0 .2.score.0))
+            .unwrap_or(last.score.0);
+        Some(FeatureRow {
+            table: table::PRODUCT,
+            key: vec![product.0.clone()],
+            values: vec![
+                Value::float(last.score.0),
+                Value::float(previous),
+                Value::Text(last.category.clone()),
+                Value::Text(last.reason.clone()),
+                Value::Text(iso(last.effective_from)),
+                Value::Int(last.effective_from as i64),
+                Value::Text(iso(*ts)),
+            ],
+        })
+    }
+}
+
+/// A budget row from `campaign_budgets`; `None` (and a warning-free fallback to no budget)
+/// when `daily_budget` is not an integer.
+fn budget_of(row: &DimRow, default_zone: &str) -> Option<(CampaignId, Budget)> {
+    let daily = row.get(2)?.trim().parse::<f64>().ok()?;
+    let zone = row.get(3).map(|z| z.trim()).filter(|z| !z.is_empty());
+    let zone = match zone {
+        Some(z) if z.parse::<chrono_tz::Tz>().is_ok() => z.to_string(),
+        _ => default_zone.to_string(),
+    };
+    Some((
+        CampaignId(row[0].clone()),
+        Budget {
+            advertiser: row.get(1).cloned().unwrap_or_default(),
+            daily: daily.round() as i64,
+            timezone: zone,
+        },
+    ))
+}
+
+fn performance_fields() -> Vec<FieldSpec> {
+    vec![
+        text("timestamp"),
+        text("window_end"),
+        int("impressions"),
+        int("clicks"),
+        int("conversions"),
+        float("ctr"),
+        float("cvr"),
+        float("defense_ctr"),
+        float("defense_cvr"),
+        text("sample_size"),
+    ]
+}
+
+impl Dataflow for Ads {
+    type Event = AdEvent;
+    type Config = AdsConfig;
+    const NAME: &'static str = "ads";
+
+    fn new(config: AdsConfig) -> Self {
+        Ads { config }
+    }
+    fn config(&self) -> &AdsConfig {
+        &self.config
+    }
+    fn topics(&self) -> Vec<String> {
+        vec![self.config.topic.clone(), self.config.quality_topic.clone()]
+    }
+    fn tables(&self) -> Vec<TableSpec> {
+        let spec = |ns, keys, fields, sink| TableSpec {
+            ns,
+            keys,
+            fields,
+            version: 1,
+            sink,
+        };
+        let mut campaign = vec![
+            text("window_start"),
+            int("window_impressions"),
+            int("window_clicks"),
+            int("window_conversions"),
+            float("window_ctr"),
+            float("window_cvr"),
+        ];
+        for [i, c, v, ctr, cvr, s, r] in [
+            [
+                "impressions_1h",
+                "clicks_1h",
+                "conversions_1h",
+                "ctr_1h",
+                "cvr_1h",
+                "spend_1h",
+                "revenue_1h",
+            ],
+            [
+                "impressions_24h",
+                "clicks_24h",
+                "conversions_24h",
+                "ctr_24h",
+                "cvr_24h",
+                "spend_24h",
+                "revenue_24h",
+            ],
+        ] {
+            campaign.extend([int(i), int(c), int(v), float(ctr), float(cvr), int(s), int(r)]);
+        }
+        campaign.push(int("unattributed_conversions_24h"));
+        let window_keys = vec![
+            "campaign_id",
+            "placement",
+            "category",
+            "window_start",
+            "metric_type",
+        ];
+        let budget_event_fields = vec![
+            text("event_type"),
+            text("timestamp"),
+            text("advertiser_id"),
+            int("daily_budget"),
+            int("spent_amount"),
+            int("remaining_budget"),
+            text("alert_type"),
+            text("sync_source"),
+            text("action"),
+        ];
+        vec![
+            spec("campaign", vec!["campaign_id"], campaign, SinkKind::Store),
+            spec(
+                "performance",
+                window_keys.clone(),
+                performance_fields(),
+                SinkKind::Records(self.config.metrics_topic.clone()),
+            ),
+            spec(
+                "performance_metrics",
+                window_keys,
+                performance_fields(),
+                SinkKind::PgTable,
+            ),
+            spec(
+                "budget",
+                vec!["campaign_id", "date"],
+                vec![
+                    text("advertiser_id"),
+                    int("daily_budget"),
+                    int("spent_amount"),
+                    int("remaining_budget"),
+                    float("spent_ratio"),
+                    int("clicks"),
+                    int("paused"),
+                ],
+                SinkKind::RedisHash,
+            ),
+            spec(
+                "budget_events",
+                vec!["campaign_id", "date", "kind"],
+                budget_event_fields,
+                SinkKind::Topic(self.config.budget_topic.clone()),
+            ),
+            spec(
+                "budget_spend",
+                vec!["campaign_id", "date"],
+                vec![
+                    text("advertiser_id"),
+                    int("daily_budget"),
+                    int("spent_amount"),
+                    text("synced_at"),
+                    int("synced_at_ms"),
+                ],
+                SinkKind::PgTable,
+            ),
+            spec(
+                "product",
+                vec!["product_id"],
+                vec![
+                    float("quality_score"),
+                    float("previous_score"),
+                    text("category"),
+                    text("update_reason"),
+                    text("effective_from"),
+                    int("effective_from_ms"),
+                    text("updated_at"),
+                ],
+                SinkKind::Store,
+            ),
+        ]
+    }
+    fn horizon(&self) -> Window {
+        self.horizon_window()
+    }
+    fn dimensions(&self) -> Vec<DimensionSpec> {
+        vec![DimensionSpec {
+            table: self.config.budgets_table.clone(),
+            columns: ["campaign_id", "advertiser_id", "daily_budget", "timezone"]
+                .map(String::from)
+                .into(),
+            create: Some(format!(
+                "CREATE TABLE IF NOT EXISTS {} (campaign_id text PRIMARY KEY, advertiser_id text NOT NULL, daily_budget bigint NOT NULL, timezone text NOT NULL DEFAULT 'UTC')",
+                self.config.budgets_table
+            )),
+        }]
+    }
+    fn decode(&self, record: &RecordRef<'_>) -> Result<Timed<AdEvent>, DecodeError> {
+        if record.topic == self.config.quality_topic {
+            decode::decode_quality(record.payload)
+        } else {
+            decode::decode(record.payload)
+        }
+    }
+    fn build<'s>(
+        &self,
+        events: VecCollection<'s, Tick, Timed<AdEvent>>,
+        dimensions: Vec<VecCollection<'s, Tick, DimRow>>,
+        _rejected: VecCollection<'s, Tick, Rejection>,
+        state: &State,
+    ) -> VecCollection<'s, Tick, FeatureRow> {
+        let attribution = self.attribution(events.clone(), state);
+
+        // closed tumbling windows, per category so the defense values see its totals
+        let this = self.clone();
+        let counted = intervals(state, events.clone(), move |e: &Timed<AdEvent>| {
+            let (slot, kind) = match &e.event {
+                AdEvent::Impression(slot) => (slot, Kind::Impression),
+                AdEvent::Click { slot, .. } => (slot, Kind::Click),
+                _ => return Vec::new(),
+            };
+            this.window_counts(slot, kind, e.ts).collect()
+        });
+        let this = self.clone();
+        let converted = derived_intervals(attribution.clone(), move |a: &Attribution| {
+            let Some(click) = &a.click else {
+                return Vec::new();
+            };
+            let c = &a.conversion;
+            let slot = Slot {
+                campaign: c.campaign.clone(),
+                placement: click.placement,
+                category: c.category.clone(),
+            };
+            this.window_counts(&slot, Kind::Conversion, c.ts).collect()
+        });
+        let this = self.clone();
+        let windows = counted
+            .concat(converted)
+            .consolidate_stream()
+            .reduce_named("PerformanceWindows", move |key, counts, out| {
+                for row in this.window_rows(key, counts) {
+                    out.push((row, 1));
+                }
+            })
+            .map(|(_, row)| row);
+
+        // the campaign view
+        let this = self.clone();
+        let campaign_events = intervals(state, events.clone(), move |e: &Timed<AdEvent>| {
+            match &e.event {
+                AdEvent::Impression(slot) => {
+                    this.campaign_counts(&slot.campaign, Kind::Impression, e.ts, None)
+                }
+                AdEvent::Click { slot, price, .. } => {
+                    this.campaign_counts(&slot.campaign, Kind::Click, e.ts, Some(*price))
+                }
+                _ => Vec::new(),
+            }
+        });
+        let this = self.clone();
+        let campaign_conversions = derived_intervals(attribution, move |a: &Attribution| {
+            let c = &a.conversion;
+            match a.click {
+                Some(_) => this.campaign_counts(&c.campaign, Kind::Conversion, c.ts, Some(c.revenue)),
+                None => vec![(
+                    (c.campaign.clone(), CampaignMeasure::Unattributed),
+                    1,
+                    0,
+                    Some(Rolling::H24.window().expiry(c.ts)),
+                )],
+            }
+        });
+        let this = self.clone();
+        let campaigns = campaign_events
+            .concat(campaign_conversions)
+            .consolidate_stream()
+            .reduce_named("Campaigns", move |campaign, measures, out| {
+                out.push((this.campaign_row(campaign, measures), 1));
+            })
+            .map(|(_, row)| row);
+
+        let budgets = self.budgets(events.clone(), dimensions[0].clone(), state);
+        let products = self.products(events, state);
+        windows.concat(campaigns).concat(budgets).concat(products)
+    }
+    fn generate(&self, spec: &GenerateSpec) -> Box<dyn Iterator<Item = Produced> + Send> {
+        Box::new(generate::AdTraffic::new(&self.config, spec.clone()))
+    }
+    fn dimension_rows(&self, spec: &GenerateSpec) -> Vec<(DimensionSpec, Vec<DimRow>)> {
+        vec![(self.dimensions().remove(0), generate::campaign_budgets(spec))]
+    }
+}
+
+impl Ads {
+    /// Each conversion with the latest click of its device and ad at most
+    /// `attribution_window_ms` before it (a click at the same instant counts), or none.
+    pub fn attribution<'s>(
+        &self,
+        events: VecCollection<'s, Tick, Timed<AdEvent>>,
+        state: &State,
+    ) -> VecCollection<'s, Tick, Attribution> {
+        let this = self.clone();
+        let clicks = intervals(state, events.clone(), move |e: &Timed<AdEvent>| match &e.event {
+            AdEvent::Click { slot, pair, .. } => Some((
+                (
+                    *pair,
+                    ClickRef {
+                        ts: e.ts,
+                        id: e.id,
+                        placement: slot.placement,
+                    },
+                ),
+                1,
+                0,
+                Some(this.click_kept(e.ts)),
+            )),
+            _ => None,
+        });
+        let this = self.clone();
+        let conversions = intervals(state, events, move |e: &Timed<AdEvent>| match &e.event {
+            AdEvent::Conversion {
+                slot,
+                pair,
+                revenue,
+            } => Some((
+                (
+                    *pair,
+                    ConversionRef {
+                        ts: e.ts,
+                        id: e.id,
+                        campaign: slot.campaign.clone(),
+                        category: slot.category.clone(),
+                        revenue: *revenue,
+                    },
+                ),
+                1,
+                0,
+                Some(this.conversion_kept(e.ts)),
+            )),
+            _ => None,
+        });
+        let within = self.config.attribution_window_ms;
+        let candidates = conversions
+            .clone()
+            .join_map(clicks, |_, conversion, click| (conversion.clone(), Some(*click)))
+            .filter(move |(conversion, click)| {
+                let click = click.expect("joined");
+                click.ts <= conversion.ts && conversion.ts - click.ts <= within
+            });
+        conversions
+            .map(|(_, conversion)| (conversion, None))
+            .concat(candidates)
+            .reduce_named("Attribution", |conversion, clicks, out| {
+                // `None` sorts first and clicks by (ts, id): the last one is the latest click
+                let (click, _) = clicks.last().expect("a conversion is its own candidate");
+                out.push((
+                    Attribution {
+                        conversion: conversion.clone(),
+                        click: **click,
+                    },
+                    1,
+                ));
+            })
+            .map(|(_, a)| a)
+    }
+
+    /// Spend per campaign-day in the campaign's zone, threshold crossings and syncs.
+    fn budgets<'s>(
+        &self,
+        events: VecCollection<'s, Tick, Timed<AdEvent>>,
+        table: VecCollection<'s, Tick, DimRow>,
+        state: &State,
+    ) -> VecCollection<'s, Tick, FeatureRow> {
+        let default = self.config.default_timezone.clone();
+        let budgets = table.flat_map(move |row| budget_of(&row, &default));
+        let this = self.clone();
+        let clicks = intervals(state, events, move |e: &Timed<AdEvent>| match &e.event {
+            AdEvent::Click { slot, price, .. } => Some((
+                (slot.campaign.clone(), (e.ts, e.id, *price)),
+                1,
+                0,
+                Some(this.spend_kept(e.ts)),
+            )),
+            _ => None,
+        });
+        let zones = budgets.clone().map(|(c, b)| (c, b.timezone));
+        let budgeted = budgets.clone().map(|(c, _)| c).distinct();
+        let default_zone = self.config.default_timezone.clone();
+        let zoned = clicks
+            .clone()
+            .join_map(zones, |c, click, zone| (c.clone(), *click, zone.clone()))
+            .concat(
+                clicks
+                    .antijoin(budgeted)
+                    .map(move |(c, click)| (c, click, default_zone.clone())),
+            );
+        let this = self.clone();
+        let sync = self.config.budget_sync_interval_ms;
+        let retention = self.budget_day_retention();
+        let days = derived_intervals(zoned, move |(campaign, (ts, id, price), zone)| {
+            let zone = zone.parse().unwrap_or_else(|_| this.default_zone());
+            let (date, end) = local_day(*ts, zone);
+            let day = CampaignDay {
+                campaign: campaign.clone(),
+                date,
+            };
+            let until = Some(end + retention);
+            let synced = ceil_to(ts + 1, sync);
+            [
+                (
+                    (
+                        day.clone(),
+                        BudgetPiece::Click {
+                            ts: *ts,
+                            id: *id,
+                            price: *price,
+                        },
+                    ),
+                    1,
+                    0,
+                    until,
+                ),
+                ((day.clone(), BudgetPiece::Synced), *price as isize, synced, until),
+                ((day, BudgetPiece::SyncedAt(synced)), 1, synced, until),
+            ]
+        });
+        let day_budgets = days
+            .clone()
+            .map(|(day, _)| (day.campaign.clone(), day.date))
+            .distinct()
+            .join_map(budgets, |campaign, date, budget| {
+                (
+                    CampaignDay {
+                        campaign: campaign.clone(),
+                        date: date.clone(),
+                    },
+                    BudgetPiece::Budget(budget.clone()),
+                )
+            });
+        let this = self.clone();
+        days.concat(day_budgets)
+            .consolidate_stream()
+            .reduce_named("Budgets", move |day, pieces, out| {
+                for row in this.budget_rows(day, pieces) {
+                    out.push((row, 1));
+                }
+            })
+            .map(|(_, row)| row)
+    }
+
+    /// Quality scores in force from their `effective_from`.
+    fn products<'s>(
+        &self,
+        events: VecCollection<'s, Tick, Timed<AdEvent>>,
+        state: &State,
+    ) -> VecCollection<'s, Tick, FeatureRow> {
+        let retention = self.config.quality_retention_ms;
+        let updates = intervals(state, events, move |e: &Timed<AdEvent>| match &e.event {
+            AdEvent::Quality(q) => Some((
+                (q.product.clone(), (q.effective_from, e.ts, q.clone())),
+                1,
+                q.effective_from,
+                Some(ceil_to(q.effective_from.max(e.ts) + retention, MINUTE)),
+            )),
+            _ => None,
+        });
+        let this = self.clone();
+        updates
+            .reduce_named("Products", move |product, updates, out| {
+                if let Some(row) = this.product_row(product, updates) {
+                    out.push((row, 1));
+                }
+            })
+            .map(|(_, row)| row)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_days_follow_the_zone() {
+        let seoul: chrono_tz::Tz = "Asia/Seoul".parse().unwrap();
+        // 2026-01-01T15:00:00Z is 2026-01-02 00:00 in Seoul
+        let ts = 1_767_279_600_000;
+        assert_eq!(local_day(ts - 1, seoul).0, "20260101");
+        assert_eq!(local_day(ts - 1, seoul).1, ts);
+        assert_eq!(local_day(ts, seoul).0, "20260102");
+        assert_eq!(local_day(ts, chrono_tz::UTC).0, "20260101");
+        // a 25-hour day: New York, 2026-11-01
+        let ny: chrono_tz::Tz = "America/New_York".parse().unwrap();
+        let start = 1_793_505_600_000; // 2026-11-01T04:00:00Z = midnight EDT
+        let (date, end) = local_day(start, ny);
+        assert_eq!(date, "20261101");
+        assert_eq!(end - start, 25 * HOUR);
+    }
+
+    #[test]
+    fn defense_values_shrink_toward_the_category() {
+        // no traffic of its own: the category's rates
+        let (ctr, cvr) = defense([0, 0, 0], [10_000, 200, 20], 1000.0);
+        assert!((ctr - 0.02).abs() < 1e-12 && (cvr - 0.1).abs() < 1e-12);
+        // 1000 impressions with 50 clicks and 10 conversions, against 2 % and 10 %
+        let (ctr, cvr) = defense([1000, 50, 10], [10_000, 200, 20], 1000.0);
+        assert!((ctr - 70.0 / 2000.0).abs() < 1e-12);
+        assert!((cvr - 12.0 / 70.0).abs() < 1e-12);
+        assert_eq!(iso(1_767_225_600_000), "2026-01-01T00:00:00Z");
+        assert_eq!(iso(1_767_225_600_123), "2026-01-01T00:00:00.123Z");
+    }
+}
