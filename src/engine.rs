@@ -13,7 +13,7 @@ use differential_dataflow::AsCollection;
 use differential_dataflow::VecCollection;
 use tidemark_dataflows::counters::Counters;
 use tidemark_dataflows::dimension::TableSource;
-use tidemark_dataflows::features::{ChangeBuffer, FeatureRow, SinkKind, TableSpec};
+use tidemark_dataflows::features::{ChangeBuffer, FeatureRow, TableSpec};
 use tidemark_dataflows::ingest::IngestOptions;
 use tidemark_dataflows::record::{InvalidRecord, Poll, RecordRef, RecordSource};
 use tidemark_dataflows::state::{Restore, State};

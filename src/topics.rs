@@ -11,7 +11,6 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, Top
 use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
-use tidemark_dataflows::features::SinkKind;
 
 use crate::config::{Config, TopicConfig};
 

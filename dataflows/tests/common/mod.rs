@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod ads_model;
 pub mod reading_model;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -32,10 +33,11 @@ impl RecordSource for VecSource {
         let Some(batch) = self.batches.pop_front() else {
             return Poll::Finished;
         };
-        for payload in &batch {
+        for record in &batch {
             self.offset += 1;
+            let (topic, payload) = split_topic(record);
             visit(RecordRef {
-                topic: "t",
+                topic,
                 partition: 0,
                 offset: self.offset,
                 append_ms: 0,
@@ -51,6 +53,25 @@ impl RecordSource for VecSource {
 }
 
 pub type State = BTreeMap<(u8, Vec<String>), Vec<Value>>;
+
+/// A record for `topic` (records without one are on topic `t`).
+pub fn on_topic(topic: &str, payload: &[u8]) -> Vec<u8> {
+    let mut r = vec![0];
+    r.extend_from_slice(topic.as_bytes());
+    r.push(0);
+    r.extend_from_slice(payload);
+    r
+}
+
+fn split_topic(record: &[u8]) -> (&str, &[u8]) {
+    match record.strip_prefix(&[0]) {
+        Some(rest) => {
+            let end = rest.iter().position(|b| *b == 0).expect("topic ends");
+            (std::str::from_utf8(&rest[..end]).expect("topic"), &rest[end + 1..])
+        }
+        None => ("t", record),
+    }
+}
 
 /// Runs family `name` with worker `w` reading `per_worker[w]`; returns every tick's changes
 /// (all workers) in tick order, and the counters.
