@@ -266,11 +266,7 @@ fn open_stores(
             stats("postgres"),
         ));
     }
-    if writer
-        .tables
-        .iter()
-        .any(|t| t.sink.topic().is_some())
-    {
+    if writer.tables.iter().any(|t| t.sink.topic().is_some()) {
         let store = TopicStore::open(&opts.config.kafka.brokers, writer.clone())?;
         stores.push((Box::new(store), stats("kafka")));
     }

@@ -83,12 +83,14 @@ struct GenerateArgs {
     disorder: f64,
     #[arg(long, default_value_t = 0.0)]
     invalid: f64,
-    /// Write JSON lines here…
-    #[arg(long, conflicts_with = "topic", required_unless_present = "topic")]
+    /// Write JSON lines here (every topic's records in one file)…
+    #[arg(long, conflicts_with = "topics", required_unless_present = "topics")]
     out: Option<PathBuf>,
-    /// …or produce to this Kafka topic (brokers from TIDEMARK_KAFKA).
-    #[arg(long)]
-    topic: Option<String>,
+    /// …or produce to Kafka (brokers from TIDEMARK_KAFKA): the dataflow's topics in order
+    /// (e.g. ads: `--topic ad-events --topic quality-score-updates`); a topic not named
+    /// keeps the dataflow's name.
+    #[arg(long = "topic")]
+    topics: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -326,12 +328,20 @@ fn generate(a: GenerateArgs) -> anyhow::Result<()> {
             n += 1;
         }
         out.flush()?;
-    } else if let Some(topic) = a.topic {
+    } else {
         let brokers = std::env::var("TIDEMARK_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into());
         let sender = Sender::new(&brokers)?;
+        let own = family.topics();
+        let target = |t: &str| -> String {
+            own.iter()
+                .position(|o| o == t)
+                .and_then(|i| a.topics.get(i))
+                .cloned()
+                .unwrap_or_else(|| t.to_string())
+        };
         for p in family.generate(&spec) {
             sender.send(
-                &topic,
+                &target(&p.topic),
                 p.key.as_deref().map(str::as_bytes),
                 &p.payload,
                 None,

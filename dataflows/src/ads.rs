@@ -21,7 +21,7 @@ use crate::ingest::{EventId, Rejection, Timed};
 use crate::record::{DecodeError, RecordRef};
 use crate::state::State;
 use crate::time::{ceil_to, Tick, Window, DAY, HOUR, MINUTE};
-use crate::windowed::{derived_intervals, intervals};
+use crate::windowed::{derived_intervals, intervals, Interval};
 
 /// `[dataflows.ads]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -211,6 +211,9 @@ pub struct WindowKey {
     pub length: u64,
 }
 
+/// What one count in a window is: whose, where, and of what.
+pub type Counted = (CampaignId, Placement, Kind);
+
 /// The sliding windows of the campaign view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Rolling {
@@ -231,7 +234,10 @@ impl Rolling {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum CampaignMeasure {
     /// `Closed` counts are those of closed metrics windows, for the latest one.
-    Closed { start: u64, kind: Kind },
+    Closed {
+        start: u64,
+        kind: Kind,
+    },
     Impressions(Rolling),
     Clicks(Rolling),
     Conversions(Rolling),
@@ -363,7 +369,10 @@ impl Ads {
     }
     /// A conversion is kept while a window or rolling sum it counts in may still change.
     fn conversion_kept(&self, ts: u64) -> Tick {
-        let longest = self.config.defense_window_ms.max(self.config.metrics_window_ms);
+        let longest = self
+            .config
+            .defense_window_ms
+            .max(self.config.metrics_window_ms);
         self.window_retires(ts - ts % longest, longest)
             .max(Rolling::H24.window().expiry(ts))
     }
@@ -380,7 +389,10 @@ impl Ads {
         self.config.late_horizon_ms.max(DAY)
     }
     fn default_zone(&self) -> chrono_tz::Tz {
-        self.config.default_timezone.parse().unwrap_or(chrono_tz::UTC)
+        self.config
+            .default_timezone
+            .parse()
+            .unwrap_or(chrono_tz::UTC)
     }
     fn windows(&self) -> [u64; 2] {
         [self.config.metrics_window_ms, self.config.defense_window_ms]
@@ -392,8 +404,7 @@ impl Ads {
         slot: &Slot,
         kind: Kind,
         ts: u64,
-    ) -> impl Iterator<Item = ((WindowKey, (CampaignId, Placement, Kind)), isize, Tick, Option<Tick>)>
-    {
+    ) -> impl Iterator<Item = Interval<(WindowKey, Counted)>> {
         let this = self.clone();
         let slot = slot.clone();
         self.windows().into_iter().map(move |length| {
@@ -422,7 +433,7 @@ impl Ads {
         kind: Kind,
         ts: u64,
         amount: Option<i64>,
-    ) -> Vec<((CampaignId, CampaignMeasure), isize, Tick, Option<Tick>)> {
+    ) -> Vec<Interval<(CampaignId, CampaignMeasure)>> {
         let length = self.config.metrics_window_ms;
         let start = ts - ts % length;
         let closes = self.closes(start, length);
@@ -468,7 +479,14 @@ impl Ads {
             Value::float(rate(conversions, clicks)),
             Value::float(defense_ctr),
             Value::float(defense_cvr),
-            Value::Text(if sufficient { "SUFFICIENT" } else { "INSUFFICIENT" }.into()),
+            Value::Text(
+                if sufficient {
+                    "SUFFICIENT"
+                } else {
+                    "INSUFFICIENT"
+                }
+                .into(),
+            ),
         ]
     }
 
@@ -481,11 +499,7 @@ impl Ads {
     }
 
     /// The window records of one category's window: one per campaign and placement.
-    fn window_rows(
-        &self,
-        key: &WindowKey,
-        counts: &[(&(CampaignId, Placement, Kind), isize)],
-    ) -> Vec<FeatureRow> {
+    fn window_rows(&self, key: &WindowKey, counts: &[(&Counted, isize)]) -> Vec<FeatureRow> {
         let idx = |k: Kind| k as usize;
         let mut category = [0i64; 3];
         let mut by_slot: Vec<((&CampaignId, Placement), [i64; 3])> = Vec::new();
@@ -675,7 +689,11 @@ impl Ads {
     }
 
     /// A product's score in force: the latest update whose `effective_from` has come.
-    fn product_row(&self, product: &ProductId, updates: &[(&(u64, u64, QualityUpdate), isize)]) -> Option<FeatureRow> {
+    fn product_row(
+        &self,
+        product: &ProductId,
+        updates: &[(&(u64, u64, QualityUpdate), isize)],
+    ) -> Option<FeatureRow> {
         let n = updates.len();
         let ((_, ts, last), _) = updates.last()?;
         let previous = last
@@ -783,7 +801,15 @@ impl Dataflow for Ads {
                 "revenue_24h",
             ],
         ] {
-            campaign.extend([int(i), int(c), int(v), float(ctr), float(cvr), int(s), int(r)]);
+            campaign.extend([
+                int(i),
+                int(c),
+                int(v),
+                float(ctr),
+                float(cvr),
+                int(s),
+                int(r),
+            ]);
         }
         campaign.push(int("unattributed_conversions_24h"));
         let window_keys = vec![
@@ -933,22 +959,24 @@ impl Dataflow for Ads {
 
         // the campaign view
         let this = self.clone();
-        let campaign_events = intervals(state, events.clone(), move |e: &Timed<AdEvent>| {
-            match &e.event {
-                AdEvent::Impression(slot) => {
-                    this.campaign_counts(&slot.campaign, Kind::Impression, e.ts, None)
-                }
-                AdEvent::Click { slot, price, .. } => {
-                    this.campaign_counts(&slot.campaign, Kind::Click, e.ts, Some(*price))
-                }
-                _ => Vec::new(),
+        let campaign_events = intervals(state, events.clone(), move |e: &Timed<AdEvent>| match &e
+            .event
+        {
+            AdEvent::Impression(slot) => {
+                this.campaign_counts(&slot.campaign, Kind::Impression, e.ts, None)
             }
+            AdEvent::Click { slot, price, .. } => {
+                this.campaign_counts(&slot.campaign, Kind::Click, e.ts, Some(*price))
+            }
+            _ => Vec::new(),
         });
         let this = self.clone();
         let campaign_conversions = derived_intervals(attribution, move |a: &Attribution| {
             let c = &a.conversion;
             match a.click {
-                Some(_) => this.campaign_counts(&c.campaign, Kind::Conversion, c.ts, Some(c.revenue)),
+                Some(_) => {
+                    this.campaign_counts(&c.campaign, Kind::Conversion, c.ts, Some(c.revenue))
+                }
                 None => vec![(
                     (c.campaign.clone(), CampaignMeasure::Unattributed),
                     1,
@@ -974,7 +1002,10 @@ impl Dataflow for Ads {
         Box::new(generate::AdTraffic::new(&self.config, spec.clone()))
     }
     fn dimension_rows(&self, spec: &GenerateSpec) -> Vec<(DimensionSpec, Vec<DimRow>)> {
-        vec![(self.dimensions().remove(0), generate::campaign_budgets(spec))]
+        vec![(
+            self.dimensions().remove(0),
+            generate::campaign_budgets(spec),
+        )]
     }
 }
 
@@ -987,21 +1018,23 @@ impl Ads {
         state: &State,
     ) -> VecCollection<'s, Tick, Attribution> {
         let this = self.clone();
-        let clicks = intervals(state, events.clone(), move |e: &Timed<AdEvent>| match &e.event {
-            AdEvent::Click { slot, pair, .. } => Some((
-                (
-                    *pair,
-                    ClickRef {
-                        ts: e.ts,
-                        id: e.id,
-                        placement: slot.placement,
-                    },
-                ),
-                1,
-                0,
-                Some(this.click_kept(e.ts)),
-            )),
-            _ => None,
+        let clicks = intervals(state, events.clone(), move |e: &Timed<AdEvent>| {
+            match &e.event {
+                AdEvent::Click { slot, pair, .. } => Some((
+                    (
+                        *pair,
+                        ClickRef {
+                            ts: e.ts,
+                            id: e.id,
+                            placement: slot.placement,
+                        },
+                    ),
+                    1,
+                    0,
+                    Some(this.click_kept(e.ts)),
+                )),
+                _ => None,
+            }
         });
         let this = self.clone();
         let conversions = intervals(state, events, move |e: &Timed<AdEvent>| match &e.event {
@@ -1029,7 +1062,9 @@ impl Ads {
         let within = self.config.attribution_window_ms;
         let candidates = conversions
             .clone()
-            .join_map(clicks, |_, conversion, click| (conversion.clone(), Some(*click)))
+            .join_map(clicks, |_, conversion, click| {
+                (conversion.clone(), Some(*click))
+            })
             .filter(move |(conversion, click)| {
                 let click = click.expect("joined");
                 click.ts <= conversion.ts && conversion.ts - click.ts <= within
@@ -1107,7 +1142,12 @@ impl Ads {
                     0,
                     until,
                 ),
-                ((day.clone(), BudgetPiece::Synced), *price as isize, synced, until),
+                (
+                    (day.clone(), BudgetPiece::Synced),
+                    *price as isize,
+                    synced,
+                    until,
+                ),
                 ((day, BudgetPiece::SyncedAt(synced)), 1, synced, until),
             ]
         });

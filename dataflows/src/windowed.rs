@@ -71,11 +71,12 @@ where
     F: Fn(&E) -> I + 'static,
 {
     with_intervals(events, move |e| {
-        logic(e)
-            .into_iter()
-            .map(|(d, w, expiry)| (d, w, 0, expiry))
+        logic(e).into_iter().map(|(d, w, expiry)| (d, w, 0, expiry))
     })
 }
+
+/// A contribution `(record, weight, from, until)`: see [`intervals`].
+pub type Interval<D> = (D, isize, Tick, Option<Tick>);
 
 /// Contributions present over an interval of stream time: `(record, weight, from, until)`
 /// counts from `from` (or the update's tick, if later) until `until` (forever when `None`).
@@ -129,7 +130,9 @@ where
             let end = until.unwrap_or(NEVER);
             let live = end > start;
             let retraction = live.then(|| (d.clone(), end, -r * w));
-            live.then_some((d, start, r * w)).into_iter().chain(retraction)
+            live.then_some((d, start, r * w))
+                .into_iter()
+                .chain(retraction)
         })
     })
 }

@@ -405,10 +405,24 @@ proptest! {
 }
 
 fn click(id: &str, ts: u64, device: usize, ad: usize, placement: &str, price: i64) -> Item {
-    Item::Event(Ev::new(id.into(), ts, Act::Click { price }, device, ad, placement))
+    Item::Event(Ev::new(
+        id.into(),
+        ts,
+        Act::Click { price },
+        device,
+        ad,
+        placement,
+    ))
 }
 fn conversion(id: &str, ts: u64, device: usize, ad: usize) -> Item {
-    Item::Event(Ev::new(id.into(), ts, Act::Conversion { revenue: 9_000 }, device, ad, "HOME"))
+    Item::Event(Ev::new(
+        id.into(),
+        ts,
+        Act::Conversion { revenue: 9_000 },
+        device,
+        ad,
+        "HOME",
+    ))
 }
 
 /// The rows of table `t` at `at`.
@@ -429,9 +443,9 @@ fn attribution_edges_and_a_late_click_re_emits_the_window() {
     let t0 = BASE + 2 * HOUR; // a 5-minute window start
     let batches = vec![
         vec![
-            click("k1", t0 - DAY, 0, 0, "HOME", 100),        // exactly 24 h before c1
-            click("k2", t0 - DAY - 1, 1, 0, "SEARCH", 100),  // 24 h + 1 ms before c2
-            click("k3", t0 - HOUR, 2, 0, "SEARCH", 100),     // older click of d2
+            click("k1", t0 - DAY, 0, 0, "HOME", 100), // exactly 24 h before c1
+            click("k2", t0 - DAY - 1, 1, 0, "SEARCH", 100), // 24 h + 1 ms before c2
+            click("k3", t0 - HOUR, 2, 0, "SEARCH", 100), // older click of d2
             click("k4", t0 - MINUTE, 2, 0, "CATEGORY", 100), // latest click of d2 wins
         ],
         vec![
@@ -442,7 +456,14 @@ fn attribution_edges_and_a_late_click_re_emits_the_window() {
             click("k5", t0 + 4, 0, 1, "HOME", 100),
         ],
         // stream time passes the window's close
-        vec![Item::Event(Ev::new("i1".into(), t0 + HOUR, Act::Impression, 0, 2, "HOME"))],
+        vec![Item::Event(Ev::new(
+            "i1".into(),
+            t0 + HOUR,
+            Act::Impression,
+            0,
+            2,
+            "HOME",
+        ))],
         // a late click makes c2 attributable, after its window's record went out
         vec![click("k6", t0 - HOUR, 1, 0, "HOME", 100)],
     ];
@@ -465,15 +486,26 @@ fn attribution_edges_and_a_late_click_re_emits_the_window() {
     assert_eq!(window("HOME", before_late_click), Some(Value::Int(1)));
     assert_eq!(window("CATEGORY", before_late_click), Some(Value::Int(1)));
     assert_eq!(window("SEARCH", before_late_click), None);
-    let campaign = |at: Tick| table(&changes, CAMPAIGN, at).into_iter().find(|(k, _)| k[0] == "c0").unwrap().1;
+    let campaign = |at: Tick| {
+        table(&changes, CAMPAIGN, at)
+            .into_iter()
+            .find(|(k, _)| k[0] == "c0")
+            .unwrap()
+            .1
+    };
     assert_eq!(campaign(before_late_click).last(), Some(&Value::Int(1))); // c2 unattributed
-    // then c2 → k6 (HOME): the same record again, corrected
+                                                                          // then c2 → k6 (HOME): the same record again, corrected
     assert_eq!(window("HOME", last), Some(Value::Int(2)));
     assert_eq!(campaign(last).last(), Some(&Value::Int(0)));
     let emitted_again = changes.iter().filter(|t| t.tick == last).any(|t| {
-        t.changes.iter().any(|c| c.table == PERFORMANCE && c.key[1] == "HOME" && c.key[3] == iso(t0))
+        t.changes
+            .iter()
+            .any(|c| c.table == PERFORMANCE && c.key[1] == "HOME" && c.key[3] == iso(t0))
     });
-    assert!(emitted_again, "the window's record goes out again at the late click's tick");
+    assert!(
+        emitted_again,
+        "the window's record goes out again at the late click's tick"
+    );
 }
 
 /// Thresholds are crossed once per campaign-day, at the click that crosses them, and a
@@ -484,11 +516,25 @@ fn budget_thresholds_cross_once_per_campaign_day_in_its_zone() {
     let mut batches = Vec::new();
     // c1's budget is 5,000: 9 clicks of 500 before Seoul's midnight (4,500 = 90 %)
     for i in 0..9 {
-        batches.push(vec![click(&format!("a{i}"), seoul_midnight - HOUR + i * MINUTE, 0, 1, "HOME", 500)]);
+        batches.push(vec![click(
+            &format!("a{i}"),
+            seoul_midnight - HOUR + i * MINUTE,
+            0,
+            1,
+            "HOME",
+            500,
+        )]);
     }
     // the next day starts from zero: 2 clicks
     for i in 0..2 {
-        batches.push(vec![click(&format!("b{i}"), seoul_midnight + i * MINUTE, 0, 1, "HOME", 3_000)]);
+        batches.push(vec![click(
+            &format!("b{i}"),
+            seoul_midnight + i * MINUTE,
+            0,
+            1,
+            "HOME",
+            3_000,
+        )]);
     }
     let changes = run(vec![payloads(&batches)]);
     let events = accepted(&batches);
@@ -497,7 +543,10 @@ fn budget_thresholds_cross_once_per_campaign_day_in_its_zone() {
         assert!(agrees(&got, &want), "at {at}: {got:?} vs {want:?}");
     }
     let end = events.iter().map(|(_, t)| *t).max().unwrap();
-    let records: Vec<Vec<String>> = table(&changes, BUDGET_EVENTS, end).into_iter().map(|(k, _)| k).collect();
+    let records: Vec<Vec<String>> = table(&changes, BUDGET_EVENTS, end)
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
     let alerts: Vec<&Vec<String>> = records.iter().filter(|k| k[2] != "SYNC").collect();
     assert_eq!(
         alerts,
@@ -511,7 +560,11 @@ fn budget_thresholds_cross_once_per_campaign_day_in_its_zone() {
     // every alert went out once: one insertion per key over the whole run
     let mut emitted: HashMap<Vec<String>, usize> = HashMap::new();
     for t in &changes {
-        for c in t.changes.iter().filter(|c| c.table == BUDGET_EVENTS && c.key[2] != "SYNC" && c.after.is_some()) {
+        for c in t
+            .changes
+            .iter()
+            .filter(|c| c.table == BUDGET_EVENTS && c.key[2] != "SYNC" && c.after.is_some())
+        {
             *emitted.entry(c.key.clone()).or_default() += 1;
         }
     }

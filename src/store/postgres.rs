@@ -40,10 +40,7 @@ pub fn migrate(client: &mut Client, tables: &[TableSpec]) -> anyhow::Result<()> 
         "CREATE TABLE IF NOT EXISTS tidemark_progress (job text NOT NULL, worker int NOT NULL, \
          tick bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (job, worker));\n",
     );
-    for spec in tables
-        .iter()
-        .filter(|s| s.sink.in_postgres())
-    {
+    for spec in tables.iter().filter(|s| s.sink.in_postgres()) {
         let name = table_name(spec);
         let keys: Vec<String> = spec
             .keys

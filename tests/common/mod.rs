@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod ads;
 pub mod reading;
 pub mod search;
 pub mod services;
@@ -292,6 +293,34 @@ pub fn dead_letters(topic: &str) -> Vec<DeadLetter> {
             envelope: serde_json::from_slice(m.payload().unwrap_or_default()).unwrap(),
             headers,
         });
+    }
+    out
+}
+
+/// Every record of `topic` in order per partition, as (key, JSON value or `None` for a
+/// tombstone), read from the start until nothing new came for 3 s.
+pub fn topic_records(topic: &str) -> Vec<(String, Option<serde_json::Value>)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka())
+        .set("group.id", format!("reader-{topic}-{}", std::process::id()))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    let mut last = std::time::Instant::now();
+    while last.elapsed() < Duration::from_secs(3) {
+        let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        last = std::time::Instant::now();
+        out.push((
+            String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+            m.payload().map(|p| serde_json::from_slice(p).unwrap()),
+        ));
     }
     out
 }

@@ -176,7 +176,8 @@ pub fn decode_quality(payload: &[u8]) -> Result<Timed<AdEvent>, DecodeError> {
     let update = QualityUpdate {
         product: ProductId(text(&raw.product_id, "product_id")?),
         effective_from,
-        score: score(raw.quality_score, "quality_score")?.ok_or_else(|| missing("quality_score"))?,
+        score: score(raw.quality_score, "quality_score")?
+            .ok_or_else(|| missing("quality_score"))?,
         previous: score(raw.previous_score, "previous_score")?,
         category: raw.category.as_deref().unwrap_or_default().to_string(),
         reason: raw.update_reason.as_deref().unwrap_or_default().to_string(),
@@ -256,16 +257,36 @@ mod tests {
         assert_eq!((*price, slot.placement), (1200, Placement::Home));
         // the same bytes are the same event; other bytes another
         assert_eq!(decode(CLICK.as_bytes()).unwrap().id, e.id);
-        assert_ne!(decode(CLICK.replace("12345", "12346").as_bytes()).unwrap().id, e.id);
-        assert_eq!(kind(&CLICK.replace("\"HOME\"", "\"SIDEBAR\"")), ErrorKind::Range);
+        assert_ne!(
+            decode(CLICK.replace("12345", "12346").as_bytes())
+                .unwrap()
+                .id,
+            e.id
+        );
+        assert_eq!(
+            kind(&CLICK.replace("\"HOME\"", "\"SIDEBAR\"")),
+            ErrorKind::Range
+        );
         assert_eq!(kind(&CLICK.replace("1200", "-5")), ErrorKind::Range);
         assert_eq!(kind(&CLICK.replace("1200", "\"x\"")), ErrorKind::WrongType);
-        assert_eq!(kind(&CLICK.replace("2024-01-15T10:30:00Z", "yesterday")), ErrorKind::WrongType);
-        assert_eq!(kind(&CLICK.replace("\"ad_001\"", "null")), ErrorKind::MissingField);
-        assert_eq!(kind(&CLICK.replace("\"CLICK\"", "\"VIEW\"")), ErrorKind::UnknownType);
+        assert_eq!(
+            kind(&CLICK.replace("2024-01-15T10:30:00Z", "yesterday")),
+            ErrorKind::WrongType
+        );
+        assert_eq!(
+            kind(&CLICK.replace("\"ad_001\"", "null")),
+            ErrorKind::MissingField
+        );
+        assert_eq!(
+            kind(&CLICK.replace("\"CLICK\"", "\"VIEW\"")),
+            ErrorKind::UnknownType
+        );
         assert_eq!(kind("[1]"), ErrorKind::Json);
         // a conversion needs its revenue
-        assert_eq!(kind(&CLICK.replace("\"CLICK\"", "\"CONVERSION\"")), ErrorKind::MissingField);
+        assert_eq!(
+            kind(&CLICK.replace("\"CLICK\"", "\"CONVERSION\"")),
+            ErrorKind::MissingField
+        );
         // an impression needs no device or price
         let imp = r#"{"event_type":"IMPRESSION","timestamp":"2024-01-15T10:30:00.250+09:00","campaign_id":"c","advertiser_id":"a","placement":"SEARCH","category":"x"}"#;
         assert_eq!(decode(imp.as_bytes()).unwrap().ts, 1_705_282_200_250);

@@ -66,7 +66,10 @@ pub fn campaign_budgets(spec: &GenerateSpec) -> Vec<DimRow> {
     for p in AdTraffic::new(&config, spec.clone()) {
         if let Ok(e) = super::decode::decode(&p.payload) {
             if let super::AdEvent::Click { slot, price, .. } = e.event {
-                let c = list.iter().find(|c| c.id == slot.campaign.0).expect("known");
+                let c = list
+                    .iter()
+                    .find(|c| c.id == slot.campaign.0)
+                    .expect("known");
                 let zone = c.zone.parse().expect("zone");
                 *spend
                     .entry((slot.campaign.0, super::local_day(e.ts, zone).0))
@@ -83,7 +86,8 @@ pub fn campaign_budgets(spec: &GenerateSpec) -> Vec<DimRow> {
                 .map(|(_, s)| *s)
                 .max()
                 .unwrap_or(0);
-            let budget = ((most as f64 * BUDGET_FACTORS[i % BUDGET_FACTORS.len()]) as i64).max(1_000);
+            let budget =
+                ((most as f64 * BUDGET_FACTORS[i % BUDGET_FACTORS.len()]) as i64).max(1_000);
             vec![
                 c.id.clone(),
                 c.advertiser.clone(),
@@ -158,9 +162,16 @@ impl AdTraffic {
         let c = &self.campaigns[l.campaign];
         let mut ts = l.ts;
         if self.rng.random_bool(self.spec.disorder_share) {
-            // mostly seconds late; now and then hours late (a few beyond the horizon)
+            // mostly seconds late; now and then hours late, and some of those beyond the
+            // 24-hour horizon (never within six hours of it, so which ones are too late
+            // does not depend on how far one partition is read ahead of another)
             ts = if self.rng.random_bool(0.1) {
-                ts.saturating_sub(self.rng.random_range(HOUR..30 * HOUR))
+                let late = if self.rng.random_bool(0.8) {
+                    self.rng.random_range(HOUR..12 * HOUR)
+                } else {
+                    self.rng.random_range(30 * HOUR..36 * HOUR)
+                };
+                ts.saturating_sub(late)
             } else {
                 ts.saturating_sub(self.rng.random_range(1..60 * SECOND))
             };
@@ -179,7 +190,7 @@ impl AdTraffic {
             "bid_price": 1500,
             "actual_price": null,
             "experiment_key": "mobile_ui",
-            "experiment_var": if l.device % 2 == 0 { "A" } else { "B" },
+            "experiment_var": if l.device.is_multiple_of(2) { "A" } else { "B" },
             "search_term": if l.placement == Placement::Search { json!("노트북") } else { json!(null) },
             "category": c.category,
             "revenue_amount": null,
@@ -288,7 +299,9 @@ impl AdTraffic {
         let payload = match self.rng.random_range(0..6) {
             0 => r#"{"event_type": "CLICK", "timestamp": "#.to_string(),
             1 => format!(r#"{{{common},"event_type":"IMPRESSION","placement":null}}"#),
-            2 => format!(r#"{{{common},"event_type":"CLICK","placement":"HOME","actual_price":-100}}"#),
+            2 => format!(
+                r#"{{{common},"event_type":"CLICK","placement":"HOME","actual_price":-100}}"#
+            ),
             3 => format!(r#"{{{common},"event_type":"IMPRESSION","placement":"SIDEBAR"}}"#),
             4 => format!(
                 r#"{{"event_type":"IMPRESSION","timestamp":"{}","campaign_id":"c","advertiser_id":"a","placement":"HOME","category":"x"}}"#,
@@ -365,10 +378,15 @@ mod tests {
             }
         }
         assert!(invalid > 300 && invalid < 800, "{invalid}");
-        assert!(kinds["click"] > 800 && kinds["conversion"] > 50, "{kinds:?}");
+        assert!(
+            kinds["click"] > 800 && kinds["conversion"] > 50,
+            "{kinds:?}"
+        );
         assert!(kinds["quality"] > 300, "{kinds:?}");
         let budgets = campaign_budgets(&spec);
         assert_eq!(budgets.len(), CAMPAIGNS);
-        assert!(budgets.iter().all(|b| b[2].parse::<i64>().unwrap() >= 1_000));
+        assert!(budgets
+            .iter()
+            .all(|b| b[2].parse::<i64>().unwrap() >= 1_000));
     }
 }

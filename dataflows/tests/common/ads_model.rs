@@ -11,6 +11,10 @@ use tidemark_dataflows::features::Value;
 use tidemark_dataflows::Tick;
 
 pub type State = BTreeMap<(u8, Vec<String>), Vec<Value>>;
+/// Counts (impressions, clicks, conversions) per (campaign, placement), per (category, start).
+type Windows = BTreeMap<(String, u64), BTreeMap<(String, String), [i64; 3]>>;
+/// Clicks (ts, id, price) per (campaign, date).
+type Days = BTreeMap<(String, String), Vec<(u64, u128, i64)>>;
 
 pub const SECOND: u64 = 1_000;
 pub const MINUTE: u64 = 60 * SECOND;
@@ -47,7 +51,7 @@ pub fn too_late(ts: u64, tick: Tick) -> bool {
 
 pub fn iso(ms: u64) -> String {
     let t = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms as i64).unwrap();
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
     } else {
         t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
@@ -114,10 +118,7 @@ fn retires(start: u64, length: u64) -> Tick {
 
 /// Each visible conversion with the click it is attributed to at `at`: the latest click
 /// (by time, then identity) of the same device and ad at most 24 h before it.
-pub fn attributions<'a>(
-    events: &'a [(AdRead, Tick)],
-    at: Tick,
-) -> Vec<(&'a AdRead, Option<&'a AdRead>)> {
+pub fn attributions(events: &[(AdRead, Tick)], at: Tick) -> Vec<(&AdRead, Option<&AdRead>)> {
     let seen = |t: &Tick| *t <= at;
     events
         .iter()
@@ -166,21 +167,38 @@ pub fn recount(events: &[(AdRead, Tick)], budgets: &[BudgetRow], at: Tick) -> St
     let mut counted: Vec<(String, String, String, u64, usize)> = Vec::new();
     for (e, _) in &seen {
         match e.act {
-            Act::Impression => counted.push((e.campaign.clone(), e.placement.clone(), e.category.clone(), e.ts, 0)),
-            Act::Click { .. } => counted.push((e.campaign.clone(), e.placement.clone(), e.category.clone(), e.ts, 1)),
+            Act::Impression => counted.push((
+                e.campaign.clone(),
+                e.placement.clone(),
+                e.category.clone(),
+                e.ts,
+                0,
+            )),
+            Act::Click { .. } => counted.push((
+                e.campaign.clone(),
+                e.placement.clone(),
+                e.category.clone(),
+                e.ts,
+                1,
+            )),
             _ => {}
         }
     }
     for (c, click) in &attributed {
         if let Some(k) = click {
-            counted.push((c.campaign.clone(), k.placement.clone(), c.category.clone(), c.ts, 2));
+            counted.push((
+                c.campaign.clone(),
+                k.placement.clone(),
+                c.category.clone(),
+                c.ts,
+                2,
+            ));
         }
     }
 
     // performance windows
     for length in [METRICS, DEFENSE] {
-        let mut windows: BTreeMap<(String, u64), BTreeMap<(String, String), [i64; 3]>> =
-            BTreeMap::new();
+        let mut windows = Windows::new();
         for (campaign, placement, category, ts, kind) in &counted {
             let start = ts - ts % length;
             if closes(start, length) <= at && at < retires(start, length) {
@@ -219,10 +237,27 @@ pub fn recount(events: &[(AdRead, Tick)], budgets: &[BudgetRow], at: Tick) -> St
                     Value::float(rate(conv, clk)),
                     Value::float(defense_ctr),
                     Value::float(defense_cvr),
-                    Value::Text(if imp as f64 >= PRIOR { "SUFFICIENT" } else { "INSUFFICIENT" }.into()),
+                    Value::Text(
+                        if imp as f64 >= PRIOR {
+                            "SUFFICIENT"
+                        } else {
+                            "INSUFFICIENT"
+                        }
+                        .into(),
+                    ),
                 ];
-                let kind = if length == DEFENSE { "DEFENSE_VALUE" } else { "CTR" };
-                let key = vec![campaign, placement, category.clone(), iso(start), kind.to_string()];
+                let kind = if length == DEFENSE {
+                    "DEFENSE_VALUE"
+                } else {
+                    "CTR"
+                };
+                let key = vec![
+                    campaign,
+                    placement,
+                    category.clone(),
+                    iso(start),
+                    kind.to_string(),
+                ];
                 out.insert((PERFORMANCE, key.clone()), values.clone());
                 out.insert((PERFORMANCE_HISTORY, key), values);
             }
@@ -230,7 +265,11 @@ pub fn recount(events: &[(AdRead, Tick)], budgets: &[BudgetRow], at: Tick) -> St
     }
 
     // the campaign view
-    let campaigns: BTreeSet<String> = seen.iter().map(|(e, _)| e.campaign.clone()).filter(|c| !c.is_empty()).collect();
+    let campaigns: BTreeSet<String> = seen
+        .iter()
+        .map(|(e, _)| e.campaign.clone())
+        .filter(|c| !c.is_empty())
+        .collect();
     for campaign in campaigns {
         let mut present = false;
         // the latest closed 5-minute window, shown for an hour after it closes
@@ -300,7 +339,9 @@ pub fn recount(events: &[(AdRead, Tick)], budgets: &[BudgetRow], at: Tick) -> St
         }
         let unattributed = attributed
             .iter()
-            .filter(|(c, click)| c.campaign == campaign && click.is_none() && at < ceil(c.ts + DAY, MINUTE))
+            .filter(|(c, click)| {
+                c.campaign == campaign && click.is_none() && at < ceil(c.ts + DAY, MINUTE)
+            })
             .count() as i64;
         present |= unattributed > 0;
         values.push(Value::Int(unattributed));
@@ -310,20 +351,25 @@ pub fn recount(events: &[(AdRead, Tick)], budgets: &[BudgetRow], at: Tick) -> St
     }
 
     // budgets per campaign-day in the campaign's zone
-    let mut days: BTreeMap<(String, String), Vec<(u64, u128, i64)>> = BTreeMap::new();
+    let mut days = Days::new();
     for (e, _) in &seen {
-        let Act::Click { price } = e.act else { continue };
+        let Act::Click { price } = e.act else {
+            continue;
+        };
         let row = budgets.iter().find(|b| b.campaign == e.campaign);
         let zone = row.map_or("UTC", |b| b.zone.as_str());
         let (date, end) = local_day(e.ts, zone);
         if at < end + DAY {
-            days.entry((e.campaign.clone(), date)).or_default().push((e.ts, e.id, price));
+            days.entry((e.campaign.clone(), date))
+                .or_default()
+                .push((e.ts, e.id, price));
         }
     }
     for ((campaign, date), mut clicks) in days {
         clicks.sort();
         let row = budgets.iter().find(|b| b.campaign == campaign);
-        let (advertiser, daily) = row.map_or((String::new(), 0), |b| (b.advertiser.clone(), b.daily));
+        let (advertiser, daily) =
+            row.map_or((String::new(), 0), |b| (b.advertiser.clone(), b.daily));
         let spent: i64 = clicks.iter().map(|c| c.2).sum();
         let key = vec![campaign.clone(), date.clone()];
         out.insert(
@@ -338,22 +384,26 @@ pub fn recount(events: &[(AdRead, Tick)], budgets: &[BudgetRow], at: Tick) -> St
                 Value::Int((daily > 0 && spent >= daily) as i64),
             ],
         );
-        let record = |kind: &str, event_type: &str, ts: u64, amount: i64, alert: &str, action: &str| {
-            (
-                (BUDGET_EVENTS, vec![campaign.clone(), date.clone(), kind.to_string()]),
-                vec![
-                    Value::Text(event_type.into()),
-                    Value::Text(iso(ts)),
-                    Value::Text(advertiser.clone()),
-                    Value::Int(daily),
-                    Value::Int(amount),
-                    Value::Int((daily - amount).max(0)),
-                    Value::Text(alert.into()),
-                    Value::Text("STREAM".into()),
-                    Value::Text(action.into()),
-                ],
-            )
-        };
+        let record =
+            |kind: &str, event_type: &str, ts: u64, amount: i64, alert: &str, action: &str| {
+                (
+                    (
+                        BUDGET_EVENTS,
+                        vec![campaign.clone(), date.clone(), kind.to_string()],
+                    ),
+                    vec![
+                        Value::Text(event_type.into()),
+                        Value::Text(iso(ts)),
+                        Value::Text(advertiser.clone()),
+                        Value::Int(daily),
+                        Value::Int(amount),
+                        Value::Int((daily - amount).max(0)),
+                        Value::Text(alert.into()),
+                        Value::Text("STREAM".into()),
+                        Value::Text(action.into()),
+                    ],
+                )
+            };
         if daily > 0 {
             for (pct, alert, event_type, action) in [
                 (90, "90_PERCENT", "BUDGET_ALERT", "NOTIFY"),
@@ -397,19 +447,37 @@ pub fn recount(events: &[(AdRead, Tick)], budgets: &[BudgetRow], at: Tick) -> St
     // quality scores in force
     let mut products: BTreeMap<String, Vec<(u64, u64, String, &Act)>> = BTreeMap::new();
     for (e, t) in &seen {
-        if let Act::Quality { product, effective_from, .. } = &e.act {
+        if let Act::Quality {
+            product,
+            effective_from,
+            ..
+        } = &e.act
+        {
             let shown = (*effective_from).max(*t);
             let until = ceil((*effective_from).max(e.ts) + QUALITY_RETENTION, MINUTE);
             if shown <= at && at < until {
-                products.entry(product.clone()).or_default().push((*effective_from, e.ts, format!("{:?}", e.act), &e.act));
+                products.entry(product.clone()).or_default().push((
+                    *effective_from,
+                    e.ts,
+                    format!("{:?}", e.act),
+                    &e.act,
+                ));
             }
         }
     }
     for (product, mut updates) in products {
         // by effective time, then event time (ties beyond that do not occur in the tests)
-        updates.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        updates.sort_by_key(|u| (u.0, u.1));
         let n = updates.len();
-        let Act::Quality { score, previous, category, reason, effective_from, .. } = updates[n - 1].3 else {
+        let Act::Quality {
+            score,
+            previous,
+            category,
+            reason,
+            effective_from,
+            ..
+        } = updates[n - 1].3
+        else {
             unreachable!()
         };
         let before = (n > 1).then(|| match updates[n - 2].3 {

@@ -67,7 +67,10 @@ fn split_topic(record: &[u8]) -> (&str, &[u8]) {
     match record.strip_prefix(&[0]) {
         Some(rest) => {
             let end = rest.iter().position(|b| *b == 0).expect("topic ends");
-            (std::str::from_utf8(&rest[..end]).expect("topic"), &rest[end + 1..])
+            (
+                std::str::from_utf8(&rest[..end]).expect("topic"),
+                &rest[end + 1..],
+            )
         }
         None => ("t", record),
     }

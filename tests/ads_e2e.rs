@@ -1,0 +1,280 @@
+//! The ads family end to end: `generate --dataflow ads` (10 hours of event time across
+//! Seoul's and Berlin's midnights, with `campaign_budgets` in Postgres) → real `ad-events` and
+//! `quality-score-updates` topics → `run --exit-at-end` on 2 workers → the
+//! `performance-metrics` and `budget-management` topics, Redis and Postgres equal the model
+//! of `dataflows/tests/common/ads_model.rs`; and a replay into fresh stores and topics
+//! produces the same records under the same ids.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::ads::model::{
+    BUDGET, BUDGET_EVENTS, BUDGET_SPEND, CAMPAIGN, PERFORMANCE, PERFORMANCE_HISTORY, PRODUCT,
+};
+use common::ads::{
+    budgets, expected, model_input, pg_rows, redis_rows, topic_rows, without_ticks, Rows,
+};
+use common::reading::assert_views;
+use common::*;
+
+const START: u64 = 1_767_276_000_000; // 2026-01-01T14:00:00Z
+
+struct Outputs {
+    redis: String,
+    pg: String,
+    metrics: String,
+    budget: String,
+}
+
+impl Outputs {
+    fn fresh(name: &str, db: u8) -> Self {
+        Outputs {
+            redis: fresh_redis(db),
+            pg: fresh_pg(name),
+            metrics: fresh_topic(&format!("{name}-metrics"), 3),
+            budget: fresh_topic(&format!("{name}-budget"), 3),
+        }
+    }
+}
+
+/// `run --exit-at-end` of the ads job over `ads` and `quality` into `out`.
+fn run_ads(ads: &str, quality: &str, job: &str, out: &Outputs, budgets_from: &str) {
+    let dlq = format!("{ads}-dlq-{job}");
+    let env = [
+        ("TIDEMARK_REDIS", out.redis.as_str()),
+        ("TIDEMARK_PG", out.pg.as_str()),
+        ("TIDEMARK_KAFKA__DLQ_TOPIC", dlq.as_str()),
+        ("TIDEMARK_DATAFLOWS__ADS__QUALITY_TOPIC", quality),
+        (
+            "TIDEMARK_DATAFLOWS__ADS__METRICS_TOPIC",
+            out.metrics.as_str(),
+        ),
+        ("TIDEMARK_DATAFLOWS__ADS__BUDGET_TOPIC", out.budget.as_str()),
+    ];
+    // the budgets table lives with the stores: copy it there
+    if budgets_from != out.pg {
+        let rows = budgets(budgets_from);
+        let mut c = postgres::Client::connect(&out.pg, postgres::NoTls).unwrap();
+        c.batch_execute("CREATE TABLE IF NOT EXISTS campaign_budgets (campaign_id text PRIMARY KEY, advertiser_id text NOT NULL, daily_budget bigint NOT NULL, timezone text NOT NULL)").unwrap();
+        for b in rows {
+            c.execute(
+                "INSERT INTO campaign_budgets VALUES ($1, $2, $3, $4)",
+                &[&b.campaign, &b.advertiser, &b.daily, &b.zone],
+            )
+            .unwrap();
+        }
+    }
+    let group = format!("{ads}-{job}");
+    tidemark(
+        &[
+            "run",
+            "--dataflow",
+            "ads",
+            "--topic",
+            ads,
+            "--topic",
+            quality,
+            "--exit-at-end",
+            "--job",
+            job,
+            "--group-id",
+            &group,
+            "--workers",
+            "2",
+        ],
+        &env,
+    );
+}
+
+/// The store holds exactly the model's rows, each with the model's values.
+fn assert_rows(store: &str, got: &Rows, want: Option<&Rows>) {
+    let empty = Rows::new();
+    let want = want.unwrap_or(&empty);
+    let missing: Vec<_> = want
+        .iter()
+        .filter(|(k, _)| !got.contains_key(*k))
+        .take(3)
+        .collect();
+    let extra: Vec<_> = got
+        .iter()
+        .filter(|(k, _)| !want.contains_key(*k))
+        .take(3)
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{store}: {} rows, the model {}; missing {missing:?}; extra {extra:?}",
+        got.len(),
+        want.len()
+    );
+    assert_views(store, got, want, |_| true);
+}
+
+#[test]
+fn kafka_to_topics_redis_and_postgres_matches_the_model_and_a_replay_repeats_it() {
+    let first = Outputs::fresh("tm_ads", 15);
+    let ads = fresh_topic("e2e-ads", 4);
+    let quality = fresh_topic("e2e-ads-quality", 2);
+    let dir = std::env::temp_dir().join(format!("tidemark-ads-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("events.jsonl");
+    let start = START.to_string();
+    let gen = [
+        "generate",
+        "--dataflow",
+        "ads",
+        "--events",
+        "36000",
+        "--seed",
+        "5",
+        "--rate",
+        "1",
+        "--start-ms",
+        &start,
+        "--invalid",
+        "0.01",
+    ];
+    tidemark(
+        &[&gen[..], &["--out", file.to_str().unwrap()]].concat(),
+        &[("TIDEMARK_PG", first.pg.as_str())],
+    );
+    tidemark(
+        &[&gen[..], &["--topic", &ads, "--topic", &quality]].concat(),
+        &[],
+    );
+    let text = std::fs::read_to_string(&file).unwrap();
+
+    run_ads(&ads, &quality, "ads1", &first, &first.pg);
+    let at: u64 = redis_get(&first.redis, "tidemark:ads1:frontier")
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Which events are too late is decided by each worker's stream time, which runs ahead
+    // when it reads a small partition (quality updates) to its end first. The traffic is
+    // 10 hours long and its late events are at most 12 hours late (or 30 and more, too
+    // late everywhere), so no event's fate depends on how partitions interleave.
+    let (events, invalid) = model_input(&text);
+    // stream time ends at the newest event (or a few ticks after it: a batch after a
+    // checkpoint goes in at a later tick than the checkpoint's)
+    let newest = events.iter().map(|(e, _)| e.ts).max().unwrap();
+    assert!(
+        (newest..newest + 100).contains(&at),
+        "stream time {at}, newest event {newest}"
+    );
+    let budget_rows = budgets(&first.pg);
+    let want = expected(&events, &budget_rows, at);
+
+    // the stream is meaningful
+    let count = |t: u8, f: &dyn Fn(&BTreeMap<String, String>) -> bool| {
+        want.get(&t)
+            .map_or(0, |rows| rows.values().filter(|r| f(r)).count())
+    };
+    assert!(count(PERFORMANCE, &|_| true) > 1_000, "window records");
+    assert!(
+        count(PERFORMANCE, &|r| r["conversions"] != "0") > 20,
+        "attributed conversions"
+    );
+    assert!(count(CAMPAIGN, &|r| r["unattributed_conversions_24h"] != "0") > 0);
+    for alert in ["90_PERCENT", "95_PERCENT", "EXHAUSTED"] {
+        assert!(
+            count(BUDGET_EVENTS, &|r| r["alert_type"] == alert) > 0,
+            "{alert} alerts"
+        );
+    }
+    assert!(count(BUDGET_EVENTS, &|r| r["event_type"] == "BUDGET_SYNC") > 16);
+    assert!(count(BUDGET, &|r| r["paused"] == "1") > 0);
+    assert!(count(PRODUCT, &|_| true) > 100);
+    // campaigns in Seoul and Berlin had two days
+    let dates: std::collections::BTreeSet<&str> = want[&BUDGET]
+        .keys()
+        .map(|k| k.split('|').nth(1).unwrap())
+        .collect();
+    assert!(dates.len() >= 2, "{dates:?}");
+
+    // Redis
+    assert_rows(
+        "redis campaign",
+        &redis_rows(&first.redis, "feat:campaign:"),
+        want.get(&CAMPAIGN),
+    );
+    assert_rows(
+        "redis product",
+        &redis_rows(&first.redis, "feat:product:"),
+        want.get(&PRODUCT),
+    );
+    assert_rows(
+        "redis budget",
+        &redis_rows(&first.redis, "budget:"),
+        want.get(&BUDGET),
+    );
+    // Postgres
+    assert_rows(
+        "postgres campaign",
+        &pg_rows(&first.pg, "feat_campaign", &["campaign_id"]),
+        want.get(&CAMPAIGN),
+    );
+    assert_rows(
+        "postgres product",
+        &pg_rows(&first.pg, "feat_product", &["product_id"]),
+        want.get(&PRODUCT),
+    );
+    let window_keys = [
+        "campaign_id",
+        "placement",
+        "category",
+        "window_start",
+        "metric_type",
+    ];
+    assert_rows(
+        "postgres performance_metrics",
+        &pg_rows(&first.pg, "performance_metrics", &window_keys),
+        want.get(&PERFORMANCE_HISTORY),
+    );
+    assert_rows(
+        "postgres budget_spend",
+        &pg_rows(&first.pg, "budget_spend", &["campaign_id", "date"]),
+        want.get(&BUDGET_SPEND),
+    );
+    // Kafka: what a compacted topic keeps is the model's records
+    let (metrics, sent) = topic_rows(&first.metrics);
+    assert_rows("performance-metrics", &metrics, want.get(&PERFORMANCE));
+    assert!(
+        sent.values().any(|n| *n > 1),
+        "a late event re-emitted a closed window"
+    );
+    let (budget, _) = topic_rows(&first.budget);
+    assert_rows("budget-management", &budget, want.get(&BUDGET_EVENTS));
+    // every invalid record is in the DLQ
+    assert_eq!(dead_letters(&format!("{ads}-dlq-ads1")).len(), invalid);
+
+    // a replay into fresh stores and topics: the same records under the same ids
+    let second = Outputs::fresh("tm_ads_replay", 4);
+    run_ads(&ads, &quality, "ads2", &second, &first.pg);
+    let (metrics2, _) = topic_rows(&second.metrics);
+    assert_eq!(
+        without_ticks(&metrics2),
+        without_ticks(&metrics),
+        "performance-metrics replayed"
+    );
+    let (budget2, _) = topic_rows(&second.budget);
+    assert_eq!(
+        without_ticks(&budget2),
+        without_ticks(&budget),
+        "budget-management replayed"
+    );
+    for (table, keys) in [
+        ("performance_metrics", &window_keys[..]),
+        ("budget_spend", &["campaign_id", "date"][..]),
+        ("feat_campaign", &["campaign_id"][..]),
+    ] {
+        assert_eq!(
+            without_ticks(&pg_rows(&second.pg, table, keys)),
+            without_ticks(&pg_rows(&first.pg, table, keys)),
+            "{table} replayed"
+        );
+    }
+    assert_eq!(
+        without_ticks(&redis_rows(&second.redis, "budget:")),
+        without_ticks(&redis_rows(&first.redis, "budget:")),
+    );
+}
