@@ -24,6 +24,9 @@ pub struct BenchArgs {
     /// `bench reading`: open sessions built for the memory figure.
     #[arg(long, default_value_t = 200_000)]
     pub sessions: u64,
+    /// `bench ads`: open clicks built for the memory figure.
+    #[arg(long, default_value_t = 500_000)]
+    pub clicks: u64,
     /// `bench serve`: entities written to Redis and read at random.
     #[arg(long, default_value_t = 100_000)]
     pub entities: u64,
@@ -142,9 +145,12 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
     if a.dataflow == "reading" {
         return crate::bench_reading::run(&a);
     }
+    if a.dataflow == "ads" {
+        return crate::bench_ads::run(&a);
+    }
     if a.dataflow != "search" {
         anyhow::bail!(
-            "bench '{}': use search, reading, state or serve",
+            "bench '{}': use search, reading, ads, state or serve",
             a.dataflow
         );
     }
@@ -254,7 +260,7 @@ fn end_to_end(a: &BenchArgs) -> anyhow::Result<()> {
     let live_topic = format!("bench-live-{stamp}");
     create_topic(&brokers, &live_topic, 4)?;
     let cfg = bench_config(&live_topic, &format!("bench-live-{stamp}"), a.e2e_workers)?;
-    let h = freshness(cfg, &live_topic, rate, a.freshness_seconds, stamp)?;
+    let h = freshness(cfg, rate, a.freshness_seconds, stamp)?;
     report_freshness(&h, rate, "Kafka append → Redis EXEC acknowledged");
     Ok(())
 }
@@ -262,14 +268,22 @@ fn end_to_end(a: &BenchArgs) -> anyhow::Result<()> {
 /// Runs the engine of `cfg` live on `topic` while producing its family's traffic at `rate`
 /// events/s for `seconds`; returns the freshness samples (Kafka append → tick durable in
 /// every sink of `cfg`).
+/// Produces `rate` generated events per second for `seconds` to the engine's input topics
+/// (`cfg.kafka.topics`, in the dataflow's topic order) and returns the freshness histogram.
 pub fn freshness(
     cfg: Config,
-    topic: &str,
     rate: u64,
     seconds: u64,
     seed: u64,
 ) -> anyhow::Result<hdrhistogram::Histogram<u64>> {
     let family = crate::engine::family_of(&cfg)?;
+    let own = family.topics();
+    let given = cfg.kafka.topics.clone().unwrap_or_else(|| own.clone());
+    let route = move |t: &str| -> String {
+        let i = own.iter().position(|o| o == t).unwrap_or(0);
+        given.get(i).unwrap_or(&given[0]).clone()
+    };
+    let topic = given_first(&cfg);
     let sender = Sender::new(&cfg.kafka.brokers)?;
     let shared = Arc::new(Shared::default());
     let opts = RunOptions {
@@ -297,7 +311,12 @@ pub fn freshness(
         {
             std::thread::sleep(wait);
         }
-        sender.send(topic, p.key.as_deref().map(str::as_bytes), &p.payload, None);
+        sender.send(
+            &route(&p.topic),
+            p.key.as_deref().map(str::as_bytes),
+            &p.payload,
+            None,
+        );
     }
     sender.flush()?;
     std::thread::sleep(Duration::from_secs(2));
@@ -307,6 +326,14 @@ pub fn freshness(
         .map_err(|_| anyhow::anyhow!("engine panicked"))??;
     let h = shared.freshness.histogram.lock().expect("lock").take();
     h.ok_or_else(|| anyhow::anyhow!("freshness: no samples"))
+}
+
+fn given_first(cfg: &Config) -> String {
+    cfg.kafka
+        .topics
+        .as_ref()
+        .and_then(|t| t.first().cloned())
+        .unwrap_or_default()
 }
 
 pub fn report_freshness(h: &hdrhistogram::Histogram<u64>, rate: u64, what: &str) {

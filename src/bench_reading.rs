@@ -70,7 +70,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
         }
         create_topic(&cfg.kafka.brokers, &topic, 4)?;
         let rate = a.freshness_rate.unwrap_or(20_000);
-        let h = freshness(cfg, &topic, rate, a.freshness_seconds, stamp)?;
+        let h = freshness(cfg, rate, a.freshness_seconds, stamp)?;
         report_freshness(&h, rate, "Kafka append → Postgres COMMIT");
     }
     Ok(())

@@ -2,6 +2,7 @@
 //! The computation itself lives in the `tidemark-dataflows` crate.
 
 pub mod bench;
+pub mod bench_ads;
 pub mod bench_reading;
 pub mod bench_serve;
 pub mod bench_state;

@@ -1105,17 +1105,21 @@ impl Ads {
             )),
             _ => None,
         });
-        let zones = budgets.clone().map(|(c, b)| (c, b.timezone));
-        let budgeted = budgets.clone().map(|(c, _)| c).distinct();
+        // every clicked campaign's zone (its budget's, or the default), so the clicks
+        // themselves are arranged once
+        let clicked = clicks.clone().map(|(c, _)| c).distinct();
         let default_zone = self.config.default_timezone.clone();
-        let zoned = clicks
+        let zone_of = clicked
             .clone()
-            .join_map(zones, |c, click, zone| (c.clone(), *click, zone.clone()))
+            .map(|c| (c, ()))
+            .join_map(budgets.clone(), |c, (), b| (c.clone(), b.timezone.clone()))
             .concat(
-                clicks
-                    .antijoin(budgeted)
-                    .map(move |(c, click)| (c, click, default_zone.clone())),
+                clicked
+                    .map(|c| (c, ()))
+                    .antijoin(budgets.clone().map(|(c, _)| c).distinct())
+                    .map(move |(c, ())| (c, default_zone.clone())),
             );
+        let zoned = clicks.join_map(zone_of, |c, click, zone| (c.clone(), *click, zone.clone()));
         let this = self.clone();
         let sync = self.config.budget_sync_interval_ms;
         let retention = self.budget_day_retention();

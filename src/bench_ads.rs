@@ -1,0 +1,166 @@
+//! `tidemark bench ads`: the ads dataflow alone (pre-decoded events, 1 and N workers),
+//! memory per open click of the 24-hour attribution join, and with `--kafka` freshness
+//! from Kafka append to the budget-management record (every sink durable) at a fixed rate.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use differential_dataflow::input::Input;
+use tidemark_dataflows::ads::{generate, AdEvent, Ads, AdsConfig, CampaignId, DeviceAd, Placement, Slot};
+use tidemark_dataflows::ingest::{EventId, Rejection, Timed};
+use tidemark_dataflows::{Dataflow, Family, GenerateSpec, Tick};
+use timely::dataflow::operators::probe::Handle as ProbeHandle;
+
+use crate::bench::{create_topic, dataflow_throughput, freshness, report_freshness, BenchArgs};
+use crate::config::Config;
+use crate::engine::timely_config;
+use crate::kafka::now_ms;
+use crate::telemetry::resident_bytes;
+
+pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
+    // first, while nothing else has grown the heap (see `bench reading`)
+    open_clicks(a.clicks)?;
+    let ads = Ads::new(AdsConfig::default());
+    eprintln!("generating {} ad events …", a.events);
+    let spec = GenerateSpec {
+        events: a.events,
+        rate: 20_000,
+        duplicate_share: 0.0,
+        disorder_share: 0.0,
+        ..Default::default()
+    };
+    let quality = ads.config().quality_topic.clone();
+    let events: Vec<Timed<AdEvent>> = Family::generate(&ads, &spec)
+        .filter_map(|p| {
+            let mut r = crate::bench::record(&p.payload);
+            if p.topic == quality {
+                r.topic = &quality;
+            }
+            ads.decode(&r).ok()
+        })
+        .collect();
+    let events = Arc::new(events);
+    let budgets = Arc::new(vec![generate::campaign_budgets(&spec)]);
+    let mut one = None;
+    for w in &a.workers {
+        let secs = dataflow_throughput(ads.clone(), &events, budgets.clone(), *w, a.batch)?;
+        let total = events.len() as f64 / secs;
+        let scale = one
+            .map(|o: f64| format!(", {:.2}x of 1 worker", total / o))
+            .unwrap_or_default();
+        one.get_or_insert(total);
+        println!(
+            "dataflow, {w} worker(s): {total:.0} events/s total, {:.0} per worker{scale} ({} events, batch {})",
+            total / *w as f64,
+            events.len(),
+            a.batch
+        );
+    }
+    if a.kafka {
+        let stamp = now_ms();
+        let [input, quality, metrics, budget] =
+            ["ads", "quality", "metrics", "budget"].map(|t| format!("bench-{t}-{stamp}"));
+        let flags = serde_json::json!({"dataflow": "ads", "job": format!("bench-ads-{stamp}"),
+            "workers": a.e2e_workers, "kafka": {"topics": [&input, &quality], "group_id": &input},
+            "dataflows": {"ads": {"quality_topic": &quality, "metrics_topic": &metrics, "budget_topic": &budget}}});
+        let mut cfg = Config::load(None, flags)?;
+        cfg.checkpoint.dir = std::env::temp_dir().join("tidemark-bench-state");
+        // the budgets table is in Postgres; Redis is left out: the figure is Kafka append →
+        // the budget-management and performance-metrics records acknowledged and the
+        // Postgres commit
+        cfg.redis.url = None;
+        let Some(pg) = cfg.postgres.url.clone() else {
+            anyhow::bail!("bench ads --kafka needs TIDEMARK_PG (scripts/services.sh env)");
+        };
+        let rate = a.freshness_rate.unwrap_or(20_000);
+        let family = crate::engine::family_of(&cfg)?;
+        let spec = GenerateSpec {
+            events: rate * a.freshness_seconds,
+            rate,
+            ..Default::default()
+        };
+        for (table, rows) in family.dimension_rows(&spec) {
+            crate::store::dimension::fill(&pg, &table, &rows)?;
+        }
+        create_topic(&cfg.kafka.brokers, &input, 4)?;
+        for t in [&quality, &metrics, &budget] {
+            create_topic(&cfg.kafka.brokers, t, 3)?;
+        }
+        let h = freshness(cfg, rate, a.freshness_seconds, stamp)?;
+        report_freshness(
+            &h,
+            rate,
+            "Kafka append → Kafka acks of budget-management/performance-metrics and Postgres COMMIT",
+        );
+    }
+    Ok(())
+}
+
+/// Resident memory per open click: `n` clicks of distinct devices, spread over 16
+/// campaigns and one hour, held by the attribution join (and the budget day) on one
+/// worker; RSS after minus RSS before, over `n`.
+fn open_clicks(n: u64) -> anyhow::Result<()> {
+    let before = resident_bytes().unwrap_or(0);
+    let started = Instant::now();
+    let guards = timely::execute(timely_config(1, 1, 0, None)?, move |worker| {
+        let probe = ProbeHandle::new();
+        let state = tidemark_dataflows::state::State::none(0, 1);
+        let dataflow = worker.next_dataflow_index();
+        let (mut input, mut budgets) = worker.dataflow::<Tick, _, _>(|scope| {
+            let (input, events) = scope.new_collection::<Timed<AdEvent>, isize>();
+            let (budgets, rows) = scope.new_collection();
+            let (_, rejected) = scope.new_collection::<Rejection, isize>();
+            Ads::new(AdsConfig::default())
+                .build(events, vec![rows], rejected, &state)
+                .probe_with(&probe);
+            (input, budgets)
+        });
+        let spec = GenerateSpec::default();
+        for row in generate::campaign_budgets(&spec) {
+            budgets.insert(row);
+        }
+        drop(budgets);
+        let base = spec.start_ms;
+        let campaigns: Vec<CampaignId> = generate::campaigns()
+            .into_iter()
+            .map(|c| CampaignId(c.id))
+            .collect();
+        let mut tick = base;
+        for chunk in (0..n).collect::<Vec<_>>().chunks(10_000) {
+            input.advance_to(tick);
+            for &i in chunk {
+                let c = (i % campaigns.len() as u64) as usize;
+                input.insert(Timed {
+                    id: EventId::of(&format!("click-{i}")),
+                    ts: base + i * 3_600_000 / n.max(1),
+                    event: AdEvent::Click {
+                        slot: Slot {
+                            campaign: campaigns[c].clone(),
+                            placement: Placement::ALL[(i % 4) as usize],
+                            category: generate::CATEGORIES[c % generate::CATEGORIES.len()].to_string(),
+                        },
+                        pair: DeviceAd::of(&format!("device_{i}"), &format!("ad_{c}")),
+                        price: 100,
+                    },
+                });
+            }
+            input.flush();
+            worker.step_while(|| probe.less_than(&tick));
+            tick = (base + (chunk[chunk.len() - 1] + 1) * 3_600_000 / n.max(1)).max(tick + 1);
+        }
+        input.advance_to(tick + 1);
+        input.flush();
+        worker.step_while(|| probe.less_than(&(tick + 1)));
+        let grown = resident_bytes().unwrap_or(0).saturating_sub(before);
+        println!(
+            "memory per open click: {:.0} B ({n} clicks held for attribution and their budget day, RSS +{} MB, built in {:.1} s)",
+            grown as f64 / n as f64,
+            grown / 1_000_000,
+            started.elapsed().as_secs_f64()
+        );
+        worker.drop_dataflow(dataflow);
+    })
+    .map_err(|e| anyhow::anyhow!(e))?;
+    drop(guards);
+    Ok(())
+}
