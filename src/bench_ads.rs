@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use differential_dataflow::input::Input;
-use tidemark_dataflows::ads::{generate, AdEvent, Ads, AdsConfig, CampaignId, DeviceAd, Placement, Slot};
+use tidemark_dataflows::ads::{
+    generate, AdEvent, Ads, AdsConfig, CampaignId, DeviceAd, Placement, Slot,
+};
 use tidemark_dataflows::ingest::{EventId, Rejection, Timed};
 use tidemark_dataflows::{Dataflow, Family, GenerateSpec, Tick};
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
