@@ -246,12 +246,22 @@ pub enum CampaignMeasure {
     Unattributed,
 }
 
+/// A campaign id hashed, so the clicks the budget path holds carry no strings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct CampaignKey(pub u64);
+
+impl CampaignKey {
+    pub fn of(campaign: &CampaignId) -> Self {
+        CampaignKey(xxhash_rust::xxh3::xxh3_64(campaign.0.as_bytes()))
+    }
+}
+
 /// A campaign's day in the campaign's time zone.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct CampaignDay {
-    pub campaign: CampaignId,
+    pub campaign: CampaignKey,
     /// `yyyymmdd`.
-    pub date: String,
+    pub date: u32,
 }
 
 /// A `campaign_budgets` row.
@@ -266,8 +276,11 @@ pub struct Budget {
 /// finds where each threshold was crossed.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum BudgetPiece {
-    Budget(Budget),
-    /// The end of the day (epoch ms): the records of a day carry it.
+    /// The campaign's name and budget, if it has one.
+    Campaign {
+        name: CampaignId,
+        budget: Option<Budget>,
+    },
     Click {
         ts: u64,
         id: EventId,
@@ -278,6 +291,10 @@ pub enum BudgetPiece {
     /// A sync boundary at which a click of the day was synced.
     SyncedAt(u64),
 }
+
+/// A quality update as the products `reduce` sorts it: by effective time, then event time,
+/// then identity — the last one is in force.
+pub type Update = (u64, u64, EventId, QualityUpdate);
 
 /// Budget thresholds: percent, `alert_type`, `event_type`, `action`.
 pub const THRESHOLDS: [(i64, &str, &str, &str); 3] = [
@@ -305,7 +322,7 @@ pub fn iso(ms: u64) -> String {
 }
 
 /// The date (`yyyymmdd`) of `ts` in `tz` and when that day ends (epoch ms).
-pub fn local_day(ts: u64, tz: chrono_tz::Tz) -> (String, u64) {
+pub fn local_day(ts: u64, tz: chrono_tz::Tz) -> (u32, u64) {
     let local = tz
         .timestamp_millis_opt(ts as i64)
         .single()
@@ -320,8 +337,9 @@ pub fn local_day(ts: u64, tz: chrono_tz::Tz) -> (String, u64) {
                 .earliest()
         })
         .expect("some minute of the day exists");
+    use chrono::Datelike;
     (
-        date.format("%Y%m%d").to_string(),
+        date.year() as u32 * 10_000 + date.month() * 100 + date.day(),
         end.timestamp_millis() as u64,
     )
 }
@@ -593,12 +611,16 @@ impl Ads {
 
     /// A campaign-day's budget hash, its alerts, and its last sync.
     fn budget_rows(&self, day: &CampaignDay, pieces: &[(&BudgetPiece, isize)]) -> Vec<FeatureRow> {
+        let mut name: Option<&CampaignId> = None;
         let mut budget: Option<&Budget> = None;
         let (mut spent, mut clicks, mut synced, mut synced_at) = (0i64, 0i64, 0i64, None);
         let mut crossed: Vec<(usize, u64, i64)> = Vec::new();
         for (piece, n) in pieces {
             match piece {
-                BudgetPiece::Budget(b) => budget = Some(b),
+                BudgetPiece::Campaign { name: n, budget: b } => {
+                    name = Some(n);
+                    budget = b.as_ref();
+                }
                 BudgetPiece::Click { ts, price, .. } => {
                     for _ in 0..*n {
                         spent += price;
@@ -617,8 +639,13 @@ impl Ads {
                 BudgetPiece::SyncedAt(at) => synced_at = Some(*at),
             }
         }
+        let Some(name) = name else {
+            // the campaign's name comes with its first click
+            return Vec::new();
+        };
         let (advertiser, daily) = budget.map_or(("", 0), |b| (b.advertiser.as_str(), b.daily));
-        let key = vec![day.campaign.0.clone(), day.date.clone()];
+        let date = day.date.to_string();
+        let key = vec![name.0.clone(), date.clone()];
         let mut rows = Vec::new();
         if clicks > 0 {
             let exhausted = daily > 0 && spent >= daily;
@@ -638,7 +665,7 @@ impl Ads {
         }
         let event = |kind: &str, values: Vec<Value>| FeatureRow {
             table: table::BUDGET_EVENTS,
-            key: vec![day.campaign.0.clone(), day.date.clone(), kind.to_string()],
+            key: vec![name.0.clone(), date.clone(), kind.to_string()],
             values,
         };
         for (i, ts, spent_then) in crossed {
@@ -689,17 +716,13 @@ impl Ads {
     }
 
     /// A product's score in force: the latest update whose `effective_from` has come.
-    fn product_row(
-        &self,
-        product: &ProductId,
-        updates: &[(&(u64, u64, QualityUpdate), isize)],
-    ) -> Option<FeatureRow> {
+    fn product_row(&self, product: &ProductId, updates: &[(&Update, isize)]) -> Option<FeatureRow> {
         let n = updates.len();
-        let ((_, ts, last), _) = updates.last()?;
+        let ((_, ts, _, last), _) = updates.last()?;
         let previous = last
             .previous
             .map(|p| p.0)
-            .or_else(|| (n > 1).then(|| updates[n - 2].0 .2.score.0))
+            .or_else(|| (n > 1).then(|| updates[n - 2].0 .3.score.0))
             .unwrap_or(last.score.0);
         Some(FeatureRow {
             table: table::PRODUCT,
@@ -1094,32 +1117,45 @@ impl Ads {
         state: &State,
     ) -> VecCollection<'s, Tick, FeatureRow> {
         let default = self.config.default_timezone.clone();
-        let budgets = table.flat_map(move |row| budget_of(&row, &default));
+        let budgets = table
+            .flat_map(move |row| budget_of(&row, &default))
+            .map(|(c, b)| (CampaignKey::of(&c), b));
         let this = self.clone();
-        let clicks = intervals(state, events, move |e: &Timed<AdEvent>| match &e.event {
-            AdEvent::Click { slot, price, .. } => Some((
-                (slot.campaign.clone(), (e.ts, e.id, *price)),
+        let clicks = intervals(state, events.clone(), move |e: &Timed<AdEvent>| {
+            match &e.event {
+                AdEvent::Click { slot, price, .. } => Some((
+                    (CampaignKey::of(&slot.campaign), (e.ts, e.id, *price)),
+                    1,
+                    0,
+                    Some(this.spend_kept(e.ts)),
+                )),
+                _ => None,
+            }
+        });
+        // the clicked campaigns' names (kept as long as their clicks, summed per minute in
+        // the pending expiries) with their budgets, and their zones (the budget's, or the
+        // default): small collections, so each click is arranged once
+        let this = self.clone();
+        let names = intervals(state, events, move |e: &Timed<AdEvent>| match &e.event {
+            AdEvent::Click { slot, .. } => Some((
+                (CampaignKey::of(&slot.campaign), slot.campaign.clone()),
                 1,
                 0,
                 Some(this.spend_kept(e.ts)),
             )),
             _ => None,
-        });
-        // every clicked campaign's zone (its budget's, or the default), so the clicks
-        // themselves are arranged once
-        let clicked = clicks.clone().map(|(c, _)| c).distinct();
-        let default_zone = self.config.default_timezone.clone();
-        let zone_of = clicked
+        })
+        .distinct();
+        let budgeted = budgets.clone().map(|(k, _)| k).distinct();
+        let campaigns = names
             .clone()
-            .map(|c| (c, ()))
-            .join_map(budgets.clone(), |c, (), b| (c.clone(), b.timezone.clone()))
-            .concat(
-                clicked
-                    .map(|c| (c, ()))
-                    .antijoin(budgets.clone().map(|(c, _)| c).distinct())
-                    .map(move |(c, ())| (c, default_zone.clone())),
-            );
-        let zoned = clicks.join_map(zone_of, |c, click, zone| (c.clone(), *click, zone.clone()));
+            .join_map(budgets, |k, name, b| (*k, (name.clone(), Some(b.clone()))))
+            .concat(names.antijoin(budgeted).map(|(k, name)| (k, (name, None))));
+        let default_zone = self.config.default_timezone.clone();
+        let zone_of = campaigns
+            .clone()
+            .map(move |(k, (_, b))| (k, b.map_or_else(|| default_zone.clone(), |b| b.timezone)));
+        let zoned = clicks.join_map(zone_of, |k, click, zone| (*k, *click, zone.clone()));
         let this = self.clone();
         let sync = self.config.budget_sync_interval_ms;
         let retention = self.budget_day_retention();
@@ -1127,7 +1163,7 @@ impl Ads {
             let zone = zone.parse().unwrap_or_else(|_| this.default_zone());
             let (date, end) = local_day(*ts, zone);
             let day = CampaignDay {
-                campaign: campaign.clone(),
+                campaign: *campaign,
                 date,
             };
             let until = Some(end + retention);
@@ -1135,7 +1171,7 @@ impl Ads {
             [
                 (
                     (
-                        day.clone(),
+                        day,
                         BudgetPiece::Click {
                             ts: *ts,
                             id: *id,
@@ -1146,26 +1182,24 @@ impl Ads {
                     0,
                     until,
                 ),
-                (
-                    (day.clone(), BudgetPiece::Synced),
-                    *price as isize,
-                    synced,
-                    until,
-                ),
+                ((day, BudgetPiece::Synced), *price as isize, synced, until),
                 ((day, BudgetPiece::SyncedAt(synced)), 1, synced, until),
             ]
         });
         let day_budgets = days
             .clone()
-            .map(|(day, _)| (day.campaign.clone(), day.date))
+            .map(|(day, _)| (day.campaign, day.date))
             .distinct()
-            .join_map(budgets, |campaign, date, budget| {
+            .join_map(campaigns, |campaign, date, (name, budget)| {
                 (
                     CampaignDay {
-                        campaign: campaign.clone(),
-                        date: date.clone(),
+                        campaign: *campaign,
+                        date: *date,
                     },
-                    BudgetPiece::Budget(budget.clone()),
+                    BudgetPiece::Campaign {
+                        name: name.clone(),
+                        budget: budget.clone(),
+                    },
                 )
             });
         let this = self.clone();
@@ -1188,7 +1222,7 @@ impl Ads {
         let retention = self.config.quality_retention_ms;
         let updates = intervals(state, events, move |e: &Timed<AdEvent>| match &e.event {
             AdEvent::Quality(q) => Some((
-                (q.product.clone(), (q.effective_from, e.ts, q.clone())),
+                (q.product.clone(), (q.effective_from, e.ts, e.id, q.clone())),
                 1,
                 q.effective_from,
                 Some(ceil_to(q.effective_from.max(e.ts) + retention, MINUTE)),
@@ -1215,15 +1249,15 @@ mod tests {
         let seoul: chrono_tz::Tz = "Asia/Seoul".parse().unwrap();
         // 2026-01-01T15:00:00Z is 2026-01-02 00:00 in Seoul
         let ts = 1_767_279_600_000;
-        assert_eq!(local_day(ts - 1, seoul).0, "20260101");
+        assert_eq!(local_day(ts - 1, seoul).0, 20260101);
         assert_eq!(local_day(ts - 1, seoul).1, ts);
-        assert_eq!(local_day(ts, seoul).0, "20260102");
-        assert_eq!(local_day(ts, chrono_tz::UTC).0, "20260101");
+        assert_eq!(local_day(ts, seoul).0, 20260102);
+        assert_eq!(local_day(ts, chrono_tz::UTC).0, 20260101);
         // a 25-hour day: New York, 2026-11-01
         let ny: chrono_tz::Tz = "America/New_York".parse().unwrap();
         let start = 1_793_505_600_000; // 2026-11-01T04:00:00Z = midnight EDT
         let (date, end) = local_day(start, ny);
-        assert_eq!(date, "20261101");
+        assert_eq!(date, 20261101);
         assert_eq!(end - start, 25 * HOUR);
     }
 

@@ -4,10 +4,9 @@
 use std::time::Duration;
 
 use differential_dataflow::{AsCollection, VecCollection};
-use timely::container::CapacityContainerBuilder;
-use timely::dataflow::operators::generic::operator::source;
-use timely::dataflow::operators::probe::Handle as ProbeHandle;
-use timely::dataflow::Scope;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::operator::Operator;
+use timely::dataflow::Stream;
 
 use crate::time::Tick;
 
@@ -32,22 +31,24 @@ pub trait TableSource {
 
 /// A dimension as a collection. Only a worker handed a `TableSource` reads the table; the
 /// initial rows go in at time 0, later changes at the time the events have reached
-/// (`events`' frontier), so the dimension never holds the dataflow back.
-pub fn dimension<'s>(
-    scope: Scope<'s, Tick>,
+/// (`follow`'s frontier), so the dimension never holds the dataflow back: the operator
+/// runs as soon as that frontier moves, and every `poll` for new rows when it does not.
+pub fn dimension<'s, D: Clone + 'static>(
+    follow: &Stream<'s, Tick, Vec<D>>,
     table: Option<Box<dyn TableSource>>,
-    events: ProbeHandle<Tick>,
     poll: Duration,
 ) -> VecCollection<'s, Tick, DimRow> {
-    source::<_, CapacityContainerBuilder<Vec<(DimRow, Tick, isize)>>, _, _>(
-        scope,
-        "Dimension",
-        move |cap, info| {
+    let scope = follow.scope();
+    follow
+        .clone()
+        .unary_frontier(Pipeline, "Dimension", move |cap, info| {
             let activator = scope.activator_for(info.address.clone());
             let mut table = table;
             let mut current: std::collections::BTreeSet<DimRow> = Default::default();
             let mut cap = table.is_some().then_some(cap);
-            move |output| {
+            move |(input, frontier), output| {
+                // only the frontier matters
+                input.for_each(|_, _| {});
                 let (Some(held), Some(table)) = (cap.as_mut(), table.as_mut()) else {
                     return;
                 };
@@ -63,14 +64,15 @@ pub fn dimension<'s>(
                     }
                     current = next;
                 }
-                match events.with_frontier(|f| f.iter().next().copied()) {
+                match frontier.frontier().iter().next().copied() {
                     None => cap = None,
                     Some(f) if f > *held.time() => held.downgrade(&f),
                     Some(_) => {}
                 }
-                activator.activate_after(poll);
+                if cap.is_some() {
+                    activator.activate_after(poll);
+                }
             }
-        },
-    )
-    .as_collection()
+        })
+        .as_collection()
 }

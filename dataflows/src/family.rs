@@ -14,9 +14,6 @@ use timely::dataflow::{Scope, Stream};
 
 use std::time::Duration;
 
-use differential_dataflow::AsCollection;
-use timely::dataflow::operators::probe::{Handle as ProbeHandle, Probe};
-
 use crate::counters::Counters;
 use crate::dimension::{dimension, DimRow, DimensionSpec, TableSource};
 use crate::features::{FeatureRow, TableSpec};
@@ -244,14 +241,13 @@ impl<D: Dataflow + Clone> Family for D {
             opts,
             counters,
         );
-        let followed: ProbeHandle<Tick> = ProbeHandle::new();
-        let events = ingested.events.inner.probe_with(&followed).as_collection();
+        // the invalid records' stream moves with the events' frontier and carries little
         let dimensions = tables
             .into_iter()
-            .map(|t| dimension(scope, t, followed.clone(), Duration::from_millis(100)))
+            .map(|t| dimension(&ingested.invalid, t, Duration::from_millis(100)))
             .collect();
         Installed {
-            features: self.build(events, dimensions, ingested.rejected, state),
+            features: self.build(ingested.events, dimensions, ingested.rejected, state),
             invalid: ingested.invalid,
             final_tick: ingested.final_tick,
         }

@@ -2,12 +2,12 @@
 //! feature, `_tick`), created and migrated at start; each write is one transaction that
 //! also records the worker's progress. Upserts never move a row back to an older tick.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use anyhow::Context;
 use postgres::types::ToSql;
-use postgres::{Client, NoTls};
+use postgres::{Client, NoTls, Statement};
 use tidemark_dataflows::features::{FieldType, SinkKind, TableSpec, TickChanges, Value};
 use tidemark_dataflows::Tick;
 
@@ -16,6 +16,8 @@ use super::{Store, Writer};
 pub struct PostgresStore {
     url: String,
     client: Option<Client>,
+    /// Statements prepared on `client`, by their SQL.
+    statements: HashMap<String, Statement>,
     writer: Writer,
 }
 
@@ -74,6 +76,7 @@ impl PostgresStore {
         let mut store = PostgresStore {
             url: url.to_string(),
             client: None,
+            statements: HashMap::new(),
             writer,
         };
         let tables = store.writer.tables.clone();
@@ -86,6 +89,8 @@ impl PostgresStore {
             let c = Client::connect(&self.url, NoTls)
                 .context("connecting to postgres (postgres.url)")?;
             self.client = Some(c);
+            // prepared statements belong to the connection that prepared them
+            self.statements.clear();
         }
         Ok(self.client.as_mut().expect("just connected"))
     }
@@ -199,8 +204,25 @@ impl Store for PostgresStore {
             }
         }
         let (job, worker) = (self.writer.job.clone(), self.writer.worker as i32);
-        let client = self.client()?;
+        self.client()?;
+        let (client, statements) = (
+            self.client.as_mut().expect("connected"),
+            &mut self.statements,
+        );
         let mut tx = client.transaction()?;
+        // each statement is parsed and planned once per connection: a write is then one
+        // round trip per table instead of two
+        let mut prepared =
+            |tx: &mut postgres::Transaction<'_>, sql: String| -> anyhow::Result<Statement> {
+                if let Some(s) = statements.get(&sql) {
+                    return Ok(s.clone());
+                }
+                let s = tx
+                    .prepare(&sql)
+                    .with_context(|| format!("preparing {sql}"))?;
+                statements.insert(sql, s.clone());
+                Ok(s)
+            };
         for (table, cols) in &upserts {
             let spec = &tables[*table as usize];
             let name = table_name(spec);
@@ -235,7 +257,8 @@ impl Store for PostgresStore {
             params.extend(cols.fields.iter().map(|c| c.param()));
             params.push(&cols.ticks);
             params.push(&cols.versions);
-            tx.execute(&sql, &params)
+            let statement = prepared(&mut tx, sql)?;
+            tx.execute(&statement, &params)
                 .with_context(|| format!("upserting into {name}"))?;
         }
         for (table, (keys, ticks)) in &deletes {
@@ -257,7 +280,8 @@ impl Store for PostgresStore {
             let mut params: Vec<&(dyn ToSql + Sync)> =
                 keys.iter().map(|k| k as &(dyn ToSql + Sync)).collect();
             params.push(ticks);
-            tx.execute(&sql, &params)
+            let statement = prepared(&mut tx, sql)?;
+            tx.execute(&statement, &params)
                 .with_context(|| format!("deleting from {name}"))?;
         }
         // an empty frontier (input closed) is not a tick to record

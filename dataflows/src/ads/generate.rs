@@ -60,7 +60,7 @@ pub fn campaigns() -> Vec<Campaign> {
 /// `campaign_budgets` rows for the traffic of `spec`: each campaign's daily budget is its
 /// generated spend per day times a factor.
 pub fn campaign_budgets(spec: &GenerateSpec) -> Vec<DimRow> {
-    let mut spend: BTreeMap<(String, String), i64> = BTreeMap::new();
+    let mut spend: BTreeMap<(String, u32), i64> = BTreeMap::new();
     let config = AdsConfig::default();
     let list = campaigns();
     for p in AdTraffic::new(&config, spec.clone()) {

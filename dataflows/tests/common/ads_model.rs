@@ -445,7 +445,7 @@ pub fn recount(events: &[(AdRead, Tick)], budgets: &[BudgetRow], at: Tick) -> St
     }
 
     // quality scores in force
-    let mut products: BTreeMap<String, Vec<(u64, u64, String, &Act)>> = BTreeMap::new();
+    let mut products: BTreeMap<String, Vec<(u64, u64, u128, &Act)>> = BTreeMap::new();
     for (e, t) in &seen {
         if let Act::Quality {
             product,
@@ -459,15 +459,15 @@ pub fn recount(events: &[(AdRead, Tick)], budgets: &[BudgetRow], at: Tick) -> St
                 products.entry(product.clone()).or_default().push((
                     *effective_from,
                     e.ts,
-                    format!("{:?}", e.act),
+                    e.id,
                     &e.act,
                 ));
             }
         }
     }
     for (product, mut updates) in products {
-        // by effective time, then event time (ties beyond that do not occur in the tests)
-        updates.sort_by_key(|u| (u.0, u.1));
+        // by effective time, then event time, then identity
+        updates.sort_by_key(|u| (u.0, u.1, u.2));
         let n = updates.len();
         let Act::Quality {
             score,
