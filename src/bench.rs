@@ -135,6 +135,36 @@ where
     Ok(start.elapsed().as_secs_f64())
 }
 
+/// Runs the dataflow alone on `events` with each worker count and prints events/s in
+/// total and per worker.
+pub fn report_throughput<D>(
+    family: D,
+    events: &Arc<Vec<Timed<D::Event>>>,
+    dimensions: Arc<Vec<Vec<DimRow>>>,
+    workers: &[usize],
+    batch: usize,
+) -> anyhow::Result<()>
+where
+    D: Dataflow + Clone,
+    D::Event: Sync,
+{
+    let mut one = None;
+    for w in workers {
+        let secs = dataflow_throughput(family.clone(), events, dimensions.clone(), *w, batch)?;
+        let total = events.len() as f64 / secs;
+        let scale = one
+            .map(|o: f64| format!(", {:.2}x of 1 worker", total / o))
+            .unwrap_or_default();
+        one.get_or_insert(total);
+        println!(
+            "dataflow, {w} worker(s): {total:.0} events/s total, {:.0} per worker{scale} ({} events, batch {batch})",
+            total / *w as f64,
+            events.len(),
+        );
+    }
+    Ok(())
+}
+
 pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
     if a.dataflow == "state" {
         return crate::bench_state::run(a.keys, a.events);
@@ -176,18 +206,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
         payloads.len()
     );
     let events = std::sync::Arc::new(decoded);
-    let mut one = None;
-    for w in &a.workers {
-        let search = Search::new(SearchConfig::default());
-        let secs = dataflow_throughput(search, &events, Arc::default(), *w, a.batch)?;
-        let total = events.len() as f64 / secs;
-        let per = total / *w as f64;
-        let scale = one
-            .map(|o: f64| format!(", {:.2}x of 1 worker", total / o))
-            .unwrap_or_default();
-        one.get_or_insert(total);
-        println!("dataflow, {w} worker(s): {:.0} events/s total, {:.0} per worker{scale} ({} events, batch {})", total, per, events.len(), a.batch);
-    }
+    report_throughput(search, &events, Arc::default(), &a.workers, a.batch)?;
     if a.kafka {
         end_to_end(&a)?;
     }

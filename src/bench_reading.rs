@@ -13,7 +13,7 @@ use tidemark_dataflows::reading::{
 use tidemark_dataflows::{Dataflow, Family, GenerateSpec, Tick};
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 
-use crate::bench::{create_topic, dataflow_throughput, freshness, report_freshness, BenchArgs};
+use crate::bench::{create_topic, freshness, report_freshness, report_throughput, BenchArgs};
 use crate::config::Config;
 use crate::engine::timely_config;
 use crate::kafka::now_ms;
@@ -37,21 +37,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
         .collect();
     let events = Arc::new(events);
     let catalog = Arc::new(vec![generate::episode_metadata()]);
-    let mut one = None;
-    for w in &a.workers {
-        let secs = dataflow_throughput(reading.clone(), &events, catalog.clone(), *w, a.batch)?;
-        let total = events.len() as f64 / secs;
-        let scale = one
-            .map(|o: f64| format!(", {:.2}x of 1 worker", total / o))
-            .unwrap_or_default();
-        one.get_or_insert(total);
-        println!(
-            "dataflow, {w} worker(s): {total:.0} events/s total, {:.0} per worker{scale} ({} events, batch {})",
-            total / *w as f64,
-            events.len(),
-            a.batch
-        );
-    }
+    report_throughput(reading.clone(), &events, catalog, &a.workers, a.batch)?;
     if a.kafka {
         let stamp = now_ms();
         let topic = format!("bench-reading-{stamp}");

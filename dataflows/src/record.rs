@@ -120,3 +120,64 @@ impl InvalidRecord {
         }
     }
 }
+
+/// What a field of a wire format must hold: how a decoder names the field a typed parse
+/// failed on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    Integer,
+    Number,
+    Text,
+    TextList,
+    /// A field the decoder does not read.
+    Any,
+}
+
+impl Expect {
+    fn holds(self, v: &serde_json::Value) -> bool {
+        match self {
+            Expect::Integer => v.is_i64() || v.is_u64(),
+            Expect::Number => v.is_number(),
+            Expect::Text => v.is_string(),
+            Expect::TextList => v
+                .as_array()
+                .is_some_and(|a| a.iter().all(|x| x.is_string())),
+            Expect::Any => true,
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Expect::Integer => "an integer",
+            Expect::Number => "a number",
+            Expect::Text => "a string",
+            Expect::TextList => "an array of strings",
+            Expect::Any => "anything",
+        }
+    }
+}
+
+/// A typed parse of `payload` failed with `err`: names the first non-null field that does
+/// not hold what `expect` says it must, or says the payload is not a JSON object.
+pub fn diagnose(
+    payload: &[u8],
+    err: serde_json::Error,
+    expect: impl Fn(&str) -> Expect,
+) -> DecodeError {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(payload) else {
+        return DecodeError::new(ErrorKind::Json, format!("not valid JSON: {err}"));
+    };
+    let Some(obj) = value.as_object() else {
+        return DecodeError::new(ErrorKind::Json, "the payload is JSON but not an object");
+    };
+    for (field, v) in obj.iter().filter(|(_, v)| !v.is_null()) {
+        let want = expect(field);
+        if !want.holds(v) {
+            return DecodeError::new(
+                ErrorKind::WrongType,
+                format!("field '{field}' must be {}, got {v}", want.name()),
+            );
+        }
+    }
+    // e.g. a number too large for its type
+    DecodeError::new(ErrorKind::WrongType, err.to_string())
+}

@@ -154,38 +154,18 @@ fn accepted(batches: &[Vec<Item>]) -> Vec<(AdRead, Tick)> {
     out
 }
 
-fn close(a: &Value, b: &Value) -> bool {
-    match (a.as_f64(), b.as_f64()) {
-        (Some(x), Some(y)) => (x - y).abs() <= 1e-9 * (1.0 + x.abs().max(y.abs())),
-        _ => a == b,
-    }
-}
+/// Every tick at which some output may change, and the tick before it.
+/// Float tolerance of the comparisons.
+const TOLERANCE: f64 = 1e-9;
 
 fn agrees(got: &State, want: &State) -> bool {
-    got.len() == want.len()
-        && got.iter().all(|(k, g)| {
-            want.get(k)
-                .is_some_and(|w| g.len() == w.len() && g.iter().zip(w).all(|(a, b)| close(a, b)))
-        })
+    common::agrees(got, want, TOLERANCE)
 }
 
 fn check(got: &State, want: &State, at: Tick) -> Result<(), TestCaseError> {
-    let keys: BTreeSet<_> = got.keys().chain(want.keys()).collect();
-    for k in keys {
-        match (got.get(k), want.get(k)) {
-            (Some(g), Some(w))
-                if g.len() == w.len() && g.iter().zip(w).all(|(a, b)| close(a, b)) => {}
-            (g, w) => prop_assert!(
-                false,
-                "at {at} ({} ms after BASE), {k:?}: dataflow {g:?}, recount {w:?}",
-                at.saturating_sub(BASE)
-            ),
-        }
-    }
-    Ok(())
+    common::check(got, want, at, BASE, TOLERANCE)
 }
 
-/// Every tick at which some output may change, and the tick before it.
 fn checkpoints(events: &[(AdRead, Tick)]) -> BTreeSet<Tick> {
     let mut at: BTreeSet<Tick> = events.iter().map(|(_, t)| *t).collect();
     for (e, _) in events {
@@ -305,17 +285,7 @@ fn stream(worker: usize) -> impl Strategy<Value = Vec<Vec<Item>>> {
             }
             let future = Ev::new(format!("w{worker}-future"), NOW + 120_000, Act::Impression, 0, 0, "HOME");
             timeline.push((BASE + DAY, Item::Event(future)));
-            timeline.sort_by_key(|(arrival, _)| *arrival);
-            let mut batches = Vec::new();
-            let mut items = timeline.into_iter().map(|(_, i)| i).peekable();
-            for cut in cuts.iter().cycle() {
-                let batch: Vec<Item> = items.by_ref().take(*cut).collect();
-                if batch.is_empty() {
-                    break;
-                }
-                batches.push(batch);
-            }
-            batches
+            common::in_batches(timeline, &cuts)
         })
 }
 

@@ -179,37 +179,6 @@ fn model_with(
     recount(&reads, rejected, metadata, at)
 }
 
-fn agrees(got: &State, want: &State) -> bool {
-    got.len() == want.len()
-        && got.iter().all(|(k, g)| {
-            want.get(k)
-                .is_some_and(|w| g.len() == w.len() && g.iter().zip(w).all(|(a, b)| close(a, b)))
-        })
-}
-
-fn close(a: &Value, b: &Value) -> bool {
-    match (a.as_f64(), b.as_f64()) {
-        (Some(x), Some(y)) => (x - y).abs() <= 1e-6 * (1.0 + x.abs().max(y.abs())),
-        _ => a == b,
-    }
-}
-
-fn check(got: &State, want: &State, at: Tick) -> Result<(), TestCaseError> {
-    let keys: BTreeSet<_> = got.keys().chain(want.keys()).collect();
-    for k in keys {
-        match (got.get(k), want.get(k)) {
-            (Some(g), Some(w))
-                if g.len() == w.len() && g.iter().zip(w).all(|(a, b)| close(a, b)) => {}
-            (g, w) => prop_assert!(
-                false,
-                "at {at} ({} after BASE), {k:?}: dataflow {g:?}, recount {w:?}",
-                at.saturating_sub(BASE)
-            ),
-        }
-    }
-    Ok(())
-}
-
 fn act() -> impl Strategy<Value = Act> {
     prop_oneof![
         2 => Just(Act::Enter),
@@ -266,17 +235,7 @@ fn stream(worker: usize) -> impl Strategy<Value = Vec<Vec<Item>>> {
             }
             let future = Ev { id: format!("w{worker}-future"), session: 0, act: Act::Enter, ts: NOW + 120_000 };
             timeline.push((BASE + 2 * DAY, Item::Event(future)));
-            timeline.sort_by_key(|(arrival, _)| *arrival);
-            let mut batches = Vec::new();
-            let mut items = timeline.into_iter().map(|(_, i)| i).peekable();
-            for cut in cuts.iter().cycle() {
-                let batch: Vec<Item> = items.by_ref().take(*cut).collect();
-                if batch.is_empty() {
-                    break;
-                }
-                batches.push(batch);
-            }
-            batches
+            common::in_batches(timeline, &cuts)
         })
 }
 
@@ -303,6 +262,17 @@ fn options() -> IngestOptions {
 
 /// Insertion ticks, and the ticks just before and at each timeout, window end and
 /// retention end, and after everything has gone.
+/// Float tolerance of the comparisons.
+const TOLERANCE: f64 = 1e-6;
+
+fn agrees(got: &State, want: &State) -> bool {
+    common::agrees(got, want, TOLERANCE)
+}
+
+fn check(got: &State, want: &State, at: Tick) -> Result<(), TestCaseError> {
+    common::check(got, want, at, BASE, TOLERANCE)
+}
+
 fn checkpoints(events: &[(Ev, Tick)]) -> BTreeSet<Tick> {
     let mut at: BTreeSet<Tick> = events.iter().map(|(_, t)| *t).collect();
     for (e, _) in events {

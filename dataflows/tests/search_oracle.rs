@@ -388,17 +388,7 @@ fn stream(worker: usize, now: u64) -> impl Strategy<Value = Vec<Vec<Item>>> {
                 ts: now + 120_000,
             };
             timeline.push((BASE + 3 * DAY, Item::Event(future)));
-            timeline.sort_by_key(|(arrival, _)| *arrival);
-            let mut batches = Vec::new();
-            let mut items = timeline.into_iter().map(|(_, i)| i).peekable();
-            for cut in cuts.iter().cycle() {
-                let batch: Vec<Item> = items.by_ref().take(*cut).collect();
-                if batch.is_empty() {
-                    break;
-                }
-                batches.push(batch);
-            }
-            batches
+            common::in_batches(timeline, &cuts)
         })
 }
 

@@ -264,23 +264,9 @@ pub struct DeadLetter {
 
 /// Every record of `topic`, read from the start until nothing new came for 3 s.
 pub fn dead_letters(topic: &str) -> Vec<DeadLetter> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::{Headers, Message};
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", kafka())
-        .set("group.id", format!("dlq-reader-{}", std::process::id()))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
     let mut out = Vec::new();
-    let mut last = std::time::Instant::now();
-    while last.elapsed() < Duration::from_secs(3) {
-        let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else {
-            continue;
-        };
-        last = std::time::Instant::now();
+    read_topic(topic, |m| {
         let mut headers = BTreeMap::new();
         if let Some(h) = m.headers() {
             for h in h.iter() {
@@ -293,15 +279,27 @@ pub fn dead_letters(topic: &str) -> Vec<DeadLetter> {
             envelope: serde_json::from_slice(m.payload().unwrap_or_default()).unwrap(),
             headers,
         });
-    }
+    });
     out
 }
 
 /// Every record of `topic` in order per partition, as (key, JSON value or `None` for a
 /// tombstone), read from the start until nothing new came for 3 s.
 pub fn topic_records(topic: &str) -> Vec<(String, Option<serde_json::Value>)> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Message;
+    let mut out = Vec::new();
+    read_topic(topic, |m| {
+        out.push((
+            String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+            m.payload().map(|p| serde_json::from_slice(p).unwrap()),
+        ))
+    });
+    out
+}
+
+/// Hands every record of `topic` to `visit`, from the start until nothing new came for 3 s.
+fn read_topic(topic: &str, mut visit: impl FnMut(&rdkafka::message::BorrowedMessage<'_>)) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", kafka())
         .set("group.id", format!("reader-{topic}-{}", std::process::id()))
@@ -310,19 +308,14 @@ pub fn topic_records(topic: &str) -> Vec<(String, Option<serde_json::Value>)> {
         .create()
         .unwrap();
     consumer.subscribe(&[topic]).unwrap();
-    let mut out = Vec::new();
     let mut last = std::time::Instant::now();
     while last.elapsed() < Duration::from_secs(3) {
         let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else {
             continue;
         };
         last = std::time::Instant::now();
-        out.push((
-            String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
-            m.payload().map(|p| serde_json::from_slice(p).unwrap()),
-        ));
+        visit(&m);
     }
-    out
 }
 
 /// Produces `lines` to `topic`, waiting until every one is acknowledged.

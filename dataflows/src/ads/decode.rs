@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::{AdEvent, CampaignId, DeviceAd, Placement, ProductId, QualityUpdate, Slot};
 use crate::ingest::{EventId, Timed};
-use crate::record::{DecodeError, ErrorKind};
+use crate::record::{diagnose, DecodeError, ErrorKind, Expect};
 
 #[derive(Deserialize)]
 struct RawAd<'a> {
@@ -107,7 +107,7 @@ fn identity(event_id: &Option<Cow<'_, str>>, payload: &[u8]) -> EventId {
 }
 
 pub fn decode(payload: &[u8]) -> Result<Timed<AdEvent>, DecodeError> {
-    let raw: RawAd = serde_json::from_slice(payload).map_err(|e| diagnose(payload, e))?;
+    let raw: RawAd = serde_json::from_slice(payload).map_err(|e| diagnose(payload, e, expect))?;
     let event_type = text(&raw.event_type, "event_type")?;
     let ts = instant(&raw.timestamp, "timestamp")?;
     let placement = text(&raw.placement, "placement")?;
@@ -157,7 +157,8 @@ pub fn decode(payload: &[u8]) -> Result<Timed<AdEvent>, DecodeError> {
 }
 
 pub fn decode_quality(payload: &[u8]) -> Result<Timed<AdEvent>, DecodeError> {
-    let raw: RawQuality = serde_json::from_slice(payload).map_err(|e| diagnose(payload, e))?;
+    let raw: RawQuality =
+        serde_json::from_slice(payload).map_err(|e| diagnose(payload, e, expect))?;
     let ts = instant(&raw.timestamp, "timestamp")?;
     let score = |v: Option<f64>, field: &str| -> Result<Option<OrderedFloat<f64>>, DecodeError> {
         match v {
@@ -189,52 +190,17 @@ pub fn decode_quality(payload: &[u8]) -> Result<Timed<AdEvent>, DecodeError> {
     })
 }
 
-/// The typed parse failed: say which field is wrong, or that it is not JSON at all.
-fn diagnose(payload: &[u8], err: serde_json::Error) -> DecodeError {
-    let Ok(value) = serde_json::from_slice::<serde_json::Value>(payload) else {
-        return DecodeError::new(ErrorKind::Json, format!("not valid JSON: {err}"));
-    };
-    let Some(obj) = value.as_object() else {
-        return DecodeError::new(ErrorKind::Json, "the payload is JSON but not an object");
-    };
-    for (field, v) in obj {
-        if v.is_null() {
-            continue;
+/// What each field of an ad event or a quality update must hold.
+fn expect(field: &str) -> Expect {
+    match field {
+        "actual_price" | "bid_price" | "revenue_amount" | "quality_score" | "previous_score" => {
+            Expect::Number
         }
-        let numeric = matches!(
-            field.as_str(),
-            "actual_price" | "bid_price" | "revenue_amount" | "quality_score" | "previous_score"
-        );
-        let known_text = matches!(
-            field.as_str(),
-            "event_id"
-                | "event_type"
-                | "timestamp"
-                | "device_id"
-                | "ad_id"
-                | "campaign_id"
-                | "advertiser_id"
-                | "placement"
-                | "category"
-                | "product_id"
-                | "update_reason"
-                | "effective_from"
-        );
-        let (ok, want) = if numeric {
-            (v.is_number(), "a number")
-        } else if known_text {
-            (v.is_string(), "a string")
-        } else {
-            (true, "")
-        };
-        if !ok {
-            return DecodeError::new(
-                ErrorKind::WrongType,
-                format!("field '{field}' must be {want}, got {v}"),
-            );
-        }
+        "event_id" | "event_type" | "timestamp" | "device_id" | "ad_id" | "campaign_id"
+        | "advertiser_id" | "placement" | "category" | "product_id" | "update_reason"
+        | "effective_from" => Expect::Text,
+        _ => Expect::Any,
     }
-    DecodeError::new(ErrorKind::WrongType, err.to_string())
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::{country_zone, Action, Arm, EpisodeId, Reader, ReadingEvent, SessionId, UserId};
 use crate::ingest::{EventId, Timed};
-use crate::record::{DecodeError, ErrorKind};
+use crate::record::{diagnose, DecodeError, ErrorKind, Expect};
 
 #[derive(Deserialize)]
 struct Raw<'a> {
@@ -54,7 +54,7 @@ fn text(v: &Option<Cow<'_, str>>, field: &str) -> Result<String, DecodeError> {
 }
 
 pub fn decode(payload: &[u8]) -> Result<Timed<ReadingEvent>, DecodeError> {
-    let raw: Raw = serde_json::from_slice(payload).map_err(|e| diagnose(payload, e))?;
+    let raw: Raw = serde_json::from_slice(payload).map_err(|e| diagnose(payload, e, expect))?;
     let event_id = text(&raw.event_id, "event_id")?;
     let event_type = text(&raw.event_type, "event_type")?;
     let ts = raw.ts.ok_or_else(|| missing("ts"))?;
@@ -121,32 +121,13 @@ pub fn decode(payload: &[u8]) -> Result<Timed<ReadingEvent>, DecodeError> {
     })
 }
 
-/// The typed parse failed: say which field is wrong, or that it is not JSON at all.
-fn diagnose(payload: &[u8], err: serde_json::Error) -> DecodeError {
-    let Ok(value) = serde_json::from_slice::<serde_json::Value>(payload) else {
-        return DecodeError::new(ErrorKind::Json, format!("not valid JSON: {err}"));
-    };
-    let Some(obj) = value.as_object() else {
-        return DecodeError::new(ErrorKind::Json, "the payload is JSON but not an object");
-    };
-    for (field, v) in obj {
-        if v.is_null() {
-            continue;
-        }
-        let (ok, want) = match field.as_str() {
-            "ts" => (v.is_i64() || v.is_u64(), "an integer"),
-            "scroll_pct" => (v.is_number(), "a number"),
-            _ => (v.is_string(), "a string"),
-        };
-        if !ok {
-            return DecodeError::new(
-                ErrorKind::WrongType,
-                format!("field '{field}' must be {want}, got {v}"),
-            );
-        }
+/// What each field of a reading event must hold.
+fn expect(field: &str) -> Expect {
+    match field {
+        "ts" => Expect::Integer,
+        "scroll_pct" => Expect::Number,
+        _ => Expect::Text,
     }
-    // e.g. a number too large for its type
-    DecodeError::new(ErrorKind::WrongType, err.to_string())
 }
 
 #[cfg(test)]

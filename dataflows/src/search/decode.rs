@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 
 use super::{DocId, Prefix, SearchEvent, SessionId};
 use crate::ingest::{EventId, Timed};
-use crate::record::{DecodeError, ErrorKind};
+use crate::record::{diagnose, DecodeError, ErrorKind, Expect};
 
 /// The first 16 hex digits of SHA-256 of the normalised query.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -95,7 +95,7 @@ fn list<'r, 'a>(
 }
 
 pub fn decode(payload: &[u8]) -> Result<Timed<SearchEvent>, DecodeError> {
-    let raw: Raw = serde_json::from_slice(payload).map_err(|e| diagnose(payload, e))?;
+    let raw: Raw = serde_json::from_slice(payload).map_err(|e| diagnose(payload, e, expect))?;
     let event_id = text(&raw.event_id, "event_id")?;
     let event_type = text(&raw.event_type, "event_type")?;
     let ts = raw.ts.ok_or_else(|| missing("ts"))?;
@@ -148,58 +148,6 @@ pub fn decode(payload: &[u8]) -> Result<Timed<SearchEvent>, DecodeError> {
         ts,
         event,
     })
-}
-
-/// The typed parse failed: say which field is wrong, or that it is not JSON at all.
-fn diagnose(payload: &[u8], err: serde_json::Error) -> DecodeError {
-    let Ok(value) = serde_json::from_slice::<serde_json::Value>(payload) else {
-        return DecodeError::new(ErrorKind::Json, format!("not valid JSON: {err}"));
-    };
-    let Some(obj) = value.as_object() else {
-        return DecodeError::new(ErrorKind::Json, "the payload is JSON but not an object");
-    };
-    let integers = ["ts", "dwell_ms"];
-    let lists = ["doc_ids", "candidates"];
-    for (field, v) in obj {
-        if v.is_null() {
-            continue;
-        }
-        let ok = if integers.contains(&field.as_str()) {
-            v.is_i64() || v.is_u64()
-        } else if lists.contains(&field.as_str()) {
-            v.as_array()
-                .is_some_and(|a| a.iter().all(|x| x.is_string()))
-        } else if [
-            "event_id",
-            "event_type",
-            "user_id",
-            "session_id",
-            "query",
-            "doc_id",
-            "prefix",
-            "candidate",
-        ]
-        .contains(&field.as_str())
-        {
-            v.is_string()
-        } else {
-            true
-        };
-        if !ok {
-            let want = if integers.contains(&field.as_str()) {
-                "an integer"
-            } else if lists.contains(&field.as_str()) {
-                "an array of strings"
-            } else {
-                "a string"
-            };
-            return DecodeError::new(
-                ErrorKind::WrongType,
-                format!("field '{field}' must be {want}, got {v}"),
-            );
-        }
-    }
-    DecodeError::new(ErrorKind::WrongType, err.to_string())
 }
 
 #[cfg(test)]
@@ -267,5 +215,16 @@ mod tests {
                 doc: DocId("d9".into())
             }
         );
+    }
+}
+
+/// What each field of a search event must hold.
+fn expect(field: &str) -> Expect {
+    match field {
+        "ts" | "dwell_ms" => Expect::Integer,
+        "doc_ids" | "candidates" => Expect::TextList,
+        "event_id" | "event_type" | "user_id" | "session_id" | "query" | "doc_id" | "prefix"
+        | "candidate" => Expect::Text,
+        _ => Expect::Any,
     }
 }

@@ -54,6 +54,63 @@ impl RecordSource for VecSource {
 
 pub type State = BTreeMap<(u8, Vec<String>), Vec<Value>>;
 
+/// Floats equal within a relative `tolerance`, everything else exactly.
+pub fn close(a: &Value, b: &Value, tolerance: f64) -> bool {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => (x - y).abs() <= tolerance * (1.0 + x.abs().max(y.abs())),
+        _ => a == b,
+    }
+}
+
+/// The same entities, each with close values.
+pub fn agrees(got: &State, want: &State, tolerance: f64) -> bool {
+    got.len() == want.len()
+        && got.iter().all(|(k, g)| {
+            want.get(k).is_some_and(|w| {
+                g.len() == w.len() && g.iter().zip(w).all(|(a, b)| close(a, b, tolerance))
+            })
+        })
+}
+
+/// `agrees`, failing the property case with the first entity that differs.
+pub fn check(
+    got: &State,
+    want: &State,
+    at: Tick,
+    base: u64,
+    tolerance: f64,
+) -> Result<(), proptest::test_runner::TestCaseError> {
+    let keys: std::collections::BTreeSet<_> = got.keys().chain(want.keys()).collect();
+    for k in keys {
+        match (got.get(k), want.get(k)) {
+            (Some(g), Some(w))
+                if g.len() == w.len() && g.iter().zip(w).all(|(a, b)| close(a, b, tolerance)) => {}
+            (g, w) => {
+                return Err(proptest::test_runner::TestCaseError::fail(format!(
+                    "at {at} ({} ms after the base), {k:?}: dataflow {g:?}, recount {w:?}",
+                    at.saturating_sub(base)
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Items in arrival order, cut into batches of the sizes `cuts` gives in turn.
+pub fn in_batches<T>(mut timeline: Vec<(u64, T)>, cuts: &[usize]) -> Vec<Vec<T>> {
+    timeline.sort_by_key(|(arrival, _)| *arrival);
+    let mut batches = Vec::new();
+    let mut items = timeline.into_iter().map(|(_, i)| i);
+    for cut in cuts.iter().cycle() {
+        let batch: Vec<T> = items.by_ref().take(*cut).collect();
+        if batch.is_empty() {
+            break;
+        }
+        batches.push(batch);
+    }
+    batches
+}
+
 /// A record for `topic` (records without one are on topic `t`).
 pub fn on_topic(topic: &str, payload: &[u8]) -> Vec<u8> {
     let mut r = vec![0];
