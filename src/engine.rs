@@ -266,7 +266,8 @@ fn open_stores(
             stats("postgres"),
         ));
     }
-    if writer.tables.iter().any(|t| t.sink.topic().is_some()) {
+    // `demo` runs without services: its embedded store keeps the topic tables' rows too
+    if opts.memory.is_none() && writer.tables.iter().any(|t| t.sink.topic().is_some()) {
         let store = TopicStore::open(&opts.config.kafka.brokers, writer.clone())?;
         stores.push((Box::new(store), stats("kafka")));
     }
@@ -350,6 +351,19 @@ fn run_worker(
             continue;
         }
         let Some(url) = &opts.config.postgres.url else {
+            if let SourceKind::Generator { spec: traffic, .. } = &opts.source {
+                // without Postgres the synthetic traffic's own rows stand in for the table
+                let rows = family
+                    .dimension_rows(traffic)
+                    .into_iter()
+                    .find(|(d, _)| d.table == spec.table)
+                    .map(|(_, rows)| rows)
+                    .unwrap_or_default();
+                tables.push(Some(Box::new(crate::store::dimension::FixedTable(Some(
+                    rows,
+                )))));
+                continue;
+            }
             anyhow::bail!(
                 "dataflow '{}' reads table {}: set postgres.url (TIDEMARK_PG)",
                 family.name(),

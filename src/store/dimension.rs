@@ -142,3 +142,13 @@ pub fn fill(url: &str, spec: &DimensionSpec, rows: &[DimRow]) -> anyhow::Result<
     tx.commit()?;
     Ok(())
 }
+
+/// A table that never changes: the synthetic traffic's rows when there is no Postgres
+/// (`demo`).
+pub struct FixedTable(pub Option<Vec<DimRow>>);
+
+impl TableSource for FixedTable {
+    fn snapshot(&mut self) -> Option<Vec<DimRow>> {
+        self.0.take()
+    }
+}

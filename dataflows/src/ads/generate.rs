@@ -63,7 +63,12 @@ pub fn campaign_budgets(spec: &GenerateSpec) -> Vec<DimRow> {
     let mut spend: BTreeMap<(String, u32), i64> = BTreeMap::new();
     let config = AdsConfig::default();
     let list = campaigns();
-    for p in AdTraffic::new(&config, spec.clone()) {
+    // sized from (at most) the first 500,000 records: `demo` generates without end
+    let sample = GenerateSpec {
+        events: spec.events.min(500_000),
+        ..spec.clone()
+    };
+    for p in AdTraffic::new(&config, sample) {
         if let Ok(e) = super::decode::decode(&p.payload) {
             if let super::AdEvent::Click { slot, price, .. } = e.event {
                 let c = list
@@ -363,7 +368,12 @@ mod tests {
         };
         let config = AdsConfig::default();
         let (mut kinds, mut invalid) = (BTreeMap::<&str, u32>::new(), 0);
-        for p in AdTraffic::new(&config, spec.clone()) {
+        // sized from (at most) the first 500,000 records: `demo` generates without end
+        let sample = GenerateSpec {
+            events: spec.events.min(500_000),
+            ..spec.clone()
+        };
+        for p in AdTraffic::new(&config, sample) {
             let decoded = if p.topic == config.quality_topic {
                 decode::decode_quality(&p.payload)
             } else {
