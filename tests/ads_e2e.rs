@@ -280,8 +280,10 @@ fn kafka_to_topics_redis_and_postgres_matches_the_model_and_a_replay_repeats_it(
 }
 
 /// A run stopped half way and restarted from its checkpoint should give the uninterrupted
-/// run's records. It does not yet: defense values (category totals) of the windows around
-/// the restart point differ. Ignored until that is fixed; run it with `--ignored`.
+/// run's records. It does not yet: about 140 of ~7,900 window records around the restart
+/// point differ, e.g. one impression more in one campaign × placement of a 1-hour window
+/// (and so the category totals of its neighbours). Ignored until that is fixed; run it
+/// with `--ignored`.
 #[test]
 #[ignore = "known defect: windows open across a restart get other category totals"]
 fn a_restart_from_a_checkpoint_gives_the_same_records() {
