@@ -93,6 +93,10 @@ impl Default for PostgresConfig {
 pub struct IngestConfig {
     pub max_future_skew_ms: u64,
     pub dedup_horizon_ms: u64,
+    /// A partition reads at most this much event time ahead of the slowest partition of its
+    /// worker with records to come (0: no alignment). Keeps stream time — and so dedup,
+    /// too-late events and window closes — independent of how partitions interleave.
+    pub max_partition_skew_ms: u64,
     pub max_message_bytes: usize,
     /// Once caught up, how long a source waits before reading again: a tick gathers what
     /// arrived meanwhile, trading this much latency for fewer, larger ticks.
@@ -187,6 +191,7 @@ impl Default for IngestConfig {
         IngestConfig {
             max_future_skew_ms: 60_000,
             dedup_horizon_ms: 3_600_000,
+            max_partition_skew_ms: 600_000,
             max_message_bytes: 1 << 20,
             poll_interval_ms: 5,
             max_pending_records: 2_000_000,
@@ -238,6 +243,16 @@ impl Config {
         }
         if self.checkpoint.interval_ms == 0 {
             bail!("checkpoint.interval_ms = 0: set it to 1 or more (default 10000)");
+        }
+        let ingest = &self.ingest;
+        if ingest.max_partition_skew_ms > 0
+            && ingest.max_partition_skew_ms >= ingest.dedup_horizon_ms
+        {
+            bail!(
+                "ingest.max_partition_skew_ms = {} is not below ingest.dedup_horizon_ms = {}: a copy of an event read after a restart could fall outside the horizon; lower the skew (default 600000; 0 turns alignment off) or raise the horizon",
+                ingest.max_partition_skew_ms,
+                ingest.dedup_horizon_ms
+            );
         }
         if self.checkpoint.backend == CheckpointBackend::Postgres && self.postgres.url.is_none() {
             bail!("checkpoint.backend = \"postgres\" needs postgres.url: set postgres.url (TIDEMARK_PG) or checkpoint.backend = \"dir\"");

@@ -15,7 +15,7 @@ use tidemark_dataflows::counters::Counters;
 use tidemark_dataflows::dimension::TableSource;
 use tidemark_dataflows::features::{ChangeBuffer, FeatureRow, TableSpec};
 use tidemark_dataflows::ingest::IngestOptions;
-use tidemark_dataflows::record::{InvalidRecord, Poll, RecordRef, RecordSource};
+use tidemark_dataflows::record::{InvalidRecord, Poll, RecordRef, RecordSource, Visit};
 use tidemark_dataflows::state::{Restore, State};
 use tidemark_dataflows::{family, Family, GenerateSpec, Produced, Tick};
 use timely::container::CapacityContainerBuilder;
@@ -336,6 +336,7 @@ fn run_worker(
     let ingest = IngestOptions {
         max_future_skew_ms: opts.config.ingest.max_future_skew_ms,
         dedup_horizon_ms: opts.config.ingest.dedup_horizon_ms,
+        max_partition_skew_ms: Some(opts.config.ingest.max_partition_skew_ms).filter(|&s| s > 0),
         max_message_bytes: opts.config.ingest.max_message_bytes,
         batch_max: opts.config.kafka.poll_batch,
         exit_at_end: opts.exit_at_end,
@@ -627,7 +628,7 @@ impl GeneratorSource {
 }
 
 impl RecordSource for GeneratorSource {
-    fn poll(&mut self, max: usize, visit: &mut dyn FnMut(RecordRef<'_>)) -> Poll {
+    fn poll(&mut self, max: usize, visit: &mut dyn FnMut(RecordRef<'_>) -> Visit) -> Poll {
         let mut n = 0;
         while n < max && !self.done {
             if let Some((start, rate)) = self.pace {

@@ -11,7 +11,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
-use tidemark_dataflows::record::{InvalidRecord, Poll, RecordRef, RecordSource};
+use tidemark_dataflows::record::{InvalidRecord, Poll, RecordRef, RecordSource, Visit};
 use tidemark_dataflows::Tick;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 
@@ -123,12 +123,88 @@ impl Freshness {
 
 type Partition = (String, i32);
 
+/// Records a partition may hold back before its fetching stops.
+const HELD_BEFORE_PAUSE: usize = 20_000;
+
+/// A record the dataflow held back (its partition ran ahead), kept until it is taken.
+struct HeldRecord {
+    offset: i64,
+    append_ms: i64,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+}
+
+/// One assigned partition.
+struct Lane {
+    topic: String,
+    partition: i32,
+    /// The next offset to hand out.
+    next: i64,
+    /// The end offset seen at start (with `--exit-at-end`, reading stops there).
+    end: i64,
+    /// When it last handed out a record.
+    read_at: Option<Instant>,
+    /// Records held back, oldest first.
+    held: VecDeque<HeldRecord>,
+    /// Fetching stopped: too many records are held back.
+    paused: bool,
+    /// Records taken in this poll, not yet added to the consumed counter.
+    taken: u64,
+    consumed: metrics::Counter,
+}
+
+impl Lane {
+    fn is(&self, topic: &str, partition: i32) -> bool {
+        self.partition == partition && self.topic == topic
+    }
+
+    fn tpl(&self) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.topic, self.partition);
+        tpl
+    }
+}
+
+/// The assigned partitions, in (topic, partition) order, and what was taken from them.
+struct Lanes {
+    all: Vec<Lane>,
+    /// The lane of the last record (records come in runs per partition).
+    last: usize,
+    /// The append times of the records taken since the last insert.
+    appends: Vec<i64>,
+}
+
+impl Lanes {
+    /// The index of the lane of (topic, partition).
+    fn find(&mut self, topic: &str, partition: i32) -> usize {
+        if !self
+            .all
+            .get(self.last)
+            .is_some_and(|l| l.is(topic, partition))
+        {
+            self.last = self
+                .all
+                .iter()
+                .position(|l| l.is(topic, partition))
+                .expect("records come from assigned partitions");
+        }
+        self.last
+    }
+
+    /// Books a record the dataflow took.
+    fn took(&mut self, i: usize, offset: i64, append_ms: i64, now: Instant) {
+        let lane = &mut self.all[i];
+        lane.next = offset + 1;
+        lane.read_at = Some(now);
+        lane.taken += 1;
+        self.appends.push(append_ms);
+    }
+}
+
 pub struct KafkaSource {
     consumer: BaseConsumer,
-    /// Next offset to read, per assigned partition.
-    positions: BTreeMap<Partition, i64>,
-    /// With `--exit-at-end`: the end offsets seen at start.
-    ends: Option<BTreeMap<Partition, i64>>,
+    lanes: Lanes,
+    exit_at_end: bool,
     /// Records read per inserted tick, until the tick is durable: reading stops while
     /// more than `max_pending` wait.
     pending: VecDeque<(Tick, u64)>,
@@ -140,16 +216,12 @@ pub struct KafkaSource {
     last_message: Instant,
     idle_timeout: Duration,
     freshness: Option<Arc<Freshness>>,
-    appends: Vec<i64>,
     appends_by_tick: VecDeque<(Tick, Vec<i64>)>,
     /// Shared with the process: records still to read before the end offsets.
     backlog: Option<Arc<std::sync::atomic::AtomicI64>>,
     status: Arc<Status>,
     worker: usize,
     published: Instant,
-    /// `tidemark_events_consumed_total` per topic read, and the records of this poll not
-    /// yet added to it (the shared counter is touched once per poll, not per record).
-    consumed: Vec<(String, metrics::Counter, u64)>,
     fresh: metrics::Histogram,
 }
 
@@ -258,33 +330,43 @@ impl KafkaSource {
             }
         }
         start.status.assigned.fetch_add(1, AtomicOrdering::Relaxed);
-        let consumed = topics
-            .iter()
-            .map(|t| {
-                let c = metrics::counter!(crate::telemetry::CONSUMED, "topic" => t.clone());
-                (t.clone(), c, 0)
+        let now = Instant::now();
+        let all = positions
+            .into_iter()
+            .map(|((topic, partition), next)| Lane {
+                end: ends[&(topic.clone(), partition)],
+                consumed: metrics::counter!(crate::telemetry::CONSUMED, "topic" => topic.clone()),
+                topic,
+                partition,
+                next,
+                read_at: None,
+                held: VecDeque::new(),
+                paused: false,
+                taken: 0,
             })
             .collect();
         Ok(KafkaSource {
             consumer,
-            positions,
-            ends: start.exit_at_end.then_some(ends),
+            lanes: Lanes {
+                all,
+                last: 0,
+                appends: Vec::new(),
+            },
+            exit_at_end: start.exit_at_end,
             pending: VecDeque::new(),
             pending_records: 0,
             max_pending: cfg.ingest.max_pending_records,
             read_since_insert: 0,
             ledger: start.ledger,
             durable: start.durable,
-            last_message: Instant::now(),
+            last_message: now,
             idle_timeout: Duration::from_millis(cfg.kafka.idle_timeout_ms),
             freshness: start.freshness,
-            appends: Vec::new(),
             appends_by_tick: VecDeque::new(),
             backlog: start.backlog,
             status: start.status,
             worker: start.worker,
-            published: Instant::now(),
-            consumed,
+            published: now,
             fresh: metrics::histogram!(crate::telemetry::FRESHNESS),
         })
     }
@@ -296,18 +378,52 @@ impl KafkaSource {
         }
         self.published = Instant::now();
         let mut status = self.status.partitions.lock().expect("status");
-        for (key, &position) in &self.positions {
-            let p = status.entry(key.clone()).or_default();
+        for lane in &self.lanes.all {
+            let p = status
+                .entry((lane.topic.clone(), lane.partition))
+                .or_default();
             p.worker = self.worker;
-            p.position = position;
+            p.position = lane.next;
         }
     }
 
     fn at_end(&self) -> bool {
-        self.ends.as_ref().is_some_and(|ends| {
-            ends.iter()
-                .all(|(p, end)| self.positions.get(p).is_some_and(|o| o >= end))
-        })
+        self.exit_at_end && self.lanes.all.iter().all(|l| l.next >= l.end)
+    }
+
+    /// Offers the held records again, oldest first per partition; a partition whose held
+    /// records are all taken is resumed. Returns how many were taken.
+    fn offer_held(&mut self, visit: &mut dyn FnMut(RecordRef<'_>) -> Visit, now: Instant) -> usize {
+        let mut n = 0;
+        for i in 0..self.lanes.all.len() {
+            if self.lanes.all[i].held.is_empty() {
+                continue;
+            }
+            while let Some(h) = self.lanes.all[i].held.front() {
+                let lane = &self.lanes.all[i];
+                let record = RecordRef {
+                    topic: &lane.topic,
+                    partition: lane.partition,
+                    offset: h.offset,
+                    append_ms: h.append_ms,
+                    key: h.key.as_deref(),
+                    payload: &h.payload,
+                };
+                if visit(record) == Visit::Held {
+                    break;
+                }
+                let h = self.lanes.all[i].held.pop_front().expect("front exists");
+                self.lanes.took(i, h.offset, h.append_ms, now);
+                n += 1;
+            }
+            let lane = &mut self.lanes.all[i];
+            if lane.held.is_empty() && std::mem::take(&mut lane.paused) {
+                if let Err(e) = self.consumer.resume(&lane.tpl()) {
+                    tracing::warn!(error = %e, "resuming a partition failed");
+                }
+            }
+        }
+        n
     }
 
     /// Forgets what is durable, records freshness, and commits the newest checkpoint's
@@ -351,7 +467,7 @@ impl KafkaSource {
         if let Some((n, positions)) = commit {
             let mut tpl = TopicPartitionList::new();
             for (t, p, o) in &positions {
-                if self.positions.contains_key(&(t.clone(), *p)) {
+                if self.lanes.all.iter().any(|l| l.is(t, *p)) {
                     let _ = tpl.add_partition_offset(t, *p, Offset::Offset(*o));
                 }
             }
@@ -375,14 +491,15 @@ impl KafkaSource {
 }
 
 impl RecordSource for KafkaSource {
-    fn poll(&mut self, max: usize, visit: &mut dyn FnMut(RecordRef<'_>)) -> Poll {
+    fn poll(&mut self, max: usize, visit: &mut dyn FnMut(RecordRef<'_>) -> Visit) -> Poll {
         self.follow_durable();
         self.publish_positions();
         if self.pending_records >= self.max_pending {
             // the sinks lag: hold off (time must not follow the clock meanwhile)
             return Poll::Caught { idle: false };
         }
-        let mut n = 0;
+        let now = Instant::now();
+        let mut n = self.offer_held(visit, now);
         while n < max {
             match self.consumer.poll(Duration::ZERO) {
                 None => break,
@@ -391,34 +508,42 @@ impl RecordSource for KafkaSource {
                     break;
                 }
                 Some(Ok(m)) => {
-                    n += 1;
+                    let i = self.lanes.find(m.topic(), m.partition());
                     let append_ms = m.timestamp().to_millis().unwrap_or(0);
-                    visit(RecordRef {
+                    let record = RecordRef {
                         topic: m.topic(),
                         partition: m.partition(),
                         offset: m.offset(),
                         append_ms,
                         key: m.key(),
                         payload: m.payload().unwrap_or(&[]),
+                    };
+                    // behind a held record, a record waits too
+                    let lane = &mut self.lanes.all[i];
+                    if lane.held.is_empty() && visit(record) == Visit::Taken {
+                        n += 1;
+                        self.lanes.took(i, m.offset(), append_ms, now);
+                        continue;
+                    }
+                    // a resumed fetch takes the broker about a second: hold records here,
+                    // and stop fetching only when many wait
+                    if lane.held.len() >= HELD_BEFORE_PAUSE && !lane.paused {
+                        lane.paused = true;
+                        if let Err(e) = self.consumer.pause(&lane.tpl()) {
+                            tracing::warn!(error = %e, "pausing a partition failed");
+                        }
+                    }
+                    self.lanes.all[i].held.push_back(HeldRecord {
+                        offset: m.offset(),
+                        append_ms,
+                        key: m.key().map(<[u8]>::to_vec),
+                        payload: m.payload().unwrap_or(&[]).to_vec(),
                     });
-                    self.appends.push(append_ms);
-                    // a worker has few partitions: a scan beats allocating a key per message
-                    let (topic, partition) = (m.topic(), m.partition());
-                    if let Some((_, _, n)) = self.consumed.iter_mut().find(|(t, _, _)| t == topic) {
-                        *n += 1;
-                    }
-                    if let Some((_, pos)) = self
-                        .positions
-                        .iter_mut()
-                        .find(|((t, p), _)| *p == partition && t == topic)
-                    {
-                        *pos = m.offset() + 1;
-                    }
                 }
             }
         }
-        for (_, counter, n) in &mut self.consumed {
-            counter.increment(std::mem::take(n));
+        for lane in &mut self.lanes.all {
+            lane.consumed.increment(std::mem::take(&mut lane.taken));
         }
         if n > 0 {
             self.last_message = Instant::now();
@@ -432,8 +557,10 @@ impl RecordSource for KafkaSource {
         } else if self.at_end() {
             Poll::Finished
         } else {
+            // records held back are not quiet partitions
+            let held = self.lanes.all.iter().any(|l| !l.held.is_empty());
             Poll::Caught {
-                idle: self.last_message.elapsed() >= self.idle_timeout,
+                idle: !held && self.last_message.elapsed() >= self.idle_timeout,
             }
         }
     }
@@ -446,24 +573,37 @@ impl RecordSource for KafkaSource {
                 Some((t, m)) if *t == tick => *m += n,
                 _ => self.pending.push_back((tick, n)),
             }
-            if !self.appends.is_empty() {
+            if !self.lanes.appends.is_empty() {
                 self.appends_by_tick
-                    .push_back((tick, std::mem::take(&mut self.appends)));
+                    .push_back((tick, std::mem::take(&mut self.lanes.appends)));
             }
         }
     }
 
     fn paused(&mut self, tick: Tick) {
         let positions = self
-            .positions
+            .lanes
+            .all
             .iter()
-            .map(|((t, p), o)| (t.clone(), *p, *o))
+            .map(|l| (l.topic.clone(), l.partition, l.next))
             .collect();
         self.ledger.lock().expect("ledger").paused = Some((tick, positions));
     }
 
     fn tend(&mut self) {
         self.follow_durable();
+    }
+
+    fn pending(&self, mark: &mut dyn FnMut(&str, i32)) {
+        for l in &self.lanes.all {
+            // a backlog from the start, or a record within the idle timeout
+            let more = l.next < l.end
+                || (!self.exit_at_end
+                    && l.read_at.is_some_and(|at| at.elapsed() < self.idle_timeout));
+            if more || !l.held.is_empty() {
+                mark(&l.topic, l.partition);
+            }
+        }
     }
 
     fn now_ms(&self) -> u64 {

@@ -285,6 +285,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         accepted = c.accepted.load(Relaxed),
         duplicates = c.duplicates.load(Relaxed),
         too_late = c.too_late.load(Relaxed),
+        held_back = c.held_back.load(Relaxed),
         invalid = c.invalid_total(),
         "stopped"
     );

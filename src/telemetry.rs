@@ -297,6 +297,7 @@ pub fn render(shared: &Shared) -> String {
     counter!("tidemark_events_accepted_total").absolute(c.accepted.load(Relaxed));
     counter!("tidemark_events_duplicate_total").absolute(c.duplicates.load(Relaxed));
     counter!("tidemark_events_late_total").absolute(c.too_late.load(Relaxed));
+    counter!("tidemark_records_held_back_total").absolute(c.held_back.load(Relaxed));
     for (reason, n) in c.invalid_by_reason() {
         counter!("tidemark_events_invalid_total", "reason" => reason).absolute(n);
     }
@@ -448,6 +449,7 @@ pub fn status(shared: &Shared, cfg: &Config, family: &str) -> Value {
                 "accepted": c.accepted.load(Relaxed),
                 "duplicates": c.duplicates.load(Relaxed),
                 "too_late": c.too_late.load(Relaxed),
+                "held_back": c.held_back.load(Relaxed),
                 "invalid": invalid,
                 "dlq_records": s.dlq_records.load(Relaxed),
                 "events_per_second": s.rate(),

@@ -10,6 +10,8 @@ pub struct Counters {
     pub accepted: AtomicU64,
     pub duplicates: AtomicU64,
     pub too_late: AtomicU64,
+    /// Records offered and held back because their partition ran ahead (each offer counts).
+    pub held_back: AtomicU64,
     invalid: [AtomicU64; 6],
 }
 

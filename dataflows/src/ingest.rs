@@ -14,8 +14,9 @@ use timely::dataflow::operators::core::OkErr;
 use timely::dataflow::operators::generic::operator::{source, Operator};
 use timely::dataflow::{Scope, Stream};
 
+use crate::align::Aligner;
 use crate::counters::Counters;
-use crate::record::{DecodeError, ErrorKind, InvalidRecord, Poll, RecordRef, RecordSource};
+use crate::record::{DecodeError, ErrorKind, InvalidRecord, Poll, RecordRef, RecordSource, Visit};
 use crate::state::{Split, State};
 use crate::time::{Tick, Window};
 
@@ -59,6 +60,9 @@ pub struct IngestOptions {
     pub max_future_skew_ms: u64,
     /// A repeated `event_id` within this much stream time changes nothing.
     pub dedup_horizon_ms: u64,
+    /// A partition may run at most this much event time ahead of the slowest one with
+    /// records to come (`None`: not aligned).
+    pub max_partition_skew_ms: Option<u64>,
     /// Records per poll before the worker goes on with the dataflow.
     pub batch_max: usize,
     /// How long to wait before polling again once caught up.
@@ -77,6 +81,7 @@ impl Default for IngestOptions {
         IngestOptions {
             max_future_skew_ms: 60_000,
             dedup_horizon_ms: 3_600_000,
+            max_partition_skew_ms: Some(600_000),
             batch_max: 50_000,
             poll_interval: Duration::from_millis(1),
             exit_at_end: false,
@@ -91,21 +96,49 @@ impl Default for IngestOptions {
 enum Ingest<E> {
     Event(Timed<E>, Tick),
     Invalid(Box<InvalidRecord>),
-    /// A worker's source finished at this stream time; addressed to worker `to`.
-    End {
+    /// News for worker `to`'s source.
+    Peer {
         to: usize,
-        at: Tick,
-    },
-    /// A worker's source paused for checkpoint `epoch` having inserted nothing after `at`.
-    Pause {
-        to: usize,
-        epoch: u64,
-        at: Tick,
+        news: News,
     },
 }
 
-/// What one worker heard of the peers' pauses: per checkpoint epoch, the ticks proposed.
-type Proposals = Rc<RefCell<BTreeMap<u64, Vec<Tick>>>>;
+/// What a worker's source tells the others.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+enum News {
+    /// It finished at this stream time.
+    End(Tick),
+    /// It paused for checkpoint `epoch` having inserted nothing after `at`.
+    Pause { epoch: u64, at: Tick },
+    /// Worker `from`'s stream time, and whether it has records to come: a partition of
+    /// another worker may not run ahead of it by more than the skew.
+    Clock {
+        from: usize,
+        at: Tick,
+        pending: bool,
+    },
+}
+
+impl<E> Ingest<E> {
+    /// The same news for every worker.
+    fn to_all(peers: usize, news: News) -> impl Iterator<Item = Self> {
+        (0..peers).map(move |to| Ingest::Peer {
+            to,
+            news: news.clone(),
+        })
+    }
+}
+
+/// What a worker heard from the sources of all workers (itself included).
+#[derive(Default)]
+struct Heard {
+    /// Per checkpoint epoch, the ticks proposed.
+    proposals: BTreeMap<u64, Vec<Tick>>,
+    /// The stream times at which the sources finished (`exit_at_end`).
+    ends: Vec<Tick>,
+    /// Per worker, its latest stream time and whether it has records to come.
+    clocks: BTreeMap<usize, (Tick, bool)>,
+}
 
 /// The result of ingesting one worker's source.
 pub struct Ingested<'s, E: Clone + 'static> {
@@ -132,7 +165,9 @@ fn claimed_ts(payload: &[u8]) -> Option<u64> {
 /// Stream time `S` is the largest event time read so far. A batch goes in at `S` after
 /// the batch; once the source has caught up, the tick closes (the capability moves to
 /// `S + 1`), so a later batch that does not raise `S` goes in at `S + 1`. When every
-/// partition is idle, `S` follows the wall clock (not with `exit_at_end`).
+/// partition is idle, `S` follows the wall clock (not with `exit_at_end`). A partition more
+/// than `max_partition_skew_ms` ahead of the slowest one with records to come waits for it
+/// ([`Aligner`]), so `S` does not depend on the order the source interleaves partitions in.
 ///
 /// For a checkpoint (see [`crate::state`]) the sources pause: each proposes the tick it
 /// reached, all move to one past the largest and wait until the runtime resumes them.
@@ -154,8 +189,9 @@ where
     let peers = scope.peers();
     let ingest_opts = opts.clone();
     let ingest_counters = counters.clone();
-    let proposals: Proposals = Rc::default();
-    let heard = proposals.clone();
+    let heard: Rc<RefCell<Heard>> = Rc::default();
+    let hearing = heard.clone();
+    let me = scope.index();
     let control = state.clone();
     let start_at = opts.start_at;
     assert!(
@@ -175,6 +211,9 @@ where
                 stream_time = start_at;
                 c.downgrade(&start_at);
             }
+            let mut aligner = Aligner::new(opts.max_partition_skew_ms, stream_time);
+            // the clock last told to the peers
+            let mut told: Option<(Tick, bool)> = None;
             let mut finished = false;
             let mut events: Vec<Timed<E>> = Vec::new();
             let mut invalid: Vec<InvalidRecord> = Vec::new();
@@ -195,11 +234,12 @@ where
                 if let Some(k) = pausing {
                     let agreed = heard
                         .borrow()
+                        .proposals
                         .get(&k)
                         .filter(|p| p.len() == peers)
                         .and_then(|p| p.iter().copied().max());
                     if let Some(at) = agreed {
-                        heard.borrow_mut().remove(&k);
+                        heard.borrow_mut().proposals.remove(&k);
                         if *held.time() <= at {
                             held.downgrade(&(at + 1));
                         }
@@ -213,6 +253,7 @@ where
                 }
                 let peer_asked = heard
                     .borrow()
+                    .proposals
                     .keys()
                     .next_back()
                     .is_some_and(|k| *k > epoch);
@@ -222,7 +263,7 @@ where
                     let at = stream_time;
                     output
                         .session(&*held)
-                        .give_iterator((0..peers).map(|to| Ingest::Pause { to, epoch: k, at }));
+                        .give_iterator(Ingest::to_all(peers, News::Pause { epoch: k, at }));
                     pausing = Some(k);
                     activator.activate_after(Duration::from_millis(1));
                     return;
@@ -238,9 +279,37 @@ where
                     return;
                 }
                 let now = records.now_ms();
-                let mut consumed = 0u64;
+                let (mut consumed, mut held_back) = (0u64, 0u64);
+                aligner.unmark();
+                let mut pending = false;
+                records.pending(&mut |topic, partition| {
+                    pending = true;
+                    aligner.mark(topic, partition);
+                });
+                // a peer not heard from yet is at the start
+                let clocks = &heard.borrow().clocks;
+                for worker in (0..peers).filter(|w| *w != me) {
+                    match clocks.get(&worker) {
+                        Some(&(at, true)) => aligner.mark_peer(worker, at),
+                        Some(_) => {}
+                        None => aligner.mark_peer(worker, start_at),
+                    }
+                }
+                // tell the peers where this source is (to the second: the skew is minutes)
+                if peers > 1
+                    && told.is_none_or(|(at, more)| more != pending || stream_time >= at + 1000)
+                {
+                    told = Some((stream_time, pending));
+                    let news = News::Clock {
+                        from: me,
+                        at: stream_time,
+                        pending,
+                    };
+                    output
+                        .session(&*held)
+                        .give_iterator(Ingest::to_all(peers, news));
+                }
                 let poll = records.poll(opts.batch_max, &mut |rec| {
-                consumed += 1;
                 let decoded = if rec.payload.len() > opts.max_message_bytes {
                     Err(DecodeError::new(
                         ErrorKind::Oversized,
@@ -259,6 +328,10 @@ where
                     })
                 };
                 match decoded {
+                    Ok(ev) if !aligner.admit(rec.topic, rec.partition, ev.ts) => {
+                        held_back += 1;
+                        return Visit::Held;
+                    }
                     Ok(ev) => events.push(ev),
                     Err(e) => {
                         Counters::add(counters.invalid(&e.kind), 1);
@@ -268,8 +341,11 @@ where
                         invalid.push(r);
                     }
                 }
+                consumed += 1;
+                Visit::Taken
             });
                 Counters::add(&counters.consumed, consumed);
+                Counters::add(&counters.held_back, held_back);
                 if !invalid.is_empty() {
                     output
                         .session(&*held)
@@ -308,12 +384,17 @@ where
                     Poll::Finished => {
                         if opts.exit_at_end {
                             finished = true;
-                            output.session(&*held).give_iterator((0..peers).map(|to| {
-                                Ingest::End {
-                                    to,
+                            let ended = [
+                                News::End(stream_time),
+                                News::Clock {
+                                    from: me,
                                     at: stream_time,
-                                }
-                            }));
+                                    pending: false,
+                                },
+                            ];
+                            output.session(&*held).give_iterator(
+                                ended.into_iter().flat_map(|n| Ingest::to_all(peers, n)),
+                            );
                             activator.activate_after(Duration::from_millis(1));
                         } else {
                             cap = None;
@@ -330,18 +411,12 @@ where
         Ingest::Event(e, t) => Ok((e, t, 1isize)),
         other => Err(other),
     });
-    let (invalid, control): (Split<InvalidRecord>, Split<Ingest<E>>) = rest.ok_err(|x| match x {
+    let (invalid, news): (Split<InvalidRecord>, Split<(usize, News)>) = rest.ok_err(|x| match x {
         Ingest::Invalid(r) => Ok(*r),
-        other => Err(other),
+        Ingest::Peer { to, news } => Err((to, news)),
+        Ingest::Event(..) => unreachable!("events were split off"),
     });
-    type Pauses<'s> = Split<'s, (usize, u64, Tick)>;
-    let (ends, pauses): (Split<(usize, Tick)>, Pauses) = control.ok_err(|x| match x {
-        Ingest::End { to, at } => Ok((to, at)),
-        Ingest::Pause { to, epoch, at } => Err((to, epoch, at)),
-        _ => unreachable!("events and invalid records were split off"),
-    });
-    agree_on_final_tick(ends, peers, final_tick.clone());
-    hear_pauses(pauses, proposals);
+    hear_peers(news, peers, hearing, final_tick.clone());
     let (events, duplicates) = dedup(state, events, opts.dedup_horizon_ms, counters);
     let rejected = invalid
         .clone()
@@ -381,46 +456,47 @@ struct Seen {
     order: VecDeque<(Tick, EventId)>,
 }
 
-/// Collects every worker's end report; the final tick is the largest stream time reached.
-fn agree_on_final_tick<'s>(
-    ends: Stream<'s, Tick, Vec<(usize, Tick)>>,
+/// Collects what the sources tell each other. Once every worker's source finished, the
+/// final tick is the largest stream time reached.
+fn hear_peers<'s>(
+    news: Stream<'s, Tick, Vec<(usize, News)>>,
     peers: usize,
-    out: Rc<Cell<Option<Tick>>>,
+    heard: Rc<RefCell<Heard>>,
+    final_tick: Rc<Cell<Option<Tick>>>,
 ) {
-    let mut reports = Vec::new();
-    ends.sink(
-        Exchange::new(|(to, _): &(usize, Tick)| *to as u64),
-        "AgreeOnFinalTick",
+    news.sink(
+        Exchange::new(|(to, _): &(usize, News)| *to as u64),
+        "HearPeers",
         move |(input, _)| {
-            input.for_each(|_, data| reports.extend(data.drain(..).map(|(_, at)| at)));
-            if reports.len() == peers && out.get().is_none() {
-                out.set(reports.iter().copied().max());
-            }
-        },
-    );
-}
-
-/// Collects the peers' pause proposals, per checkpoint epoch.
-fn hear_pauses<'s>(pauses: Stream<'s, Tick, Vec<(usize, u64, Tick)>>, heard: Proposals) {
-    pauses.sink(
-        Exchange::new(|(to, _, _): &(usize, u64, Tick)| *to as u64),
-        "HearPauses",
-        move |(input, _)| {
+            let mut heard = heard.borrow_mut();
             input.for_each(|_, data| {
-                let mut heard = heard.borrow_mut();
-                for (_, epoch, at) in data.drain(..) {
-                    heard.entry(epoch).or_default().push(at);
+                for (_, news) in data.drain(..) {
+                    match news {
+                        News::End(at) => heard.ends.push(at),
+                        News::Pause { epoch, at } => {
+                            heard.proposals.entry(epoch).or_default().push(at)
+                        }
+                        News::Clock { from, at, pending } => {
+                            heard.clocks.insert(from, (at, pending));
+                        }
+                    }
                 }
             });
+            if heard.ends.len() == peers && final_tick.get().is_none() {
+                final_tick.set(heard.ends.iter().copied().max());
+            }
         },
     );
 }
 
 /// Drops repeated event ids seen within `horizon` ticks of the first copy.
 ///
-/// An id is forgotten once the input frontier is more than `horizon` past its first copy:
-/// any later copy is then outside the horizon anyway. (Eviction by the largest time seen
-/// would be wrong: workers' stream times differ, and a lagging worker still sends copies.)
+/// Copies read by different workers (an unkeyed producer spreads them over partitions)
+/// carry ticks of different clocks; aligned reading keeps those clocks within the partition
+/// skew of each other, so a horizon larger than the skew still catches them. An id is
+/// forgotten once the input frontier is more than `horizon` past its first copy: any later
+/// copy is then outside the horizon anyway. (Eviction by the largest time seen would be
+/// wrong: workers' stream times differ, and a lagging worker still sends copies.)
 #[allow(clippy::type_complexity)]
 fn dedup<'s, E>(
     state: &State,

@@ -4,6 +4,7 @@
 //! [`record::RecordSource`] and takes [`features::SinkEvent`]s out.
 
 pub mod ads;
+pub mod align;
 pub mod counters;
 pub mod dimension;
 pub mod family;

@@ -30,10 +30,24 @@ pub enum Poll {
     Finished,
 }
 
+/// What the dataflow did with a record handed to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Visit {
+    Taken,
+    /// Its partition is too far ahead of the slowest one: hand this record out again later,
+    /// and nothing after it from the same partition until then.
+    Held,
+}
+
 /// A source of records for one worker.
 pub trait RecordSource {
-    /// Hands at most `max` records to `visit`, in order per partition.
-    fn poll(&mut self, max: usize, visit: &mut dyn FnMut(RecordRef<'_>)) -> Poll;
+    /// Hands at most `max` records to `visit`, in order per partition. Records held back
+    /// before are offered again first.
+    fn poll(&mut self, max: usize, visit: &mut dyn FnMut(RecordRef<'_>) -> Visit) -> Poll;
+    /// Names the partitions with records still to come (a backlog, or a record within the
+    /// idle timeout): only these hold others back. A source that names none is never asked
+    /// to hold a record.
+    fn pending(&self, _mark: &mut dyn FnMut(&str, i32)) {}
     /// The records handed out so far went into the dataflow at `tick`.
     fn inserted(&mut self, _tick: Tick) {}
     /// The dataflow paused for a checkpoint at `tick`: everything handed out so far went in

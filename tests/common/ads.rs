@@ -5,7 +5,7 @@
 #[path = "../../dataflows/tests/common/ads_model.rs"]
 pub mod model;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use model::{Act, AdRead, BudgetRow};
 use tidemark_dataflows::ads::{decode, AdEvent, Ads};
@@ -184,4 +184,41 @@ pub fn without_ticks(rows: &Rows) -> Rows {
             (k.clone(), f)
         })
         .collect()
+}
+
+/// Two runs wrote the same rows: else the number that differ and the first few, field by field.
+pub fn assert_same_rows(what: &str, got: &Rows, want: &Rows) {
+    let keys: BTreeSet<&String> = got.keys().chain(want.keys()).collect();
+    let differ: Vec<_> = keys
+        .into_iter()
+        .filter(|k| got.get(*k) != want.get(*k))
+        .collect();
+    let shown: Vec<String> = differ
+        .iter()
+        .take(4)
+        .map(|k| {
+            let (g, w) = (got.get(*k), want.get(*k));
+            let fields: Vec<String> = g
+                .into_iter()
+                .chain(w)
+                .flat_map(|f| f.keys())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .filter(|f| g.and_then(|g| g.get(*f)) != w.and_then(|w| w.get(*f)))
+                .map(|f| {
+                    let v =
+                        |r: Option<&BTreeMap<String, String>>| r.and_then(|r| r.get(f)).cloned();
+                    format!("{f}: {:?} vs {:?}", v(g), v(w))
+                })
+                .collect();
+            format!("{k}: {}", fields.join(", "))
+        })
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "{what}: {} of {} rows differ, e.g.\n{}",
+        differ.len(),
+        want.len(),
+        shown.join("\n")
+    );
 }

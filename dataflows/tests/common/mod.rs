@@ -13,7 +13,7 @@ use tidemark_dataflows::counters::Counters;
 use tidemark_dataflows::dimension::{DimRow, TableSource};
 use tidemark_dataflows::features::{apply_changes, feature_changes, SinkEvent, TickChanges, Value};
 use tidemark_dataflows::ingest::IngestOptions;
-use tidemark_dataflows::record::{Poll, RecordRef, RecordSource};
+use tidemark_dataflows::record::{Poll, RecordRef, RecordSource, Visit};
 use tidemark_dataflows::Tick;
 
 /// Hands out one batch per poll, then reports being caught up; finished when empty. With
@@ -26,7 +26,7 @@ pub struct VecSource {
 }
 
 impl RecordSource for VecSource {
-    fn poll(&mut self, _max: usize, visit: &mut dyn FnMut(RecordRef<'_>)) -> Poll {
+    fn poll(&mut self, _max: usize, visit: &mut dyn FnMut(RecordRef<'_>) -> Visit) -> Poll {
         if self.batches.len() == 1 && self.gate.as_ref().is_some_and(|g| !g.load(SeqCst)) {
             return Poll::Caught { idle: false };
         }
