@@ -224,6 +224,38 @@ fn bench_config(topic: &str, job: &str, workers: usize) -> anyhow::Result<Config
     Ok(cfg)
 }
 
+/// The config of a live freshness run of `dataflow` (with its `[dataflows.{dataflow}]`
+/// `section`) reading `inputs`: Postgres the only store besides topics (Redis off: the
+/// figure ends at the outputs' acks and the Postgres commit), its dimension tables filled
+/// for `spec`, and `topics` created with their partitions.
+pub fn live_config(
+    dataflow: &str,
+    stamp: u64,
+    workers: usize,
+    inputs: &[&str],
+    section: serde_json::Value,
+    spec: &GenerateSpec,
+    topics: &[(&str, i32)],
+) -> anyhow::Result<Config> {
+    let flags = serde_json::json!({"dataflow": dataflow, "job": format!("bench-{dataflow}-{stamp}"),
+        "workers": workers, "kafka": {"topics": inputs, "group_id": inputs[0]},
+        "dataflows": {dataflow: section}});
+    let mut cfg = Config::load(None, flags)?;
+    cfg.checkpoint.dir = std::env::temp_dir().join("tidemark-bench-state");
+    cfg.redis.url = None;
+    let Some(pg) = cfg.postgres.url.clone() else {
+        anyhow::bail!("bench {dataflow} --kafka needs TIDEMARK_PG (scripts/services.sh env)");
+    };
+    let family = crate::engine::family_of(&cfg)?;
+    for (table, rows) in family.dimension_rows(spec) {
+        crate::store::dimension::fill(&pg, &table, &rows)?;
+    }
+    for (topic, partitions) in topics {
+        create_topic(&cfg.kafka.brokers, topic, *partitions)?;
+    }
+    Ok(cfg)
+}
+
 pub fn create_topic(brokers: &str, name: &str, partitions: i32) -> anyhow::Result<()> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()

@@ -13,8 +13,7 @@ use tidemark_dataflows::ingest::{EventId, Rejection, Timed};
 use tidemark_dataflows::{Dataflow, Family, GenerateSpec, Tick};
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 
-use crate::bench::{create_topic, freshness, report_freshness, report_throughput, BenchArgs};
-use crate::config::Config;
+use crate::bench::{freshness, live_config, report_freshness, report_throughput, BenchArgs};
 use crate::engine::timely_config;
 use crate::kafka::now_ms;
 use crate::telemetry::resident_bytes;
@@ -48,32 +47,24 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
         let stamp = now_ms();
         let [input, quality, metrics, budget] =
             ["ads", "quality", "metrics", "budget"].map(|t| format!("bench-{t}-{stamp}"));
-        let flags = serde_json::json!({"dataflow": "ads", "job": format!("bench-ads-{stamp}"),
-            "workers": a.e2e_workers, "kafka": {"topics": [&input, &quality], "group_id": &input},
-            "dataflows": {"ads": {"quality_topic": &quality, "metrics_topic": &metrics, "budget_topic": &budget}}});
-        let mut cfg = Config::load(None, flags)?;
-        cfg.checkpoint.dir = std::env::temp_dir().join("tidemark-bench-state");
-        // the budgets table is in Postgres; Redis is left out: the figure is Kafka append →
-        // the budget-management and performance-metrics records acknowledged and the
-        // Postgres commit
-        cfg.redis.url = None;
-        let Some(pg) = cfg.postgres.url.clone() else {
-            anyhow::bail!("bench ads --kafka needs TIDEMARK_PG (scripts/services.sh env)");
-        };
         let rate = a.freshness_rate.unwrap_or(20_000);
-        let family = crate::engine::family_of(&cfg)?;
         let spec = GenerateSpec {
             events: rate * a.freshness_seconds,
             rate,
             ..Default::default()
         };
-        for (table, rows) in family.dimension_rows(&spec) {
-            crate::store::dimension::fill(&pg, &table, &rows)?;
-        }
-        create_topic(&cfg.kafka.brokers, &input, 4)?;
-        for t in [&quality, &metrics, &budget] {
-            create_topic(&cfg.kafka.brokers, t, 3)?;
-        }
+        let section = serde_json::json!({"quality_topic": &quality, "metrics_topic": &metrics,
+            "budget_topic": &budget});
+        let topics = [(&*input, 4), (&*quality, 3), (&*metrics, 3), (&*budget, 3)];
+        let cfg = live_config(
+            "ads",
+            stamp,
+            a.e2e_workers,
+            &[&input, &quality],
+            section,
+            &spec,
+            &topics,
+        )?;
         let h = freshness(cfg, rate, a.freshness_seconds, stamp)?;
         report_freshness(
             &h,

@@ -13,8 +13,7 @@ use tidemark_dataflows::reading::{
 use tidemark_dataflows::{Dataflow, Family, GenerateSpec, Tick};
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 
-use crate::bench::{create_topic, freshness, report_freshness, report_throughput, BenchArgs};
-use crate::config::Config;
+use crate::bench::{freshness, live_config, report_freshness, report_throughput, BenchArgs};
 use crate::engine::timely_config;
 use crate::kafka::now_ms;
 use crate::telemetry::resident_bytes;
@@ -41,20 +40,18 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     if a.kafka {
         let stamp = now_ms();
         let topic = format!("bench-reading-{stamp}");
-        let flags = serde_json::json!({"dataflow": "reading", "job": format!("bench-reading-{stamp}"),
-            "workers": a.e2e_workers, "kafka": {"topics": [&topic], "group_id": &topic}});
-        let mut cfg = Config::load(None, flags)?;
-        cfg.checkpoint.dir = std::env::temp_dir().join("tidemark-bench-state");
-        // Postgres alone: the figure is Kafka append → Postgres commit
-        cfg.redis.url = None;
-        let Some(pg) = cfg.postgres.url.clone() else {
-            anyhow::bail!("bench reading --kafka needs TIDEMARK_PG (scripts/services.sh env)");
-        };
-        let family = crate::engine::family_of(&cfg)?;
-        for (table, rows) in family.dimension_rows(&GenerateSpec::default()) {
-            crate::store::dimension::fill(&pg, &table, &rows)?;
-        }
-        create_topic(&cfg.kafka.brokers, &topic, 4)?;
+        let spec = GenerateSpec::default();
+        let topics = [(&*topic, 4)];
+        let section = serde_json::json!({});
+        let cfg = live_config(
+            "reading",
+            stamp,
+            a.e2e_workers,
+            &[&topic],
+            section,
+            &spec,
+            &topics,
+        )?;
         let rate = a.freshness_rate.unwrap_or(20_000);
         let h = freshness(cfg, rate, a.freshness_seconds, stamp)?;
         report_freshness(&h, rate, "Kafka append → Postgres COMMIT");

@@ -556,11 +556,11 @@ impl RecordSource for KafkaSource {
             Poll::Busy
         } else if self.at_end() {
             Poll::Finished
+        } else if self.lanes.all.iter().any(|l| !l.held.is_empty()) {
+            Poll::Held
         } else {
-            // records held back are not quiet partitions
-            let held = self.lanes.all.iter().any(|l| !l.held.is_empty());
             Poll::Caught {
-                idle: !held && self.last_message.elapsed() >= self.idle_timeout,
+                idle: self.last_message.elapsed() >= self.idle_timeout,
             }
         }
     }

@@ -537,6 +537,16 @@ fn config_check_merges_file_env_and_flags_hides_secrets_and_names_bad_keys() {
     );
     let e = fails(
         &["config", "check"],
+        &[("TIDEMARK_INGEST__MAX_PARTITION_SKEW_MS", "3600000")],
+    );
+    assert!(
+        e.contains("ingest.max_partition_skew_ms = 3600000")
+            && e.contains("ingest.dedup_horizon_ms = 3600000")
+            && e.contains("lower the skew"),
+        "{e}"
+    );
+    let e = fails(
+        &["config", "check"],
         &[("TIDEMARK_CHECKPOINT__BACKEND", "s3")],
     );
     assert!(

@@ -372,6 +372,7 @@ where
                 }
                 match poll {
                     Poll::Busy => activator.activate(),
+                    Poll::Held => activator.activate_after(opts.poll_interval),
                     Poll::Caught { idle } => {
                         if idle && !opts.exit_at_end {
                             stream_time = stream_time.max(now);

@@ -26,6 +26,9 @@ pub enum Poll {
     Busy,
     /// Nothing arrived; `idle` when every assigned partition has been quiet for the idle timeout.
     Caught { idle: bool },
+    /// Records are held back until a slower partition catches up: the tick stays open, so
+    /// they go in at it rather than a tick later.
+    Held,
     /// Every partition reached the end offsets fixed at start (`--exit-at-end`).
     Finished,
 }
