@@ -286,9 +286,10 @@ where
                     pending = true;
                     aligner.mark(topic, partition);
                 });
-                // a peer not heard from yet is at the start
+                // a peer not heard from yet is at the start; a source that names no
+                // partition cannot hold a record back, so peers do not hold it either
                 let clocks = &heard.borrow().clocks;
-                for worker in (0..peers).filter(|w| *w != me) {
+                for worker in (0..peers).filter(|w| pending && *w != me) {
                     match clocks.get(&worker) {
                         Some(&(at, true)) => aligner.mark_peer(worker, at),
                         Some(_) => {}
