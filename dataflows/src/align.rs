@@ -3,31 +3,37 @@
 //!
 //! A worker's stream time is the largest event time it has read. Without alignment, the
 //! order in which the broker hands out partitions decides how fast it moves: a small topic
-//! read to its end first (quality-score updates, after a restart) moves it hours ahead, and
-//! with it every decision made in stream time — the dedup horizon, too-late events, window
-//! closes — so a restarted run and an uninterrupted one could disagree. Aligned, stream time
-//! follows the slowest partition within the skew, whatever the interleaving.
+//! read to its end first (quality-score updates, after a restart), or a partition whose
+//! records jump hours ahead (an unkeyed producer sends runs of records to one partition),
+//! moves it hours past the other partitions, and with it every decision made in stream
+//! time — the dedup horizon, too-late events, window closes — so a restarted run and an
+//! uninterrupted one could disagree. Aligned, reading is a merge by event time with
+//! `skew` of slack, whatever the interleaving.
 //!
-//! The slowest partition is never held back, so reading always goes on; a partition's own
-//! jump (a gap in its event times) is not held back either once it is the slowest.
+//! A partition's *position* is the event time of the record it holds back, else the largest
+//! it gave. A record goes in when it is within the skew of every other pending partition's
+//! position; otherwise it is held and its time becomes its partition's position. So the
+//! partition with the lowest position always goes on: reading never stalls.
 
 use crate::time::Tick;
 
 /// One partition as the aligner sees it, or another worker.
 #[derive(Debug)]
 struct Lane {
-    /// Another worker (`partition` is its index): its stream time holds this worker's
+    /// Another worker (`partition` is its index): its position holds this worker's
     /// partitions back like a partition of its own, but it gives no records here.
     peer: bool,
     topic: String,
     partition: i32,
     /// The largest event time taken from it; `None` until its first event.
     time: Option<Tick>,
+    /// The event time of the record held back, its next.
+    head: Option<Tick>,
     /// Records are still to come (a backlog, or read lately); only these hold others back.
     pending: bool,
 }
 
-/// Decides, record by record, whether a partition waits for the slowest one.
+/// Decides, record by record, whether a partition waits for the slower ones.
 #[derive(Debug)]
 pub struct Aligner {
     skew: Option<u64>,
@@ -36,8 +42,9 @@ pub struct Aligner {
     lanes: Vec<Lane>,
     /// The lane a record came from last (records come in runs per partition).
     last: usize,
-    /// The slowest pending lane and its time, while no lane changed since.
-    slowest: Option<(usize, Tick)>,
+    /// At most the lowest position of a pending lane: positions only grow, so a record
+    /// within the skew of it goes in without a scan.
+    low: Option<Tick>,
 }
 
 impl Aligner {
@@ -48,7 +55,7 @@ impl Aligner {
             floor,
             lanes: Vec::new(),
             last: 0,
-            slowest: None,
+            low: None,
         }
     }
 
@@ -57,65 +64,78 @@ impl Aligner {
         for lane in &mut self.lanes {
             lane.pending = false;
         }
-        self.slowest = None;
+        self.low = None;
     }
 
     /// This partition has records to come (a backlog or a recent record).
     pub fn mark(&mut self, topic: &str, partition: i32) {
         let i = self.lane(false, topic, partition);
         self.lanes[i].pending = true;
-        self.slowest = None;
+        self.low = None;
     }
 
-    /// Another worker has records to come and has reached stream time `at`.
+    /// Another worker has records to come, the lowest of its partitions at `at`.
     pub fn mark_peer(&mut self, worker: usize, at: Tick) {
         let i = self.lane(true, "", worker as i32);
         let lane = &mut self.lanes[i];
         lane.pending = true;
         lane.time = Some(lane.time.map_or(at, |t| t.max(at)));
-        self.slowest = None;
+        self.low = None;
     }
 
-    /// Whether an event at `ts` from this partition may go in now; if so it is taken.
-    /// Only the partitions marked pending hold it back.
+    /// The lowest position of this worker's pending partitions (what it tells the others),
+    /// `None` when none is pending.
+    pub fn position(&self) -> Option<Tick> {
+        (0..self.lanes.len())
+            .filter(|&i| self.lanes[i].pending && !self.lanes[i].peer)
+            .map(|i| self.position_of(i))
+            .min()
+    }
+
+    /// Whether an event at `ts` from this partition may go in now; if so it is taken, if not
+    /// it is this partition's next (offer it again later). Only the partitions marked
+    /// pending hold it back.
     pub fn admit(&mut self, topic: &str, partition: i32, ts: Tick) -> bool {
         let Some(skew) = self.skew else {
             return true;
         };
         let i = self.lane(false, topic, partition);
-        let slowest = self.slowest();
-        if let Some((s, min)) = slowest {
-            if ts > min.saturating_add(skew) && self.key(i) > self.key(s) {
+        let low = match self.low {
+            Some(low) => low,
+            None => {
+                let low = self.lowest(None).unwrap_or(Tick::MAX);
+                self.low = Some(low);
+                low
+            }
+        };
+        if ts > low.saturating_add(skew) {
+            // the exact test: the lowest position of the *other* pending partitions
+            let others = self.lowest(Some(i));
+            self.low = self.lowest(None);
+            if others.is_some_and(|o| ts > o.saturating_add(skew)) {
+                self.lanes[i].head = Some(ts);
                 return false;
             }
         }
         let floor = self.floor;
         let lane = &mut self.lanes[i];
-        let time = lane.time.unwrap_or(floor).max(ts);
-        if lane.time != Some(time) {
-            lane.time = Some(time);
-            if slowest.is_some_and(|(s, _)| s == i) {
-                self.slowest = None;
-            }
-        }
+        lane.head = None;
+        lane.time = Some(lane.time.unwrap_or(floor).max(ts));
         true
     }
 
-    /// The order of slowness: time, then partitions before workers, then topic and partition.
-    fn key(&self, i: usize) -> (Tick, bool, &str, i32) {
+    /// The event time a lane has reached: the largest it gave or holds (so it only grows).
+    fn position_of(&self, i: usize) -> Tick {
         let l = &self.lanes[i];
-        (l.time.unwrap_or(self.floor), l.peer, &l.topic, l.partition)
+        l.head.max(l.time).unwrap_or(self.floor)
     }
 
-    /// The slowest pending lane and its time.
-    fn slowest(&mut self) -> Option<(usize, Tick)> {
-        if self.slowest.is_none() {
-            self.slowest = (0..self.lanes.len())
-                .filter(|&i| self.lanes[i].pending)
-                .min_by(|&a, &b| self.key(a).cmp(&self.key(b)))
-                .map(|i| (i, self.key(i).0));
-        }
-        self.slowest
+    /// The lowest position of the pending lanes, but `except`.
+    fn lowest(&self, except: Option<usize>) -> Option<Tick> {
+        (0..self.lanes.len())
+            .filter(|&i| self.lanes[i].pending && Some(i) != except)
+            .map(|i| self.position_of(i))
+            .min()
     }
 
     fn lane(&mut self, peer: bool, topic: &str, partition: i32) -> usize {
@@ -131,6 +151,7 @@ impl Aligner {
                     topic: topic.to_string(),
                     partition,
                     time: None,
+                    head: None,
                     pending: false,
                 });
                 self.lanes.len() - 1
@@ -147,22 +168,37 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
-    fn a_partition_ahead_waits_for_the_slowest_and_the_slowest_never_waits() {
+    fn a_partition_ahead_waits_and_the_lowest_position_goes_on() {
         let mut a = Aligner::new(Some(10), 0);
         a.mark("q", 0);
         a.mark("ads", 0);
-        // both unknown (at the floor): `ads` is the slowest by name, `q` may not run ahead
+        // both at the floor: `q` may not run ahead of `ads`
         assert!(!a.admit("q", 0, 100));
-        assert!(a.admit("q", 0, 5));
+        // `ads` goes on up to the skew past `q`'s held record (position 100)
         assert!(a.admit("ads", 0, 95));
-        // now `q` (5) is the slowest: it goes on even with a jump of its own
+        assert!(!a.admit("ads", 0, 120));
+        // both hold a record: the lower one goes in, the other once it is within the skew
         assert!(a.admit("q", 0, 100));
-        // and `ads` (95) holds it back in turn
-        assert!(!a.admit("q", 0, 200));
-        // a partition with nothing more to come does not hold the others back
+        assert!(!a.admit("ads", 0, 120));
+        assert!(a.admit("q", 0, 115));
+        assert!(a.admit("ads", 0, 120));
+        // a jump of `q`'s own waits for `ads`
+        assert!(!a.admit("q", 0, 500));
+        // a partition with nothing more to come holds nobody back
         a.unmark();
         a.mark("q", 0);
-        assert!(a.admit("q", 0, 200));
+        assert!(a.admit("q", 0, 500));
+        assert_eq!(a.position(), Some(500));
+    }
+
+    #[test]
+    fn another_worker_holds_back_like_a_partition() {
+        let mut a = Aligner::new(Some(10), 0);
+        a.mark("t", 0);
+        a.mark_peer(1, 50);
+        assert!(a.admit("t", 0, 60));
+        assert!(!a.admit("t", 0, 61));
+        assert_eq!(a.position(), Some(61));
     }
 
     #[test]
@@ -174,9 +210,9 @@ mod tests {
     }
 
     proptest! {
-        /// Partitions read in any interleaving, held ones offered again every round: every
-        /// record is taken in its partition's order (no deadlock), and a record is taken only
-        /// from the slowest pending partition or within the skew of it.
+        /// Partitions read in any interleaving, held records offered again: every record is
+        /// taken in its partition's order (reading never stalls), and a record is taken only
+        /// within the skew of every other pending partition's position.
         #[test]
         fn every_record_is_taken_and_none_runs_ahead(
             parts in prop::collection::vec(prop::collection::vec(0u64..500, 0..30), 1..5),
@@ -185,30 +221,32 @@ mod tests {
         ) {
             let mut a = Aligner::new(Some(skew), 0);
             let mut next = vec![0usize; parts.len()];
+            let (mut time, mut head) = (vec![0u64; parts.len()], vec![None::<u64>; parts.len()]);
             let mut picks = picks.into_iter();
+            let total: usize = parts.iter().map(Vec::len).sum();
+            let mut steps = 0;
             while next.iter().zip(&parts).any(|(n, p)| *n < p.len()) {
+                steps += 1;
+                prop_assert!(steps <= 400 + total * (parts.len() + 1), "reading stalled at {next:?}");
                 a.unmark();
-                for (p, recs) in parts.iter().enumerate() {
-                    if next[p] < recs.len() {
-                        a.mark("t", p as i32);
-                    }
+                let pending: Vec<usize> = (0..parts.len()).filter(|&p| next[p] < parts[p].len()).collect();
+                for &p in &pending {
+                    a.mark("t", p as i32);
                 }
-                // the slowest partition with records to come: its time and index
-                let slowest = parts
-                    .iter()
-                    .enumerate()
-                    .filter(|(q, recs)| next[*q] < recs.len())
-                    .map(|(q, recs)| (recs[..next[q]].iter().max().copied().unwrap_or(0), q))
-                    .min()
-                    .unwrap();
-                // the picks interleave at random; once they run out, the slowest goes on
-                let p = picks.next().map_or(slowest.1, |p| p % parts.len());
+                let position = |p: usize| head[p].map_or(time[p], |h| h.max(time[p]));
+                // the picks interleave at random; once they run out, the lowest position goes
+                let lowest = *pending.iter().min_by_key(|&&p| (position(p), p)).unwrap();
+                let p = picks.next().map_or(lowest, |p| p % parts.len());
                 let Some(&ts) = parts[p].get(next[p]) else { continue };
+                let others = pending.iter().filter(|&&q| q != p).map(|&q| position(q)).min();
                 if a.admit("t", p as i32, ts) {
-                    prop_assert!(slowest.1 == p || ts <= slowest.0 + skew, "{ts} taken from {p}, slowest {slowest:?}");
+                    prop_assert!(others.is_none_or(|o| ts <= o + skew), "{ts} from {p}, others at {others:?}");
                     next[p] += 1;
+                    time[p] = time[p].max(ts);
+                    head[p] = None;
                 } else {
-                    prop_assert!(slowest.1 != p, "the slowest partition {p} was held");
+                    prop_assert!(head[p].is_none() || p != lowest, "the lowest position {p} was held twice");
+                    head[p] = Some(ts);
                 }
             }
         }

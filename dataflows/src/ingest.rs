@@ -110,8 +110,8 @@ enum News {
     End(Tick),
     /// It paused for checkpoint `epoch` having inserted nothing after `at`.
     Pause { epoch: u64, at: Tick },
-    /// Worker `from`'s stream time, and whether it has records to come: a partition of
-    /// another worker may not run ahead of it by more than the skew.
+    /// The position of worker `from`'s slowest partition, and whether it has records to
+    /// come: a partition of another worker may not run ahead of it by more than the skew.
     Clock {
         from: usize,
         at: Tick,
@@ -136,7 +136,7 @@ struct Heard {
     proposals: BTreeMap<u64, Vec<Tick>>,
     /// The stream times at which the sources finished (`exit_at_end`).
     ends: Vec<Tick>,
-    /// Per worker, its latest stream time and whether it has records to come.
+    /// Per worker, its slowest partition's position and whether it has records to come.
     clocks: BTreeMap<usize, (Tick, bool)>,
 }
 
@@ -296,14 +296,16 @@ where
                         None => aligner.mark_peer(worker, start_at),
                     }
                 }
-                // tell the peers where this source is (to the second: the skew is minutes)
+                // tell the peers how far this source's slowest partition is (to the second:
+                // the skew is minutes)
+                let position = aligner.position().unwrap_or(stream_time);
                 if peers > 1
-                    && told.is_none_or(|(at, more)| more != pending || stream_time >= at + 1000)
+                    && told.is_none_or(|(at, more)| more != pending || position >= at + 1000)
                 {
-                    told = Some((stream_time, pending));
+                    told = Some((position, pending));
                     let news = News::Clock {
                         from: me,
-                        at: stream_time,
+                        at: position,
                         pending,
                     };
                     output
