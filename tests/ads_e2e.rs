@@ -21,6 +21,15 @@ use common::*;
 
 const START: u64 = 1_767_276_000_000; // 2026-01-01T14:00:00Z
 
+/// The key of a performance-metrics record and of a `performance_metrics` row.
+const WINDOW_KEYS: [&str; 5] = [
+    "campaign_id",
+    "placement",
+    "category",
+    "window_start",
+    "metric_type",
+];
+
 struct Outputs {
     redis: String,
     pg: String,
@@ -125,6 +134,25 @@ fn ads_stream(name: &str, pg: &str) -> (String, String, String) {
     (ads, quality, text)
 }
 
+/// Two runs wrote the same records to the output topics and the same Postgres rows.
+fn assert_same_outputs(what: &str, got: &Outputs, want: &Outputs) {
+    for (topic, g, w) in [
+        ("performance-metrics", &got.metrics, &want.metrics),
+        ("budget-management", &got.budget, &want.budget),
+    ] {
+        let rows = |t: &str| without_ticks(&topic_rows(t).0);
+        assert_same_rows(&format!("{topic} {what}"), &rows(g), &rows(w));
+    }
+    for (table, keys) in [
+        ("performance_metrics", &WINDOW_KEYS[..]),
+        ("budget_spend", &["campaign_id", "date"][..]),
+        ("feat_campaign", &["campaign_id"][..]),
+    ] {
+        let rows = |pg: &str| without_ticks(&pg_rows(pg, table, keys));
+        assert_same_rows(&format!("{table} {what}"), &rows(&got.pg), &rows(&want.pg));
+    }
+}
+
 /// The store holds exactly the model's rows, each with the model's values.
 fn assert_rows(store: &str, got: &Rows, want: Option<&Rows>) {
     let empty = Rows::new();
@@ -227,16 +255,9 @@ fn kafka_to_topics_redis_and_postgres_matches_the_model_and_a_replay_repeats_it(
         &pg_rows(&first.pg, "feat_product", &["product_id"]),
         want.get(&PRODUCT),
     );
-    let window_keys = [
-        "campaign_id",
-        "placement",
-        "category",
-        "window_start",
-        "metric_type",
-    ];
     assert_rows(
         "postgres performance_metrics",
-        &pg_rows(&first.pg, "performance_metrics", &window_keys),
+        &pg_rows(&first.pg, "performance_metrics", &WINDOW_KEYS),
         want.get(&PERFORMANCE_HISTORY),
     );
     assert_rows(
@@ -259,29 +280,7 @@ fn kafka_to_topics_redis_and_postgres_matches_the_model_and_a_replay_repeats_it(
     // a replay into fresh stores and topics: the same records under the same ids
     let second = Outputs::fresh("tm_ads_replay", 4);
     run_ads(&ads, &quality, "ads2", &second, &first.pg);
-    let (metrics2, _) = topic_rows(&second.metrics);
-    assert_eq!(
-        without_ticks(&metrics2),
-        without_ticks(&metrics),
-        "performance-metrics replayed"
-    );
-    let (budget2, _) = topic_rows(&second.budget);
-    assert_eq!(
-        without_ticks(&budget2),
-        without_ticks(&budget),
-        "budget-management replayed"
-    );
-    for (table, keys) in [
-        ("performance_metrics", &window_keys[..]),
-        ("budget_spend", &["campaign_id", "date"][..]),
-        ("feat_campaign", &["campaign_id"][..]),
-    ] {
-        assert_eq!(
-            without_ticks(&pg_rows(&second.pg, table, keys)),
-            without_ticks(&pg_rows(&first.pg, table, keys)),
-            "{table} replayed"
-        );
-    }
+    assert_same_outputs("replayed", &second, &first);
     assert_eq!(
         without_ticks(&redis_rows(&second.redis, "budget:")),
         without_ticks(&redis_rows(&first.redis, "budget:")),
@@ -298,15 +297,6 @@ fn a_restart_from_a_checkpoint_gives_the_same_records() {
     let first = Outputs::fresh("tm_ads_once", 15);
     let (ads, quality, text) = ads_stream("e2e-ads-once", &first.pg);
     run_ads(&ads, &quality, "once", &first, &first.pg);
-    let (metrics, _) = topic_rows(&first.metrics);
-    let (budget, _) = topic_rows(&first.budget);
-    let window_keys = [
-        "campaign_id",
-        "placement",
-        "category",
-        "window_start",
-        "metric_type",
-    ];
     // a run stopped half way and restarted from its checkpoint: the same outputs (the
     // restored state neither loses nor doubles a click, a window or an alert)
     let third = Outputs::fresh("tm_ads_restart", 14);
@@ -319,28 +309,5 @@ fn a_restart_from_a_checkpoint_gives_the_same_records() {
         produce(&quality3, &q);
         run_ads(&ads3, &quality3, "ads3", &third, &first.pg);
     }
-    let (metrics3, _) = topic_rows(&third.metrics);
-    let (budget3, _) = topic_rows(&third.budget);
-    let restarted = "after a restart";
-    assert_same_rows(
-        &format!("performance-metrics {restarted}"),
-        &without_ticks(&metrics3),
-        &without_ticks(&metrics),
-    );
-    assert_same_rows(
-        &format!("budget-management {restarted}"),
-        &without_ticks(&budget3),
-        &without_ticks(&budget),
-    );
-    for (table, keys) in [
-        ("performance_metrics", &window_keys[..]),
-        ("budget_spend", &["campaign_id", "date"][..]),
-        ("feat_campaign", &["campaign_id"][..]),
-    ] {
-        assert_same_rows(
-            &format!("{table} {restarted}"),
-            &without_ticks(&pg_rows(&third.pg, table, keys)),
-            &without_ticks(&pg_rows(&first.pg, table, keys)),
-        );
-    }
+    assert_same_outputs("after a restart", &third, &first);
 }
