@@ -329,7 +329,22 @@ fn run_worker(
         peers,
         tables: tables.clone(),
     };
-    let writers: Vec<WriterHandle> = open_stores(opts, &writer, shared)?
+    let mut stores = open_stores(opts, &writer, shared)?;
+    if let (0, Some(restore)) = (index, &resume.restore) {
+        // before this dataflow's first tick, so before any checkpoint of this run
+        for (store, _) in &mut stores {
+            let deleted = store.roll_back(restore.tick, resume.start_at)?;
+            if deleted > 0 {
+                tracing::info!(
+                    sink = store.name(),
+                    deleted,
+                    checkpoint = restore.tick,
+                    "deleted the entities written after the checkpoint"
+                );
+            }
+        }
+    }
+    let writers: Vec<WriterHandle> = stores
         .into_iter()
         .map(|(s, stats)| spawn_writer(s, stats))
         .collect();
@@ -377,7 +392,10 @@ fn run_worker(
     let dlq_topic = opts.config.kafka.dlq_topic.clone();
     let counters = shared.counters.clone();
     let dataflow = worker.next_dataflow_index();
-    let skip = resume.restore.as_ref().map(|r| r.tick);
+    let restored = resume.restore.as_ref().map(|r| Restored {
+        tick: r.tick,
+        start_at: resume.start_at,
+    });
     let final_tick = worker.dataflow::<Tick, _, _>(|scope| {
         let installed = family.install(scope, source, tables, ingest, counters, &state);
         let features = installed
@@ -385,7 +403,7 @@ fn run_worker(
             .inner
             .probe_with(&processed)
             .as_collection();
-        durable_sink(features, writers, skip, quality).probe_with(&durable);
+        durable_sink(features, writers, restored, quality).probe_with(&durable);
         dead_letters(
             installed.invalid.probe_with(&processed),
             dlq,
@@ -463,15 +481,23 @@ fn run_worker(
     Ok(final_tick.get())
 }
 
+/// A run resumed from the checkpoint at `tick`; its stream time starts at `start_at`,
+/// past every tick the stores hold.
+#[derive(Clone, Copy)]
+struct Restored {
+    tick: Tick,
+    start_at: Tick,
+}
+
 /// Hands each completed tick's changes to the writers and holds its output frontier at
 /// the least tick not yet durable in every store: a probe on it tells when offsets may
 /// be committed and when `--exit-at-end` may stop.
 ///
-/// `skip` is a restored checkpoint's tick: its rows are what the stores hold already.
+/// The restored checkpoint's rows (its tick's) are written over what a run wrote after it.
 fn durable_sink<'s>(
     rows: VecCollection<'s, Tick, FeatureRow>,
     writers: Vec<WriterHandle>,
-    skip: Option<Tick>,
+    restored: Option<Restored>,
     mut quality: Option<Quality>,
 ) -> Stream<'s, Tick, Vec<()>> {
     let scope = rows.inner.scope();
@@ -494,10 +520,19 @@ fn durable_sink<'s>(
                         if let Some(q) = quality.as_mut() {
                             q.observe(&tick);
                         }
-                        let restored = Some(tick.tick) == skip;
                         let tick = Arc::new(tick);
-                        for w in writers.iter().filter(|w| !restored || w.name == "memory") {
-                            w.send(Msg::Changes(tick.clone()));
+                        for w in &writers {
+                            w.send(match restored {
+                                // the embedded store starts empty
+                                Some(r) if r.tick == tick.tick && w.name != "memory" => {
+                                    Msg::Rewrite {
+                                        rows: tick.clone(),
+                                        since: r.tick,
+                                        at: r.start_at,
+                                    }
+                                }
+                                _ => Msg::Changes(tick.clone()),
+                            });
                         }
                     }
                     let f = upto.unwrap_or(Tick::MAX);

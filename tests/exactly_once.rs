@@ -268,3 +268,108 @@ fn sigterm_under_load_drains_and_a_restart_loses_nothing() {
     tidemark(&[&base[..], &["--exit-at-end"]].concat(), &env);
     assert_stores_match("after SIGTERM and a restart", &redis, &pg, job, &file);
 }
+
+/// What a killed run wrote after its last checkpoint is rolled back on restart, even where
+/// the replay changes nothing: a replay's ticks and batches need not match the killed
+/// run's, so its net change to an entity can be none where the killed run wrote one.
+/// Here the leftovers are written by hand, as such a run would have left them: a newer
+/// value of an entity the checkpoint has, an entity the checkpoint does not have, and the
+/// progress that went with them.
+#[test]
+fn a_restart_rolls_back_what_was_written_after_the_checkpoint() {
+    let (topic, file) = generated_stream("eo-rollback", 5_000, 13, &["--duplicates", "0.05"]);
+    let redis = fresh_redis(4);
+    let pg = fresh_pg("tm_eo_rollback");
+    let job = "eorollback";
+    let env = [
+        ("TIDEMARK_REDIS", redis.as_str()),
+        ("TIDEMARK_PG", pg.as_str()),
+    ];
+    let args = [
+        "run",
+        "--topic",
+        &topic,
+        "--exit-at-end",
+        "--job",
+        job,
+        "--group-id",
+        &topic,
+        "--workers",
+        "2",
+    ];
+    tidemark(&args, &env);
+    assert_stores_match("before", &redis, &pg, job, &file);
+
+    let frontier: u64 = redis_get(&redis, &format!("tidemark:{job}:frontier"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let later = frontier + 500;
+    let features = redis_features(&redis);
+    let (key, fields) = features
+        .iter()
+        .find(|(k, _)| k.starts_with("feat:ac:"))
+        .expect("an autocomplete entity");
+    let prefix = key.strip_prefix("feat:ac:").unwrap().to_string();
+    let field = fields
+        .keys()
+        .find(|f| !f.starts_with('_'))
+        .expect("a feature")
+        .clone();
+    let mut r = redis::Client::open(redis.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let mut p = postgres::Client::connect(&pg, postgres::NoTls).unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(key)
+        .arg("_tick")
+        .arg(later)
+        .arg(&field)
+        .arg("999")
+        .query(&mut r)
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg("feat:ac:zz-not-in-the-checkpoint")
+        .arg("_tick")
+        .arg(later)
+        .arg("_v")
+        .arg(1)
+        .arg(&field)
+        .arg("1")
+        .query(&mut r)
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(format!("tidemark:{job}:progress"))
+        .arg(0)
+        .arg(later)
+        .query(&mut r)
+        .unwrap();
+    p.batch_execute(&format!(
+        "UPDATE feat_ac SET _tick = {later}, {field} = 999 WHERE prefix = '{prefix}';
+         INSERT INTO feat_ac (prefix, _tick, _v, {field}) VALUES ('zz-not-in-the-checkpoint', {later}, 1, 1);
+         UPDATE tidemark_progress SET tick = {later} WHERE job = '{job}' AND worker = 0;"
+    ))
+    .unwrap();
+    assert!(panics(|| assert_stores_match(
+        "left over",
+        &redis,
+        &pg,
+        job,
+        &file
+    )));
+
+    tidemark(&args, &env);
+    assert_stores_match("after a restart", &redis, &pg, job, &file);
+    let tick: u64 = redis_features(&redis)[key]["_tick"].parse().unwrap();
+    assert!(tick >= later, "{key} went back from tick {later} to {tick}");
+}
+
+/// Whether `f` panics (quietly).
+fn panics(f: impl FnOnce() + std::panic::UnwindSafe) -> bool {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let panicked = std::panic::catch_unwind(f).is_err();
+    std::panic::set_hook(hook);
+    panicked
+}

@@ -25,6 +25,20 @@ pub trait Store: Send {
     fn written(&mut self) -> anyhow::Result<Option<Tick>> {
         Ok(None)
     }
+    /// A restart's first step: deletes every entity written at a tick in `(since, before)`,
+    /// that is after the checkpoint at `since` by a run that did not get to its next one.
+    /// Returns how many went.
+    fn roll_back(&mut self, _since: Tick, _before: Tick) -> anyhow::Result<u64> {
+        Ok(0)
+    }
+    /// A restart's second step: writes the restored checkpoint's `rows` at tick `at` over
+    /// the entities written after `since` and those the first step deleted; the others
+    /// hold these rows already. With `roll_back`, the store holds the checkpoint again,
+    /// whatever the run before wrote after it: a replay's ticks and batches need not match
+    /// that run's, so it may well not write those entities again.
+    fn rewrite(&mut self, _rows: &TickChanges, _since: Tick, _at: Tick) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 /// The identity a store writes under.
@@ -39,6 +53,12 @@ pub struct Writer {
 pub enum Msg {
     Changes(Arc<TickChanges>),
     Progress(Tick),
+    /// A restored checkpoint's rows, for `Store::rewrite`.
+    Rewrite {
+        rows: Arc<TickChanges>,
+        since: Tick,
+        at: Tick,
+    },
 }
 
 /// Counters of one sink, shared by the workers of a process.
@@ -101,13 +121,40 @@ fn write_loop(
     stats: &SinkStats,
 ) {
     const MAX_TICKS_PER_WRITE: usize = 512;
-    while let Ok(first) = rx.recv() {
+    let mut carried: Option<Msg> = None;
+    loop {
+        let first = match carried.take() {
+            Some(m) => m,
+            None => match rx.recv() {
+                Ok(m) => m,
+                Err(_) => return,
+            },
+        };
+        if let Msg::Rewrite { rows, since, at } = first {
+            let started = std::time::Instant::now();
+            retrying(store, stats, rows.changes.len(), |s| {
+                s.rewrite(&rows, since, at)
+            });
+            tracing::info!(
+                sink = store.name(),
+                rows = rows.changes.len(),
+                since,
+                at,
+                ms = started.elapsed().as_millis() as u64,
+                "the restored checkpoint is written over what came after it"
+            );
+            continue;
+        }
         let (mut ticks, mut progress) = (Vec::new(), None);
         let mut next = Some(first);
         while let Some(m) = next.take() {
             match m {
                 Msg::Changes(t) => ticks.push(t),
                 Msg::Progress(p) => progress = Some(p),
+                rewrite @ Msg::Rewrite { .. } => {
+                    carried = Some(rewrite);
+                    break;
+                }
             }
             if ticks.len() < MAX_TICKS_PER_WRITE {
                 next = rx.try_recv().ok();
@@ -119,36 +166,13 @@ fn write_loop(
             progress = Some(progress.map_or(last.tick + 1, |p| p.max(last.tick + 1)));
         }
         let started = std::time::Instant::now();
-        let mut backoff = Duration::from_millis(20);
         let updates: usize = ticks.iter().map(|t| t.changes.len()).sum();
-        let duration = metrics::histogram!(crate::telemetry::SINK_WRITE, "sink" => store.name());
-        loop {
-            let attempt = std::time::Instant::now();
-            let result = store.write(&ticks, progress);
-            duration.record(attempt.elapsed().as_secs_f64());
-            match result {
-                Ok(()) => {
-                    crate::crash::point(match store.name() {
-                        "redis" => "redis-written",
-                        "postgres" => "postgres-written",
-                        _ => "",
-                    });
-                    break;
-                }
-                Err(e) => {
-                    let error = format!("{e:#}");
-                    stats.failures.fetch_add(1, Ordering::Relaxed);
-                    stats
-                        .failed_updates
-                        .fetch_add(updates as u64, Ordering::Relaxed);
-                    tracing::warn!(sink = store.name(), error = %error, retry_in_ms = backoff.as_millis() as u64, "sink write failed");
-                    *stats.last_error.lock().expect("sink stats") =
-                        Some((crate::kafka::now_ms(), error));
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
+        retrying(store, stats, updates, |s| s.write(&ticks, progress));
+        crate::crash::point(match store.name() {
+            "redis" => "redis-written",
+            "postgres" => "postgres-written",
+            _ => "",
+        });
         if started.elapsed() > Duration::from_millis(200) {
             tracing::debug!(
                 sink = store.name(),
@@ -167,6 +191,34 @@ fn write_loop(
                 let _ = a.activate();
             }
         }
+    }
+}
+
+/// Runs `write` until it succeeds, with backoff (nothing is acknowledged until written).
+fn retrying(
+    store: &mut dyn Store,
+    stats: &SinkStats,
+    updates: usize,
+    mut write: impl FnMut(&mut dyn Store) -> anyhow::Result<()>,
+) {
+    let mut backoff = Duration::from_millis(20);
+    let duration = metrics::histogram!(crate::telemetry::SINK_WRITE, "sink" => store.name());
+    loop {
+        let attempt = std::time::Instant::now();
+        let result = write(store);
+        duration.record(attempt.elapsed().as_secs_f64());
+        let Err(e) = result else {
+            return;
+        };
+        let error = format!("{e:#}");
+        stats.failures.fetch_add(1, Ordering::Relaxed);
+        stats
+            .failed_updates
+            .fetch_add(updates as u64, Ordering::Relaxed);
+        tracing::warn!(sink = store.name(), error = %error, retry_in_ms = backoff.as_millis() as u64, "sink write failed");
+        *stats.last_error.lock().expect("sink stats") = Some((crate::kafka::now_ms(), error));
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 

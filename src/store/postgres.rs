@@ -110,6 +110,78 @@ enum Column {
     Text(Vec<Option<String>>),
 }
 
+impl Columns {
+    fn new(spec: &TableSpec) -> Self {
+        Columns {
+            keys: vec![Vec::new(); spec.keys.len()],
+            fields: spec
+                .fields
+                .iter()
+                .map(|f| match f.ty {
+                    FieldType::Int => Column::Int(Vec::new()),
+                    FieldType::Float => Column::Float(Vec::new()),
+                    FieldType::Text => Column::Text(Vec::new()),
+                })
+                .collect(),
+            ticks: Vec::new(),
+            versions: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, spec: &TableSpec, key: &[String], values: &[Value], tick: Tick) {
+        for (i, k) in key.iter().enumerate() {
+            self.keys[i].push(k.clone());
+        }
+        for (col, v) in self.fields.iter_mut().zip(values) {
+            col.push(v);
+        }
+        self.ticks.push(tick as i64);
+        self.versions.push(spec.version as i32);
+    }
+
+    /// The arrays in the order of `upsert_sql`'s parameters.
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        let mut params: Vec<&(dyn ToSql + Sync)> =
+            self.keys.iter().map(|k| k as &(dyn ToSql + Sync)).collect();
+        params.extend(self.fields.iter().map(|c| c.param()));
+        params.push(&self.ticks);
+        params.push(&self.versions);
+        params
+    }
+}
+
+/// Upserts a table's `Columns` (bound as arrays, expanded with `unnest`), updating a row
+/// that exists only `WHERE {guard}`.
+fn upsert_sql(spec: &TableSpec, guard: &str) -> String {
+    let name = table_name(spec);
+    let mut names: Vec<&str> = spec.keys.clone();
+    names.extend(spec.fields.iter().map(|f| f.name));
+    names.extend(["_tick", "_v"]);
+    let mut types: Vec<&str> = spec.keys.iter().map(|_| "text[]").collect();
+    types.extend(spec.fields.iter().map(|f| match f.ty {
+        FieldType::Int => "bigint[]",
+        FieldType::Float => "float8[]",
+        FieldType::Text => "text[]",
+    }));
+    types.extend(["bigint[]", "int[]"]);
+    let unnest: Vec<String> = types
+        .iter()
+        .enumerate()
+        .map(|(i, t)| format!("${}::{t}", i + 1))
+        .collect();
+    let updates: Vec<String> = names[spec.keys.len()..]
+        .iter()
+        .map(|n| format!("{n} = excluded.{n}"))
+        .collect();
+    format!(
+        "INSERT INTO {name} ({}) SELECT * FROM unnest({}) ON CONFLICT ({}) DO UPDATE SET {} WHERE {guard}",
+        names.join(", "),
+        unnest.join(", "),
+        spec.keys.join(", "),
+        updates.join(", ")
+    )
+}
+
 impl Column {
     fn push(&mut self, v: &Value) {
         match (self, v) {
@@ -145,6 +217,68 @@ impl Store for PostgresStore {
         Ok(row.get::<_, Option<i64>>(0).map(|t| t as u64))
     }
 
+    fn roll_back(&mut self, since: Tick, before: Tick) -> anyhow::Result<u64> {
+        let tables = self.writer.tables.clone();
+        let result = (|| {
+            let mut tx = self.client()?.transaction()?;
+            let mut deleted = 0;
+            for spec in tables.iter().filter(|s| s.sink.in_postgres()) {
+                let name = table_name(spec);
+                deleted += tx
+                    .execute(
+                        &format!("DELETE FROM {name} WHERE _tick > $1 AND _tick < $2"),
+                        &[&(since as i64), &(before as i64)],
+                    )
+                    .with_context(|| {
+                        format!("deleting from {name} what came after the checkpoint")
+                    })?;
+            }
+            tx.commit()?;
+            Ok(deleted)
+        })();
+        if result.is_err() {
+            self.client = None;
+        }
+        result
+    }
+
+    fn rewrite(&mut self, rows: &TickChanges, since: Tick, at: Tick) -> anyhow::Result<()> {
+        let tables = self.writer.tables.clone();
+        let mut upserts: BTreeMap<u8, Columns> = BTreeMap::new();
+        for c in &rows.changes {
+            let spec = &tables[c.table as usize];
+            if let (true, Some(values)) = (spec.sink.in_postgres(), &c.after) {
+                upserts
+                    .entry(c.table)
+                    .or_insert_with(|| Columns::new(spec))
+                    .push(spec, &c.key, values, at);
+            }
+        }
+        let result = (|| {
+            let mut tx = self.client()?.transaction()?;
+            for (table, cols) in &upserts {
+                let spec = &tables[*table as usize];
+                let name = table_name(spec);
+                let since_param = spec.keys.len() + spec.fields.len() + 3;
+                let sql = upsert_sql(
+                    spec,
+                    &format!("{name}._tick > ${since_param} AND excluded._tick >= {name}._tick"),
+                );
+                let mut params = cols.params();
+                let since = since as i64;
+                params.push(&since);
+                tx.execute(&sql, &params)
+                    .with_context(|| format!("rewriting {name} as the checkpoint has it"))?;
+            }
+            tx.commit()?;
+            Ok(())
+        })();
+        if result.is_err() {
+            self.client = None;
+        }
+        result
+    }
+
     fn write(&mut self, ticks: &[Arc<TickChanges>], progress: Option<Tick>) -> anyhow::Result<()> {
         let tables = self.writer.tables.clone();
         // the latest state per entity across the ticks of this write
@@ -168,30 +302,10 @@ impl Store for PostgresStore {
         for ((table, key), (after, tick)) in latest {
             let spec = &tables[table as usize];
             match after {
-                Some(values) => {
-                    let cols = upserts.entry(table).or_insert_with(|| Columns {
-                        keys: vec![Vec::new(); spec.keys.len()],
-                        fields: spec
-                            .fields
-                            .iter()
-                            .map(|f| match f.ty {
-                                FieldType::Int => Column::Int(Vec::new()),
-                                FieldType::Float => Column::Float(Vec::new()),
-                                FieldType::Text => Column::Text(Vec::new()),
-                            })
-                            .collect(),
-                        ticks: Vec::new(),
-                        versions: Vec::new(),
-                    });
-                    for (i, k) in key.iter().enumerate() {
-                        cols.keys[i].push(k.clone());
-                    }
-                    for (col, v) in cols.fields.iter_mut().zip(values) {
-                        col.push(v);
-                    }
-                    cols.ticks.push(tick as i64);
-                    cols.versions.push(spec.version as i32);
-                }
+                Some(values) => upserts
+                    .entry(table)
+                    .or_insert_with(|| Columns::new(spec))
+                    .push(spec, key, values, tick),
                 None => {
                     let d = deletes
                         .entry(table)
@@ -226,39 +340,9 @@ impl Store for PostgresStore {
         for (table, cols) in &upserts {
             let spec = &tables[*table as usize];
             let name = table_name(spec);
-            let mut names: Vec<&str> = spec.keys.clone();
-            names.extend(spec.fields.iter().map(|f| f.name));
-            names.extend(["_tick", "_v"]);
-            let mut types: Vec<&str> = spec.keys.iter().map(|_| "text[]").collect();
-            types.extend(spec.fields.iter().map(|f| match f.ty {
-                FieldType::Int => "bigint[]",
-                FieldType::Float => "float8[]",
-                FieldType::Text => "text[]",
-            }));
-            types.extend(["bigint[]", "int[]"]);
-            let unnest: Vec<String> = types
-                .iter()
-                .enumerate()
-                .map(|(i, t)| format!("${}::{t}", i + 1))
-                .collect();
-            let updates: Vec<String> = names[spec.keys.len()..]
-                .iter()
-                .map(|n| format!("{n} = excluded.{n}"))
-                .collect();
-            let sql = format!(
-                "INSERT INTO {name} ({}) SELECT * FROM unnest({}) ON CONFLICT ({}) DO UPDATE SET {} WHERE excluded._tick >= {name}._tick",
-                names.join(", "),
-                unnest.join(", "),
-                spec.keys.join(", "),
-                updates.join(", ")
-            );
-            let mut params: Vec<&(dyn ToSql + Sync)> =
-                cols.keys.iter().map(|k| k as &(dyn ToSql + Sync)).collect();
-            params.extend(cols.fields.iter().map(|c| c.param()));
-            params.push(&cols.ticks);
-            params.push(&cols.versions);
+            let sql = upsert_sql(spec, &format!("excluded._tick >= {name}._tick"));
             let statement = prepared(&mut tx, sql)?;
-            tx.execute(&statement, &params)
+            tx.execute(&statement, &cols.params())
                 .with_context(|| format!("upserting into {name}"))?;
         }
         for (table, (keys, ticks)) in &deletes {

@@ -37,6 +37,35 @@ if ARGV[3] ~= '0' then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
 return 1
 "#;
 
+/// Deletes each hash of KEYS whose `_tick` is in (ARGV[1], ARGV[2]): what a run wrote
+/// after the checkpoint a restart resumes from (`Store::roll_back`).
+const ROLL_BACK: &str = r#"
+local n = 0
+local since, before = tonumber(ARGV[1]), tonumber(ARGV[2])
+for _, key in ipairs(KEYS) do
+  if redis.call('TYPE', key).ok == 'hash' then
+    local t = tonumber(redis.call('HGET', key, '_tick') or '-1')
+    if t > since and t < before then redis.call('DEL', key) n = n + 1 end
+  end
+end
+return n
+"#;
+
+/// Replaces one entity with its restored row unless it holds the checkpoint's value
+/// already (its tick is at or before the checkpoint) or a newer one. KEYS: the hash;
+/// ARGV: since, tick, version, ttl (0 = none), then every field/value pair.
+const REWRITE: &str = r#"
+local stored = redis.call('HGET', KEYS[1], '_tick')
+if stored and (tonumber(stored) <= tonumber(ARGV[1]) or tonumber(stored) > tonumber(ARGV[2])) then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], '_tick', ARGV[2], '_v', ARGV[3], unpack(ARGV, 5))
+if ARGV[4] ~= '0' then redis.call('EXPIRE', KEYS[1], ARGV[4]) end
+return 1
+"#;
+
+/// Entities per round trip when a restart rolls back or rewrites.
+const RESTART_BATCH: usize = 5_000;
+
 /// Replaces a list key whole: `DEL` then `RPUSH` of the row's JSON array, in the same
 /// transaction as the rest of the tick.
 fn list_change(pipe: &mut redis::Pipeline, spec: &TableSpec, c: &EntityChange, ttl: Option<u64>) {
@@ -108,6 +137,32 @@ impl Store for RedisStore {
         Ok(ticks.into_iter().max())
     }
 
+    fn roll_back(&mut self, since: Tick, before: Tick) -> anyhow::Result<u64> {
+        let mut patterns: Vec<String> = self
+            .writer
+            .tables
+            .iter()
+            .filter(|s| matches!(s.sink, SinkKind::Store | SinkKind::RedisHash))
+            .map(|s| format!("{}:*", entity_key(s, &[])))
+            .collect();
+        patterns.sort();
+        patterns.dedup();
+        let result = roll_back(self.connection()?, &patterns, since, before);
+        if result.is_err() {
+            self.conn = None; // reconnect on the next try
+        }
+        result
+    }
+
+    fn rewrite(&mut self, rows: &TickChanges, since: Tick, at: Tick) -> anyhow::Result<()> {
+        let (ttl, tables) = (self.ttl_secs, self.writer.tables.clone());
+        let result = rewrite(self.connection()?, &tables, rows, since, at, ttl);
+        if result.is_err() {
+            self.conn = None;
+        }
+        result
+    }
+
     fn write(&mut self, ticks: &[Arc<TickChanges>], progress: Option<Tick>) -> anyhow::Result<()> {
         let mut pipe = redis::pipe();
         pipe.atomic();
@@ -158,4 +213,86 @@ impl Store for RedisStore {
         }
         Ok(())
     }
+}
+
+/// `Store::roll_back` on the hashes matching `patterns`, a page of keys at a time.
+fn roll_back(
+    conn: &mut redis::Connection,
+    patterns: &[String],
+    since: Tick,
+    before: Tick,
+) -> anyhow::Result<u64> {
+    let mut deleted = 0;
+    for pattern in patterns {
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(RESTART_BATCH)
+                .query(conn)
+                .context("scanning redis for entities written after the checkpoint")?;
+            if !keys.is_empty() {
+                let n: u64 = redis::cmd("EVAL")
+                    .arg(ROLL_BACK)
+                    .arg(keys.len())
+                    .arg(&keys)
+                    .arg(since)
+                    .arg(before)
+                    .query(conn)
+                    .context("deleting entities written after the checkpoint")?;
+                deleted += n;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+    }
+    Ok(deleted)
+}
+
+/// `Store::rewrite`, a batch of entities per round trip.
+fn rewrite(
+    conn: &mut redis::Connection,
+    tables: &[TableSpec],
+    rows: &TickChanges,
+    since: Tick,
+    at: Tick,
+    ttl: Option<u64>,
+) -> anyhow::Result<()> {
+    for chunk in rows.changes.chunks(RESTART_BATCH) {
+        let mut pipe = redis::pipe();
+        for c in chunk {
+            let spec = &tables[c.table as usize];
+            let Some(values) = &c.after else { continue };
+            match spec.sink {
+                SinkKind::Store | SinkKind::RedisHash => {}
+                // a list has no tick to tell whether it changed: it is written again
+                SinkKind::List => {
+                    list_change(&mut pipe, spec, c, ttl);
+                    continue;
+                }
+                SinkKind::Topic(_) | SinkKind::Records(_) | SinkKind::PgTable => continue,
+            }
+            let cmd = pipe
+                .cmd("EVAL")
+                .arg(REWRITE)
+                .arg(1)
+                .arg(entity_key(spec, &c.key))
+                .arg(since)
+                .arg(at)
+                .arg(spec.version)
+                .arg(ttl.unwrap_or(0));
+            for (f, v) in spec.fields.iter().zip(values) {
+                cmd.arg(f.name).arg(v.to_string());
+            }
+            cmd.ignore();
+        }
+        let result: redis::RedisResult<()> = pipe.query(conn);
+        result.context("rewriting the restored checkpoint's entities")?;
+    }
+    Ok(())
 }
