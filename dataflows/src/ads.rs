@@ -10,9 +10,10 @@ pub mod decode;
 pub mod generate;
 
 use chrono::{DateTime, NaiveDate, SecondsFormat, TimeZone, Utc};
-use differential_dataflow::VecCollection;
+use differential_dataflow::{AsCollection, VecCollection};
 use ordered_float::OrderedFloat;
 use serde::{Deserialize, Serialize};
+use timely::dataflow::operators::Exchange;
 
 use crate::dimension::{DimRow, DimensionSpec};
 use crate::family::{Dataflow, GenerateSpec, Produced};
@@ -272,8 +273,10 @@ pub struct Budget {
     pub timezone: String,
 }
 
-/// What a campaign-day's budget state is computed from. `Click`s sort by time, so a scan
-/// finds where each threshold was crossed.
+/// What a campaign-day's budget state is computed from. Clicks come summed per minute,
+/// so the day's scan for threshold crossings is over its minutes, not over every click of
+/// the day at each click; the crossing click is then found in its minute
+/// ([`MinutePiece`]).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum BudgetPiece {
     /// The campaign's name and budget, if it has one.
@@ -281,15 +284,48 @@ pub enum BudgetPiece {
         name: CampaignId,
         budget: Option<Budget>,
     },
-    Click {
-        ts: u64,
-        id: EventId,
-        price: i64,
-    },
+    /// Spend in a minute (`ts / MINUTE`; the weight is the amount). Sorts by minute.
+    SpentIn(u64),
+    /// Clicks in a minute (the weight is the count).
+    ClicksIn(u64),
     /// Spend synced at a boundary (the weight is the amount).
     Synced,
     /// A sync boundary at which a click of the day was synced.
     SyncedAt(u64),
+}
+
+/// A minute of a campaign-day.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DayMinute {
+    pub day: CampaignDay,
+    pub minute: u64,
+}
+
+/// A budget threshold crossed in a minute: what the alert needs besides the crossing click.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Crossing {
+    /// Index into [`THRESHOLDS`].
+    pub threshold: usize,
+    /// The day's spend before the minute.
+    pub spent_before: i64,
+    pub daily: i64,
+    pub name: CampaignId,
+    pub advertiser: String,
+}
+
+/// What a minute's crossing click is found from: the thresholds crossed in it, then its
+/// clicks by time.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum MinutePiece {
+    Crossed(Crossing),
+    Click { ts: u64, id: EventId, price: i64 },
+}
+
+/// The day `reduce`'s output: rows, and the minutes where thresholds were crossed.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+enum DayOutput {
+    Row(FeatureRow),
+    Crossed(DayMinute, Crossing),
 }
 
 /// A quality update as the products `reduce` sorts it: by effective time, then event time,
@@ -342,6 +378,15 @@ pub fn local_day(ts: u64, tz: chrono_tz::Tz) -> (u32, u64) {
         date.year() as u32 * 10_000 + date.month() * 100 + date.day(),
         end.timestamp_millis() as u64,
     )
+}
+
+/// A `budget_events` row of a campaign-day.
+fn budget_event(name: &CampaignId, date: &str, kind: &str, values: Vec<Value>) -> FeatureRow {
+    FeatureRow {
+        table: table::BUDGET_EVENTS,
+        key: vec![name.0.clone(), date.to_string(), kind.to_string()],
+        values,
+    }
 }
 
 /// `hits / trials`, 0 without trials.
@@ -609,33 +654,38 @@ impl Ads {
         }
     }
 
-    /// A campaign-day's budget hash, its alerts, and its last sync.
-    fn budget_rows(&self, day: &CampaignDay, pieces: &[(&BudgetPiece, isize)]) -> Vec<FeatureRow> {
+    /// A campaign-day's budget hash and its last sync, and the minutes where its
+    /// thresholds were crossed.
+    fn budget_rows(&self, day: &CampaignDay, pieces: &[(&BudgetPiece, isize)]) -> Vec<DayOutput> {
         let mut name: Option<&CampaignId> = None;
         let mut budget: Option<&Budget> = None;
         let (mut spent, mut clicks, mut synced, mut synced_at) = (0i64, 0i64, 0i64, None);
-        let mut crossed: Vec<(usize, u64, i64)> = Vec::new();
+        let mut crossed: Vec<(DayMinute, usize, i64)> = Vec::new();
         for (piece, n) in pieces {
+            let n = *n as i64;
             match piece {
                 BudgetPiece::Campaign { name: n, budget: b } => {
                     name = Some(n);
                     budget = b.as_ref();
                 }
-                BudgetPiece::Click { ts, price, .. } => {
-                    for _ in 0..*n {
-                        spent += price;
-                        clicks += 1;
-                        let Some(b) = budget.filter(|b| b.daily > 0) else {
-                            continue;
+                BudgetPiece::SpentIn(minute) => {
+                    let before = spent;
+                    spent += n;
+                    let Some(b) = budget.filter(|b| b.daily > 0) else {
+                        continue;
+                    };
+                    while crossed.len() < THRESHOLDS.len()
+                        && spent * 100 >= b.daily * THRESHOLDS[crossed.len()].0
+                    {
+                        let at = DayMinute {
+                            day: *day,
+                            minute: *minute,
                         };
-                        while crossed.len() < THRESHOLDS.len()
-                            && spent * 100 >= b.daily * THRESHOLDS[crossed.len()].0
-                        {
-                            crossed.push((crossed.len(), *ts, spent));
-                        }
+                        crossed.push((at, crossed.len(), before));
                     }
                 }
-                BudgetPiece::Synced => synced += *n as i64,
+                BudgetPiece::ClicksIn(_) => clicks += n,
+                BudgetPiece::Synced => synced += n,
                 BudgetPiece::SyncedAt(at) => synced_at = Some(*at),
             }
         }
@@ -646,10 +696,24 @@ impl Ads {
         let (advertiser, daily) = budget.map_or(("", 0), |b| (b.advertiser.as_str(), b.daily));
         let date = day.date.to_string();
         let key = vec![name.0.clone(), date.clone()];
-        let mut rows = Vec::new();
+        let mut out: Vec<DayOutput> = crossed
+            .into_iter()
+            .map(|(at, threshold, spent_before)| {
+                DayOutput::Crossed(
+                    at,
+                    Crossing {
+                        threshold,
+                        spent_before,
+                        daily,
+                        name: name.clone(),
+                        advertiser: advertiser.to_string(),
+                    },
+                )
+            })
+            .collect();
         if clicks > 0 {
             let exhausted = daily > 0 && spent >= daily;
-            rows.push(FeatureRow {
+            out.push(DayOutput::Row(FeatureRow {
                 table: table::BUDGET,
                 key: key.clone(),
                 values: vec![
@@ -661,32 +725,12 @@ impl Ads {
                     Value::Int(clicks),
                     Value::Int(exhausted as i64),
                 ],
-            });
-        }
-        let event = |kind: &str, values: Vec<Value>| FeatureRow {
-            table: table::BUDGET_EVENTS,
-            key: vec![name.0.clone(), date.clone(), kind.to_string()],
-            values,
-        };
-        for (i, ts, spent_then) in crossed {
-            let (_, alert, event_type, action) = THRESHOLDS[i];
-            rows.push(event(
-                alert,
-                vec![
-                    Value::Text(event_type.into()),
-                    Value::Text(iso(ts)),
-                    Value::Text(advertiser.to_string()),
-                    Value::Int(daily),
-                    Value::Int(spent_then),
-                    Value::Int((daily - spent_then).max(0)),
-                    Value::Text(alert.into()),
-                    Value::Text("STREAM".into()),
-                    Value::Text(action.into()),
-                ],
-            ));
+            }));
         }
         if let Some(at) = synced_at {
-            rows.push(event(
+            out.push(DayOutput::Row(budget_event(
+                name,
+                &date,
                 "SYNC",
                 vec![
                     Value::Text("BUDGET_SYNC".into()),
@@ -699,8 +743,8 @@ impl Ads {
                     Value::Text("STREAM".into()),
                     Value::Text("SYNC".into()),
                 ],
-            ));
-            rows.push(FeatureRow {
+            )));
+            out.push(DayOutput::Row(FeatureRow {
                 table: table::BUDGET_SPEND,
                 key,
                 values: vec![
@@ -710,7 +754,54 @@ impl Ads {
                     Value::Text(iso(at)),
                     Value::Int(at as i64),
                 ],
+            }));
+        }
+        out
+    }
+
+    /// The alerts of the thresholds crossed in a minute: each at the minute's first click
+    /// (by time) that brings the day's spend to it.
+    fn alert_rows(&self, at: &DayMinute, pieces: &[(&MinutePiece, isize)]) -> Vec<FeatureRow> {
+        let split = pieces.partition_point(|(p, _)| matches!(p, MinutePiece::Crossed(_)));
+        let (crossings, clicks) = pieces.split_at(split);
+        let date = at.day.date.to_string();
+        let mut rows = Vec::new();
+        for (piece, _) in crossings {
+            let MinutePiece::Crossed(c) = piece else {
+                continue;
+            };
+            let (_, alert, event_type, action) = THRESHOLDS[c.threshold];
+            let target = c.daily * THRESHOLDS[c.threshold].0;
+            let mut spent = c.spent_before;
+            let crossing = clicks.iter().find_map(|(click, n)| {
+                let MinutePiece::Click { ts, price, .. } = click else {
+                    return None;
+                };
+                (0..*n).find_map(|_| {
+                    spent += price;
+                    (spent * 100 >= target).then_some((*ts, spent))
+                })
             });
+            // the minute's clicks and its sum change together: a crossing has its click
+            let Some((ts, spent_then)) = crossing else {
+                continue;
+            };
+            rows.push(budget_event(
+                &c.name,
+                &date,
+                alert,
+                vec![
+                    Value::Text(event_type.into()),
+                    Value::Text(iso(ts)),
+                    Value::Text(c.advertiser.clone()),
+                    Value::Int(c.daily),
+                    Value::Int(spent_then),
+                    Value::Int((c.daily - spent_then).max(0)),
+                    Value::Text(alert.into()),
+                    Value::Text("STREAM".into()),
+                    Value::Text(action.into()),
+                ],
+            ));
         }
         rows
     }
@@ -1159,32 +1250,44 @@ impl Ads {
         let this = self.clone();
         let sync = self.config.budget_sync_interval_ms;
         let retention = self.budget_day_retention();
-        let days = derived_intervals(zoned, move |(campaign, (ts, id, price), zone)| {
+        let day_of = move |campaign: &CampaignKey, ts: u64, zone: &str| {
             let zone = zone.parse().unwrap_or_else(|_| this.default_zone());
-            let (date, end) = local_day(*ts, zone);
+            let (date, end) = local_day(ts, zone);
             let day = CampaignDay {
                 campaign: *campaign,
                 date,
             };
-            let until = Some(end + retention);
+            (day, Some(end + retention))
+        };
+        let of_day = day_of.clone();
+        let days = derived_intervals(zoned.clone(), move |(campaign, (ts, _, price), zone)| {
+            let (day, until) = of_day(campaign, *ts, zone);
             let synced = ceil_to(ts + 1, sync);
+            let minute = ts / MINUTE;
             [
                 (
-                    (
-                        day,
-                        BudgetPiece::Click {
-                            ts: *ts,
-                            id: *id,
-                            price: *price,
-                        },
-                    ),
-                    1,
+                    (day, BudgetPiece::SpentIn(minute)),
+                    *price as isize,
                     0,
                     until,
                 ),
+                ((day, BudgetPiece::ClicksIn(minute)), 1, 0, until),
                 ((day, BudgetPiece::Synced), *price as isize, synced, until),
                 ((day, BudgetPiece::SyncedAt(synced)), 1, synced, until),
             ]
+        });
+        let minute_clicks = derived_intervals(zoned, move |(campaign, (ts, id, price), zone)| {
+            let (day, until) = day_of(campaign, *ts, zone);
+            let at = DayMinute {
+                day,
+                minute: ts / MINUTE,
+            };
+            let click = MinutePiece::Click {
+                ts: *ts,
+                id: *id,
+                price: *price,
+            };
+            Some(((at, click), 1, 0, until))
         });
         let day_budgets = days
             .clone()
@@ -1203,14 +1306,46 @@ impl Ads {
                 )
             });
         let this = self.clone();
-        days.concat(day_budgets)
+        let day_outputs = days
+            .concat(day_budgets)
             .consolidate_stream()
             .reduce_named("Budgets", move |day, pieces, out| {
-                for row in this.budget_rows(day, pieces) {
+                for o in this.budget_rows(day, pieces) {
+                    out.push((o, 1));
+                }
+            })
+            .map(|(_, o)| o);
+        let crossings = day_outputs.clone().flat_map(|o| match o {
+            DayOutput::Crossed(at, c) => Some((at, MinutePiece::Crossed(c))),
+            DayOutput::Row(_) => None,
+        });
+        let this = self.clone();
+        let alerts = crossings
+            .concat(minute_clicks)
+            .reduce_named("BudgetAlerts", move |at, pieces, out| {
+                for row in this.alert_rows(at, pieces) {
                     out.push((row, 1));
                 }
             })
             .map(|(_, row)| row)
+            // a crossing that moves to another minute moves to another worker: the row's
+            // retraction and its new value must reach the sink of one worker
+            .inner
+            .exchange(|(row, _, _): &(FeatureRow, Tick, isize)| {
+                let mut h = xxhash_rust::xxh3::Xxh3::new();
+                for part in &row.key {
+                    h.update(part.as_bytes());
+                    h.update(&[0]);
+                }
+                h.digest()
+            })
+            .as_collection();
+        day_outputs
+            .flat_map(|o| match o {
+                DayOutput::Row(row) => Some(row),
+                DayOutput::Crossed(..) => None,
+            })
+            .concat(alerts)
     }
 
     /// Quality scores in force from their `effective_from`.
