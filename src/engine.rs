@@ -333,15 +333,15 @@ fn run_worker(
     if let (0, Some(restore)) = (index, &resume.restore) {
         // before this dataflow's first tick, so before any checkpoint of this run
         for (store, _) in &mut stores {
+            let started = Instant::now();
             let deleted = store.roll_back(restore.tick, resume.start_at)?;
-            if deleted > 0 {
-                tracing::info!(
-                    sink = store.name(),
-                    deleted,
-                    checkpoint = restore.tick,
-                    "deleted the entities written after the checkpoint"
-                );
-            }
+            tracing::info!(
+                sink = store.name(),
+                deleted,
+                checkpoint = restore.tick,
+                ms = started.elapsed().as_millis() as u64,
+                "deleted the entities written after the checkpoint"
+            );
         }
     }
     let writers: Vec<WriterHandle> = stores
