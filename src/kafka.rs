@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use tidemark_dataflows::record::{InvalidRecord, Poll, RecordRef, RecordSource, Visit};
 use tidemark_dataflows::Tick;
@@ -635,10 +635,27 @@ fn offset_at(
 /// What became of the records a [`Sender`] produced.
 #[derive(Debug, Default)]
 pub struct Deliveries {
+    /// Records handed to the producer.
+    pub sent: AtomicU64,
     pub delivered: AtomicU64,
     /// A failed delivery is never retried here: whoever depends on it (the DLQ) must not
     /// commit past it.
     pub failed: AtomicU64,
+    /// Notified at each delivery report, so a flush wakes at once.
+    reported: (Mutex<()>, std::sync::Condvar),
+}
+
+impl Deliveries {
+    fn report(&self, ok: bool) {
+        let count = if ok { &self.delivered } else { &self.failed };
+        count.fetch_add(1, AtomicOrdering::Relaxed);
+        let _guard = self.reported.0.lock().expect("deliveries");
+        self.reported.1.notify_all();
+    }
+
+    fn settled(&self) -> u64 {
+        self.delivered.load(AtomicOrdering::Relaxed) + self.failed.load(AtomicOrdering::Relaxed)
+    }
 }
 
 pub struct Tracking(Arc<Deliveries>);
@@ -648,15 +665,10 @@ impl ClientContext for Tracking {}
 impl ProducerContext for Tracking {
     type DeliveryOpaque = ();
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        match result {
-            Ok(_) => {
-                self.0.delivered.fetch_add(1, AtomicOrdering::Relaxed);
-            }
-            Err((e, m)) => {
-                self.0.failed.fetch_add(1, AtomicOrdering::Relaxed);
-                tracing::error!(error = %e, topic = m.topic(), "a record could not be delivered to kafka");
-            }
+        if let Err((e, m)) = result {
+            tracing::error!(error = %e, topic = m.topic(), "a record could not be delivered to kafka");
         }
+        self.0.report(result.is_ok());
     }
 }
 
@@ -714,7 +726,10 @@ impl Sender {
         let mut record = record;
         loop {
             match self.producer.send(record) {
-                Ok(()) => return,
+                Ok(()) => {
+                    self.deliveries.sent.fetch_add(1, AtomicOrdering::Relaxed);
+                    return;
+                }
                 Err((e, r)) => {
                     if !matches!(
                         e,
@@ -736,10 +751,29 @@ impl Sender {
         self.flush_within(Duration::from_secs(60))
     }
 
+    /// Waits on the delivery reports rather than with `Producer::flush`: the producer's
+    /// own thread polls the same reports, and a flush that polls after it took one sleeps
+    /// 100 ms — every write of a topic output did, which was most of the ads family's
+    /// freshness.
     pub fn flush_within(&self, timeout: Duration) -> anyhow::Result<()> {
-        self.producer
-            .flush(timeout)
-            .context("flushing the kafka producer")?;
+        let deadline = Instant::now() + timeout;
+        let target = self.deliveries.sent.load(AtomicOrdering::Relaxed);
+        let (lock, reported) = &self.deliveries.reported;
+        let mut guard = lock.lock().expect("deliveries");
+        while self.deliveries.settled() < target {
+            let now = Instant::now();
+            if now >= deadline {
+                bail!(
+                    "flushing the kafka producer: {} of {target} records not acknowledged within {timeout:?}",
+                    target - self.deliveries.settled()
+                );
+            }
+            guard = reported
+                .wait_timeout(guard, (deadline - now).min(Duration::from_millis(10)))
+                .expect("deliveries")
+                .0;
+        }
+        drop(guard);
         match self.deliveries.failed.load(AtomicOrdering::Relaxed) {
             0 => Ok(()),
             n => bail!("{n} records could not be delivered to kafka"),
