@@ -285,19 +285,8 @@ fn a_restart_rolls_back_what_was_written_after_the_checkpoint() {
         ("TIDEMARK_REDIS", redis.as_str()),
         ("TIDEMARK_PG", pg.as_str()),
     ];
-    let args = [
-        "run",
-        "--topic",
-        &topic,
-        "--exit-at-end",
-        "--job",
-        job,
-        "--group-id",
-        &topic,
-        "--workers",
-        "2",
-    ];
-    tidemark(&args, &env);
+    let run = || run_to_end(&topic, job, &topic, &["--workers", "2"], &env);
+    run();
     assert_stores_match("before", &redis, &pg, job, &file);
 
     let frontier: u64 = redis_get(&redis, &format!("tidemark:{job}:frontier"))
@@ -359,7 +348,7 @@ fn a_restart_rolls_back_what_was_written_after_the_checkpoint() {
         &file
     )));
 
-    tidemark(&args, &env);
+    run();
     assert_stores_match("after a restart", &redis, &pg, job, &file);
     let tick: u64 = redis_features(&redis)[key]["_tick"].parse().unwrap();
     assert!(tick >= later, "{key} went back from tick {later} to {tick}");
