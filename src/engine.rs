@@ -179,6 +179,15 @@ pub struct Resume {
 }
 
 impl Resume {
+    /// The checkpoint the stores must be rolled back to: one after which something was
+    /// written (the stores' progress is past its tick). After a graceful stop the last
+    /// checkpoint is the last tick written, and the stores hold exactly its rows.
+    fn rolled_back(&self) -> Option<&Restore> {
+        self.restore
+            .as_deref()
+            .filter(|r| self.start_at > r.tick + 1)
+    }
+
     fn find(cfg: &Config, tables: &Arc<Vec<TableSpec>>, family: &str) -> anyhow::Result<Self> {
         let writer = Writer {
             job: cfg.job.clone(),
@@ -330,7 +339,7 @@ fn run_worker(
         tables: tables.clone(),
     };
     let mut stores = open_stores(opts, &writer, shared)?;
-    if let (0, Some(restore)) = (index, &resume.restore) {
+    if let (0, Some(restore)) = (index, resume.rolled_back()) {
         // before this dataflow's first tick, so before any checkpoint of this run
         for (store, _) in &mut stores {
             let started = Instant::now();
@@ -395,6 +404,7 @@ fn run_worker(
     let restored = resume.restore.as_ref().map(|r| Restored {
         tick: r.tick,
         start_at: resume.start_at,
+        roll_back: resume.rolled_back().is_some(),
     });
     let final_tick = worker.dataflow::<Tick, _, _>(|scope| {
         let installed = family.install(scope, source, tables, ingest, counters, &state);
@@ -487,6 +497,8 @@ fn run_worker(
 struct Restored {
     tick: Tick,
     start_at: Tick,
+    /// Whether the stores are rolled back to the checkpoint (see [`Resume::rolled_back`]).
+    roll_back: bool,
 }
 
 /// Hands each completed tick's changes to the writers and holds its output frontier at
@@ -525,6 +537,9 @@ fn durable_sink<'s>(
                             w.send(match restored {
                                 // the embedded store starts empty
                                 Some(r) if r.tick == tick.tick && w.name != "memory" => {
+                                    if !r.roll_back {
+                                        continue; // the stores hold exactly these rows
+                                    }
                                     Msg::Rewrite {
                                         rows: tick.clone(),
                                         since: r.tick,
