@@ -91,7 +91,11 @@ impl Dir {
                 continue;
             };
             let mut by_peers: std::collections::BTreeMap<usize, Vec<PathBuf>> = Default::default();
-            for f in std::fs::read_dir(entry.path())? {
+            // a pruned checkpoint's directory may go meanwhile
+            let Ok(files) = std::fs::read_dir(entry.path()) else {
+                continue;
+            };
+            for f in files {
                 let path = f?.path();
                 if let Some((peers, _, true)) = part_of(&path) {
                     by_peers.entry(peers).or_default().push(path);
@@ -163,7 +167,11 @@ impl Backend for Dir {
             if !older {
                 continue;
             }
-            for f in std::fs::read_dir(entry.path())? {
+            // another worker may have removed it meanwhile
+            let Ok(files) = std::fs::read_dir(entry.path()) else {
+                continue;
+            };
+            for f in files {
                 let path = f?.path();
                 if part_of(&path).is_some_and(|(_, w, _)| w == worker) {
                     let _ = std::fs::remove_file(&path);
