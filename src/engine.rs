@@ -182,7 +182,7 @@ impl Resume {
     /// The checkpoint the stores must be rolled back to: one after which something was
     /// written (the stores' progress is past its tick). After a graceful stop the last
     /// checkpoint is the last tick written, and the stores hold exactly its rows.
-    fn rolled_back(&self) -> Option<&Restore> {
+    fn roll_back_to(&self) -> Option<&Restore> {
         self.restore
             .as_deref()
             .filter(|r| self.start_at > r.tick + 1)
@@ -339,7 +339,7 @@ fn run_worker(
         tables: tables.clone(),
     };
     let mut stores = open_stores(opts, &writer, shared)?;
-    if let (0, Some(restore)) = (index, resume.rolled_back()) {
+    if let (0, Some(restore)) = (index, resume.roll_back_to()) {
         // before this dataflow's first tick, so before any checkpoint of this run
         for (store, _) in &mut stores {
             let started = Instant::now();
@@ -404,7 +404,7 @@ fn run_worker(
     let restored = resume.restore.as_ref().map(|r| Restored {
         tick: r.tick,
         start_at: resume.start_at,
-        roll_back: resume.rolled_back().is_some(),
+        roll_back: resume.roll_back_to().is_some(),
     });
     let final_tick = worker.dataflow::<Tick, _, _>(|scope| {
         let installed = family.install(scope, source, tables, ingest, counters, &state);
@@ -497,7 +497,7 @@ fn run_worker(
 struct Restored {
     tick: Tick,
     start_at: Tick,
-    /// Whether the stores are rolled back to the checkpoint (see [`Resume::rolled_back`]).
+    /// Whether the stores are rolled back to the checkpoint (see [`Resume::roll_back_to`]).
     roll_back: bool,
 }
 

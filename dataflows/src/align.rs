@@ -86,10 +86,7 @@ impl Aligner {
     /// The lowest position of this worker's pending partitions (what it tells the others),
     /// `None` when none is pending.
     pub fn position(&self) -> Option<Tick> {
-        (0..self.lanes.len())
-            .filter(|&i| self.lanes[i].pending && !self.lanes[i].peer)
-            .map(|i| self.position_of(i))
-            .min()
+        self.lowest(|j| !self.lanes[j].peer)
     }
 
     /// Whether an event at `ts` from this partition may go in now; if so it is taken, if not
@@ -103,15 +100,15 @@ impl Aligner {
         let low = match self.low {
             Some(low) => low,
             None => {
-                let low = self.lowest(None).unwrap_or(Tick::MAX);
+                let low = self.lowest(|_| true).unwrap_or(Tick::MAX);
                 self.low = Some(low);
                 low
             }
         };
         if ts > low.saturating_add(skew) {
             // the exact test: the lowest position of the *other* pending partitions
-            let others = self.lowest(Some(i));
-            self.low = self.lowest(None);
+            let others = self.lowest(|j| j != i);
+            self.low = self.lowest(|_| true);
             if others.is_some_and(|o| ts > o.saturating_add(skew)) {
                 self.lanes[i].head = Some(ts);
                 return false;
@@ -130,10 +127,10 @@ impl Aligner {
         l.head.max(l.time).unwrap_or(self.floor)
     }
 
-    /// The lowest position of the pending lanes, but `except`.
-    fn lowest(&self, except: Option<usize>) -> Option<Tick> {
+    /// The lowest position of the pending lanes that `keep`.
+    fn lowest(&self, keep: impl Fn(usize) -> bool) -> Option<Tick> {
         (0..self.lanes.len())
-            .filter(|&i| self.lanes[i].pending && Some(i) != except)
+            .filter(|&i| self.lanes[i].pending && keep(i))
             .map(|i| self.position_of(i))
             .min()
     }

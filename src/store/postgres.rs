@@ -84,6 +84,24 @@ impl PostgresStore {
         Ok(store)
     }
 
+    /// Runs `work` in one transaction and commits it; a failure drops the connection, so
+    /// the retry reconnects.
+    fn in_transaction<T>(
+        &mut self,
+        work: impl FnOnce(&mut postgres::Transaction<'_>) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let result = (|| {
+            let mut tx = self.client()?.transaction()?;
+            let out = work(&mut tx)?;
+            tx.commit()?;
+            Ok(out)
+        })();
+        if result.is_err() {
+            self.client = None;
+        }
+        result
+    }
+
     fn client(&mut self) -> anyhow::Result<&mut Client> {
         if self.client.as_ref().is_none_or(|c| c.is_closed()) {
             let c = Client::connect(&self.url, NoTls)
@@ -219,8 +237,7 @@ impl Store for PostgresStore {
 
     fn roll_back(&mut self, since: Tick, before: Tick) -> anyhow::Result<u64> {
         let tables = self.writer.tables.clone();
-        let result = (|| {
-            let mut tx = self.client()?.transaction()?;
+        self.in_transaction(|tx| {
             let mut deleted = 0;
             for spec in tables.iter().filter(|s| s.sink.in_postgres()) {
                 let name = table_name(spec);
@@ -233,13 +250,8 @@ impl Store for PostgresStore {
                         format!("deleting from {name} what came after the checkpoint")
                     })?;
             }
-            tx.commit()?;
             Ok(deleted)
-        })();
-        if result.is_err() {
-            self.client = None;
-        }
-        result
+        })
     }
 
     fn rewrite(&mut self, rows: &TickChanges, since: Tick, at: Tick) -> anyhow::Result<()> {
@@ -254,8 +266,7 @@ impl Store for PostgresStore {
                     .push(spec, &c.key, values, at);
             }
         }
-        let result = (|| {
-            let mut tx = self.client()?.transaction()?;
+        self.in_transaction(|tx| {
             for (table, cols) in &upserts {
                 let spec = &tables[*table as usize];
                 let name = table_name(spec);
@@ -270,13 +281,8 @@ impl Store for PostgresStore {
                 tx.execute(&sql, &params)
                     .with_context(|| format!("rewriting {name} as the checkpoint has it"))?;
             }
-            tx.commit()?;
             Ok(())
-        })();
-        if result.is_err() {
-            self.client = None;
-        }
-        result
+        })
     }
 
     fn write(&mut self, ticks: &[Arc<TickChanges>], progress: Option<Tick>) -> anyhow::Result<()> {

@@ -115,6 +115,18 @@ impl RedisStore {
         Ok(self.conn.as_mut().expect("just connected"))
     }
 
+    /// Runs `work` on the connection; a failure drops it, so the retry reconnects.
+    fn on_connection<T>(
+        &mut self,
+        work: impl FnOnce(&mut redis::Connection) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let result = work(self.connection()?);
+        if result.is_err() {
+            self.conn = None;
+        }
+        result
+    }
+
     pub fn progress_key(job: &str) -> String {
         format!("tidemark:{job}:progress")
     }
@@ -147,20 +159,12 @@ impl Store for RedisStore {
             .collect();
         patterns.sort();
         patterns.dedup();
-        let result = roll_back(self.connection()?, &patterns, since, before);
-        if result.is_err() {
-            self.conn = None; // reconnect on the next try
-        }
-        result
+        self.on_connection(|conn| roll_back(conn, &patterns, since, before))
     }
 
     fn rewrite(&mut self, rows: &TickChanges, since: Tick, at: Tick) -> anyhow::Result<()> {
         let (ttl, tables) = (self.ttl_secs, self.writer.tables.clone());
-        let result = rewrite(self.connection()?, &tables, rows, since, at, ttl);
-        if result.is_err() {
-            self.conn = None;
-        }
-        result
+        self.on_connection(|conn| rewrite(conn, &tables, rows, since, at, ttl))
     }
 
     fn write(&mut self, ticks: &[Arc<TickChanges>], progress: Option<Tick>) -> anyhow::Result<()> {
@@ -206,12 +210,7 @@ impl Store for RedisStore {
                 .arg(self.writer.peers)
                 .ignore();
         }
-        let result: redis::RedisResult<()> = pipe.query(self.connection()?);
-        if let Err(e) = result {
-            self.conn = None; // reconnect on the next try
-            return Err(e).context("redis MULTI/EXEC");
-        }
-        Ok(())
+        self.on_connection(|conn| pipe.query::<()>(conn).context("redis MULTI/EXEC"))
     }
 }
 
