@@ -25,7 +25,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 200_000)]
     pub sessions: u64,
     /// `bench ads`: open clicks built for the memory figure.
-    #[arg(long, default_value_t = 500_000)]
+    #[arg(long, default_value_t = 2_000_000)]
     pub clicks: u64,
     /// `bench serve`: entities written to Redis and read at random.
     #[arg(long, default_value_t = 100_000)]
@@ -58,6 +58,15 @@ pub struct BenchArgs {
     /// Workers of the end-to-end runs.
     #[arg(long, default_value_t = 2)]
     pub e2e_workers: usize,
+}
+
+/// Resident memory once the allocator has returned what it keeps for reuse: the memory
+/// figures count what the dataflow holds, not freed pages mimalloc has not purged yet
+/// (e.g. after an arrangement's merge). Call it on the thread that allocated.
+pub fn held_bytes() -> u64 {
+    // SAFETY: `mi_collect` only frees and purges the allocator's own unused memory
+    unsafe { libmimalloc_sys::mi_collect(true) };
+    crate::telemetry::resident_bytes().unwrap_or(0)
 }
 
 pub fn record(payload: &[u8]) -> tidemark_dataflows::record::RecordRef<'_> {

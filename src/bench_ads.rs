@@ -13,10 +13,11 @@ use tidemark_dataflows::ingest::{EventId, Rejection, Timed};
 use tidemark_dataflows::{Dataflow, Family, GenerateSpec, Tick};
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 
-use crate::bench::{freshness, live_config, report_freshness, report_throughput, BenchArgs};
+use crate::bench::{
+    freshness, held_bytes, live_config, report_freshness, report_throughput, BenchArgs,
+};
 use crate::engine::timely_config;
 use crate::kafka::now_ms;
-use crate::telemetry::resident_bytes;
 
 pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     // first, while nothing else has grown the heap (see `bench reading`)
@@ -77,9 +78,11 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
 
 /// Resident memory per open click: `n` clicks of distinct devices, spread over 16
 /// campaigns and one hour, held by the attribution join (and the budget day) on one
-/// worker; RSS after minus RSS before, over `n`.
+/// worker; RSS after minus RSS before, over `n`, and the growth over the second half alone
+/// (what one more click costs, without the per-campaign and per-second sums the first
+/// clicks of an hour create).
 fn open_clicks(n: u64) -> anyhow::Result<()> {
-    let before = resident_bytes().unwrap_or(0);
+    let before = held_bytes();
     let started = Instant::now();
     let guards = timely::execute(timely_config(1, 1, 0, None)?, move |worker| {
         let probe = ProbeHandle::new();
@@ -105,7 +108,11 @@ fn open_clicks(n: u64) -> anyhow::Result<()> {
             .map(|c| CampaignId(c.id))
             .collect();
         let mut tick = base;
+        let mut half = None;
         for chunk in (0..n).collect::<Vec<_>>().chunks(10_000) {
+            if half.is_none() && chunk[0] >= n / 2 {
+                half = Some((chunk[0], held_bytes()));
+            }
             input.advance_to(tick);
             for &i in chunk {
                 let c = (i % campaigns.len() as u64) as usize;
@@ -130,12 +137,16 @@ fn open_clicks(n: u64) -> anyhow::Result<()> {
         input.advance_to(tick + 1);
         input.flush();
         worker.step_while(|| probe.less_than(&(tick + 1)));
-        let grown = resident_bytes().unwrap_or(0).saturating_sub(before);
+        let after = held_bytes();
+        let grown = after.saturating_sub(before);
+        let (at_half, rss_half) = half.unwrap_or((0, before));
         println!(
-            "memory per open click: {:.0} B ({n} clicks held for attribution and their budget day, RSS +{} MB, built in {:.1} s)",
+            "memory per open click: {:.0} B ({n} clicks held for attribution and their budget day, RSS +{} MB, built in {:.1} s); the last {} clicks: {:.0} B each",
             grown as f64 / n as f64,
             grown / 1_000_000,
-            started.elapsed().as_secs_f64()
+            started.elapsed().as_secs_f64(),
+            n - at_half,
+            after.saturating_sub(rss_half) as f64 / (n - at_half).max(1) as f64,
         );
         worker.drop_dataflow(dataflow);
     })

@@ -50,6 +50,17 @@ impl Outputs {
 
 /// `run --exit-at-end` of the ads job over `ads` and `quality` into `out`.
 fn run_ads(ads: &str, quality: &str, job: &str, out: &Outputs, budgets_from: &str) {
+    run_ads_on(ads, quality, job, out, budgets_from, 2)
+}
+
+fn run_ads_on(
+    ads: &str,
+    quality: &str,
+    job: &str,
+    out: &Outputs,
+    budgets_from: &str,
+    workers: usize,
+) {
     let dlq = format!("{ads}-dlq-{job}");
     let env = [
         ("TIDEMARK_REDIS", out.redis.as_str()),
@@ -91,7 +102,7 @@ fn run_ads(ads: &str, quality: &str, job: &str, out: &Outputs, budgets_from: &st
             "--group-id",
             &group,
             "--workers",
-            "2",
+            &workers.to_string(),
         ],
         &env,
     );
@@ -287,8 +298,8 @@ fn kafka_to_topics_redis_and_postgres_matches_the_model_and_a_replay_repeats_it(
     );
 }
 
-/// A run stopped half way and restarted from its checkpoint gives the uninterrupted run's
-/// records. The halves are produced without keys, so copies of an event land on any
+/// A run stopped half way and restarted from its checkpoint (on another number of workers)
+/// gives the uninterrupted run's records. The halves are produced without keys, so copies of an event land on any
 /// partition and worker, and after the restart the small quality topic could be read to its
 /// end first: both used to move a worker's stream time hours ahead and let a copy past the
 /// dedup horizon (partition alignment, `ingest.max_partition_skew_ms`, prevents it).
@@ -303,11 +314,13 @@ fn a_restart_from_a_checkpoint_gives_the_same_records() {
     let (ads3, quality3) = (fresh_topic("e2e-ads-r", 4), fresh_topic("e2e-ads-rq", 2));
     let lines: Vec<&str> = text.lines().collect();
     let is_quality = |l: &&&str| l.contains("\"quality_score\"") && !l.contains("\"event_type\"");
-    for half in lines.chunks(lines.len() / 2 + 1) {
+    // the second half on 3 workers: state keyed by device-ad or campaign moves between
+    // workers on a restore
+    for (half, workers) in lines.chunks(lines.len() / 2 + 1).zip([2, 3]) {
         let (q, a): (Vec<&str>, Vec<&str>) = half.iter().partition(is_quality);
         produce(&ads3, &a);
         produce(&quality3, &q);
-        run_ads(&ads3, &quality3, "ads3", &third, &first.pg);
+        run_ads_on(&ads3, &quality3, "ads3", &third, &first.pg, workers);
     }
     assert_same_outputs("after a restart", &third, &first);
 }

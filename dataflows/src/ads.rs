@@ -6,14 +6,25 @@
 //! arrival order or batch boundaries: a replay produces the same records with the same ids,
 //! and a late event re-emits exactly the records it changes.
 
+pub mod attribution;
+pub mod crossings;
 pub mod decode;
 pub mod generate;
 
 use chrono::{DateTime, NaiveDate, SecondsFormat, TimeZone, Utc};
 use differential_dataflow::{AsCollection, VecCollection};
 use ordered_float::OrderedFloat;
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
-use timely::dataflow::operators::Exchange;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::core::{Map, Partition};
+use timely::dataflow::operators::generic::operator::Operator;
+use timely::dataflow::operators::{Capability, Exchange};
+use timely::dataflow::Stream;
+
+use attribution::OpenClick;
+use crossings::Paid;
 
 use crate::dimension::{DimRow, DimensionSpec};
 use crate::family::{Dataflow, GenerateSpec, Produced};
@@ -21,7 +32,7 @@ use crate::features::{float, int, text, FeatureRow, FieldSpec, SinkKind, TableSp
 use crate::ingest::{EventId, Rejection, Timed};
 use crate::record::{DecodeError, RecordRef};
 use crate::state::State;
-use crate::time::{ceil_to, Tick, Window, DAY, HOUR, MINUTE};
+use crate::time::{ceil_to, Tick, Window, DAY, HOUR, MINUTE, SECOND};
 use crate::windowed::{derived_intervals, intervals, Interval};
 
 /// `[dataflows.ads]`.
@@ -171,11 +182,12 @@ pub enum AdEvent {
     Quality(QualityUpdate),
 }
 
-/// A click as attribution sees it: of several, the latest by `(ts, id)` wins.
+/// A click as attribution sees it: of several, the latest by `(ts, id)` wins (`id` is the
+/// high half of its [`EventId`], which orders like the whole).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ClickRef {
     pub ts: u64,
-    pub id: EventId,
+    pub id: u64,
     pub placement: Placement,
 }
 
@@ -247,6 +259,123 @@ pub enum CampaignMeasure {
     Unattributed,
 }
 
+/// What the events add up to, before their contributions to windows, the campaign view and
+/// the budgets are computed: an impression or click counts, a click's price is spend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Measure {
+    Impressions,
+    Clicks,
+    Spend,
+}
+
+/// Impressions, clicks or spend of a slot at one class of event times (see [`class_of`]);
+/// the update's weight is the count or the amount.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Tally {
+    pub slot: Slot,
+    pub measure: Measure,
+    pub at: u64,
+}
+
+/// The representative of `ts`'s class in steps of `unit`: `ts` itself on a step, else the
+/// step's first millisecond after it. Window starts (lengths are whole steps), expiries
+/// rounded up to a step or coarser, local days and sync boundaries are the same for every
+/// instant of a class, so events are summed per class before their contributions are
+/// computed: a tick's thousands of impressions become a few hundred tallies.
+pub fn class_of(ts: u64, unit: u64) -> u64 {
+    if ts.is_multiple_of(unit) {
+        ts
+    } else {
+        ts - ts % unit + 1
+    }
+}
+
+/// What one pass over the events hands each consumer.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+enum Part {
+    Tally(Tally),
+    Click(OpenClick),
+    Paid(Paid),
+    Conversion(DeviceAd, ConversionRef),
+    Quality(Timed<QualityUpdate>),
+}
+
+/// One tick's events, summed where they can be.
+#[derive(Default)]
+struct Sums {
+    tallies: FxHashMap<Tally, isize>,
+    paid: FxHashMap<Paid, isize>,
+    passed: Vec<(Part, isize)>,
+}
+
+impl Sums {
+    fn add(&mut self, e: Timed<AdEvent>, r: isize) {
+        let at = class_of(e.ts, SECOND);
+        let mut tally = |slot, measure, n| {
+            *self.tallies.entry(Tally { slot, measure, at }).or_default() += n;
+        };
+        match e.event {
+            AdEvent::Impression(slot) => tally(slot, Measure::Impressions, r),
+            AdEvent::Click { slot, pair, price } => {
+                let click = ClickRef {
+                    ts: e.ts,
+                    id: (e.id.0 >> 64) as u64,
+                    placement: slot.placement,
+                };
+                let paid = Paid {
+                    campaign: CampaignKey::of(&slot.campaign),
+                    ts: e.ts,
+                };
+                tally(slot.clone(), Measure::Spend, r * price as isize);
+                tally(slot, Measure::Clicks, r);
+                *self.paid.entry(paid).or_default() += r * price as isize;
+                self.passed
+                    .push((Part::Click(OpenClick::new(pair, click)), r));
+            }
+            AdEvent::Conversion {
+                slot,
+                pair,
+                revenue,
+            } => {
+                let conversion = ConversionRef {
+                    ts: e.ts,
+                    id: e.id,
+                    campaign: slot.campaign,
+                    category: slot.category,
+                    revenue,
+                };
+                self.passed.push((Part::Conversion(pair, conversion), r));
+            }
+            AdEvent::Quality(q) => {
+                let update = Timed {
+                    id: e.id,
+                    ts: e.ts,
+                    event: q,
+                };
+                self.passed.push((Part::Quality(update), r));
+            }
+        }
+    }
+
+    fn drain(self) -> impl Iterator<Item = (Part, isize)> {
+        let tallies = self.tallies.into_iter().map(|(t, n)| (Part::Tally(t), n));
+        let paid = self.paid.into_iter().map(|(p, n)| (Part::Paid(p), n));
+        tallies
+            .chain(paid)
+            .filter(|(_, n)| *n != 0)
+            .chain(self.passed)
+    }
+}
+
+/// The events split by consumer.
+struct Parts<'s> {
+    tallies: VecCollection<'s, Tick, Tally>,
+    clicks: Stream<'s, Tick, Vec<(OpenClick, Tick, isize)>>,
+    paid: Stream<'s, Tick, Vec<(Paid, Tick, isize)>>,
+    conversions: VecCollection<'s, Tick, (DeviceAd, ConversionRef)>,
+    quality: VecCollection<'s, Tick, Timed<QualityUpdate>>,
+}
+
 /// A campaign id hashed, so the clicks the budget path holds carry no strings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct CampaignKey(pub u64);
@@ -275,8 +404,8 @@ pub struct Budget {
 
 /// What a campaign-day's budget state is computed from. Clicks come summed per minute,
 /// so the day's scan for threshold crossings is over its minutes, not over every click of
-/// the day at each click; the crossing click is then found in its minute
-/// ([`MinutePiece`]).
+/// the day at each click; the crossing instant is then found in its minute
+/// ([`crossings`]).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum BudgetPiece {
     /// The campaign's name and budget, if it has one.
@@ -311,14 +440,6 @@ pub struct Crossing {
     pub daily: i64,
     pub name: CampaignId,
     pub advertiser: String,
-}
-
-/// What a minute's crossing click is found from: the thresholds crossed in it, then its
-/// clicks by time.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum MinutePiece {
-    Crossed(Crossing),
-    Click { ts: u64, id: EventId, price: i64 },
 }
 
 /// The day `reduce`'s output: rows, and the minutes where thresholds were crossed.
@@ -514,15 +635,30 @@ impl Ads {
                 Kind::Conversion => CampaignMeasure::Conversions(rolling),
             };
             out.push(((campaign.clone(), count), 1, 0, until));
-            if let Some(amount) = amount.filter(|a| *a != 0) {
-                let money = match kind {
-                    Kind::Click => CampaignMeasure::Spend(rolling),
-                    _ => CampaignMeasure::Revenue(rolling),
-                };
-                out.push(((campaign.clone(), money), amount as isize, 0, until));
-            }
+        }
+        if let Some(amount) = amount.filter(|a| *a != 0) {
+            out.extend(self.campaign_money(campaign, kind, ts, amount));
         }
         out
+    }
+
+    /// What an amount adds to its campaign's rolling spend (clicks) or revenue.
+    fn campaign_money(
+        &self,
+        campaign: &CampaignId,
+        kind: Kind,
+        ts: u64,
+        amount: i64,
+    ) -> impl Iterator<Item = Interval<(CampaignId, CampaignMeasure)>> {
+        let campaign = campaign.clone();
+        [Rolling::H1, Rolling::H24].into_iter().map(move |rolling| {
+            let money = match kind {
+                Kind::Click => CampaignMeasure::Spend(rolling),
+                _ => CampaignMeasure::Revenue(rolling),
+            };
+            let until = Some(rolling.window().expiry(ts));
+            ((campaign.clone(), money), amount as isize, 0, until)
+        })
     }
 
     /// The record of one window of one campaign and placement.
@@ -759,51 +895,25 @@ impl Ads {
         out
     }
 
-    /// The alerts of the thresholds crossed in a minute: each at the minute's first click
-    /// (by time) that brings the day's spend to it.
-    fn alert_rows(&self, at: &DayMinute, pieces: &[(&MinutePiece, isize)]) -> Vec<FeatureRow> {
-        let split = pieces.partition_point(|(p, _)| matches!(p, MinutePiece::Crossed(_)));
-        let (crossings, clicks) = pieces.split_at(split);
-        let date = at.day.date.to_string();
-        let mut rows = Vec::new();
-        for (piece, _) in crossings {
-            let MinutePiece::Crossed(c) = piece else {
-                continue;
-            };
-            let (_, alert, event_type, action) = THRESHOLDS[c.threshold];
-            let target = c.daily * THRESHOLDS[c.threshold].0;
-            let mut spent = c.spent_before;
-            let crossing = clicks.iter().find_map(|(click, n)| {
-                let MinutePiece::Click { ts, price, .. } = click else {
-                    return None;
-                };
-                (0..*n).find_map(|_| {
-                    spent += price;
-                    (spent * 100 >= target).then_some((*ts, spent))
-                })
-            });
-            // the minute's clicks and its sum change together: a crossing has its click
-            let Some((ts, spent_then)) = crossing else {
-                continue;
-            };
-            rows.push(budget_event(
-                &c.name,
-                &date,
-                alert,
-                vec![
-                    Value::Text(event_type.into()),
-                    Value::Text(iso(ts)),
-                    Value::Text(c.advertiser.clone()),
-                    Value::Int(c.daily),
-                    Value::Int(spent_then),
-                    Value::Int((c.daily - spent_then).max(0)),
-                    Value::Text(alert.into()),
-                    Value::Text("STREAM".into()),
-                    Value::Text(action.into()),
-                ],
-            ));
-        }
-        rows
+    /// The alert of a threshold crossed at `ts`, when the day's spend became `spent`.
+    fn alert_row(&self, at: &DayMinute, c: &Crossing, ts: u64, spent: i64) -> FeatureRow {
+        let (_, alert, event_type, action) = THRESHOLDS[c.threshold];
+        budget_event(
+            &c.name,
+            &at.day.date.to_string(),
+            alert,
+            vec![
+                Value::Text(event_type.into()),
+                Value::Text(iso(ts)),
+                Value::Text(c.advertiser.clone()),
+                Value::Int(c.daily),
+                Value::Int(spent),
+                Value::Int((c.daily - spent).max(0)),
+                Value::Text(alert.into()),
+                Value::Text("STREAM".into()),
+                Value::Text(action.into()),
+            ],
+        )
     }
 
     /// A product's score in force: the latest update whose `effective_from` has come.
@@ -875,6 +985,28 @@ impl Dataflow for Ads {
     }
     fn config(&self) -> &AdsConfig {
         &self.config
+    }
+    fn check(&self) -> Result<(), String> {
+        // events are summed per second (per minute for budgets) before their
+        // contributions are computed: see `class_of`
+        let c = &self.config;
+        for (key, value, unit, name) in [
+            ("metrics_window_ms", c.metrics_window_ms, SECOND, "second"),
+            ("defense_window_ms", c.defense_window_ms, SECOND, "second"),
+            (
+                "budget_sync_interval_ms",
+                c.budget_sync_interval_ms,
+                MINUTE,
+                "minute",
+            ),
+        ] {
+            if value == 0 || !value.is_multiple_of(unit) {
+                return Err(format!(
+                    "{key} = {value} is not a whole number of {name}s: use a multiple of {unit}"
+                ));
+            }
+        }
+        Ok(())
     }
     fn topics(&self) -> Vec<String> {
         vec![self.config.topic.clone(), self.config.quality_topic.clone()]
@@ -1035,17 +1167,18 @@ impl Dataflow for Ads {
         _rejected: VecCollection<'s, Tick, Rejection>,
         state: &State,
     ) -> VecCollection<'s, Tick, FeatureRow> {
-        let attribution = self.attribution(events.clone(), state);
+        let parts = self.split(events);
+        let attribution = self.attribution(parts.clicks, parts.conversions, state);
 
         // closed tumbling windows, per category so the defense values see its totals
         let this = self.clone();
-        let counted = intervals(state, events.clone(), move |e: &Timed<AdEvent>| {
-            let (slot, kind) = match &e.event {
-                AdEvent::Impression(slot) => (slot, Kind::Impression),
-                AdEvent::Click { slot, .. } => (slot, Kind::Click),
-                _ => return Vec::new(),
+        let counted = intervals(state, parts.tallies.clone(), move |t: &Tally| {
+            let kind = match t.measure {
+                Measure::Impressions => Kind::Impression,
+                Measure::Clicks => Kind::Click,
+                Measure::Spend => return Vec::new(),
             };
-            this.window_counts(slot, kind, e.ts).collect()
+            this.window_counts(&t.slot, kind, t.at).collect()
         });
         let this = self.clone();
         let converted = derived_intervals(attribution.clone(), move |a: &Attribution| {
@@ -1073,16 +1206,17 @@ impl Dataflow for Ads {
 
         // the campaign view
         let this = self.clone();
-        let campaign_events = intervals(state, events.clone(), move |e: &Timed<AdEvent>| match &e
-            .event
-        {
-            AdEvent::Impression(slot) => {
-                this.campaign_counts(&slot.campaign, Kind::Impression, e.ts, None)
+        let campaign_events = intervals(state, parts.tallies.clone(), move |t: &Tally| {
+            let campaign = &t.slot.campaign;
+            match t.measure {
+                Measure::Impressions => {
+                    this.campaign_counts(campaign, Kind::Impression, t.at, None)
+                }
+                Measure::Clicks => this.campaign_counts(campaign, Kind::Click, t.at, None),
+                Measure::Spend => this
+                    .campaign_money(campaign, Kind::Click, t.at, 1)
+                    .collect(),
             }
-            AdEvent::Click { slot, price, .. } => {
-                this.campaign_counts(&slot.campaign, Kind::Click, e.ts, Some(*price))
-            }
-            _ => Vec::new(),
         });
         let this = self.clone();
         let campaign_conversions = derived_intervals(attribution, move |a: &Attribution| {
@@ -1108,8 +1242,8 @@ impl Dataflow for Ads {
             })
             .map(|(_, row)| row);
 
-        let budgets = self.budgets(events.clone(), dimensions[0].clone(), state);
-        let products = self.products(events, state);
+        let budgets = self.budgets(parts.tallies, parts.paid, dimensions[0].clone(), state);
+        let products = self.products(parts.quality, state);
         windows.concat(campaigns).concat(budgets).concat(products)
     }
     fn generate(&self, spec: &GenerateSpec) -> Box<dyn Iterator<Item = Produced> + Send> {
@@ -1124,86 +1258,98 @@ impl Dataflow for Ads {
 }
 
 impl Ads {
+    /// One pass over the events: impressions and clicks summed into [`Tally`]s and spend
+    /// instants per tick, clicks, conversions and quality updates passed on, each to its
+    /// own consumer (a collection read by many would be copied to each of them).
+    fn split<'s>(&self, events: VecCollection<'s, Tick, Timed<AdEvent>>) -> Parts<'s> {
+        type Out = Vec<(Part, Tick, isize)>;
+        let split = events
+            .inner
+            .unary::<CapacityContainerBuilder<Out>, _, _, _>(Pipeline, "SplitAdEvents", |_, _| {
+                let mut ticks: Vec<(Capability<Tick>, Sums)> = Vec::new();
+                move |input, output| {
+                    input.for_each(|cap, data| {
+                        for (e, t, r) in data.drain(..) {
+                            let i = match ticks.iter().position(|(c, _)| *c.time() == t) {
+                                Some(i) => i,
+                                None => {
+                                    ticks.push((cap.delayed(&t, 0), Sums::default()));
+                                    ticks.len() - 1
+                                }
+                            };
+                            ticks[i].1.add(e, r);
+                        }
+                    });
+                    for (cap, sums) in ticks.drain(..) {
+                        let t = *cap.time();
+                        output
+                            .session(&cap)
+                            .give_iterator(sums.drain().map(|(p, r)| (p, t, r)));
+                    }
+                }
+            });
+        let route = |(p, t, r): (Part, Tick, isize)| {
+            let i = match p {
+                Part::Tally(_) => 0,
+                Part::Click(_) => 1,
+                Part::Paid(_) => 2,
+                Part::Conversion(..) => 3,
+                Part::Quality(_) => 4,
+            };
+            (i, (p, t, r))
+        };
+        let mut parts = split
+            .partition::<CapacityContainerBuilder<Out>, _, _>(5, route)
+            .into_iter();
+        let mut next = || parts.next().expect("five parts");
+        macro_rules! part {
+            ($variant:pat => $value:expr) => {
+                next().flat_map(|(p, t, r)| match p {
+                    $variant => Some(($value, t, r)),
+                    _ => None,
+                })
+            };
+        }
+        Parts {
+            tallies: part!(Part::Tally(x) => x).as_collection(),
+            clicks: part!(Part::Click(x) => x),
+            paid: part!(Part::Paid(x) => x),
+            conversions: part!(Part::Conversion(pair, c) => (pair, c)).as_collection(),
+            quality: part!(Part::Quality(q) => q).as_collection(),
+        }
+    }
+
     /// Each conversion with the latest click of its device and ad at most
     /// `attribution_window_ms` before it (a click at the same instant counts), or none.
-    pub fn attribution<'s>(
+    fn attribution<'s>(
         &self,
-        events: VecCollection<'s, Tick, Timed<AdEvent>>,
+        clicks: Stream<'s, Tick, Vec<(OpenClick, Tick, isize)>>,
+        conversions: VecCollection<'s, Tick, (DeviceAd, ConversionRef)>,
         state: &State,
     ) -> VecCollection<'s, Tick, Attribution> {
         let this = self.clone();
-        let clicks = intervals(state, events.clone(), move |e: &Timed<AdEvent>| {
-            match &e.event {
-                AdEvent::Click { slot, pair, .. } => Some((
-                    (
-                        *pair,
-                        ClickRef {
-                            ts: e.ts,
-                            id: e.id,
-                            placement: slot.placement,
-                        },
-                    ),
-                    1,
-                    0,
-                    Some(this.click_kept(e.ts)),
-                )),
-                _ => None,
-            }
-        });
+        let conversions = intervals(
+            state,
+            conversions,
+            move |(pair, c): &(DeviceAd, ConversionRef)| {
+                Some(((*pair, c.clone()), 1, 0, Some(this.conversion_kept(c.ts))))
+            },
+        );
         let this = self.clone();
-        let conversions = intervals(state, events, move |e: &Timed<AdEvent>| match &e.event {
-            AdEvent::Conversion {
-                slot,
-                pair,
-                revenue,
-            } => Some((
-                (
-                    *pair,
-                    ConversionRef {
-                        ts: e.ts,
-                        id: e.id,
-                        campaign: slot.campaign.clone(),
-                        category: slot.category.clone(),
-                        revenue: *revenue,
-                    },
-                ),
-                1,
-                0,
-                Some(this.conversion_kept(e.ts)),
-            )),
-            _ => None,
-        });
-        let within = self.config.attribution_window_ms;
-        let candidates = conversions
-            .clone()
-            .join_map(clicks, |_, conversion, click| {
-                (conversion.clone(), Some(*click))
-            })
-            .filter(move |(conversion, click)| {
-                let click = click.expect("joined");
-                click.ts <= conversion.ts && conversion.ts - click.ts <= within
-            });
-        conversions
-            .map(|(_, conversion)| (conversion, None))
-            .concat(candidates)
-            .reduce_named("Attribution", |conversion, clicks, out| {
-                // `None` sorts first and clicks by (ts, id): the last one is the latest click
-                let (click, _) = clicks.last().expect("a conversion is its own candidate");
-                out.push((
-                    Attribution {
-                        conversion: conversion.clone(),
-                        click: **click,
-                    },
-                    1,
-                ));
-            })
-            .map(|(_, a)| a)
+        attribution::attribute(
+            state,
+            clicks,
+            conversions,
+            self.config.attribution_window_ms,
+            move |ts, now| this.click_kept(ts) > now,
+        )
     }
 
     /// Spend per campaign-day in the campaign's zone, threshold crossings and syncs.
     fn budgets<'s>(
         &self,
-        events: VecCollection<'s, Tick, Timed<AdEvent>>,
+        tallies: VecCollection<'s, Tick, Tally>,
+        paid: Stream<'s, Tick, Vec<(Paid, Tick, isize)>>,
         table: VecCollection<'s, Tick, DimRow>,
         state: &State,
     ) -> VecCollection<'s, Tick, FeatureRow> {
@@ -1211,30 +1357,21 @@ impl Ads {
         let budgets = table
             .flat_map(move |row| budget_of(&row, &default))
             .map(|(c, b)| (CampaignKey::of(&c), b));
+        // clicks and spend per campaign and minute class: what a day needs of them
         let this = self.clone();
-        let clicks = intervals(state, events.clone(), move |e: &Timed<AdEvent>| {
-            match &e.event {
-                AdEvent::Click { slot, price, .. } => Some((
-                    (CampaignKey::of(&slot.campaign), (e.ts, e.id, *price)),
-                    1,
-                    0,
-                    Some(this.spend_kept(e.ts)),
-                )),
-                _ => None,
-            }
+        let spend = intervals(state, tallies.clone(), move |t: &Tally| {
+            let at = class_of(t.at, MINUTE);
+            let campaign = CampaignKey::of(&t.slot.campaign);
+            (t.measure != Measure::Impressions)
+                .then(|| ((campaign, (t.measure, at)), 1, 0, Some(this.spend_kept(at))))
         });
-        // the clicked campaigns' names (kept as long as their clicks, summed per minute in
-        // the pending expiries) with their budgets, and their zones (the budget's, or the
-        // default): small collections, so each click is arranged once
+        // the clicked campaigns' names (kept as long as their clicks) with their budgets,
+        // and their zones (the budget's, or the default)
         let this = self.clone();
-        let names = intervals(state, events, move |e: &Timed<AdEvent>| match &e.event {
-            AdEvent::Click { slot, .. } => Some((
-                (CampaignKey::of(&slot.campaign), slot.campaign.clone()),
-                1,
-                0,
-                Some(this.spend_kept(e.ts)),
-            )),
-            _ => None,
+        let names = intervals(state, tallies, move |t: &Tally| {
+            let at = class_of(t.at, MINUTE);
+            let name = (CampaignKey::of(&t.slot.campaign), t.slot.campaign.clone());
+            (t.measure == Measure::Clicks).then(|| (name, 1, 0, Some(this.spend_kept(at))))
         })
         .distinct();
         let budgeted = budgets.clone().map(|(k, _)| k).distinct();
@@ -1246,48 +1383,30 @@ impl Ads {
         let zone_of = campaigns
             .clone()
             .map(move |(k, (_, b))| (k, b.map_or_else(|| default_zone.clone(), |b| b.timezone)));
-        let zoned = clicks.join_map(zone_of, |k, click, zone| (*k, *click, zone.clone()));
+        let zoned = spend.join_map(zone_of, |k, (measure, at), zone| {
+            (*k, *measure, *at, zone.clone())
+        });
         let this = self.clone();
         let sync = self.config.budget_sync_interval_ms;
         let retention = self.budget_day_retention();
-        let day_of = move |campaign: &CampaignKey, ts: u64, zone: &str| {
+        let days = derived_intervals(zoned, move |(campaign, measure, ts, zone)| {
             let zone = zone.parse().unwrap_or_else(|_| this.default_zone());
-            let (date, end) = local_day(ts, zone);
+            let (date, end) = local_day(*ts, zone);
             let day = CampaignDay {
                 campaign: *campaign,
                 date,
             };
-            (day, Some(end + retention))
-        };
-        let of_day = day_of.clone();
-        let days = derived_intervals(zoned.clone(), move |(campaign, (ts, _, price), zone)| {
-            let (day, until) = of_day(campaign, *ts, zone);
+            let until = Some(end + retention);
             let synced = ceil_to(ts + 1, sync);
             let minute = ts / MINUTE;
+            let (sum, at_sync) = match measure {
+                Measure::Spend => (BudgetPiece::SpentIn(minute), BudgetPiece::Synced),
+                _ => (BudgetPiece::ClicksIn(minute), BudgetPiece::SyncedAt(synced)),
+            };
             [
-                (
-                    (day, BudgetPiece::SpentIn(minute)),
-                    *price as isize,
-                    0,
-                    until,
-                ),
-                ((day, BudgetPiece::ClicksIn(minute)), 1, 0, until),
-                ((day, BudgetPiece::Synced), *price as isize, synced, until),
-                ((day, BudgetPiece::SyncedAt(synced)), 1, synced, until),
+                ((day, sum), 1, 0, until),
+                ((day, at_sync), 1, synced, until),
             ]
-        });
-        let minute_clicks = derived_intervals(zoned, move |(campaign, (ts, id, price), zone)| {
-            let (day, until) = day_of(campaign, *ts, zone);
-            let at = DayMinute {
-                day,
-                minute: ts / MINUTE,
-            };
-            let click = MinutePiece::Click {
-                ts: *ts,
-                id: *id,
-                price: *price,
-            };
-            Some(((at, click), 1, 0, until))
         });
         let day_budgets = days
             .clone()
@@ -1315,31 +1434,30 @@ impl Ads {
                 }
             })
             .map(|(_, o)| o);
-        let crossings = day_outputs.clone().flat_map(|o| match o {
-            DayOutput::Crossed(at, c) => Some((at, MinutePiece::Crossed(c))),
+        let crossed = day_outputs.clone().flat_map(|o| match o {
+            DayOutput::Crossed(at, c) => Some((at, c)),
             DayOutput::Row(_) => None,
         });
-        let this = self.clone();
-        let alerts = crossings
-            .concat(minute_clicks)
-            .reduce_named("BudgetAlerts", move |at, pieces, out| {
-                for row in this.alert_rows(at, pieces) {
-                    out.push((row, 1));
-                }
-            })
-            .map(|(_, row)| row)
-            // a crossing that moves to another minute moves to another worker: the row's
-            // retraction and its new value must reach the sink of one worker
-            .inner
-            .exchange(|(row, _, _): &(FeatureRow, Tick, isize)| {
-                let mut h = xxhash_rust::xxh3::Xxh3::new();
-                for part in &row.key {
-                    h.update(part.as_bytes());
-                    h.update(&[0]);
-                }
-                h.digest()
-            })
-            .as_collection();
+        let (this, that) = (self.clone(), self.clone());
+        let alerts = crossings::alerts(
+            state,
+            paid,
+            crossed,
+            move |ts, now| this.spend_kept(ts) > now,
+            move |at, c, ts, spent| that.alert_row(at, c, ts, spent),
+        )
+        // a crossing that moves to another minute may move to another worker: the row's
+        // retraction and its new value must reach the sink of one worker
+        .inner
+        .exchange(|(row, _, _): &(FeatureRow, Tick, isize)| {
+            let mut h = xxhash_rust::xxh3::Xxh3::new();
+            for part in &row.key {
+                h.update(part.as_bytes());
+                h.update(&[0]);
+            }
+            h.digest()
+        })
+        .as_collection();
         day_outputs
             .flat_map(|o| match o {
                 DayOutput::Row(row) => Some(row),
@@ -1351,18 +1469,18 @@ impl Ads {
     /// Quality scores in force from their `effective_from`.
     fn products<'s>(
         &self,
-        events: VecCollection<'s, Tick, Timed<AdEvent>>,
+        updates: VecCollection<'s, Tick, Timed<QualityUpdate>>,
         state: &State,
     ) -> VecCollection<'s, Tick, FeatureRow> {
         let retention = self.config.quality_retention_ms;
-        let updates = intervals(state, events, move |e: &Timed<AdEvent>| match &e.event {
-            AdEvent::Quality(q) => Some((
+        let updates = intervals(state, updates, move |e: &Timed<QualityUpdate>| {
+            let q = &e.event;
+            Some((
                 (q.product.clone(), (q.effective_from, e.ts, e.id, q.clone())),
                 1,
                 q.effective_from,
                 Some(ceil_to(q.effective_from.max(e.ts) + retention, MINUTE)),
-            )),
-            _ => None,
+            ))
         });
         let this = self.clone();
         updates
@@ -1394,6 +1512,52 @@ mod tests {
         let (date, end) = local_day(start, ny);
         assert_eq!(date, 20261101);
         assert_eq!(end - start, 25 * HOUR);
+    }
+
+    #[test]
+    fn window_lengths_must_be_whole_seconds() {
+        let bad = serde_json::json!({"metrics_window_ms": 1_500});
+        let err = crate::family::family("ads", Some(bad)).err().unwrap();
+        assert!(err.contains("metrics_window_ms = 1500") && err.contains("multiple of 1000"));
+        let bad = serde_json::json!({"budget_sync_interval_ms": 90_000});
+        let err = crate::family::family("ads", Some(bad)).err().unwrap();
+        assert!(err.contains("budget_sync_interval_ms"), "{err}");
+        let good =
+            serde_json::json!({"metrics_window_ms": 60_000, "budget_sync_interval_ms": 120_000});
+        assert!(crate::family::family("ads", Some(good)).is_ok());
+    }
+
+    #[test]
+    fn a_class_stands_for_every_instant_in_it() {
+        assert_eq!(class_of(5_000, SECOND), 5_000);
+        assert_eq!(class_of(5_001, SECOND), 5_001);
+        assert_eq!(class_of(5_999, SECOND), 5_001);
+        // what the contributions use agrees over the class
+        let ads = Ads::new(AdsConfig::default());
+        for ts in [
+            1_767_225_600_000u64,
+            1_767_225_659_999,
+            1_767_225_600_001,
+            1_767_225_899_999,
+        ] {
+            let rep = class_of(ts, SECOND);
+            for length in ads.windows() {
+                assert_eq!(ts - ts % length, rep - rep % length);
+            }
+            assert_eq!(
+                Rolling::H1.window().expiry(ts),
+                Rolling::H1.window().expiry(rep)
+            );
+            assert_eq!(
+                Rolling::H24.window().expiry(ts),
+                Rolling::H24.window().expiry(rep)
+            );
+            let m = class_of(rep, MINUTE);
+            assert_eq!(ts / MINUTE, m / MINUTE);
+            assert_eq!(ads.spend_kept(ts), ads.spend_kept(m));
+            let sync = ads.config.budget_sync_interval_ms;
+            assert_eq!(ceil_to(ts + 1, sync), ceil_to(m + 1, sync));
+        }
     }
 
     #[test]

@@ -111,6 +111,10 @@ pub trait Dataflow: Send + Sync + 'static {
 
     fn new(config: Self::Config) -> Self;
     fn config(&self) -> &Self::Config;
+    /// What the config's types alone cannot check; the error names the key and the fix.
+    fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
     /// Kafka topics it reads.
     fn topics(&self) -> Vec<String>;
     /// Its feature views; `FeatureRow::table` indexes this list.
@@ -266,7 +270,11 @@ fn construct<D: Dataflow + Clone>(
             serde_json::from_value(v).map_err(|e| format!("[dataflows.{}]: {e}", D::NAME))?
         }
     };
-    Ok(Box::new(D::new(config)))
+    let family = D::new(config);
+    family
+        .check()
+        .map_err(|e| format!("[dataflows.{}]: {e}", D::NAME))?;
+    Ok(Box::new(family))
 }
 
 /// Every family the engine knows: adding one is one line here.

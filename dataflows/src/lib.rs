@@ -14,6 +14,7 @@ pub mod reading;
 pub mod record;
 pub mod search;
 pub mod state;
+pub mod ticks;
 pub mod time;
 pub mod windowed;
 

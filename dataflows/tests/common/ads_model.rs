@@ -410,10 +410,12 @@ pub fn recount(events: &[(AdRead, Tick)], budgets: &[BudgetRow], at: Tick) -> St
                 (95, "95_PERCENT", "BUDGET_ALERT", "NOTIFY"),
                 (100, "EXHAUSTED", "CAMPAIGN_PAUSE", "PAUSE_CAMPAIGN"),
             ] {
+                // clicks of one millisecond count together
                 let mut cumulative = 0;
-                for (ts, _, price) in &clicks {
+                for (i, (ts, _, price)) in clicks.iter().enumerate() {
                     cumulative += price;
-                    if cumulative * 100 >= daily * pct {
+                    let instant_ends = clicks.get(i + 1).is_none_or(|next| next.0 != *ts);
+                    if instant_ends && cumulative * 100 >= daily * pct {
                         let (k, v) = record(alert, event_type, *ts, cumulative, alert, action);
                         out.insert(k, v);
                         break;
