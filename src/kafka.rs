@@ -683,7 +683,9 @@ impl Sender {
         let deliveries: Arc<Deliveries> = Arc::default();
         let producer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
-            .set("linger.ms", "5")
+            // a writer sends a tick's records and then waits for their acks: lingering
+            // would only add to that wait (a tick's records still share requests)
+            .set("linger.ms", "0")
             .set("compression.type", "lz4")
             .set("enable.idempotence", "true")
             .set("queue.buffering.max.messages", "1000000")

@@ -90,6 +90,8 @@ pub fn fresh_pg(name: &str) -> String {
 
 /// A topic with a unique name and `partitions` partitions.
 pub fn fresh_topic(prefix: &str, partitions: i32) -> String {
+    static SWEEP: std::sync::Once = std::sync::Once::new();
+    SWEEP.call_once(delete_old_test_topics);
     let name = format!(
         "{prefix}-{}-{}",
         std::process::id(),
@@ -117,6 +119,53 @@ pub fn fresh_topic(prefix: &str, partitions: i32) -> String {
         r.expect("topic created");
     }
     name
+}
+
+/// When a test run made `topic` (`…-{pid}-{unix nanos}…`, as `fresh_topic` names them and
+/// the topics derived from those), if it did.
+fn made_at_nanos(topic: &str) -> Option<u128> {
+    let parts: Vec<&str> = topic.split('-').collect();
+    let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    parts
+        .windows(2)
+        .find(|w| digits(w[0]) && digits(w[1]) && w[1].len() == 19)
+        .and_then(|w| w[1].parse().ok())
+}
+
+/// Deletes the topics earlier test runs left on the local broker (made over an hour ago):
+/// a broker holding hundreds of them answers metadata requests slowly enough to make the
+/// drain-time tests flaky.
+fn delete_old_test_topics() {
+    use rdkafka::client::Client;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", kafka())
+        .create()
+        .unwrap();
+    let client: &Client<DefaultClientContext> = admin.inner();
+    let Ok(metadata) = client.fetch_metadata(None, Duration::from_secs(10)) else {
+        return;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let old: Vec<String> = metadata
+        .topics()
+        .iter()
+        .map(|t| t.name().to_string())
+        .filter(|t| made_at_nanos(t).is_some_and(|at| at + 3_600_000_000_000 < now))
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for chunk in old.chunks(100) {
+        let names: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        let _ = rt.block_on(admin.delete_topics(
+            &names,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        ));
+    }
 }
 
 /// Where the tests' engines keep checkpoints (each job and group has its own directory).
