@@ -13,10 +13,11 @@ use tidemark_dataflows::reading::{
 use tidemark_dataflows::{Dataflow, Family, GenerateSpec, Tick};
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 
-use crate::bench::{freshness, live_config, report_freshness, report_throughput, BenchArgs};
+use crate::bench::{
+    freshness, held_bytes, live_config, report_freshness, report_throughput, BenchArgs,
+};
 use crate::engine::timely_config;
 use crate::kafka::now_ms;
-use crate::telemetry::resident_bytes;
 
 pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     // first, while nothing else has grown the heap: freed memory the allocator keeps
@@ -60,9 +61,10 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
 }
 
 /// Resident memory per open session: `n` sessions of an enter and three scrolls each,
-/// none finished, on one worker; RSS after minus RSS before, over `n`.
+/// none finished, on one worker; RSS after minus RSS before (both after `mi_collect`),
+/// over `n`.
 fn open_sessions(n: u64) -> anyhow::Result<()> {
-    let before = resident_bytes().unwrap_or(0);
+    let before = held_bytes();
     let started = Instant::now();
     let guards = timely::execute(timely_config(1, 1, 0, None)?, move |worker| {
         let probe = ProbeHandle::new();
@@ -116,7 +118,7 @@ fn open_sessions(n: u64) -> anyhow::Result<()> {
         input.advance_to(tick);
         input.flush();
         worker.step_while(|| probe.less_than(&tick));
-        let grown = resident_bytes().unwrap_or(0).saturating_sub(before);
+        let grown = held_bytes().saturating_sub(before);
         println!(
             "memory per open session: {:.0} B ({n} open sessions of 4 events, RSS +{} MB, built in {:.1} s)",
             grown as f64 / n as f64,

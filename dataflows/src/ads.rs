@@ -20,7 +20,7 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::core::{Map, Partition};
 use timely::dataflow::operators::generic::operator::Operator;
-use timely::dataflow::operators::{Capability, Exchange};
+use timely::dataflow::operators::Exchange;
 use timely::dataflow::Stream;
 
 use attribution::OpenClick;
@@ -32,6 +32,7 @@ use crate::features::{float, int, text, FeatureRow, FieldSpec, SinkKind, TableSp
 use crate::ingest::{EventId, Rejection, Timed};
 use crate::record::{DecodeError, RecordRef};
 use crate::state::State;
+use crate::ticks::PerTick;
 use crate::time::{ceil_to, Tick, Window, DAY, HOUR, MINUTE, SECOND};
 use crate::windowed::{derived_intervals, intervals, Interval};
 
@@ -1266,21 +1267,14 @@ impl Ads {
         let split = events
             .inner
             .unary::<CapacityContainerBuilder<Out>, _, _, _>(Pipeline, "SplitAdEvents", |_, _| {
-                let mut ticks: Vec<(Capability<Tick>, Sums)> = Vec::new();
+                let mut ticks: PerTick<Sums> = PerTick::default();
                 move |input, output| {
                     input.for_each(|cap, data| {
                         for (e, t, r) in data.drain(..) {
-                            let i = match ticks.iter().position(|(c, _)| *c.time() == t) {
-                                Some(i) => i,
-                                None => {
-                                    ticks.push((cap.delayed(&t, 0), Sums::default()));
-                                    ticks.len() - 1
-                                }
-                            };
-                            ticks[i].1.add(e, r);
+                            ticks.at(&cap, t).add(e, r);
                         }
                     });
-                    for (cap, sums) in ticks.drain(..) {
+                    for (cap, sums) in ticks.drain() {
                         let t = *cap.time();
                         output
                             .session(&cap)

@@ -57,3 +57,31 @@ impl<A, B> ByTick<A, B> {
         (passed(left) && passed(right)).then(|| (t, entry.remove()))
     }
 }
+
+/// What one activation reads, summed per tick, with the capability to emit each sum.
+pub struct PerTick<S> {
+    ticks: Vec<(Capability<Tick>, S)>,
+}
+
+impl<S> Default for PerTick<S> {
+    fn default() -> Self {
+        PerTick { ticks: Vec::new() }
+    }
+}
+
+impl<S: Default> PerTick<S> {
+    /// The sum of tick `t`, read under `cap`.
+    pub fn at(&mut self, cap: &InputCapability<Tick>, t: Tick) -> &mut S {
+        let i = match self.ticks.iter().position(|(c, _)| *c.time() == t) {
+            Some(i) => i,
+            None => {
+                self.ticks.push((cap.delayed(&t, 0), S::default()));
+                self.ticks.len() - 1
+            }
+        };
+        &mut self.ticks[i].1
+    }
+    pub fn drain(&mut self) -> impl Iterator<Item = (Capability<Tick>, S)> + '_ {
+        self.ticks.drain(..)
+    }
+}

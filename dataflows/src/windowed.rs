@@ -9,12 +9,12 @@ use std::rc::Rc;
 
 use differential_dataflow::{AsCollection, ExchangeData, VecCollection};
 use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::core::Map;
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
 use crate::state::{Split, State};
+use crate::ticks::PerTick;
 use crate::time::Tick;
 
 /// Maps each event to weighted contributions. A contribution `(record, weight, expiry)` is
@@ -113,6 +113,10 @@ where
 /// Each update's contributions at the start of their interval (its tick at the earliest),
 /// and their retractions at its end. An update retracted later retracts the same way, so
 /// a contribution follows its source even when the source goes first.
+///
+/// Contributions are summed per (record, time) over what one activation reads: a tick's
+/// events that touch the same record (a popular document, a campaign's window) become one
+/// update before anything sorts or arranges them.
 fn with_intervals<'s, E, D, I, F>(
     events: VecCollection<'s, Tick, E>,
     logic: F,
@@ -123,17 +127,32 @@ where
     I: IntoIterator<Item = (D, isize, Tick, Option<Tick>)>,
     F: Fn(&E) -> I + 'static,
 {
-    events.inner.flat_map(move |(e, t, r): (E, Tick, isize)| {
-        logic(&e).into_iter().flat_map(move |(d, w, from, until)| {
-            let start = from.max(t);
-            // a contribution that never ends waits for `NEVER`, which is never due
-            let end = until.unwrap_or(NEVER);
-            let live = end > start;
-            let retraction = live.then(|| (d.clone(), end, -r * w));
-            live.then_some((d, start, r * w))
-                .into_iter()
-                .chain(retraction)
-        })
+    type Sums<D> = FxHashMap<(D, Tick), isize>;
+    events.inner.unary(Pipeline, "Contributions", move |_, _| {
+        let mut ticks: PerTick<Sums<D>> = PerTick::default();
+        move |input, output| {
+            input.for_each(|cap, data| {
+                for (e, t, r) in data.drain(..) {
+                    let sums = ticks.at(&cap, t);
+                    for (d, w, from, until) in logic(&e) {
+                        let start = from.max(t);
+                        // a contribution that never ends waits for `NEVER`, which is never due
+                        let end = until.unwrap_or(NEVER);
+                        if end > start {
+                            *sums.entry((d.clone(), end)).or_default() -= r * w;
+                            *sums.entry((d, start)).or_default() += r * w;
+                        }
+                    }
+                }
+            });
+            for (cap, sums) in ticks.drain() {
+                output.session(&cap).give_iterator(
+                    sums.into_iter()
+                        .filter(|(_, r)| *r != 0)
+                        .map(|((d, t), r)| (d, t, r)),
+                );
+            }
+        }
     })
 }
 
