@@ -365,7 +365,11 @@ impl Checkpointer {
         let idle = self.waiting.is_none() && self.saving.is_none();
         let want = self.draining || Instant::now() >= self.due;
         if want && idle && !self.requested && self.drained_at.is_none() {
-            self.state.request();
+            if self.draining {
+                self.state.request_last();
+            } else {
+                self.state.request();
+            }
             self.requested = true;
             self.asked = Instant::now();
         }
@@ -428,7 +432,10 @@ impl Checkpointer {
         });
         self.requested = false;
         self.due = Instant::now() + self.interval;
-        if self.draining {
+        // whether this is the last is agreed with the tick: a worker that decided on its
+        // own would stay paused while a peer resumed and asked for another pause
+        if self.state.paused_last() {
+            self.draining = true;
             self.drained_at = Some(at);
         } else {
             self.state.resume();
@@ -439,6 +446,24 @@ impl Checkpointer {
             ms = started.elapsed().as_millis() as u64,
             "snapshot taken"
         );
+    }
+
+    /// Where the checkpoint being taken stands: what the error says when the last one is
+    /// not saved in time.
+    pub fn stage(&self) -> String {
+        let ledger = self.ledger.lock().expect("ledger");
+        format!(
+            "requested {}, source paused at {:?}, snapshot of {:?}, waiting for the sinks: {:?}, \
+             being saved: {:?}, saved {} (to commit {:?}, committed {})",
+            self.requested,
+            self.state.paused_at(),
+            self.drained_at,
+            self.waiting.as_ref().map(|w| w.tick),
+            self.saving.as_ref().map(|s| s.0),
+            self.saved,
+            ledger.to_commit.as_ref().map(|(n, _)| *n),
+            ledger.committed
+        )
     }
 
     /// Stopping, a checkpoint taken after the stop began is saved and committed.

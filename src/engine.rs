@@ -480,10 +480,14 @@ fn run_worker(
         if drain_deadline.is_some_and(|d| Instant::now() > d) {
             // timely steps a worker until its dataflows are gone: drop it, or never return
             worker.drop_dataflow(dataflow);
+            let frontier = |p: &ProbeHandle<Tick>| p.with_frontier(|f| f.iter().next().copied());
             anyhow::bail!(
                 "worker {index}: the last checkpoint was not saved within {} s (a sink or the DLQ is down?); \
-                 a restart resumes from the previous checkpoint",
-                DRAIN_TIMEOUT.as_secs()
+                 a restart resumes from the previous checkpoint ({}; processed to {:?}, durable to {:?})",
+                DRAIN_TIMEOUT.as_secs(),
+                c.stage(),
+                frontier(&processed),
+                frontier(&durable)
             );
         }
     }

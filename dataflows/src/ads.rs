@@ -511,6 +511,12 @@ fn budget_event(name: &CampaignId, date: &str, kind: &str, values: Vec<Value>) -
     }
 }
 
+/// Whether `spent` is at least `percent` % of `daily` (in `i128`: budgets and prices come
+/// from outside and may be huge).
+pub fn reaches(spent: i64, daily: i64, percent: i64) -> bool {
+    spent as i128 * 100 >= daily as i128 * percent as i128
+}
+
 /// `hits / trials`, 0 without trials.
 pub fn rate(hits: i64, trials: i64) -> f64 {
     if trials > 0 {
@@ -554,21 +560,21 @@ impl Ads {
     }
     /// A conversion is kept while a window or rolling sum it counts in may still change.
     fn conversion_kept(&self, ts: u64) -> Tick {
-        let longest = self
-            .config
-            .defense_window_ms
-            .max(self.config.metrics_window_ms);
-        self.window_retires(ts - ts % longest, longest)
-            .max(Rolling::H24.window().expiry(ts))
+        // each window's, not only the longest's: a 7-minute window can end after the hour
+        self.windows()
+            .into_iter()
+            .map(|length| self.window_retires(ts - ts % length, length))
+            .fold(Rolling::H24.window().expiry(ts), Tick::max)
     }
     /// A click is kept for attribution while a conversion it may win is kept.
     fn click_kept(&self, ts: u64) -> Tick {
         self.conversion_kept(ts + self.config.attribution_window_ms)
     }
-    /// A click is kept for its budget day while the day's state is: the day ends at most 25 h
-    /// after it (a DST day), and the day's rows live one more day.
+    /// A click is kept for its budget day while the day's state is: the day ends at most 26 h
+    /// after it (a DST day; Antarctica/Troll moves its clocks by two hours), and the day's
+    /// rows live one more day.
     fn spend_kept(&self, ts: u64) -> Tick {
-        ceil_to(ts + 25 * HOUR + self.budget_day_retention(), MINUTE)
+        ceil_to(ts + 26 * HOUR + self.budget_day_retention(), MINUTE)
     }
     fn budget_day_retention(&self) -> u64 {
         self.config.late_horizon_ms.max(DAY)
@@ -807,12 +813,12 @@ impl Ads {
                 }
                 BudgetPiece::SpentIn(minute) => {
                     let before = spent;
-                    spent += n;
+                    spent = spent.saturating_add(n);
                     let Some(b) = budget.filter(|b| b.daily > 0) else {
                         continue;
                     };
                     while crossed.len() < THRESHOLDS.len()
-                        && spent * 100 >= b.daily * THRESHOLDS[crossed.len()].0
+                        && reaches(spent, b.daily, THRESHOLDS[crossed.len()].0)
                     {
                         let at = DayMinute {
                             day: *day,
@@ -1000,6 +1006,7 @@ impl Dataflow for Ads {
                 MINUTE,
                 "minute",
             ),
+            ("late_horizon_ms", c.late_horizon_ms, MINUTE, "minute"),
         ] {
             if value == 0 || !value.is_multiple_of(unit) {
                 return Err(format!(
@@ -1519,6 +1526,21 @@ mod tests {
         let good =
             serde_json::json!({"metrics_window_ms": 60_000, "budget_sync_interval_ms": 120_000});
         assert!(crate::family::family("ads", Some(good)).is_ok());
+    }
+
+    #[test]
+    fn a_conversion_stays_while_any_of_its_windows_can_change() {
+        // a 7-minute window that starts before an hour boundary ends after it
+        let ads = Ads::new(AdsConfig {
+            metrics_window_ms: 7 * MINUTE,
+            ..AdsConfig::default()
+        });
+        let hour = 1_767_225_600_000 + 5 * HOUR;
+        let ts = hour - 30 * SECOND;
+        let start = ts - ts % (7 * MINUTE);
+        assert!(start + 7 * MINUTE > hour);
+        assert!(ads.conversion_kept(ts) >= ads.window_retires(start, 7 * MINUTE));
+        assert!(reaches(i64::MAX, i64::MAX, 100) && !reaches(i64::MAX - 1, i64::MAX, 100));
     }
 
     #[test]

@@ -108,8 +108,9 @@ enum Ingest<E> {
 enum News {
     /// It finished at this stream time.
     End(Tick),
-    /// It paused for checkpoint `epoch` having inserted nothing after `at`.
-    Pause { epoch: u64, at: Tick },
+    /// It paused for checkpoint `epoch` having inserted nothing after `at`; `last` if its
+    /// runtime is stopping (then the checkpoint is every worker's last).
+    Pause { epoch: u64, at: Tick, last: bool },
     /// The position of worker `from`'s slowest partition, and whether it has records to
     /// come: a partition of another worker may not run ahead of it by more than the skew.
     Clock {
@@ -132,8 +133,8 @@ impl<E> Ingest<E> {
 /// What a worker heard from the sources of all workers (itself included).
 #[derive(Default)]
 struct Heard {
-    /// Per checkpoint epoch, the ticks proposed.
-    proposals: BTreeMap<u64, Vec<Tick>>,
+    /// Per checkpoint epoch, the ticks proposed and whether each proposer is stopping.
+    proposals: BTreeMap<u64, Vec<(Tick, bool)>>,
     /// The stream times at which the sources finished (`exit_at_end`).
     ends: Vec<Tick>,
     /// Per worker, its slowest partition's position and whether it has records to come.
@@ -237,8 +238,11 @@ where
                         .proposals
                         .get(&k)
                         .filter(|p| p.len() == peers)
-                        .and_then(|p| p.iter().copied().max());
-                    if let Some(at) = agreed {
+                        .map(|p| {
+                            let at = p.iter().map(|(t, _)| *t).max().unwrap_or(0);
+                            (at, p.iter().any(|(_, last)| *last))
+                        });
+                    if let Some((at, last)) = agreed {
                         heard.borrow_mut().proposals.remove(&k);
                         if *held.time() <= at {
                             held.downgrade(&(at + 1));
@@ -246,7 +250,7 @@ where
                         stream_time = stream_time.max(at);
                         (epoch, pausing, paused) = (k, None, true);
                         records.paused(at);
-                        control.set_paused(at);
+                        control.set_paused(at, last);
                     }
                     activator.activate_after(Duration::from_millis(1));
                     return;
@@ -261,9 +265,14 @@ where
                     // everything inserted so far went in at or before the stream time
                     let k = epoch + 1;
                     let at = stream_time;
-                    output
-                        .session(&*held)
-                        .give_iterator(Ingest::to_all(peers, News::Pause { epoch: k, at }));
+                    output.session(&*held).give_iterator(Ingest::to_all(
+                        peers,
+                        News::Pause {
+                            epoch: k,
+                            at,
+                            last: control.wants_last(),
+                        },
+                    ));
                     pausing = Some(k);
                     activator.activate_after(Duration::from_millis(1));
                     return;
@@ -477,8 +486,8 @@ fn hear_peers<'s>(
                 for (_, news) in data.drain(..) {
                     match news {
                         News::End(at) => heard.ends.push(at),
-                        News::Pause { epoch, at } => {
-                            heard.proposals.entry(epoch).or_default().push(at)
+                        News::Pause { epoch, at, last } => {
+                            heard.proposals.entry(epoch).or_default().push((at, last))
                         }
                         News::Clock { from, at, pending } => {
                             heard.clocks.insert(from, (at, pending));

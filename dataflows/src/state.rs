@@ -69,8 +69,13 @@ struct Inner {
     error: RefCell<Option<String>>,
     /// Set by the runtime: pause for a checkpoint as soon as possible.
     wanted: Cell<bool>,
+    /// Set by the runtime when it stops: the next pause is the last one.
+    wanted_last: Cell<bool>,
     /// The agreed tick the source is paused at, until the runtime resumes it.
     paused_at: Cell<Option<Tick>>,
+    /// Whether the agreed pause is the last one: some worker is stopping, so every worker
+    /// takes this snapshot as its last and its source stays paused.
+    paused_last: Cell<bool>,
     resume: Cell<bool>,
 }
 
@@ -84,7 +89,9 @@ impl State {
                 stages: RefCell::default(),
                 error: RefCell::default(),
                 wanted: Cell::new(false),
+                wanted_last: Cell::new(false),
                 paused_at: Cell::new(None),
+                paused_last: Cell::new(false),
                 resume: Cell::new(false),
             }),
         }
@@ -176,9 +183,19 @@ impl State {
     pub fn request(&self) {
         self.inner.wanted.set(true);
     }
+    /// The runtime stops: it asks for a checkpoint after which the sources stay paused.
+    pub fn request_last(&self) {
+        self.inner.wanted_last.set(true);
+        self.inner.wanted.set(true);
+    }
     /// The tick the source is paused at, once the workers agreed on one.
     pub fn paused_at(&self) -> Option<Tick> {
         self.inner.paused_at.get()
+    }
+    /// Whether the agreed pause is the last: some worker asked for it with `request_last`
+    /// (all workers agree on this, as on the tick).
+    pub fn paused_last(&self) -> bool {
+        self.inner.paused_last.get()
     }
     /// The snapshot is taken: the source goes on.
     pub fn resume(&self) {
@@ -190,8 +207,12 @@ impl State {
     pub(crate) fn take_wanted(&self) -> bool {
         self.inner.wanted.replace(false)
     }
-    pub(crate) fn set_paused(&self, at: Tick) {
+    pub(crate) fn wants_last(&self) -> bool {
+        self.inner.wanted_last.get()
+    }
+    pub(crate) fn set_paused(&self, at: Tick, last: bool) {
         self.inner.paused_at.set(Some(at));
+        self.inner.paused_last.set(last);
     }
     pub(crate) fn take_resume(&self) -> bool {
         self.inner.resume.replace(false)

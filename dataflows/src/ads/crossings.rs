@@ -65,13 +65,19 @@ impl Spend {
         }
     }
 
-    /// The first instant of `minute` at which the spend, from `before`, reaches
-    /// `target / 100`, and the spend then.
-    fn crossing(&self, minute: &Minute, before: i64, target: i64) -> Option<(u64, i64)> {
+    /// The first instant of `minute` at which the spend, from `before`, reaches `percent` %
+    /// of `daily`, and the spend then.
+    fn crossing(
+        &self,
+        minute: &Minute,
+        before: i64,
+        daily: i64,
+        percent: i64,
+    ) -> Option<(u64, i64)> {
         let mut spent = before;
         self.minutes.get(minute)?.iter().find_map(|(ts, amount)| {
-            spent += amount;
-            (spent * 100 >= target).then_some((*ts, spent))
+            spent = spent.saturating_add(*amount);
+            super::reaches(spent, daily, percent).then_some((*ts, spent))
         })
     }
 }
@@ -161,11 +167,11 @@ pub fn alerts<'s>(
                             .crossings
                             .iter()
                             .filter_map(|((at, c), _)| {
-                                let target = c.daily * super::THRESHOLDS[c.threshold].0;
+                                let percent = super::THRESHOLDS[c.threshold].0;
                                 // the minute's spend and its sum change together: a
                                 // crossing has its instant
                                 let (ts, spent) =
-                                    spend.crossing(&minute, c.spent_before, target)?;
+                                    spend.crossing(&minute, c.spent_before, c.daily, percent)?;
                                 Some(alert(at, c, ts, spent))
                             })
                             .collect();
@@ -210,14 +216,11 @@ mod tests {
         let minute = (campaign, 1_000);
         // 80 before; +10 at 100 → 90; +50 at 500 → 140
         assert_eq!(
-            spend.crossing(&minute, 80, 100 * 100),
+            spend.crossing(&minute, 80, 100, 100),
             Some((base + 500, 140))
         );
-        assert_eq!(
-            spend.crossing(&minute, 80, 90 * 100),
-            Some((base + 100, 90))
-        );
-        assert_eq!(spend.crossing(&minute, 0, 100 * 100), None);
+        assert_eq!(spend.crossing(&minute, 80, 100, 90), Some((base + 100, 90)));
+        assert_eq!(spend.crossing(&minute, 0, 100, 100), None);
         spend.add(
             Paid {
                 campaign,
@@ -227,7 +230,7 @@ mod tests {
         );
         assert_eq!(spend.minutes[&minute].len(), 2);
         assert_eq!(
-            spend.crossing(&minute, 80, 90 * 100),
+            spend.crossing(&minute, 80, 100, 90),
             Some((base + 500, 130))
         );
     }
