@@ -143,7 +143,11 @@ pub fn alerts<'s>(
                     let mut dirty: Vec<Minute> = Vec::new();
                     for (p, amount) in paid {
                         spend.add(p, amount as i64);
-                        dirty.push((p.campaign, p.ts / MINUTE));
+                        // only a minute with a crossing has alerts to move
+                        let minute = (p.campaign, p.ts / MINUTE);
+                        if crossed.contains_key(&minute) {
+                            dirty.push(minute);
+                        }
                     }
                     for ((at, crossing), r) in changed {
                         let minute = (at.day.campaign, at.minute);
