@@ -304,7 +304,7 @@ fn end_to_end(a: &BenchArgs) -> anyhow::Result<()> {
             p.key.as_deref().map(str::as_bytes),
             &p.payload,
             None,
-        );
+        )?;
     }
     sender.flush()?;
     let shared = Arc::new(Shared::default());
@@ -376,7 +376,7 @@ pub fn freshness(
             p.key.as_deref().map(str::as_bytes),
             &p.payload,
             None,
-        );
+        )?;
     }
     sender.flush()?;
     std::thread::sleep(Duration::from_secs(2));

@@ -60,6 +60,9 @@ pub struct KafkaConfig {
     pub idle_timeout_ms: u64,
     /// Records per poll per worker.
     pub poll_batch: usize,
+    /// The largest record the producers send (librdkafka's `message.max.bytes`): a DLQ
+    /// envelope is cut to fit it and the DLQ topic's own limit.
+    pub message_max_bytes: usize,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -98,6 +101,12 @@ pub struct IngestConfig {
     /// too-late events and window closes — independent of how partitions interleave.
     pub max_partition_skew_ms: u64,
     pub max_message_bytes: usize,
+    /// An entity key (a `doc_id`, a `campaign_id`, …) longer than this is invalid: it would
+    /// exceed what a Postgres index row holds (2,704 bytes) well before.
+    pub max_key_bytes: usize,
+    /// An event naming more items than this in one list (`doc_ids`, …) is invalid: each
+    /// item becomes entities that live for the whole window.
+    pub max_items_per_event: usize,
     /// Once caught up, how long a source waits before reading again: a tick gathers what
     /// arrived meanwhile, trading this much latency for fewer, larger ticks.
     pub poll_interval_ms: u64,
@@ -182,6 +191,7 @@ impl Default for KafkaConfig {
             dlq_topic: "tidemark.dlq".into(),
             idle_timeout_ms: 10_000,
             poll_batch: 50_000,
+            message_max_bytes: 1_000_000,
         }
     }
 }
@@ -193,6 +203,8 @@ impl Default for IngestConfig {
             dedup_horizon_ms: 3_600_000,
             max_partition_skew_ms: 600_000,
             max_message_bytes: 1 << 20,
+            max_key_bytes: 512,
+            max_items_per_event: 1_000,
             poll_interval_ms: 5,
             max_pending_records: 2_000_000,
         }

@@ -15,7 +15,7 @@ use tidemark_dataflows::counters::Counters;
 use tidemark_dataflows::dimension::TableSource;
 use tidemark_dataflows::features::{ChangeBuffer, FeatureRow, TableSpec};
 use tidemark_dataflows::ingest::IngestOptions;
-use tidemark_dataflows::record::{InvalidRecord, Poll, RecordRef, RecordSource, Visit};
+use tidemark_dataflows::record::{Poll, RecordRef, RecordSource, Visit};
 use tidemark_dataflows::state::{Restore, State};
 use tidemark_dataflows::{family, Family, GenerateSpec, Produced, Tick};
 use timely::container::CapacityContainerBuilder;
@@ -26,6 +26,7 @@ use timely::dataflow::Stream;
 
 use crate::checkpoint::{self, Checkpointer};
 use crate::config::Config;
+use crate::dlq::Dlq;
 use crate::kafka::{self, Freshness, KafkaSource, Ledger};
 use crate::store::dimension::PgTable;
 use crate::store::memory::{MemoryStore, Shared as MemoryShared};
@@ -115,7 +116,7 @@ pub fn run(opts: RunOptions, shared: Arc<Shared>) -> anyhow::Result<Option<Tick>
         .unwrap_or_else(|| family.topics());
     let tables = Arc::new(family.tables());
     let dlq = match opts.source {
-        SourceKind::Kafka => Some(Arc::new(kafka::Sender::new(&opts.config.kafka.brokers)?)),
+        SourceKind::Kafka => Some(Arc::new(Dlq::open(&opts.config)?)),
         _ => None,
     };
     // fail fast, in the caller's thread, on a store that is not reachable
@@ -161,8 +162,8 @@ pub fn run(opts: RunOptions, shared: Arc<Shared>) -> anyhow::Result<Option<Tick>
         let r = r.map_err(|e| anyhow::anyhow!("worker failed: {e}"))?;
         final_tick = final_tick.max(r.map_err(|e| anyhow::anyhow!(e))?);
     }
-    if let Some(p) = &dlq {
-        p.flush()?;
+    if let Some(d) = &dlq {
+        d.sender.flush()?;
     }
     Ok(final_tick)
 }
@@ -277,7 +278,11 @@ fn open_stores(
     }
     // `demo` runs without services: its embedded store keeps the topic tables' rows too
     if opts.memory.is_none() && writer.tables.iter().any(|t| t.sink.topic().is_some()) {
-        let store = TopicStore::open(&opts.config.kafka.brokers, writer.clone())?;
+        let store = TopicStore::open(
+            &opts.config.kafka.brokers,
+            opts.config.kafka.message_max_bytes,
+            writer.clone(),
+        )?;
         stores.push((Box::new(store), stats("kafka")));
     }
     Ok(stores)
@@ -289,7 +294,7 @@ fn run_worker(
     shared: &Shared,
     topics: &[String],
     tables: &Arc<Vec<tidemark_dataflows::features::TableSpec>>,
-    dlq: Option<Arc<kafka::Sender>>,
+    dlq: Option<Arc<Dlq>>,
     resume: &Resume,
 ) -> anyhow::Result<Option<Tick>> {
     let family = opts.family()?;
@@ -306,7 +311,7 @@ fn run_worker(
                 state.clone(),
                 family.name(),
                 ledger.clone(),
-                dlq.clone(),
+                dlq.as_ref().map(|d| d.sender.clone()),
                 shared.status.clone(),
             )?);
             let start = kafka::SourceStart {
@@ -355,13 +360,15 @@ fn run_worker(
     }
     let writers: Vec<WriterHandle> = stores
         .into_iter()
-        .map(|(s, stats)| spawn_writer(s, stats))
+        .map(|(s, stats)| spawn_writer(s, stats, dlq.clone()))
         .collect();
     let ingest = IngestOptions {
         max_future_skew_ms: opts.config.ingest.max_future_skew_ms,
         dedup_horizon_ms: opts.config.ingest.dedup_horizon_ms,
         max_partition_skew_ms: Some(opts.config.ingest.max_partition_skew_ms).filter(|&s| s > 0),
         max_message_bytes: opts.config.ingest.max_message_bytes,
+        max_key_bytes: opts.config.ingest.max_key_bytes,
+        max_items_per_event: opts.config.ingest.max_items_per_event,
         batch_max: opts.config.kafka.poll_batch,
         exit_at_end: opts.exit_at_end,
         poll_interval: Duration::from_millis(opts.config.ingest.poll_interval_ms),
@@ -414,7 +421,7 @@ fn run_worker(
             .probe_with(&processed)
             .as_collection();
         durable_sink(features, writers, restored, quality).probe_with(&durable);
-        dead_letters(
+        crate::dlq::dead_letters(
             installed.invalid.probe_with(&processed),
             dlq,
             dlq_topic,
@@ -614,43 +621,6 @@ impl Quality {
             }
         }
     }
-}
-
-/// Sends invalid records to the DLQ topic (or logs them when there is no Kafka).
-fn dead_letters<'s>(
-    invalid: Stream<'s, Tick, Vec<InvalidRecord>>,
-    dlq: Option<Arc<kafka::Sender>>,
-    topic: String,
-    status: Arc<Status>,
-) {
-    // a flood of bad records must not flood the log: the first few per 10 s are logged
-    let mut logged = (Instant::now(), 0u32);
-    invalid.sink(Pipeline, "DeadLetters", move |(input, _)| {
-        input.for_each(|_, records| {
-            status
-                .dlq_records
-                .fetch_add(records.len() as u64, Ordering::Relaxed);
-            for r in records.drain(..) {
-                if logged.0.elapsed() > Duration::from_secs(10) {
-                    if logged.1 > 10 {
-                        tracing::warn!(
-                            unlogged = logged.1 - 10,
-                            "more invalid records went to the DLQ"
-                        );
-                    }
-                    logged = (Instant::now(), 0);
-                }
-                logged.1 += 1;
-                if logged.1 <= 10 {
-                    tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset, reason = r.error.kind.as_str(), error = %r.error.message, dlq = %topic, "invalid record");
-                }
-                if let Some(p) = &dlq {
-                    let (key, payload, headers) = kafka::dlq_record(&r);
-                    p.send(&topic, Some(key.as_bytes()), &payload, Some(headers));
-                }
-            }
-        });
-    });
 }
 
 /// The family's synthetic traffic as a source: worker `w` of `n` takes records `w, w+n, …`.

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
-use tidemark_dataflows::record::{InvalidRecord, Poll, RecordRef, RecordSource, Visit};
+use tidemark_dataflows::record::{Poll, RecordRef, RecordSource, Visit};
 use tidemark_dataflows::Tick;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 
@@ -632,6 +632,46 @@ fn offset_at(
     )
 }
 
+/// A record Kafka refused for good: retrying it can never succeed (too large, invalid).
+#[derive(Clone, Debug)]
+pub struct Refused {
+    pub topic: String,
+    pub key: Option<Vec<u8>>,
+    pub error: String,
+}
+
+/// Why a record could not be handed to the producer.
+#[derive(Debug)]
+pub enum SendError {
+    /// This record can never be sent (larger than `message.max.bytes`, invalid): the
+    /// caller records it and goes on.
+    Record(String),
+    /// The topic takes no record (unknown, invalid name, not authorized): counted as a
+    /// failed delivery, so whoever depends on it (the DLQ) does not commit past it.
+    Topic(String),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Record(e) => write!(f, "the record can never be sent: {e}"),
+            SendError::Topic(e) => write!(f, "the topic takes no records: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for SendError {}
+
+/// Whether a produce error is about this one record (it can never succeed, whatever is
+/// retried) rather than the topic, the broker or the queue.
+fn refuses_the_record(code: rdkafka::types::RDKafkaErrorCode) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        code,
+        C::MessageSizeTooLarge | C::MessageBatchTooLarge | C::InvalidRecord
+    )
+}
+
 /// What became of the records a [`Sender`] produced.
 #[derive(Debug, Default)]
 pub struct Deliveries {
@@ -641,20 +681,48 @@ pub struct Deliveries {
     /// A failed delivery is never retried here: whoever depends on it (the DLQ) must not
     /// commit past it.
     pub failed: AtomicU64,
+    /// Records the broker refused for good (see [`refuses_the_record`]): not a failure
+    /// of the topic; [`Sender::take_refused`] hands them to whoever records them.
+    pub refused: AtomicU64,
+    refused_records: Mutex<Vec<Refused>>,
+    /// Failures up to this count were dealt with ([`Sender::forget_failures`]).
+    forgotten: AtomicU64,
+    /// Epoch ms of the first failed delivery (none since the start).
+    pub failing_since: AtomicU64,
     /// Notified at each delivery report, so a flush wakes at once.
     reported: (Mutex<()>, std::sync::Condvar),
 }
 
 impl Deliveries {
-    fn report(&self, ok: bool) {
-        let count = if ok { &self.delivered } else { &self.failed };
-        count.fetch_add(1, AtomicOrdering::Relaxed);
+    fn report(&self, result: Result<(), Refused>, permanent: bool) {
+        match result {
+            Ok(()) => {
+                self.delivered.fetch_add(1, AtomicOrdering::Relaxed);
+            }
+            Err(r) if permanent => {
+                self.refused_records.lock().expect("deliveries").push(r);
+                self.refused.fetch_add(1, AtomicOrdering::Relaxed);
+            }
+            Err(_) => self.fail(),
+        }
         let _guard = self.reported.0.lock().expect("deliveries");
         self.reported.1.notify_all();
     }
 
+    fn fail(&self) {
+        self.failed.fetch_add(1, AtomicOrdering::Relaxed);
+        let _ = self.failing_since.compare_exchange(
+            0,
+            now_ms(),
+            AtomicOrdering::Relaxed,
+            AtomicOrdering::Relaxed,
+        );
+    }
+
     fn settled(&self) -> u64 {
-        self.delivered.load(AtomicOrdering::Relaxed) + self.failed.load(AtomicOrdering::Relaxed)
+        self.delivered.load(AtomicOrdering::Relaxed)
+            + self.failed.load(AtomicOrdering::Relaxed)
+            + self.refused.load(AtomicOrdering::Relaxed)
     }
 }
 
@@ -665,10 +733,19 @@ impl ClientContext for Tracking {}
 impl ProducerContext for Tracking {
     type DeliveryOpaque = ();
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, m)) = result {
-            tracing::error!(error = %e, topic = m.topic(), "a record could not be delivered to kafka");
+        match result {
+            Ok(_) => self.0.report(Ok(()), false),
+            Err((e, m)) => {
+                let permanent = e.rdkafka_error_code().is_some_and(refuses_the_record);
+                tracing::error!(error = %e, topic = m.topic(), key = %String::from_utf8_lossy(m.key().unwrap_or_default()), permanent, "a record could not be delivered to kafka");
+                let refused = Refused {
+                    topic: m.topic().to_string(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    error: e.to_string(),
+                };
+                self.0.report(Err(refused), permanent);
+            }
         }
-        self.0.report(result.is_ok());
     }
 }
 
@@ -676,10 +753,18 @@ impl ProducerContext for Tracking {
 pub struct Sender {
     producer: ThreadedProducer<Tracking>,
     pub deliveries: Arc<Deliveries>,
+    /// The producer's `message.max.bytes`: a larger record is refused at once.
+    pub max_message_bytes: usize,
 }
 
 impl Sender {
+    /// A producer with librdkafka's default message limit (1,000,000 bytes).
     pub fn new(brokers: &str) -> anyhow::Result<Self> {
+        Self::with_limit(brokers, 1_000_000)
+    }
+
+    /// A producer refusing records over `max_message_bytes` (`kafka.message_max_bytes`).
+    pub fn with_limit(brokers: &str, max_message_bytes: usize) -> anyhow::Result<Self> {
         let deliveries: Arc<Deliveries> = Arc::default();
         let producer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
@@ -689,11 +774,13 @@ impl Sender {
             .set("compression.type", "lz4")
             .set("enable.idempotence", "true")
             .set("queue.buffering.max.messages", "1000000")
+            .set("message.max.bytes", max_message_bytes.to_string())
             .create_with_context(Tracking(deliveries.clone()))
-            .context("creating the kafka producer")?;
+            .context("creating the kafka producer (kafka.message_max_bytes)")?;
         Ok(Sender {
             producer,
             deliveries,
+            max_message_bytes,
         })
     }
 
@@ -703,18 +790,20 @@ impl Sender {
         key: Option<&[u8]>,
         payload: &[u8],
         headers: Option<OwnedHeaders>,
-    ) {
+    ) -> Result<(), SendError> {
         self.send_optional(topic, key, Some(payload), headers)
     }
 
-    /// As `send`; without a payload the record is a tombstone.
+    /// As `send`; without a payload the record is a tombstone. Waits while the producer's
+    /// queue is full (it drains as deliveries complete); any other error is returned at
+    /// once, never retried.
     pub fn send_optional(
         &self,
         topic: &str,
         key: Option<&[u8]>,
         payload: Option<&[u8]>,
         headers: Option<OwnedHeaders>,
-    ) {
+    ) -> Result<(), SendError> {
         let mut record = BaseRecord::<[u8], [u8]>::to(topic);
         if let Some(p) = payload {
             record = record.payload(p);
@@ -730,25 +819,39 @@ impl Sender {
             match self.producer.send(record) {
                 Ok(()) => {
                     self.deliveries.sent.fetch_add(1, AtomicOrdering::Relaxed);
-                    return;
+                    return Ok(());
                 }
-                Err((e, r)) => {
-                    if !matches!(
-                        e,
-                        rdkafka::error::KafkaError::MessageProduction(
-                            rdkafka::types::RDKafkaErrorCode::QueueFull
-                        )
-                    ) {
-                        tracing::error!(error = %e, topic, "produce failed");
-                    }
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    r,
+                )) => {
                     record = r;
                     std::thread::sleep(Duration::from_millis(2));
+                }
+                Err((e, _)) => {
+                    let permanent = e.rdkafka_error_code().is_some_and(refuses_the_record);
+                    tracing::error!(error = %e, topic, permanent, "produce failed");
+                    if permanent {
+                        return Err(SendError::Record(e.to_string()));
+                    }
+                    // counted as a failed delivery: a flush reports it
+                    self.deliveries.sent.fetch_add(1, AtomicOrdering::Relaxed);
+                    self.deliveries.fail();
+                    return Err(SendError::Topic(e.to_string()));
                 }
             }
         }
     }
 
+    /// The records the broker refused for good since the last call.
+    pub fn take_refused(&self) -> Vec<Refused> {
+        std::mem::take(&mut *self.deliveries.refused_records.lock().expect("deliveries"))
+    }
+
     /// Waits until every record sent so far is delivered; an error if one failed, ever.
+    /// Records refused for good do not fail it (see [`Sender::take_refused`]).
     pub fn flush(&self) -> anyhow::Result<()> {
         self.flush_within(Duration::from_secs(60))
     }
@@ -776,53 +879,22 @@ impl Sender {
                 .0;
         }
         drop(guard);
-        match self.deliveries.failed.load(AtomicOrdering::Relaxed) {
+        let failed = self.deliveries.failed.load(AtomicOrdering::Relaxed);
+        match failed - self.deliveries.forgotten.load(AtomicOrdering::Relaxed) {
             0 => Ok(()),
             n => bail!("{n} records could not be delivered to kafka"),
         }
     }
-}
 
-/// The DLQ envelope (DESIGN §4) and Kafka Connect's error headers.
-pub fn dlq_record(r: &InvalidRecord) -> (String, Vec<u8>, OwnedHeaders) {
-    let key = format!("{}/{}/{}", r.topic, r.partition, r.offset);
-    let payload = match std::str::from_utf8(&r.payload) {
-        Ok(s) => serde_json::Value::String(s.to_string()),
-        Err(_) => serde_json::Value::String(String::from_utf8_lossy(&r.payload).into_owned()),
-    };
-    let envelope = serde_json::json!({
-        "source_topic": r.topic,
-        "source_partition": r.partition,
-        "source_offset": r.offset,
-        "source_timestamp_ms": r.append_ms,
-        "source_key": r.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()),
-        "error_type": r.error.kind.as_str(),
-        "error_message": r.error.message,
-        "payload": payload,
-        "failed_at_ms": now_ms(),
-    });
-    let partition = r.partition.to_string();
-    let offset = r.offset.to_string();
-    let headers = OwnedHeaders::new()
-        .insert(Header {
-            key: "__connect.errors.topic",
-            value: Some(r.topic.as_bytes()),
-        })
-        .insert(Header {
-            key: "__connect.errors.partition",
-            value: Some(partition.as_bytes()),
-        })
-        .insert(Header {
-            key: "__connect.errors.offset",
-            value: Some(offset.as_bytes()),
-        })
-        .insert(Header {
-            key: "__connect.errors.exception.class.name",
-            value: Some(r.error.kind.as_str().as_bytes()),
-        })
-        .insert(Header {
-            key: "__connect.errors.exception.message",
-            value: Some(r.error.message.as_bytes()),
-        });
-    (key, serde_json::to_vec(&envelope).expect("JSON"), headers)
+    /// The failed deliveries so far are dealt with (their writer sends them again), so
+    /// a later flush fails only for new ones.
+    pub fn forget_failures(&self) {
+        let failed = self.deliveries.failed.load(AtomicOrdering::Relaxed);
+        self.deliveries
+            .forgotten
+            .store(failed, AtomicOrdering::Relaxed);
+        self.deliveries
+            .failing_since
+            .store(0, AtomicOrdering::Relaxed);
+    }
 }

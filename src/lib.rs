@@ -9,6 +9,7 @@ pub mod bench_state;
 pub mod checkpoint;
 pub mod config;
 pub mod crash;
+pub mod dlq;
 pub mod engine;
 pub mod http;
 pub mod kafka;

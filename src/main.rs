@@ -346,7 +346,7 @@ fn generate(a: GenerateArgs) -> anyhow::Result<()> {
                 p.key.as_deref().map(str::as_bytes),
                 &p.payload,
                 None,
-            );
+            )?;
             n += 1;
         }
         sender.flush()?;

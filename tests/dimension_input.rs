@@ -140,7 +140,9 @@ fn a_changed_dimension_row_moves_the_features_that_depend_on_it() {
             r#"{{"event_id":"c{i}","ts":{},"user_id":"{user}"}}"#,
             now + i as u64
         );
-        sender.send(&topic, Some(user.as_bytes()), payload.as_bytes(), None);
+        sender
+            .send(&topic, Some(user.as_bytes()), payload.as_bytes(), None)
+            .unwrap();
     }
     sender.flush().unwrap();
 

@@ -124,7 +124,9 @@ fn a_topic_table_is_a_keyed_changelog_and_a_list_table_a_redis_list() {
             r#"{{"event_id":"v{i}","ts":{},"user_id":"{user}"}}"#,
             ts + i as u64 * 1_000
         );
-        sender.send(&input, Some(user.as_bytes()), payload.as_bytes(), None);
+        sender
+            .send(&input, Some(user.as_bytes()), payload.as_bytes(), None)
+            .unwrap();
     }
     sender.flush().unwrap();
 

@@ -1168,6 +1168,20 @@ impl Dataflow for Ads {
             decode::decode(record.payload)
         }
     }
+    fn keys(&self, event: &AdEvent, visit: &mut dyn FnMut(&'static str, &str)) {
+        match event {
+            AdEvent::Impression(slot)
+            | AdEvent::Click { slot, .. }
+            | AdEvent::Conversion { slot, .. } => {
+                visit("campaign_id", &slot.campaign.0);
+                visit("category", &slot.category);
+            }
+            AdEvent::Quality(q) => {
+                visit("product_id", &q.product.0);
+                visit("category", &q.category);
+            }
+        }
+    }
     fn build<'s>(
         &self,
         events: VecCollection<'s, Tick, Timed<AdEvent>>,

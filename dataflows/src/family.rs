@@ -18,7 +18,7 @@ use crate::counters::Counters;
 use crate::dimension::{dimension, DimRow, DimensionSpec, TableSource};
 use crate::features::{FeatureRow, TableSpec};
 use crate::ingest::{ingest, IngestOptions, Rejection, Timed};
-use crate::record::{DecodeError, InvalidRecord, RecordRef, RecordSource};
+use crate::record::{DecodeError, InvalidRecord, KeyLimits, RecordRef, RecordSource};
 use crate::state::State;
 use crate::time::{Tick, Window};
 
@@ -122,6 +122,10 @@ pub trait Dataflow: Send + Sync + 'static {
     /// The longest window: an event whose expiry in it has passed changes nothing.
     fn horizon(&self) -> Window;
     fn decode(&self, record: &RecordRef<'_>) -> Result<Timed<Self::Event>, DecodeError>;
+    /// The entity keys an event names, `(field, value)`, one per item of a list field:
+    /// ingest turns an event away whose keys exceed `max_key_bytes` or whose lists exceed
+    /// `max_items_per_event` (DLQ, oversized).
+    fn keys(&self, _event: &Self::Event, _visit: &mut dyn FnMut(&'static str, &str)) {}
     /// Tables read as live inputs; `build` gets one collection per spec, in this order.
     fn dimensions(&self) -> Vec<DimensionSpec> {
         Vec::new()
@@ -235,7 +239,15 @@ impl<D: Dataflow + Clone> Family for D {
         state: &State,
     ) -> Installed<'s> {
         let this = self.clone();
-        let decode = move |r: &RecordRef<'_>| this.decode(r);
+        let limits = KeyLimits {
+            max_key_bytes: opts.max_key_bytes,
+            max_items_per_event: opts.max_items_per_event,
+        };
+        let decode = move |r: &RecordRef<'_>| {
+            let event = this.decode(r)?;
+            limits.check(|visit| this.keys(&event.event, visit))?;
+            Ok(event)
+        };
         let ingested = ingest(
             scope,
             state,

@@ -16,7 +16,9 @@ use timely::dataflow::{Scope, Stream};
 
 use crate::align::Aligner;
 use crate::counters::Counters;
-use crate::record::{DecodeError, ErrorKind, InvalidRecord, Poll, RecordRef, RecordSource, Visit};
+use crate::record::{
+    holds_nul, DecodeError, ErrorKind, InvalidRecord, Poll, RecordRef, RecordSource, Visit,
+};
 use crate::state::{Split, State};
 use crate::time::{Tick, Window};
 
@@ -71,6 +73,10 @@ pub struct IngestOptions {
     pub exit_at_end: bool,
     /// Messages larger than this are invalid (oversized).
     pub max_message_bytes: usize,
+    /// Entity keys longer than this are invalid (oversized).
+    pub max_key_bytes: usize,
+    /// Events naming more items in one list are invalid (oversized).
+    pub max_items_per_event: usize,
     /// Stream time starts here (after a restart: past every tick the stores hold, and past
     /// the restored checkpoint's tick).
     pub start_at: Tick,
@@ -86,6 +92,8 @@ impl Default for IngestOptions {
             poll_interval: Duration::from_millis(1),
             exit_at_end: false,
             max_message_bytes: 1 << 20,
+            max_key_bytes: 512,
+            max_items_per_event: 1_000,
             start_at: 0,
         }
     }
@@ -326,6 +334,11 @@ where
                     Err(DecodeError::new(
                         ErrorKind::Oversized,
                         format!("{} bytes exceed max_message_bytes = {}", rec.payload.len(), opts.max_message_bytes),
+                    ))
+                } else if holds_nul(rec.payload) {
+                    Err(DecodeError::new(
+                        ErrorKind::Range,
+                        "the record holds a NUL character (\\u0000), which no store takes in text",
                     ))
                 } else {
                     decode(&rec).and_then(|ev| {

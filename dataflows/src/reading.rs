@@ -772,6 +772,17 @@ impl Dataflow for Reading {
     fn decode(&self, record: &RecordRef<'_>) -> Result<Timed<ReadingEvent>, DecodeError> {
         decode::decode(record.payload)
     }
+    fn keys(&self, event: &ReadingEvent, visit: &mut dyn FnMut(&'static str, &str)) {
+        let r = &event.reader;
+        visit("session_id", &event.session.0);
+        visit("user_id", &r.user.0);
+        visit("episode_id", &r.episode.0);
+        visit("country", &r.country);
+        if let Some(arm) = &r.arm {
+            visit("experiment_name", &arm.experiment);
+            visit("experiment_group", &arm.group);
+        }
+    }
     fn build<'s>(
         &self,
         events: VecCollection<'s, Tick, Timed<ReadingEvent>>,

@@ -138,6 +138,82 @@ impl InvalidRecord {
     }
 }
 
+/// Limits on what one event may name, checked after it is decoded: entity keys short
+/// enough for every store's index, and a bounded number of items per list (each becomes
+/// entities that live for a whole window).
+#[derive(Clone, Copy, Debug)]
+pub struct KeyLimits {
+    pub max_key_bytes: usize,
+    pub max_items_per_event: usize,
+}
+
+impl KeyLimits {
+    /// Checks the keys an event names, as `keys` hands them out: `(field, value)`, one per
+    /// item for a list field.
+    pub fn check(
+        &self,
+        keys: impl FnOnce(&mut dyn FnMut(&'static str, &str)),
+    ) -> Result<(), DecodeError> {
+        let mut error: Option<DecodeError> = None;
+        let mut counts: Vec<(&'static str, usize)> = Vec::new();
+        keys(&mut |field, value| {
+            if error.is_some() {
+                return;
+            }
+            if value.len() > self.max_key_bytes {
+                error = Some(DecodeError::new(
+                    ErrorKind::Oversized,
+                    format!(
+                        "field '{field}' is {} bytes long; keys are at most max_key_bytes = {}",
+                        value.len(),
+                        self.max_key_bytes
+                    ),
+                ));
+                return;
+            }
+            let n = match counts.iter_mut().find(|(f, _)| *f == field) {
+                Some((_, n)) => n,
+                None => {
+                    counts.push((field, 0));
+                    &mut counts.last_mut().expect("just pushed").1
+                }
+            };
+            *n += 1;
+            if *n > self.max_items_per_event {
+                error = Some(DecodeError::new(
+                    ErrorKind::Oversized,
+                    format!(
+                        "field '{field}' has more than max_items_per_event = {} items",
+                        self.max_items_per_event
+                    ),
+                ));
+            }
+        });
+        error.map_or(Ok(()), Err)
+    }
+}
+
+/// Whether a JSON payload holds a NUL character (the escape `\u0000` — JSON has no raw
+/// control characters in strings): no store takes it in text (Postgres refuses it), so
+/// such a record is invalid wherever the NUL is.
+pub fn holds_nul(payload: &[u8]) -> bool {
+    let mut i = 0;
+    while let Some(at) = payload[i..].windows(6).position(|w| w == b"\\u0000") {
+        let at = i + at;
+        // an escaped backslash before it makes it text: count the backslashes
+        let run = payload[..=at]
+            .iter()
+            .rev()
+            .take_while(|b| **b == b'\\')
+            .count();
+        if run % 2 == 1 {
+            return true;
+        }
+        i = at + 1;
+    }
+    false
+}
+
 /// What a field of a wire format must hold: how a decoder names the field a typed parse
 /// failed on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -197,4 +273,44 @@ pub fn diagnose(
     }
     // e.g. a number too large for its type
     DecodeError::new(ErrorKind::WrongType, err.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nul_escape_is_found_unless_its_backslash_is_escaped() {
+        assert!(holds_nul(br#"{"doc_id": "a\u0000b"}"#));
+        assert!(holds_nul(br#"{"doc_id": "\u0000"}"#));
+        assert!(holds_nul(br#"{"q": "\\\u0000"}"#));
+        assert!(!holds_nul(br#"{"q": "\\u0000"}"#));
+        assert!(!holds_nul(br#"{"q": "u0000 \u0001"}"#));
+    }
+
+    #[test]
+    fn keys_over_their_limits_are_named() {
+        let limits = KeyLimits {
+            max_key_bytes: 4,
+            max_items_per_event: 2,
+        };
+        assert!(limits.check(|v| v("doc_id", "abcd")).is_ok());
+        let e = limits.check(|v| v("doc_id", "abcde")).unwrap_err();
+        assert!(e.message.contains("doc_id") && e.message.contains("max_key_bytes"));
+        let e = limits
+            .check(|v| {
+                for d in ["a", "b", "c"] {
+                    v("doc_ids", d)
+                }
+            })
+            .unwrap_err();
+        assert!(e.message.contains("doc_ids") && e.message.contains("max_items_per_event"));
+        assert!(limits
+            .check(|v| {
+                v("a", "x");
+                v("a", "y");
+                v("b", "z")
+            })
+            .is_ok());
+    }
 }

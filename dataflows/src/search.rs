@@ -471,6 +471,25 @@ impl Dataflow for Search {
     fn decode(&self, record: &RecordRef<'_>) -> Result<Timed<SearchEvent>, DecodeError> {
         decode::decode(record.payload)
     }
+    fn keys(&self, event: &SearchEvent, visit: &mut dyn FnMut(&'static str, &str)) {
+        match event {
+            SearchEvent::Impression { docs, .. } => {
+                docs.iter().for_each(|d| visit("doc_ids", &d.0))
+            }
+            SearchEvent::Click { session, doc, .. } => {
+                visit("session_id", &session.0);
+                visit("doc_id", &doc.0);
+            }
+            SearchEvent::Dwell { doc, .. }
+            | SearchEvent::AddToCart { doc }
+            | SearchEvent::Purchase { doc } => visit("doc_id", &doc.0),
+            SearchEvent::AcImpression { prefix } => visit("prefix", &prefix.0),
+            SearchEvent::AcSelect { session, prefix } => {
+                visit("session_id", &session.0);
+                visit("prefix", &prefix.0);
+            }
+        }
+    }
     fn build<'s>(
         &self,
         events: VecCollection<'s, Tick, Timed<SearchEvent>>,

@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 use tidemark_dataflows::features::{TickChanges, Value};
 use tidemark_dataflows::Tick;
 
-use super::{Store, Writer};
+use super::{Store, Unstorable, Writer};
 
 /// Entities by `(table, key)`: values and the tick of their last change.
 #[derive(Default)]
@@ -37,7 +37,11 @@ impl Store for MemoryStore {
     fn name(&self) -> &'static str {
         "memory"
     }
-    fn write(&mut self, ticks: &[Arc<TickChanges>], progress: Option<Tick>) -> anyhow::Result<()> {
+    fn write(
+        &mut self,
+        ticks: &[Arc<TickChanges>],
+        progress: Option<Tick>,
+    ) -> anyhow::Result<Vec<Unstorable>> {
         let mut state = self.state.write().expect("memory store lock");
         for t in ticks {
             for c in &t.changes {
@@ -55,6 +59,6 @@ impl Store for MemoryStore {
         if let Some(p) = progress {
             state.progress.insert(self.writer.worker, p);
         }
-        Ok(())
+        Ok(Vec::new())
     }
 }

@@ -12,15 +12,33 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tidemark_dataflows::features::{TableSpec, TickChanges};
+
+use crate::dlq::Dlq;
 use tidemark_dataflows::Tick;
 use timely::scheduling::SyncActivator;
+
+/// An entity update a store can never take, whatever is retried (a key its encoding
+/// refuses, a row over its size limit, a key of another type): reported and passed over.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Unstorable {
+    /// The entity as the store names it (`feat:doc:…`, `feat_doc(…)`, `topic|key`).
+    pub entity: String,
+    pub tick: Tick,
+    pub error: String,
+}
 
 /// Where a worker's feature changes go.
 pub trait Store: Send {
     fn name(&self) -> &'static str;
     /// Writes whole ticks in one transaction; with `progress`, also records that every tick
-    /// before it is written by this worker.
-    fn write(&mut self, ticks: &[Arc<TickChanges>], progress: Option<Tick>) -> anyhow::Result<()>;
+    /// before it is written by this worker. An error is retried (the store is down, or a
+    /// transaction failed as a whole); the updates the store can never take are left out
+    /// and returned, so one entity never holds the others back.
+    fn write(
+        &mut self,
+        ticks: &[Arc<TickChanges>],
+        progress: Option<Tick>,
+    ) -> anyhow::Result<Vec<Unstorable>>;
     /// The last tick any worker of the job wrote here, if the store records progress.
     fn written(&mut self) -> anyhow::Result<Option<Tick>> {
         Ok(None)
@@ -36,8 +54,13 @@ pub trait Store: Send {
     /// hold these rows already. With `roll_back`, the store holds the checkpoint again,
     /// whatever the run before wrote after it: a replay's ticks and batches need not match
     /// that run's, so it may well not write those entities again.
-    fn rewrite(&mut self, _rows: &TickChanges, _since: Tick, _at: Tick) -> anyhow::Result<()> {
-        Ok(())
+    fn rewrite(
+        &mut self,
+        _rows: &TickChanges,
+        _since: Tick,
+        _at: Tick,
+    ) -> anyhow::Result<Vec<Unstorable>> {
+        Ok(Vec::new())
     }
 }
 
@@ -71,6 +94,11 @@ pub struct SinkStats {
     pub failed_updates: AtomicU64,
     /// When (epoch ms) and why the last write failed.
     pub last_error: Mutex<Option<(u64, String)>>,
+    /// Epoch ms since which writes fail (0: the last write succeeded).
+    pub failing_since: AtomicU64,
+    /// Entity updates the store can never take, reported and passed over.
+    pub rejected: AtomicU64,
+    pub last_rejected: Mutex<Option<Unstorable>>,
 }
 
 /// The worker's end of a writer thread.
@@ -95,7 +123,13 @@ impl WriterHandle {
 
 /// Starts a thread that writes what the worker sends, retrying with backoff on failure
 /// (nothing is acknowledged until it is written).
-pub fn spawn_writer(mut store: Box<dyn Store>, stats: Arc<SinkStats>) -> WriterHandle {
+///
+/// The updates the store can never take are counted, logged and, with a DLQ, sent there.
+pub fn spawn_writer(
+    mut store: Box<dyn Store>,
+    stats: Arc<SinkStats>,
+    dlq: Option<Arc<Dlq>>,
+) -> WriterHandle {
     let (tx, rx) = channel::<Msg>();
     let acked = Arc::new(AtomicU64::new(0));
     let wake: Arc<Mutex<Option<SyncActivator>>> = Arc::default();
@@ -103,7 +137,7 @@ pub fn spawn_writer(mut store: Box<dyn Store>, stats: Arc<SinkStats>) -> WriterH
     let (a, w) = (acked.clone(), wake.clone());
     std::thread::Builder::new()
         .name(format!("sink-{name}"))
-        .spawn(move || write_loop(&mut *store, rx, &a, &w, &stats))
+        .spawn(move || write_loop(&mut *store, rx, &a, &w, &stats, dlq.as_deref()))
         .expect("spawn a writer thread");
     WriterHandle {
         name,
@@ -119,6 +153,7 @@ fn write_loop(
     acked: &AtomicU64,
     wake: &Mutex<Option<SyncActivator>>,
     stats: &SinkStats,
+    dlq: Option<&Dlq>,
 ) {
     const MAX_TICKS_PER_WRITE: usize = 512;
     let mut carried: Option<Msg> = None;
@@ -132,9 +167,10 @@ fn write_loop(
         };
         if let Msg::Rewrite { rows, since, at } = first {
             let started = std::time::Instant::now();
-            retrying(store, stats, rows.changes.len(), |s| {
+            let rejected = retrying(store, stats, rows.changes.len(), |s| {
                 s.rewrite(&rows, since, at)
             });
+            report(store.name(), stats, dlq, rejected);
             tracing::info!(
                 sink = store.name(),
                 rows = rows.changes.len(),
@@ -167,7 +203,8 @@ fn write_loop(
         }
         let started = std::time::Instant::now();
         let updates: usize = ticks.iter().map(|t| t.changes.len()).sum();
-        retrying(store, stats, updates, |s| s.write(&ticks, progress));
+        let rejected = retrying(store, stats, updates, |s| s.write(&ticks, progress));
+        report(store.name(), stats, dlq, rejected);
         crate::crash::point(match store.name() {
             "redis" => "redis-written",
             "postgres" => "postgres-written",
@@ -194,22 +231,49 @@ fn write_loop(
     }
 }
 
+/// Counts, logs and hands to the DLQ the updates a store can never take.
+fn report(sink: &'static str, stats: &SinkStats, dlq: Option<&Dlq>, rejected: Vec<Unstorable>) {
+    if rejected.is_empty() {
+        return;
+    }
+    stats
+        .rejected
+        .fetch_add(rejected.len() as u64, Ordering::Relaxed);
+    for u in &rejected {
+        tracing::error!(sink, entity = %u.entity, tick = u.tick, error = %u.error, dlq = dlq.map(|d| d.topic.as_str()), "an entity update the store can never take is passed over");
+        if let Some(d) = dlq {
+            d.send_unstorable(sink, u);
+        }
+    }
+    *stats.last_rejected.lock().expect("sink stats") = rejected.last().cloned();
+}
+
 /// Runs `write` until it succeeds, with backoff (nothing is acknowledged until written).
-fn retrying(
+fn retrying<T>(
     store: &mut dyn Store,
     stats: &SinkStats,
     updates: usize,
-    mut write: impl FnMut(&mut dyn Store) -> anyhow::Result<()>,
-) {
+    mut write: impl FnMut(&mut dyn Store) -> anyhow::Result<T>,
+) -> T {
     let mut backoff = Duration::from_millis(20);
     let duration = metrics::histogram!(crate::telemetry::SINK_WRITE, "sink" => store.name());
     loop {
         let attempt = std::time::Instant::now();
         let result = write(store);
         duration.record(attempt.elapsed().as_secs_f64());
-        let Err(e) = result else {
-            return;
+        let e = match result {
+            Ok(t) => {
+                stats.failing_since.store(0, Ordering::Relaxed);
+                return t;
+            }
+            Err(e) => e,
         };
+        let _ = stats.failing_since.compare_exchange(
+            0,
+            crate::kafka::now_ms(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
         let error = format!("{e:#}");
         stats.failures.fetch_add(1, Ordering::Relaxed);
         stats

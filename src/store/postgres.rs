@@ -11,7 +11,7 @@ use postgres::{Client, NoTls, Statement};
 use tidemark_dataflows::features::{FieldType, SinkKind, TableSpec, TickChanges, Value};
 use tidemark_dataflows::Tick;
 
-use super::{Store, Writer};
+use super::{Store, Unstorable, Writer};
 
 pub struct PostgresStore {
     url: String,
@@ -79,8 +79,7 @@ impl PostgresStore {
             statements: HashMap::new(),
             writer,
         };
-        let tables = store.writer.tables.clone();
-        migrate(store.client()?, &tables)?;
+        store.client()?;
         Ok(store)
     }
 
@@ -104,8 +103,10 @@ impl PostgresStore {
 
     fn client(&mut self) -> anyhow::Result<&mut Client> {
         if self.client.as_ref().is_none_or(|c| c.is_closed()) {
-            let c = Client::connect(&self.url, NoTls)
+            let mut c = Client::connect(&self.url, NoTls)
                 .context("connecting to postgres (postgres.url)")?;
+            // a table dropped meanwhile is made again, so a write never fails for good on it
+            migrate(&mut c, &self.writer.tables)?;
             self.client = Some(c);
             // prepared statements belong to the connection that prepared them
             self.statements.clear();
@@ -218,6 +219,211 @@ impl Column {
     }
 }
 
+/// Whether a Postgres error is about the data of the statement (an encoding it cannot
+/// hold, a value out of range, a row over a size limit, a constraint): retrying the same
+/// rows can never succeed. SQLSTATE classes 22, 23 and 54.
+fn refuses_the_data(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<postgres::Error>())
+        .find_map(|pe| pe.code())
+        .is_some_and(|c| matches!(&c.code()[..2], "22" | "23" | "54"))
+}
+
+/// An entity's key, its row and the tick it is of.
+type Row<'a> = (&'a [String], &'a [Value], Tick);
+
+/// One write's rows per table: the latest state of each entity across its ticks.
+#[derive(Default)]
+struct Plan<'a> {
+    upserts: BTreeMap<u8, Vec<Row<'a>>>,
+    deletes: BTreeMap<u8, Vec<(&'a [String], Tick)>>,
+}
+
+impl<'a> Plan<'a> {
+    fn of(tables: &[TableSpec], ticks: &'a [Arc<TickChanges>]) -> Self {
+        type Latest<'a> = (Option<&'a Vec<Value>>, Tick);
+        let mut latest: BTreeMap<(u8, &[String]), Latest> = BTreeMap::new();
+        for t in ticks {
+            for c in t
+                .changes
+                .iter()
+                .filter(|c| tables[c.table as usize].sink.in_postgres())
+            {
+                // a history table keeps a row that leaves the dataflow
+                if c.after.is_none() && tables[c.table as usize].sink == SinkKind::PgTable {
+                    continue;
+                }
+                latest.insert((c.table, &c.key[..]), (c.after.as_ref(), t.tick));
+            }
+        }
+        let mut plan = Plan::default();
+        for ((table, key), (after, tick)) in latest {
+            match after {
+                Some(values) => plan
+                    .upserts
+                    .entry(table)
+                    .or_default()
+                    .push((key, values, tick)),
+                None => plan.deletes.entry(table).or_default().push((key, tick)),
+            }
+        }
+        plan
+    }
+}
+
+/// `DELETE … USING unnest(keys…, ticks)`: rows not newer than their delete's tick.
+fn delete_sql(spec: &TableSpec) -> String {
+    let name = table_name(spec);
+    let mut using: Vec<String> = (0..spec.keys.len())
+        .map(|i| format!("${}::text[]", i + 1))
+        .collect();
+    using.push(format!("${}::bigint[]", spec.keys.len() + 1));
+    let mut cols: Vec<String> = spec.keys.iter().map(|k| k.to_string()).collect();
+    cols.push("_tick".into());
+    let on: Vec<String> = spec.keys.iter().map(|k| format!("t.{k} = d.{k}")).collect();
+    format!(
+        "DELETE FROM {name} t USING unnest({}) AS d({}) WHERE {} AND t._tick <= d._tick",
+        using.join(", "),
+        cols.join(", "),
+        on.join(" AND ")
+    )
+}
+
+/// The entity a row of `spec` is, as reports name it: `feat_doc:doc-1`.
+fn entity(spec: &TableSpec, key: &[String]) -> String {
+    format!("{}:{}", table_name(spec), key.join(":"))
+}
+
+/// Runs `statement` with `params` under a savepoint: a statement the data makes fail for
+/// good is rolled back alone and reported, any other failure fails the transaction.
+fn isolated(
+    tx: &mut postgres::Transaction<'_>,
+    statement: &Statement,
+    params: &[&(dyn ToSql + Sync)],
+) -> anyhow::Result<Option<String>> {
+    tx.batch_execute("SAVEPOINT tidemark_row")?;
+    match tx.execute(statement, params) {
+        Ok(_) => {
+            tx.batch_execute("RELEASE SAVEPOINT tidemark_row")?;
+            Ok(None)
+        }
+        Err(e) => {
+            let e = anyhow::Error::from(e);
+            if !refuses_the_data(&e) {
+                return Err(e);
+            }
+            tx.batch_execute("ROLLBACK TO SAVEPOINT tidemark_row")?;
+            Ok(Some(format!("{e:#}")))
+        }
+    }
+}
+
+impl PostgresStore {
+    /// Writes `plan` in one transaction with the worker's progress. With `one_by_one`, each
+    /// entity goes alone under a savepoint, and those the data makes fail for good are
+    /// left out and returned (the rest of the transaction stands).
+    fn write_plan(
+        &mut self,
+        plan: &Plan<'_>,
+        progress: Option<Tick>,
+        one_by_one: bool,
+    ) -> anyhow::Result<Vec<Unstorable>> {
+        let tables = self.writer.tables.clone();
+        let (job, worker) = (self.writer.job.clone(), self.writer.worker as i32);
+        self.client()?;
+        let (client, statements) = (
+            self.client.as_mut().expect("connected"),
+            &mut self.statements,
+        );
+        let mut tx = client.transaction()?;
+        // each statement is parsed and planned once per connection: a write is then one
+        // round trip per table instead of two
+        let mut prepared =
+            |tx: &mut postgres::Transaction<'_>, sql: String| -> anyhow::Result<Statement> {
+                if let Some(s) = statements.get(&sql) {
+                    return Ok(s.clone());
+                }
+                let s = tx
+                    .prepare(&sql)
+                    .with_context(|| format!("preparing {sql}"))?;
+                statements.insert(sql, s.clone());
+                Ok(s)
+            };
+        let mut rejected = Vec::new();
+        for (table, rows) in &plan.upserts {
+            let spec = &tables[*table as usize];
+            let name = table_name(spec);
+            let sql = upsert_sql(spec, &format!("excluded._tick >= {name}._tick"));
+            let statement = prepared(&mut tx, sql)?;
+            let groups: Vec<&[_]> = if one_by_one {
+                rows.chunks(1).collect()
+            } else {
+                vec![&rows[..]]
+            };
+            for group in groups {
+                let mut cols = Columns::new(spec);
+                for (key, values, tick) in group {
+                    cols.push(spec, key, values, *tick);
+                }
+                if !one_by_one {
+                    tx.execute(&statement, &cols.params())
+                        .with_context(|| format!("upserting into {name}"))?;
+                } else if let Some(error) = isolated(&mut tx, &statement, &cols.params())? {
+                    let (key, _, tick) = group[0];
+                    rejected.push(Unstorable {
+                        entity: entity(spec, key),
+                        tick,
+                        error,
+                    });
+                }
+            }
+        }
+        for (table, rows) in &plan.deletes {
+            let spec = &tables[*table as usize];
+            let statement = prepared(&mut tx, delete_sql(spec))?;
+            let groups: Vec<&[_]> = if one_by_one {
+                rows.chunks(1).collect()
+            } else {
+                vec![&rows[..]]
+            };
+            for group in groups {
+                let mut keys: Vec<Vec<String>> = vec![Vec::new(); spec.keys.len()];
+                let mut ticks: Vec<i64> = Vec::new();
+                for (key, tick) in group {
+                    for (i, k) in key.iter().enumerate() {
+                        keys[i].push(k.clone());
+                    }
+                    ticks.push(*tick as i64);
+                }
+                let mut params: Vec<&(dyn ToSql + Sync)> =
+                    keys.iter().map(|k| k as &(dyn ToSql + Sync)).collect();
+                params.push(&ticks);
+                if !one_by_one {
+                    tx.execute(&statement, &params)
+                        .with_context(|| format!("deleting from {}", table_name(spec)))?;
+                } else if let Some(error) = isolated(&mut tx, &statement, &params)? {
+                    let (key, tick) = group[0];
+                    rejected.push(Unstorable {
+                        entity: entity(spec, key),
+                        tick,
+                        error,
+                    });
+                }
+            }
+        }
+        // an empty frontier (input closed) is not a tick to record
+        if let Some(p) = progress.filter(|p| *p != Tick::MAX) {
+            tx.execute(
+                "INSERT INTO tidemark_progress (job, worker, tick) VALUES ($1, $2, $3) \
+                 ON CONFLICT (job, worker) DO UPDATE SET tick = GREATEST(tidemark_progress.tick, excluded.tick), updated_at = now()",
+                &[&job, &worker, &(p.saturating_sub(1).min(i64::MAX as u64) as i64)],
+            )?;
+        }
+        tx.commit().context("committing the tick's transaction")?;
+        Ok(rejected)
+    }
+}
+
 impl Store for PostgresStore {
     fn name(&self) -> &'static str {
         "postgres"
@@ -254,138 +460,91 @@ impl Store for PostgresStore {
         })
     }
 
-    fn rewrite(&mut self, rows: &TickChanges, since: Tick, at: Tick) -> anyhow::Result<()> {
+    fn rewrite(
+        &mut self,
+        rows: &TickChanges,
+        since: Tick,
+        at: Tick,
+    ) -> anyhow::Result<Vec<Unstorable>> {
         let tables = self.writer.tables.clone();
-        let mut upserts: BTreeMap<u8, Columns> = BTreeMap::new();
+        let mut upserts: BTreeMap<u8, Vec<Row>> = BTreeMap::new();
         for c in &rows.changes {
             let spec = &tables[c.table as usize];
             if let (true, Some(values)) = (spec.sink.in_postgres(), &c.after) {
                 upserts
                     .entry(c.table)
-                    .or_insert_with(|| Columns::new(spec))
-                    .push(spec, &c.key, values, at);
+                    .or_default()
+                    .push((&c.key, values, at));
             }
         }
-        self.in_transaction(|tx| {
-            for (table, cols) in &upserts {
-                let spec = &tables[*table as usize];
-                let name = table_name(spec);
-                let since_param = spec.keys.len() + spec.fields.len() + 3;
-                let sql = upsert_sql(
-                    spec,
-                    &format!("{name}._tick > ${since_param} AND excluded._tick >= {name}._tick"),
-                );
-                let mut params = cols.params();
-                let since = since as i64;
-                params.push(&since);
-                tx.execute(&sql, &params)
-                    .with_context(|| format!("rewriting {name} as the checkpoint has it"))?;
-            }
-            Ok(())
-        })
+        if upserts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let run = |store: &mut Self, one_by_one: bool| {
+            store.in_transaction(|tx| {
+                let mut rejected = Vec::new();
+                for (table, rows) in &upserts {
+                    let spec = &tables[*table as usize];
+                    let name = table_name(spec);
+                    let since_param = spec.keys.len() + spec.fields.len() + 3;
+                    let sql = upsert_sql(
+                        spec,
+                        &format!(
+                            "{name}._tick > ${since_param} AND excluded._tick >= {name}._tick"
+                        ),
+                    );
+                    let statement = tx.prepare(&sql)?;
+                    let groups: Vec<&[_]> = if one_by_one {
+                        rows.chunks(1).collect()
+                    } else {
+                        vec![&rows[..]]
+                    };
+                    for group in groups {
+                        let mut cols = Columns::new(spec);
+                        for (key, values, at) in group {
+                            cols.push(spec, key, values, *at);
+                        }
+                        let mut params = cols.params();
+                        let since = since as i64;
+                        params.push(&since);
+                        if !one_by_one {
+                            tx.execute(&statement, &params).with_context(|| {
+                                format!("rewriting {name} as the checkpoint has it")
+                            })?;
+                        } else if let Some(error) = isolated(tx, &statement, &params)? {
+                            rejected.push(Unstorable {
+                                entity: entity(spec, group[0].0),
+                                tick: at,
+                                error,
+                            });
+                        }
+                    }
+                }
+                Ok(rejected)
+            })
+        };
+        match run(self, false) {
+            Err(e) if refuses_the_data(&e) => run(self, true),
+            other => other,
+        }
     }
 
-    fn write(&mut self, ticks: &[Arc<TickChanges>], progress: Option<Tick>) -> anyhow::Result<()> {
+    fn write(
+        &mut self,
+        ticks: &[Arc<TickChanges>],
+        progress: Option<Tick>,
+    ) -> anyhow::Result<Vec<Unstorable>> {
         let tables = self.writer.tables.clone();
-        // the latest state per entity across the ticks of this write
-        type Latest<'a> = (Option<&'a Vec<Value>>, Tick);
-        let mut latest: BTreeMap<(u8, &[String]), Latest> = BTreeMap::new();
-        for t in ticks {
-            for c in t
-                .changes
-                .iter()
-                .filter(|c| tables[c.table as usize].sink.in_postgres())
-            {
-                // a history table keeps a row that leaves the dataflow
-                if c.after.is_none() && tables[c.table as usize].sink == SinkKind::PgTable {
-                    continue;
-                }
-                latest.insert((c.table, &c.key[..]), (c.after.as_ref(), t.tick));
-            }
+        let plan = Plan::of(&tables, ticks);
+        let mut result = self.write_plan(&plan, progress, false);
+        if result.as_ref().is_err_and(refuses_the_data) {
+            // one entity's data fails the whole transaction: write them one by one
+            self.client = None;
+            result = self.write_plan(&plan, progress, true);
         }
-        let mut upserts: BTreeMap<u8, Columns> = BTreeMap::new();
-        let mut deletes: BTreeMap<u8, (Vec<Vec<String>>, Vec<i64>)> = BTreeMap::new();
-        for ((table, key), (after, tick)) in latest {
-            let spec = &tables[table as usize];
-            match after {
-                Some(values) => upserts
-                    .entry(table)
-                    .or_insert_with(|| Columns::new(spec))
-                    .push(spec, key, values, tick),
-                None => {
-                    let d = deletes
-                        .entry(table)
-                        .or_insert_with(|| (vec![Vec::new(); spec.keys.len()], Vec::new()));
-                    for (i, k) in key.iter().enumerate() {
-                        d.0[i].push(k.clone());
-                    }
-                    d.1.push(tick as i64);
-                }
-            }
-        }
-        let (job, worker) = (self.writer.job.clone(), self.writer.worker as i32);
-        self.client()?;
-        let (client, statements) = (
-            self.client.as_mut().expect("connected"),
-            &mut self.statements,
-        );
-        let mut tx = client.transaction()?;
-        // each statement is parsed and planned once per connection: a write is then one
-        // round trip per table instead of two
-        let mut prepared =
-            |tx: &mut postgres::Transaction<'_>, sql: String| -> anyhow::Result<Statement> {
-                if let Some(s) = statements.get(&sql) {
-                    return Ok(s.clone());
-                }
-                let s = tx
-                    .prepare(&sql)
-                    .with_context(|| format!("preparing {sql}"))?;
-                statements.insert(sql, s.clone());
-                Ok(s)
-            };
-        for (table, cols) in &upserts {
-            let spec = &tables[*table as usize];
-            let name = table_name(spec);
-            let sql = upsert_sql(spec, &format!("excluded._tick >= {name}._tick"));
-            let statement = prepared(&mut tx, sql)?;
-            tx.execute(&statement, &cols.params())
-                .with_context(|| format!("upserting into {name}"))?;
-        }
-        for (table, (keys, ticks)) in &deletes {
-            let spec = &tables[*table as usize];
-            let name = table_name(spec);
-            let mut using: Vec<String> = (0..spec.keys.len())
-                .map(|i| format!("${}::text[]", i + 1))
-                .collect();
-            using.push(format!("${}::bigint[]", spec.keys.len() + 1));
-            let mut cols: Vec<String> = spec.keys.iter().map(|k| k.to_string()).collect();
-            cols.push("_tick".into());
-            let on: Vec<String> = spec.keys.iter().map(|k| format!("t.{k} = d.{k}")).collect();
-            let sql = format!(
-                "DELETE FROM {name} t USING unnest({}) AS d({}) WHERE {} AND t._tick <= d._tick",
-                using.join(", "),
-                cols.join(", "),
-                on.join(" AND ")
-            );
-            let mut params: Vec<&(dyn ToSql + Sync)> =
-                keys.iter().map(|k| k as &(dyn ToSql + Sync)).collect();
-            params.push(ticks);
-            let statement = prepared(&mut tx, sql)?;
-            tx.execute(&statement, &params)
-                .with_context(|| format!("deleting from {name}"))?;
-        }
-        // an empty frontier (input closed) is not a tick to record
-        if let Some(p) = progress.filter(|p| *p != Tick::MAX) {
-            tx.execute(
-                "INSERT INTO tidemark_progress (job, worker, tick) VALUES ($1, $2, $3) \
-                 ON CONFLICT (job, worker) DO UPDATE SET tick = GREATEST(tidemark_progress.tick, excluded.tick), updated_at = now()",
-                &[&job, &worker, &(p.saturating_sub(1).min(i64::MAX as u64) as i64)],
-            )?;
-        }
-        let result = tx.commit();
         if result.is_err() {
             self.client = None;
         }
-        result.context("committing the tick's transaction")
+        result
     }
 }

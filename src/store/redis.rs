@@ -7,7 +7,7 @@ use anyhow::Context;
 use tidemark_dataflows::features::{EntityChange, SinkKind, TableSpec, TickChanges, Value};
 use tidemark_dataflows::Tick;
 
-use super::{entity_key, Store, Writer};
+use super::{entity_key, Store, Unstorable, Writer};
 
 /// Records a worker's progress and raises the job frontier to the least progress of all
 /// workers, never lowering it. KEYS: progress hash, frontier; ARGV: worker, tick, peers.
@@ -67,20 +67,83 @@ return 1
 const RESTART_BATCH: usize = 5_000;
 
 /// Replaces a list key whole: `DEL` then `RPUSH` of the row's JSON array, in the same
-/// transaction as the rest of the tick.
-fn list_change(pipe: &mut redis::Pipeline, spec: &TableSpec, c: &EntityChange, ttl: Option<u64>) {
+/// transaction as the rest of the tick. Returns the key and how many commands it queued.
+fn list_change(
+    pipe: &mut redis::Pipeline,
+    spec: &TableSpec,
+    c: &EntityChange,
+    ttl: Option<u64>,
+) -> (String, usize) {
     let key = format!("{}:{}", spec.ns, c.key.join(":"));
-    pipe.del(&key).ignore();
+    pipe.del(&key);
     let items: Vec<String> = match c.after.as_ref().and_then(|v| v.first()) {
         Some(Value::Text(json)) => serde_json::from_str(json).unwrap_or_default(),
         _ => Vec::new(),
     };
-    if !items.is_empty() {
-        pipe.cmd("RPUSH").arg(&key).arg(items).ignore();
-        if let Some(ttl) = ttl {
-            pipe.expire(&key, ttl as i64).ignore();
+    if items.is_empty() {
+        return (key, 1);
+    }
+    pipe.cmd("RPUSH").arg(&key).arg(items);
+    if let Some(ttl) = ttl {
+        pipe.expire(&key, ttl as i64);
+        return (key, 3);
+    }
+    (key, 2)
+}
+
+/// Whether a Redis error reply may go away by itself (a loading, read-only, busy or full
+/// server); any other error a command gets (a key of another type, a script error on its
+/// data) comes back every time.
+fn passes(e: &redis::ServerError) -> bool {
+    matches!(
+        e.code(),
+        "LOADING"
+            | "READONLY"
+            | "BUSY"
+            | "OOM"
+            | "TRYAGAIN"
+            | "CLUSTERDOWN"
+            | "MASTERDOWN"
+            | "NOREPLICAS"
+            | "MISCONF"
+            | "MOVED"
+            | "ASK"
+    )
+}
+
+/// Runs `pipe`, whose commands are `owners` (the entity each writes and its tick; `None`
+/// for the job's own bookkeeping), and returns the entities whose command Redis refused
+/// for good. Redis applies the other commands of a transaction all the same, so only a
+/// passing error or a refused bookkeeping command fails the write (it is retried whole:
+/// every command is guarded by tick, so a repeat changes nothing).
+fn run_pipeline(
+    conn: &mut redis::Connection,
+    pipe: &redis::Pipeline,
+    owners: &[Option<(String, Tick)>],
+    what: &str,
+) -> anyhow::Result<Vec<Unstorable>> {
+    if owners.is_empty() {
+        return Ok(Vec::new());
+    }
+    let reply: redis::Value = pipe.query(conn).context(what.to_string())?;
+    let redis::Value::Array(results) = reply else {
+        anyhow::bail!("{what}: the transaction was not executed ({reply:?})");
+    };
+    let mut refused = Vec::new();
+    for (result, owner) in results.iter().zip(owners) {
+        let redis::Value::ServerError(e) = result else {
+            continue;
+        };
+        match owner {
+            Some((entity, tick)) if !passes(e) => refused.push(Unstorable {
+                entity: entity.clone(),
+                tick: *tick,
+                error: format!("{}: {}", e.code(), e.details().unwrap_or_default()),
+            }),
+            _ => anyhow::bail!("{what}: {} {}", e.code(), e.details().unwrap_or_default()),
         }
     }
+    Ok(refused)
 }
 
 pub struct RedisStore {
@@ -162,30 +225,42 @@ impl Store for RedisStore {
         self.on_connection(|conn| roll_back(conn, &patterns, since, before))
     }
 
-    fn rewrite(&mut self, rows: &TickChanges, since: Tick, at: Tick) -> anyhow::Result<()> {
+    fn rewrite(
+        &mut self,
+        rows: &TickChanges,
+        since: Tick,
+        at: Tick,
+    ) -> anyhow::Result<Vec<Unstorable>> {
         let (ttl, tables) = (self.ttl_secs, self.writer.tables.clone());
         self.on_connection(|conn| rewrite(conn, &tables, rows, since, at, ttl))
     }
 
-    fn write(&mut self, ticks: &[Arc<TickChanges>], progress: Option<Tick>) -> anyhow::Result<()> {
+    fn write(
+        &mut self,
+        ticks: &[Arc<TickChanges>],
+        progress: Option<Tick>,
+    ) -> anyhow::Result<Vec<Unstorable>> {
         let mut pipe = redis::pipe();
-        pipe.atomic();
+        pipe.atomic().ignore_errors();
+        let mut owners: Vec<Option<(String, Tick)>> = Vec::new();
         for t in ticks {
             for c in &t.changes {
                 let spec = &self.writer.tables[c.table as usize];
                 match spec.sink {
                     SinkKind::Store | SinkKind::RedisHash => {}
                     SinkKind::List => {
-                        list_change(&mut pipe, spec, c, self.ttl_secs);
+                        let (key, n) = list_change(&mut pipe, spec, c, self.ttl_secs);
+                        owners.extend(std::iter::repeat_n(Some((key, t.tick)), n));
                         continue;
                     }
                     SinkKind::Topic(_) | SinkKind::Records(_) | SinkKind::PgTable => continue,
                 }
+                let key = entity_key(spec, &c.key);
                 let cmd = pipe
                     .cmd("EVAL")
                     .arg(GUARDED_WRITE)
                     .arg(1)
-                    .arg(entity_key(spec, &c.key))
+                    .arg(&key)
                     .arg(t.tick)
                     .arg(spec.version)
                     .arg(self.ttl_secs.unwrap_or(0));
@@ -194,7 +269,7 @@ impl Store for RedisStore {
                         cmd.arg(spec.fields[i].name).arg(values[i].to_string());
                     }
                 }
-                cmd.ignore();
+                owners.push(Some((key, t.tick)));
             }
         }
         // an empty frontier (input closed) is not a tick to record
@@ -207,10 +282,10 @@ impl Store for RedisStore {
                 .arg(Self::frontier_key(job))
                 .arg(self.writer.worker)
                 .arg(p.saturating_sub(1))
-                .arg(self.writer.peers)
-                .ignore();
+                .arg(self.writer.peers);
+            owners.push(None);
         }
-        self.on_connection(|conn| pipe.query::<()>(conn).context("redis MULTI/EXEC"))
+        self.on_connection(|conn| run_pipeline(conn, &pipe, &owners, "redis MULTI/EXEC"))
     }
 }
 
@@ -253,7 +328,8 @@ fn roll_back(
     Ok(deleted)
 }
 
-/// `Store::rewrite`, a batch of entities per round trip.
+/// `Store::rewrite`, a batch of entities per round trip. A batch with nothing for Redis
+/// (every row of a table it does not store) sends nothing.
 fn rewrite(
     conn: &mut redis::Connection,
     tables: &[TableSpec],
@@ -261,9 +337,12 @@ fn rewrite(
     since: Tick,
     at: Tick,
     ttl: Option<u64>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<Unstorable>> {
+    let mut refused = Vec::new();
     for chunk in rows.changes.chunks(RESTART_BATCH) {
         let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        let mut owners: Vec<Option<(String, Tick)>> = Vec::new();
         for c in chunk {
             let spec = &tables[c.table as usize];
             let Some(values) = &c.after else { continue };
@@ -271,16 +350,18 @@ fn rewrite(
                 SinkKind::Store | SinkKind::RedisHash => {}
                 // a list has no tick to tell whether it changed: it is written again
                 SinkKind::List => {
-                    list_change(&mut pipe, spec, c, ttl);
+                    let (key, n) = list_change(&mut pipe, spec, c, ttl);
+                    owners.extend(std::iter::repeat_n(Some((key, at)), n));
                     continue;
                 }
                 SinkKind::Topic(_) | SinkKind::Records(_) | SinkKind::PgTable => continue,
             }
+            let key = entity_key(spec, &c.key);
             let cmd = pipe
                 .cmd("EVAL")
                 .arg(REWRITE)
                 .arg(1)
-                .arg(entity_key(spec, &c.key))
+                .arg(&key)
                 .arg(since)
                 .arg(at)
                 .arg(spec.version)
@@ -288,10 +369,14 @@ fn rewrite(
             for (f, v) in spec.fields.iter().zip(values) {
                 cmd.arg(f.name).arg(v.to_string());
             }
-            cmd.ignore();
+            owners.push(Some((key, at)));
         }
-        let result: redis::RedisResult<()> = pipe.query(conn);
-        result.context("rewriting the restored checkpoint's entities")?;
+        refused.extend(run_pipeline(
+            conn,
+            &pipe,
+            &owners,
+            "rewriting the restored checkpoint's entities",
+        )?);
     }
-    Ok(())
+    Ok(refused)
 }

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use tidemark_dataflows::features::{SinkKind, TickChanges};
 use tidemark_dataflows::Tick;
 
-use super::{Store, Writer};
-use crate::kafka::Sender;
+use super::{Store, Unstorable, Writer};
+use crate::kafka::{SendError, Sender};
 
 pub struct TopicStore {
     sender: Sender,
@@ -14,9 +14,9 @@ pub struct TopicStore {
 }
 
 impl TopicStore {
-    pub fn open(brokers: &str, writer: Writer) -> anyhow::Result<Self> {
+    pub fn open(brokers: &str, max_message_bytes: usize, writer: Writer) -> anyhow::Result<Self> {
         Ok(TopicStore {
-            sender: Sender::new(brokers)?,
+            sender: Sender::with_limit(brokers, max_message_bytes)?,
             writer,
         })
     }
@@ -28,8 +28,18 @@ impl Store for TopicStore {
     }
 
     /// Produces every change of the ticks and waits for the broker to acknowledge them all.
-    fn write(&mut self, ticks: &[Arc<TickChanges>], _progress: Option<Tick>) -> anyhow::Result<()> {
+    /// A record the producer or the broker refuses for good (over the message limit) is
+    /// left out and reported; a topic that takes nothing fails the write (it is retried).
+    fn write(
+        &mut self,
+        ticks: &[Arc<TickChanges>],
+        _progress: Option<Tick>,
+    ) -> anyhow::Result<Vec<Unstorable>> {
+        // what failed before is written again now
+        self.sender.forget_failures();
         let mut produced = false;
+        let mut refused = Vec::new();
+        let entity = |topic: &str, key: &[u8]| format!("{topic}|{}", String::from_utf8_lossy(key));
         for t in ticks {
             for c in &t.changes {
                 let spec = &self.writer.tables[c.table as usize];
@@ -51,14 +61,30 @@ impl Store for TopicStore {
                     o.insert("_tick".into(), t.tick.into());
                     serde_json::to_vec(&o).expect("JSON")
                 });
-                self.sender
-                    .send_optional(topic, Some(key.as_bytes()), payload.as_deref(), None);
-                produced = true;
+                match self.sender.send_optional(
+                    topic,
+                    Some(key.as_bytes()),
+                    payload.as_deref(),
+                    None,
+                ) {
+                    Ok(()) => produced = true,
+                    Err(SendError::Record(error)) => refused.push(Unstorable {
+                        entity: entity(topic, key.as_bytes()),
+                        tick: t.tick,
+                        error,
+                    }),
+                    Err(SendError::Topic(e)) => anyhow::bail!("producing to {topic}: {e}"),
+                }
             }
         }
         if produced {
             self.sender.flush()?;
         }
-        Ok(())
+        refused.extend(self.sender.take_refused().into_iter().map(|r| Unstorable {
+            entity: entity(&r.topic, r.key.as_deref().unwrap_or_default()),
+            tick: ticks.last().map_or(0, |t| t.tick),
+            error: r.error,
+        }));
+        Ok(refused)
     }
 }
