@@ -16,6 +16,8 @@ use tidemark_dataflows::state::{Restore, State, WorkerSnapshot, FORMAT};
 use tidemark_dataflows::Tick;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 
+use sha2::{Digest, Sha256};
+
 use crate::config::{CheckpointBackend, Config};
 use crate::kafka::{self, Ledger};
 use crate::telemetry::Status;
@@ -25,8 +27,10 @@ pub trait Backend: Send {
     fn save(&mut self, part: &WorkerSnapshot) -> anyhow::Result<()>;
     /// The newest checkpoint every one of whose workers saved its part.
     fn latest(&mut self) -> anyhow::Result<Option<Restore>>;
-    /// Drops this worker's parts of checkpoints older than the newest complete one.
+    /// Drops this worker's parts of checkpoints older than the two newest complete ones.
     fn prune(&mut self, worker: usize) -> anyhow::Result<()>;
+    /// At start: removes what saves that never finished left behind.
+    fn clean(&mut self) {}
 }
 
 /// The checkpoint store of `cfg`'s job and consumer group.
@@ -43,13 +47,39 @@ pub fn open(cfg: &Config) -> anyhow::Result<Box<dyn Backend>> {
     })
 }
 
+/// A part's framing: this magic, the payload's length (u64, little-endian) and its
+/// SHA-256, then the payload (the bincode of a [`WorkerSnapshot`]).
+const MAGIC: &[u8; 8] = b"TMCKPT02";
+const HEADER: usize = 8 + 8 + 32;
+
 fn encode(part: &WorkerSnapshot) -> anyhow::Result<Vec<u8>> {
-    bincode::serialize(part).context("encoding a checkpoint")
+    let payload = bincode::serialize(part).context("encoding a checkpoint")?;
+    let mut out = Vec::with_capacity(HEADER + payload.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&Sha256::digest(&payload));
+    out.extend_from_slice(&payload);
+    Ok(out)
 }
 
+/// A part, verified: framing, length and checksum first, then its content.
 fn decode(bytes: &[u8], what: &dyn std::fmt::Display) -> anyhow::Result<WorkerSnapshot> {
+    if bytes.len() < HEADER || &bytes[..8] != MAGIC {
+        bail!("checkpoint part {what} is not a checkpoint of this version (no {} header): it is corrupt, or written by another version", String::from_utf8_lossy(MAGIC));
+    }
+    let len = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes")) as usize;
+    let payload = &bytes[HEADER..];
+    if payload.len() != len {
+        bail!(
+            "checkpoint part {what} is truncated or padded: {} bytes where its header says {len}",
+            payload.len()
+        );
+    }
+    if Sha256::digest(payload)[..] != bytes[16..HEADER] {
+        bail!("checkpoint part {what} is corrupt: its SHA-256 does not match its content");
+    }
     let part: WorkerSnapshot =
-        bincode::deserialize(bytes).with_context(|| format!("reading checkpoint {what}"))?;
+        bincode::deserialize(payload).with_context(|| format!("reading checkpoint {what}"))?;
     if part.format != FORMAT {
         bail!(
             "checkpoint {what} has format {} where this version reads {FORMAT}: \
@@ -71,11 +101,38 @@ impl Dir {
         let root = dir.join(job).join(group);
         std::fs::create_dir_all(&root).with_context(|| {
             format!(
-                "creating the checkpoint directory {} (checkpoint.dir)",
+                "creating the checkpoint directory {} (checkpoint.dir): is it writable?",
                 root.display()
             )
         })?;
         Ok(Dir { root })
+    }
+
+    /// Removes the temporary files a save that never finished left (a crash, a full
+    /// disk). Only at start: no checkpoint of the job is being saved then.
+    fn remove_unfinished(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let Ok(files) = std::fs::read_dir(entry.path()) else {
+                continue;
+            };
+            for f in files.flatten() {
+                let path = f.path();
+                if part_of(&path).is_some_and(|(_, _, whole)| !whole) {
+                    match std::fs::remove_file(&path) {
+                        Ok(()) => {
+                            tracing::info!(file = %path.display(), "removed a checkpoint part a save left unfinished")
+                        }
+                        Err(e) => {
+                            tracing::warn!(file = %path.display(), error = %e, "could not remove an unfinished checkpoint part")
+                        }
+                    }
+                }
+            }
+            let _ = std::fs::remove_dir(entry.path());
+        }
     }
 
     /// Complete checkpoints, newest first: (tick, their files).
@@ -123,38 +180,63 @@ fn part_of(path: &Path) -> Option<(usize, usize, bool)> {
 }
 
 impl Backend for Dir {
+    fn clean(&mut self) {
+        self.remove_unfinished();
+    }
+
     fn save(&mut self, part: &WorkerSnapshot) -> anyhow::Result<()> {
         let dir = self.root.join(part.tick.to_string());
-        std::fs::create_dir_all(&dir)?;
+        std::fs::create_dir_all(&dir).with_context(|| {
+            format!(
+                "creating {} (checkpoint.dir): is it writable?",
+                dir.display()
+            )
+        })?;
         let path = dir.join(format!("{}-{}.bin", part.peers, part.worker));
         let tmp = path.with_extension("tmp");
-        {
+        let bytes = encode(part)?;
+        let written = (|| -> std::io::Result<()> {
             use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)
-                .with_context(|| format!("writing {}", tmp.display()))?;
-            f.write_all(&encode(part)?)?;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
             f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(&dir)?.sync_all()
+        })();
+        if let Err(e) = written {
+            // a part half written (a full disk) is not left behind
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e).with_context(|| {
+                format!(
+                    "saving checkpoint part {} ({} bytes): is the disk full or the directory not writable? (checkpoint.dir)",
+                    path.display(),
+                    bytes.len()
+                )
+            });
         }
-        std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(&dir)?.sync_all()?;
         Ok(())
     }
 
     fn latest(&mut self) -> anyhow::Result<Option<Restore>> {
-        let Some((tick, files)) = self.complete()?.into_iter().next() else {
-            return Ok(None);
-        };
-        let mut parts = Vec::new();
-        for f in files {
-            let bytes = std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
-            parts.push(decode(&bytes, &f.display())?);
-        }
-        parts.sort_by_key(|p| p.worker);
-        Ok(Some(Restore { tick, parts }))
+        let complete = self.complete()?;
+        let ticks: Vec<Tick> = complete.iter().map(|(t, _)| *t).collect();
+        newest_valid(ticks, &self.root.display(), |tick| {
+            let (_, files) = complete.iter().find(|(t, _)| *t == tick).expect("listed");
+            files
+                .iter()
+                .map(|f| {
+                    let bytes =
+                        std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+                    decode(&bytes, &f.display())
+                })
+                .collect()
+        })
     }
 
     fn prune(&mut self, worker: usize) -> anyhow::Result<()> {
-        let Some(&(newest, _)) = self.complete()?.first() else {
+        // the two newest complete checkpoints stay: a restart falls back to the older
+        // when a part of the newer is damaged
+        let Some(&(newest, _)) = self.complete()?.get(1) else {
             return Ok(());
         };
         for entry in std::fs::read_dir(&self.root)? {
@@ -207,13 +289,14 @@ impl Table {
         })
     }
 
-    fn newest_complete(&mut self) -> anyhow::Result<Option<i64>> {
-        let row = self.client.query_opt(
+    /// The ticks of complete checkpoints, newest first.
+    fn complete(&mut self) -> anyhow::Result<Vec<i64>> {
+        let rows = self.client.query(
             "SELECT tick FROM tidemark_checkpoints WHERE job = $1 AND grp = $2 \
-             GROUP BY tick, peers HAVING count(*) = peers ORDER BY tick DESC LIMIT 1",
+             GROUP BY tick, peers HAVING count(*) = peers ORDER BY tick DESC",
             &[&self.job, &self.group],
         )?;
-        Ok(row.map(|r| r.get(0)))
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 }
 
@@ -237,27 +320,28 @@ impl Backend for Table {
     }
 
     fn latest(&mut self) -> anyhow::Result<Option<Restore>> {
-        let Some(tick) = self.newest_complete()? else {
-            return Ok(None);
-        };
-        let rows = self.client.query(
-            "SELECT worker, state FROM tidemark_checkpoints WHERE job = $1 AND grp = $2 AND tick = $3 ORDER BY worker",
-            &[&self.job, &self.group, &tick],
-        )?;
-        let mut parts = Vec::new();
-        for r in rows {
-            let worker: i32 = r.get(0);
-            let bytes: Vec<u8> = r.get(1);
-            parts.push(decode(&bytes, &format!("{tick} of worker {worker}"))?);
-        }
-        Ok(Some(Restore {
-            tick: tick as Tick,
-            parts,
-        }))
+        let ticks: Vec<Tick> = self.complete()?.into_iter().map(|t| t as Tick).collect();
+        let (job, group) = (self.job.clone(), self.group.clone());
+        let location = format!("table tidemark_checkpoints (job {job}, group {group})");
+        let client = &mut self.client;
+        newest_valid(ticks, &location, |tick| {
+            let rows = client.query(
+                "SELECT worker, state FROM tidemark_checkpoints WHERE job = $1 AND grp = $2 AND tick = $3 ORDER BY worker",
+                &[&job, &group, &(tick as i64)],
+            )?;
+            rows.iter()
+                .map(|r| {
+                    let worker: i32 = r.get(0);
+                    let bytes: Vec<u8> = r.get(1);
+                    decode(&bytes, &format!("{tick} of worker {worker} in {location}"))
+                })
+                .collect()
+        })
     }
 
     fn prune(&mut self, worker: usize) -> anyhow::Result<()> {
-        if let Some(newest) = self.newest_complete()? {
+        // the two newest complete checkpoints stay (see `Dir::prune`)
+        if let Some(&newest) = self.complete()?.get(1) {
             self.client.execute(
                 "DELETE FROM tidemark_checkpoints WHERE job = $1 AND grp = $2 AND worker = $3 AND tick < $4",
                 &[&self.job, &self.group, &(worker as i32), &newest],
@@ -267,9 +351,44 @@ impl Backend for Table {
     }
 }
 
+/// The newest of the `complete` checkpoints (their ticks, newest first) whose every part
+/// `read` finds whole and valid. A damaged one is skipped with an error naming it;
+/// when there are complete checkpoints but none is valid, start-up fails with the fix.
+fn newest_valid(
+    complete: Vec<Tick>,
+    location: &dyn std::fmt::Display,
+    mut read: impl FnMut(Tick) -> anyhow::Result<Vec<WorkerSnapshot>>,
+) -> anyhow::Result<Option<Restore>> {
+    let mut damaged: Vec<String> = Vec::new();
+    for tick in complete {
+        match read(tick) {
+            Ok(mut parts) => {
+                if !damaged.is_empty() {
+                    tracing::warn!(tick, skipped = %damaged.join("; "), "resuming from an older checkpoint: the newer one is damaged");
+                }
+                parts.sort_by_key(|p| p.worker);
+                return Ok(Some(Restore { tick, parts }));
+            }
+            Err(e) => {
+                tracing::error!(tick, error = %format!("{e:#}"), "a checkpoint is damaged: it is skipped; the restart falls back to the one before");
+                damaged.push(format!("{e:#}"));
+            }
+        }
+    }
+    if damaged.is_empty() {
+        return Ok(None);
+    }
+    bail!(
+        "no checkpoint in {location} is valid ({}): restore the files from a backup, or start over with a new group (--group-id) or after removing the checkpoints (the stores then hold features a replay from kafka.from rewrites)",
+        damaged.join("; ")
+    )
+}
+
 /// Loads the checkpoint to resume from, refusing one of another dataflow.
 pub fn load(cfg: &Config, family: &str) -> anyhow::Result<Option<Restore>> {
-    let Some(restore) = open(cfg)?.latest()? else {
+    let mut backend = open(cfg)?;
+    backend.clean();
+    let Some(restore) = backend.latest()? else {
         return Ok(None);
     };
     if let Some(p) = restore.parts.iter().find(|p| p.family != family) {
@@ -477,5 +596,103 @@ impl Checkpointer {
                 .as_ref()
                 .is_some_and(|(n, _)| *n == self.saved)
             && ledger.committed == self.saved
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(tick: Tick, worker: usize, peers: usize) -> WorkerSnapshot {
+        WorkerSnapshot {
+            format: FORMAT,
+            family: "search".into(),
+            tick,
+            worker,
+            peers,
+            stages: vec![("0:dedup".into(), vec![7; 1000])],
+            positions: vec![("t".into(), 0, 42)],
+        }
+    }
+
+    fn scratch(name: &str) -> Dir {
+        let root =
+            std::env::temp_dir().join(format!("tidemark-ckpt-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        Dir::open(&root, "job", "group").unwrap()
+    }
+
+    #[test]
+    fn a_part_is_verified_before_it_is_read() {
+        let bytes = encode(&part(5, 0, 1)).unwrap();
+        assert_eq!(decode(&bytes, &"p").unwrap().tick, 5);
+        let mut flipped = bytes.clone();
+        flipped[HEADER + 100..HEADER + 116].fill(0xff);
+        let e = decode(&flipped, &"p").unwrap_err().to_string();
+        assert!(e.contains("corrupt"), "{e}");
+        let e = decode(&bytes[..bytes.len() - 10], &"p")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("truncated"), "{e}");
+        let e = decode(b"not a checkpoint at all, not at all", &"p")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a checkpoint"), "{e}");
+    }
+
+    #[test]
+    fn a_damaged_checkpoint_falls_back_to_the_one_before_and_two_are_kept() {
+        let mut dir = scratch("fallback");
+        for tick in [10, 20, 30] {
+            for w in 0..2 {
+                dir.save(&part(tick, w, 2)).unwrap();
+            }
+            dir.prune(0).unwrap();
+            dir.prune(1).unwrap();
+        }
+        let ticks: Vec<Tick> = dir.complete().unwrap().iter().map(|(t, _)| *t).collect();
+        assert_eq!(ticks, [30, 20], "the two newest complete checkpoints stay");
+        assert_eq!(dir.latest().unwrap().unwrap().tick, 30);
+        let newest = dir.root.join("30").join("2-1.bin");
+        let mut bytes = std::fs::read(&newest).unwrap();
+        bytes[200..216].fill(0xff);
+        std::fs::write(&newest, &bytes).unwrap();
+        let restore = dir.latest().unwrap().unwrap();
+        assert_eq!((restore.tick, restore.parts.len()), (20, 2));
+        // both damaged: an error naming the file and the fix, no silent fresh start
+        let older = dir.root.join("20").join("2-0.bin");
+        let bytes = std::fs::read(&older).unwrap();
+        std::fs::write(&older, &bytes[..bytes.len() / 2]).unwrap();
+        let e = format!("{:#}", dir.latest().unwrap_err());
+        assert!(e.contains("2-1.bin") && e.contains("2-0.bin"), "{e}");
+        assert!(e.contains("--group-id"), "{e}");
+    }
+
+    #[test]
+    fn a_full_disk_names_the_part_and_leaves_no_temporary_file() {
+        let mut dir = scratch("full");
+        let at = dir.root.join("5");
+        std::fs::create_dir_all(&at).unwrap();
+        // writes to /dev/full fail with ENOSPC, as on a full disk
+        std::os::unix::fs::symlink("/dev/full", at.join("1-0.tmp")).unwrap();
+        let e = format!("{:#}", dir.save(&part(5, 0, 1)).unwrap_err());
+        assert!(e.contains("1-0.bin") && e.contains("disk full"), "{e}");
+        assert!(!at.join("1-0.tmp").exists() && !at.join("1-0.bin").exists());
+        // a save that never finished is cleaned at the next start
+        std::fs::write(at.join("1-0.tmp"), b"half").unwrap();
+        dir.clean();
+        assert!(!at.join("1-0.tmp").exists());
+        assert!(dir.latest().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_directory_that_cannot_be_made_is_named() {
+        let file = std::env::temp_dir().join(format!("tidemark-ckpt-file-{}", std::process::id()));
+        std::fs::write(&file, b"a file, not a directory").unwrap();
+        let e = format!("{:#}", Dir::open(&file, "job", "group").err().unwrap());
+        assert!(
+            e.contains(&file.display().to_string()) && e.contains("checkpoint.dir"),
+            "{e}"
+        );
     }
 }

@@ -26,6 +26,7 @@ pub struct Config {
     /// Address of the HTTP API (operations and reads), e.g. `127.0.0.1:8080`.
     pub http: Option<String>,
     pub serve: ServeConfig,
+    pub health: HealthConfig,
     /// Per-family sections, `[dataflows.search]` etc.
     pub dataflows: BTreeMap<String, serde_json::Value>,
     /// Per topic, for `tidemark topics create`: `[topics."ad-events"]` etc.
@@ -145,6 +146,23 @@ impl Default for ServeConfig {
     }
 }
 
+/// Readiness (`/readyz`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Not ready once a sink's writes, the DLQ's deliveries or checkpoints have failed
+    /// for this long.
+    pub unready_after_ms: u64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            unready_after_ms: 30_000,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CheckpointBackend {
@@ -175,6 +193,7 @@ impl Default for Config {
             checkpoint: CheckpointConfig::default(),
             http: None,
             serve: ServeConfig::default(),
+            health: HealthConfig::default(),
             dataflows: BTreeMap::new(),
             topics: BTreeMap::new(),
         }
@@ -222,11 +241,24 @@ impl Config {
             }
             fig = fig.merge(Toml::file(f));
         }
-        fig = fig.merge(
-            Env::prefixed("TIDEMARK_")
-                .split("__")
-                .ignore(&["KAFKA", "REDIS", "PG", "CRASH_AT"]),
-        );
+        let env = Env::prefixed("TIDEMARK_")
+            .split("__")
+            .ignore(&["KAFKA", "REDIS", "PG", "CRASH_AT"]);
+        // a variable that names no key (a Kubernetes service `tidemark` injects
+        // TIDEMARK_PORT, TIDEMARK_SERVICE_HOST, …) is left out, with one warning
+        let unknown: Vec<String> = env
+            .iter()
+            .map(|(k, _)| k.to_string())
+            .filter(|k| !names_a_key(k))
+            .collect();
+        if !unknown.is_empty() {
+            let names: Vec<String> = unknown
+                .iter()
+                .map(|k| format!("TIDEMARK_{}", k.to_ascii_uppercase().replace('.', "__")))
+                .collect();
+            tracing::warn!(variables = %names.join(", "), "environment variables that name no config key are ignored (see README \"Configuration\")");
+        }
+        fig = fig.merge(env.filter(|k| names_a_key(k.as_str())));
         for (var, path) in [
             ("TIDEMARK_KAFKA", "kafka.brokers"),
             ("TIDEMARK_REDIS", "redis.url"),
@@ -279,7 +311,7 @@ impl Config {
             if let Err(e) = redis::Client::open(url.as_str()) {
                 bail!(
                     "redis.url {:?}: {e}: use redis://host:port/db (TIDEMARK_REDIS)",
-                    hide_password(url)
+                    crate::redact::redact(url)
                 );
             }
         }
@@ -332,18 +364,36 @@ impl Config {
         Ok(toml::to_string(&v)?)
     }
 
-    /// The effective config as JSON with passwords hidden, for the start-up log.
+    /// The effective config as JSON with every secret hidden, for the start-up log.
     pub fn redacted(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(self).unwrap_or_default();
-        for path in [["postgres", "url"], ["redis", "url"]] {
-            if let Some(s) = v.get_mut(path[0]).and_then(|x| x.get_mut(path[1])) {
-                if let Some(text) = s.as_str() {
-                    *s = serde_json::Value::String(hide_password(text));
-                }
-            }
-        }
+        crate::redact::redact_json(&mut v);
         v
     }
+}
+
+/// Whether a dotted path (`kafka.dlq_topic`, from `TIDEMARK_KAFKA__DLQ_TOPIC`) names a key
+/// of [`Config`]: a field of each nested section, any key inside a map section
+/// (`dataflows`, `topics`, `serve.max_age_secs`), which checks its own keys.
+fn names_a_key(path: &str) -> bool {
+    const MAPS: [&str; 3] = ["dataflows", "topics", "serve.max_age_secs"];
+    let schema = serde_json::to_value(Config::default()).unwrap_or_default();
+    let mut at = &schema;
+    let mut walked = String::new();
+    for part in path.to_ascii_lowercase().split('.') {
+        if MAPS.contains(&walked.as_str()) {
+            return true;
+        }
+        let Some(next) = at.as_object().and_then(|o| o.get(part)) else {
+            return false;
+        };
+        at = next;
+        if !walked.is_empty() {
+            walked.push('.');
+        }
+        walked.push_str(part);
+    }
+    true
 }
 
 /// Turns figment's errors into one line each that names the key, where it was set and
@@ -398,25 +448,6 @@ fn explain(err: figment::Error) -> anyhow::Error {
     anyhow::anyhow!("invalid configuration: {}", lines.join("; "))
 }
 
-fn hide_password(url: &str) -> String {
-    let mut out: Vec<String> = Vec::new();
-    for part in url.split(' ') {
-        if part.starts_with("password=") {
-            out.push("password=***".into());
-        } else {
-            out.push(part.to_string());
-        }
-    }
-    let joined = out.join(" ");
-    // redis://user:secret@host
-    if let (Some(scheme), Some(at)) = (joined.find("://"), joined.find('@')) {
-        if let Some(colon) = joined[scheme + 3..at].find(':') {
-            return format!("{}***{}", &joined[..scheme + 3 + colon + 1], &joined[at..]);
-        }
-    }
-    joined
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -449,6 +480,27 @@ mod tests {
             (cfg.job.as_str(), cfg.workers, cfg.redis.url.as_deref()),
             ("from-file", 3, Some("redis://file/"))
         );
+        // a variable that names no key is left out; one that names a key is checked
+        std::env::set_var("TIDEMARK_PORT", "tcp://10.0.0.1:8080");
+        std::env::set_var("TIDEMARK_KAFKA__BROKERZ", "x");
+        std::env::set_var("TIDEMARK_DATAFLOWS__SEARCH__ALPHA", "2");
+        let cfg = Config::load(Some(&file), serde_json::json!({})).unwrap();
+        assert_eq!(cfg.dataflows["search"]["alpha"].as_f64(), Some(2.0));
+        std::env::set_var("TIDEMARK_INGEST__MAX_KEY_BYTES", "many");
+        let err = Config::load(Some(&file), serde_json::json!({}))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("TIDEMARK_INGEST__MAX_KEY_BYTES"), "{err}");
+        for v in [
+            "TIDEMARK_PORT",
+            "TIDEMARK_KAFKA__BROKERZ",
+            "TIDEMARK_DATAFLOWS__SEARCH__ALPHA",
+            "TIDEMARK_INGEST__MAX_KEY_BYTES",
+        ] {
+            std::env::remove_var(v);
+        }
+        assert!(names_a_key("serve.max_age_secs.doc") && names_a_key("postgres.url"));
+        assert!(!names_a_key("port") && !names_a_key("kafka.brokers.x"));
         std::fs::write(&file, "[kafka]\nbrokerz = \"x\"\n").unwrap();
         let err = Config::load(Some(&file), serde_json::json!({}))
             .unwrap_err()

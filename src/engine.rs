@@ -115,21 +115,47 @@ pub fn run(opts: RunOptions, shared: Arc<Shared>) -> anyhow::Result<Option<Tick>
         .clone()
         .unwrap_or_else(|| family.topics());
     let tables = Arc::new(family.tables());
-    let dlq = match opts.source {
-        SourceKind::Kafka => Some(Arc::new(Dlq::open(&opts.config)?)),
-        _ => None,
+    shared
+        .status
+        .unready_after_ms
+        .store(opts.config.health.unready_after_ms, Ordering::Relaxed);
+    // a service not reachable yet is waited for, with backoff, not ready meanwhile: a
+    // stop (SIGTERM) ends the wait
+    let kafka = matches!(opts.source, SourceKind::Kafka);
+    let dlq = match kafka {
+        true => match until_up(&shared, "kafka", || {
+            kafka::reachable(&opts.config, &topics)?;
+            Dlq::open(&opts.config)
+        }) {
+            Some(d) => Some(Arc::new(d)),
+            None => return Ok(None),
+        },
+        false => None,
     };
-    // fail fast, in the caller's thread, on a store that is not reachable
+    if let Some(d) = &dlq {
+        let _ = shared.status.dlq.set(d.sender.deliveries.clone());
+    }
     if let Some(url) = &opts.config.postgres.url {
-        let mut c = postgres::Client::connect(url, postgres::NoTls)
-            .context("connecting to postgres (postgres.url)")?;
-        crate::store::postgres::migrate(&mut c, &tables)?;
+        let up = until_up(&shared, "postgres", || {
+            let mut c = postgres::Client::connect(url, postgres::NoTls)
+                .context("connecting to postgres (postgres.url)")?;
+            crate::store::postgres::migrate(&mut c, &tables)
+        });
+        if up.is_none() {
+            return Ok(None);
+        }
     }
     if let Some(url) = &opts.config.redis.url {
-        redis::Client::open(url.as_str())?
-            .get_connection()
-            .context("connecting to redis (redis.url)")?;
+        let up = until_up(&shared, "redis", || {
+            redis::Client::open(url.as_str())?
+                .get_connection_with_timeout(Duration::from_secs(2))
+                .context("connecting to redis (redis.url)")
+        });
+        if up.is_none() {
+            return Ok(None);
+        }
     }
+    *shared.status.starting.lock().expect("status") = None;
     let resume = match opts.source {
         SourceKind::Kafka => Resume::find(&opts.config, &tables, family.name())?,
         SourceKind::Generator { .. } => Resume::default(),
@@ -166,6 +192,36 @@ pub fn run(opts: RunOptions, shared: Arc<Shared>) -> anyhow::Result<Option<Tick>
         d.sender.flush()?;
     }
     Ok(final_tick)
+}
+
+/// Runs `connect` until it succeeds, with backoff (0.5 s doubling to 30 s), while
+/// `/readyz` says what start-up waits for; `None` when a stop was asked for meanwhile.
+fn until_up<T>(
+    shared: &Shared,
+    what: &str,
+    mut connect: impl FnMut() -> anyhow::Result<T>,
+) -> Option<T> {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match connect() {
+            Ok(t) => return Some(t),
+            Err(e) => {
+                let error = crate::redact::redact(&format!("{e:#}"));
+                tracing::warn!(service = what, error = %error, retry_in_ms = backoff.as_millis() as u64, "not reachable at start-up: waiting for it (not ready meanwhile)");
+                *shared.status.starting.lock().expect("status") =
+                    Some(format!("waiting for {what}: {error}"));
+            }
+        }
+        let until = Instant::now() + backoff;
+        while Instant::now() < until {
+            if shared.drain.load(Ordering::Relaxed) || shared.stop.load(Ordering::Relaxed) {
+                tracing::info!(service = what, "stopped while waiting for it at start-up");
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
 }
 
 /// Where a run resumes: the newest complete checkpoint, and the first tick past
@@ -343,21 +399,7 @@ fn run_worker(
         peers,
         tables: tables.clone(),
     };
-    let mut stores = open_stores(opts, &writer, shared)?;
-    if let (0, Some(restore)) = (index, resume.roll_back_to()) {
-        // before this dataflow's first tick, so before any checkpoint of this run
-        for (store, _) in &mut stores {
-            let started = Instant::now();
-            let deleted = store.roll_back(restore.tick, resume.start_at)?;
-            tracing::info!(
-                sink = store.name(),
-                deleted,
-                checkpoint = restore.tick,
-                ms = started.elapsed().as_millis() as u64,
-                "deleted the entities written after the checkpoint"
-            );
-        }
-    }
+    let stores = open_stores(opts, &writer, shared)?;
     let writers: Vec<WriterHandle> = stores
         .into_iter()
         .map(|(s, stats)| spawn_writer(s, stats, dlq.clone()))
@@ -432,9 +474,25 @@ fn run_worker(
     if let Some(e) = state.error() {
         anyhow::bail!("{e}");
     }
+    if let (0, Some(restore)) = (index, resume.roll_back_to()) {
+        // the checkpoint is known to be valid (every state restored from it); nothing of
+        // this run is written before worker 0's first step, so before this
+        for (mut store, _) in open_stores(opts, &writer, shared)? {
+            let started = Instant::now();
+            let deleted = store.roll_back(restore.tick, resume.start_at)?;
+            tracing::info!(
+                sink = store.name(),
+                deleted,
+                checkpoint = restore.tick,
+                ms = started.elapsed().as_millis() as u64,
+                "deleted the entities written after the checkpoint"
+            );
+        }
+    }
     let mut finished_at: Option<Instant> = None;
     let mut drain_deadline: Option<Instant> = None;
     let mut reported = Instant::now();
+    let mut reported_stop = Instant::now();
     loop {
         let stepped = Instant::now();
         worker.step_or_park(Some(Duration::from_millis(1)));
@@ -477,6 +535,21 @@ fn run_worker(
             tracing::info!(worker = index, "stopping: draining, then a last checkpoint");
         }
         c.step(&processed, &durable);
+        if c.draining && reported_stop.elapsed() > Duration::from_millis(200) {
+            reported_stop = Instant::now();
+            let stage = format!(
+                "{}; processed to {:?}, durable to {:?}",
+                c.stage(),
+                processed.with_frontier(|f| f.first().copied()),
+                durable.with_frontier(|f| f.first().copied())
+            );
+            shared
+                .status
+                .stopping
+                .lock()
+                .expect("status")
+                .insert(index, (kafka::now_ms(), stage));
+        }
         if c.drained() {
             // linger, so peers hear our last progress
             let lingered = *finished_at.get_or_insert_with(Instant::now);
@@ -489,9 +562,10 @@ fn run_worker(
             worker.drop_dataflow(dataflow);
             let frontier = |p: &ProbeHandle<Tick>| p.with_frontier(|f| f.iter().next().copied());
             anyhow::bail!(
-                "worker {index}: the last checkpoint was not saved within {} s (a sink or the DLQ is down?); \
+                "worker {index}: the last checkpoint was not saved within {} s: {}; \
                  a restart resumes from the previous checkpoint ({}; processed to {:?}, durable to {:?})",
                 DRAIN_TIMEOUT.as_secs(),
+                telemetry::stuck(shared),
                 c.stage(),
                 frontier(&processed),
                 frontier(&durable)

@@ -246,6 +246,28 @@ pub fn group_of(cfg: &Config) -> String {
         .unwrap_or_else(|| format!("tidemark-{}", cfg.job))
 }
 
+/// Checks that the brokers answer and every topic exists with partitions (start-up waits
+/// until they do).
+pub fn reachable(cfg: &Config, topics: &[String]) -> anyhow::Result<()> {
+    let consumer: BaseConsumer = consumer_config(cfg, &group_of(cfg))
+        .create()
+        .context("creating the kafka consumer")?;
+    for topic in topics {
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .with_context(|| {
+                format!(
+                    "fetching metadata of topic '{topic}' from {} (kafka.brokers)",
+                    cfg.kafka.brokers
+                )
+            })?;
+        if md.topics().iter().all(|t| t.partitions().is_empty()) {
+            bail!("topic '{topic}' has no partitions (does it exist? create it with `tidemark topics create` or with the partitions you want)");
+        }
+    }
+    Ok(())
+}
+
 /// Everything a worker's source starts from.
 pub struct SourceStart<'a> {
     pub worker: usize,

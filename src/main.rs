@@ -219,6 +219,27 @@ fn main() {
     }
 }
 
+/// How long a stop may take once SIGTERM came (DESIGN §6 allows 30 s).
+const STOP_DEADLINE: Duration = Duration::from_secs(29);
+
+/// Whatever is stuck (a sink, the DLQ, an operator), a stop ends the process within
+/// [`STOP_DEADLINE`]: past it, this exits 1 naming what the stop was waiting for.
+fn stop_deadline(shared: Arc<Shared>) {
+    std::thread::spawn(move || {
+        while !shared.drain.load(Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(STOP_DEADLINE);
+        let stuck = tidemark::telemetry::stuck(&shared);
+        tracing::error!(stuck = %stuck, "the stop did not end within {} s: exiting 1 (the previous checkpoint stands)", STOP_DEADLINE.as_secs());
+        eprintln!(
+            "error: the stop did not end within {} s; stuck on: {stuck}",
+            STOP_DEADLINE.as_secs()
+        );
+        std::process::exit(1);
+    });
+}
+
 /// Reports how much of the backlog is read: a progress bar on a terminal, else a log line
 /// every 10 s while there is a backlog.
 fn report_progress(shared: Arc<Shared>) -> std::thread::JoinHandle<()> {
@@ -269,9 +290,13 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         tracing::info!(%bound, "HTTP API listening");
     }
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        // a second signal ends the process at once
+        signal_hook::flag::register_conditional_shutdown(signal, 1, shared.drain.clone())
+            .context("installing the signal handler")?;
         signal_hook::flag::register(signal, shared.drain.clone())
             .context("installing the signal handler")?;
     }
+    stop_deadline(shared.clone());
     let reporter = report_progress(shared.clone());
     let opts = RunOptions::kafka(timely, config, a.exit_at_end);
     let final_tick = engine::run(opts, shared.clone());

@@ -75,6 +75,14 @@ fn describe() {
         "Events older than every window they could change (too late)."
     );
     describe_counter!(DLQ, "Records handed to the dead-letter topic.");
+    describe_counter!(
+        "tidemark_dlq_failed_total",
+        "DLQ records not delivered (the topic takes none): no checkpoint is saved past them."
+    );
+    describe_counter!(
+        "tidemark_dlq_refused_total",
+        "DLQ records Kafka refused for good (too large): logged with their coordinates."
+    );
     describe_gauge!(
         "tidemark_consumer_lag_records",
         "High watermark minus the group's committed offset, per partition."
@@ -97,7 +105,7 @@ fn describe() {
     );
     describe_counter!(
         "tidemark_feature_updates_total",
-        "Entity rows written per sink; result=error counts rows of failed (retried) writes."
+        "Entity rows written per sink; result=error counts rows of failed (retried) writes, result=rejected rows the store can never take (sent to the DLQ)."
     );
     describe_counter!(
         "tidemark_sink_writes_total",
@@ -185,6 +193,8 @@ pub struct CheckpointStatus {
     pub last_saved_at_ms: Option<u64>,
     pub last_duration_ms: Option<u64>,
     pub last_error: Option<String>,
+    /// Epoch ms of the first failure since the last checkpoint saved.
+    pub failing_since_ms: Option<u64>,
 }
 
 /// A sink's last health check.
@@ -214,6 +224,15 @@ pub struct Status {
     /// (when, records consumed): samples for the rate.
     rate: Mutex<VecDeque<(Instant, u64)>>,
     pub started_ms: AtomicU64,
+    /// What start-up waits for (a service not reachable yet); `None` once started.
+    pub starting: Mutex<Option<String>>,
+    /// The DLQ producer's deliveries, once it exists.
+    pub dlq: OnceLock<Arc<crate::kafka::Deliveries>>,
+    /// `/readyz` is 503 once a sink, the DLQ or checkpoints have failed this long (ms);
+    /// 0 = the default, 30 s.
+    pub unready_after_ms: AtomicU64,
+    /// Per worker, where its stop stands and when it said so (epoch ms).
+    pub stopping: Mutex<BTreeMap<usize, (u64, String)>>,
 }
 
 impl Status {
@@ -236,6 +255,7 @@ impl Status {
         c.last_tick = Some(c.last_tick.map_or(tick, |t| t.max(tick)));
         c.last_saved_at_ms = Some(now_ms());
         c.last_duration_ms = Some(took.as_millis() as u64);
+        c.failing_since_ms = None;
     }
 
     pub fn checkpoint_failed(&self, error: String) {
@@ -243,6 +263,7 @@ impl Status {
         let mut c = self.checkpoint.lock().expect("status lock");
         c.failures += 1;
         c.last_error = Some(error);
+        c.failing_since_ms.get_or_insert_with(now_ms);
     }
 
     fn sample_rate(&self, consumed: u64) {
@@ -276,6 +297,53 @@ pub fn not_ready(shared: &Shared) -> Vec<String> {
     if shared.drain.load(Relaxed) {
         why.push("draining: stopping on SIGTERM".to_string());
     }
+    if let Some(waiting) = s.starting.lock().expect("status lock").as_ref() {
+        why.push(format!("starting: {waiting}"));
+    }
+    let grace = match s.unready_after_ms.load(Relaxed) {
+        0 => 30_000,
+        ms => ms,
+    };
+    let now = now_ms();
+    let failing = |since: u64| since > 0 && now.saturating_sub(since) >= grace;
+    for (sink, st) in shared.sinks.lock().expect("sink stats").iter() {
+        let writing = st.writing_since.load(Relaxed);
+        if failing(writing) {
+            why.push(format!(
+                "{sink}: a write has been in flight for {} s",
+                (now - writing) / 1000
+            ));
+        }
+        let since = st.failing_since.load(Relaxed);
+        if failing(since) {
+            let error = st.last_error.lock().expect("sink stats").clone();
+            why.push(format!(
+                "{sink} writes failing for {} s: {}",
+                (now - since) / 1000,
+                error.map(|(_, e)| e).unwrap_or_default()
+            ));
+        }
+    }
+    if let Some(d) = s.dlq.get() {
+        let since = d.failing_since.load(Relaxed);
+        if failing(since) {
+            why.push(format!(
+                "DLQ deliveries failing for {} s ({} failed): no checkpoint is saved past them",
+                (now - since) / 1000,
+                d.failed.load(Relaxed)
+            ));
+        }
+    }
+    {
+        let c = s.checkpoint.lock().expect("status lock");
+        if let Some(since) = c.failing_since_ms.filter(|t| failing(*t)) {
+            why.push(format!(
+                "checkpoints failing for {} s: {}",
+                (now - since) / 1000,
+                c.last_error.clone().unwrap_or_default()
+            ));
+        }
+    }
     let (assigned, sources) = (s.assigned.load(Relaxed), s.sources.load(Relaxed));
     if sources == 0 || assigned < sources {
         why.push(format!("sources assigned: {assigned} of {sources} workers"));
@@ -291,6 +359,52 @@ pub fn not_ready(shared: &Shared) -> Vec<String> {
     why
 }
 
+/// What a stop that overran its deadline was waiting for: the reasons it is not ready,
+/// each worker's last word on its stop, and every sink whose writes fail.
+pub fn stuck(shared: &Shared) -> String {
+    let mut parts: Vec<String> = not_ready(shared)
+        .into_iter()
+        .filter(|r| !r.starts_with("draining"))
+        .collect();
+    let now = now_ms();
+    for (w, (at, stage)) in shared.status.stopping.lock().expect("status lock").iter() {
+        parts.push(format!(
+            "worker {w} (said {} ms ago): {stage}",
+            now.saturating_sub(*at)
+        ));
+    }
+    for (sink, st) in shared.sinks.lock().expect("sink stats").iter() {
+        let writing = st.writing_since.load(Relaxed);
+        if writing > 0 && now.saturating_sub(writing) > 1_000 {
+            parts.push(format!(
+                "{sink}: a write has been in flight for {} ms",
+                now - writing
+            ));
+        }
+        if st.failing_since.load(Relaxed) > 0 {
+            let error = st.last_error.lock().expect("sink stats").clone();
+            parts.push(format!(
+                "{sink} writes failing: {}",
+                error.map(|(_, e)| e).unwrap_or_default()
+            ));
+        }
+    }
+    if let Some(e) = shared
+        .status
+        .checkpoint
+        .lock()
+        .expect("status lock")
+        .last_error
+        .clone()
+    {
+        parts.push(format!("the last checkpoint error: {e}"));
+    }
+    if parts.is_empty() {
+        parts.push("no worker reported its stop".into());
+    }
+    parts.join("; ")
+}
+
 /// Updates the mirrored metrics and renders the Prometheus text.
 pub fn render(shared: &Shared) -> String {
     let c = &shared.counters;
@@ -302,6 +416,10 @@ pub fn render(shared: &Shared) -> String {
         counter!("tidemark_events_invalid_total", "reason" => reason).absolute(n);
     }
     counter!(DLQ).absolute(shared.status.dlq_records.load(Relaxed));
+    if let Some(d) = shared.status.dlq.get() {
+        counter!("tidemark_dlq_failed_total").absolute(d.failed.load(Relaxed));
+        counter!("tidemark_dlq_refused_total").absolute(d.refused.load(Relaxed));
+    }
     for (sink, s) in shared.sinks.lock().expect("sink stats").iter() {
         let sink = *sink;
         counter!("tidemark_sink_writes_total", "sink" => sink, "result" => "ok")
@@ -312,6 +430,8 @@ pub fn render(shared: &Shared) -> String {
             .absolute(s.entity_updates.load(Relaxed));
         counter!("tidemark_feature_updates_total", "sink" => sink, "result" => "error")
             .absolute(s.failed_updates.load(Relaxed));
+        counter!("tidemark_feature_updates_total", "sink" => sink, "result" => "rejected")
+            .absolute(s.rejected.load(Relaxed));
     }
     for ((topic, partition), p) in shared.status.partitions.lock().expect("status").iter() {
         let labels = [
@@ -412,6 +532,10 @@ pub fn status(shared: &Shared, cfg: &Config, family: &str) -> Value {
                     "writes": st.writes.load(Relaxed),
                     "entity_updates": st.entity_updates.load(Relaxed),
                     "failures": st.failures.load(Relaxed),
+                    "rejected": st.rejected.load(Relaxed),
+                    "last_rejected": st.last_rejected.lock().expect("sink stats").clone()
+                        .map(|u| json!({"entity": u.entity, "tick": u.tick, "error": u.error})),
+                    "failing_since_ms": Some(st.failing_since.load(Relaxed)).filter(|t| *t > 0),
                     "last_error": st.last_error.lock().expect("sink stats").clone()
                         .map(|(at, e)| json!({"at_ms": at, "error": e})),
                     "reachable": h.map(|h| h.up),
@@ -452,6 +576,8 @@ pub fn status(shared: &Shared, cfg: &Config, family: &str) -> Value {
                 "held_back": c.held_back.load(Relaxed),
                 "invalid": invalid,
                 "dlq_records": s.dlq_records.load(Relaxed),
+                "dlq_failed": s.dlq.get().map(|d| d.failed.load(Relaxed)),
+                "dlq_refused": s.dlq.get().map(|d| d.refused.load(Relaxed)),
                 "events_per_second": s.rate(),
             }
         },

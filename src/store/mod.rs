@@ -96,6 +96,9 @@ pub struct SinkStats {
     pub last_error: Mutex<Option<(u64, String)>>,
     /// Epoch ms since which writes fail (0: the last write succeeded).
     pub failing_since: AtomicU64,
+    /// Epoch ms the write in flight started (0: none is): a store that stopped answering
+    /// shows here before any error does.
+    pub writing_since: AtomicU64,
     /// Entity updates the store can never take, reported and passed over.
     pub rejected: AtomicU64,
     pub last_rejected: Mutex<Option<Unstorable>>,
@@ -259,7 +262,11 @@ fn retrying<T>(
     let duration = metrics::histogram!(crate::telemetry::SINK_WRITE, "sink" => store.name());
     loop {
         let attempt = std::time::Instant::now();
+        stats
+            .writing_since
+            .store(crate::kafka::now_ms(), Ordering::Relaxed);
         let result = write(store);
+        stats.writing_since.store(0, Ordering::Relaxed);
         duration.record(attempt.elapsed().as_secs_f64());
         let e = match result {
             Ok(t) => {

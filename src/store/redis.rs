@@ -2,6 +2,7 @@
 //! MULTI/EXEC, so a reader never sees part of a tick.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tidemark_dataflows::features::{EntityChange, SinkKind, TableSpec, TickChanges, Value};
@@ -62,6 +63,9 @@ redis.call('HSET', KEYS[1], '_tick', ARGV[2], '_v', ARGV[3], unpack(ARGV, 5))
 if ARGV[4] ~= '0' then redis.call('EXPIRE', KEYS[1], ARGV[4]) end
 return 1
 "#;
+
+/// How long one reply may take: longer, the connection is dropped and the write retried.
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Entities per round trip when a restart rolls back or rewrites.
 const RESTART_BATCH: usize = 5_000;
@@ -155,8 +159,8 @@ pub struct RedisStore {
 
 impl RedisStore {
     pub fn open(url: &str, writer: Writer, ttl_secs: Option<u64>) -> anyhow::Result<Self> {
-        let client =
-            redis::Client::open(url).with_context(|| format!("redis url '{url}' (redis.url)"))?;
+        let client = redis::Client::open(url)
+            .with_context(|| format!("redis url '{}' (redis.url)", crate::redact::redact(url)))?;
         let mut store = RedisStore {
             conn: None,
             client,
@@ -171,8 +175,12 @@ impl RedisStore {
         if self.conn.is_none() {
             let conn = self
                 .client
-                .get_connection()
+                .get_connection_with_timeout(Duration::from_secs(5))
                 .context("connecting to redis")?;
+            // a server that stops answering fails the write (it is retried) rather than
+            // holding it forever
+            conn.set_read_timeout(Some(IO_TIMEOUT))?;
+            conn.set_write_timeout(Some(IO_TIMEOUT))?;
             self.conn = Some(conn);
         }
         Ok(self.conn.as_mut().expect("just connected"))
