@@ -364,13 +364,13 @@ fn newest_valid(
         match read(tick) {
             Ok(mut parts) => {
                 if !damaged.is_empty() {
-                    tracing::warn!(tick, skipped = %damaged.join("; "), "resuming from an older checkpoint: the newer one is damaged");
+                    tracing::warn!(tick, skipped = %damaged.join("; "), "resuming from an older checkpoint: the newer one cannot be read");
                 }
                 parts.sort_by_key(|p| p.worker);
                 return Ok(Some(Restore { tick, parts }));
             }
             Err(e) => {
-                tracing::error!(tick, error = %format!("{e:#}"), "a checkpoint is damaged: it is skipped; the restart falls back to the one before");
+                tracing::error!(tick, error = %format!("{e:#}"), "a checkpoint cannot be read (damaged, or of another version): it is skipped; the restart falls back to the one before");
                 damaged.push(format!("{e:#}"));
             }
         }

@@ -135,6 +135,19 @@ pub struct ServeConfig {
     pub max_age_secs: BTreeMap<String, u64>,
     /// Entity rows one `/get-online-features` request may ask for.
     pub max_entities: usize,
+    /// Entity rows × features one `/get-online-features` request may ask for (each value
+    /// answered costs ~40 bytes of response, and its share of the read).
+    pub max_feature_values: usize,
+    /// A request body larger than this is refused (413).
+    pub max_request_bytes: usize,
+    /// Connections served at once; more wait in the listen queue. Keeps the engine's own
+    /// file descriptors (checkpoints, Kafka, the stores) out of reach of HTTP clients.
+    pub max_connections: usize,
+    /// A connection that sends no complete request head within this long is closed (an
+    /// idle keep-alive connection too).
+    pub header_timeout_ms: u64,
+    /// A request that takes longer is answered 503.
+    pub request_timeout_ms: u64,
 }
 
 impl Default for ServeConfig {
@@ -142,6 +155,11 @@ impl Default for ServeConfig {
         ServeConfig {
             max_age_secs: BTreeMap::new(),
             max_entities: 10_000,
+            max_feature_values: 200_000,
+            max_request_bytes: 2 << 20,
+            max_connections: 256,
+            header_timeout_ms: 10_000,
+            request_timeout_ms: 30_000,
         }
     }
 }
@@ -284,6 +302,9 @@ impl Config {
         }
         if self.kafka.poll_batch == 0 {
             bail!("kafka.poll_batch = 0: set it to 1 or more (default 50000)");
+        }
+        if self.serve.max_connections == 0 {
+            bail!("serve.max_connections = 0: set it to 1 or more (default 256)");
         }
         if self.checkpoint.interval_ms == 0 {
             bail!("checkpoint.interval_ms = 0: set it to 1 or more (default 10000)");

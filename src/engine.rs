@@ -156,6 +156,9 @@ pub fn run(opts: RunOptions, shared: Arc<Shared>) -> anyhow::Result<Option<Tick>
         }
     }
     *shared.status.starting.lock().expect("status") = None;
+    // one job per feature view and store: another job's entities are never overwritten
+    // nor rolled back
+    crate::store::owners::claim(&opts.config, &tables)?;
     let resume = match opts.source {
         SourceKind::Kafka => Resume::find(&opts.config, &tables, family.name())?,
         SourceKind::Generator { .. } => Resume::default(),
@@ -400,9 +403,11 @@ fn run_worker(
         tables: tables.clone(),
     };
     let stores = open_stores(opts, &writer, shared)?;
+    // progress alone is recorded at most once per checkpoint interval (and at each pause)
+    let idle = Duration::from_millis(opts.config.checkpoint.interval_ms);
     let writers: Vec<WriterHandle> = stores
         .into_iter()
-        .map(|(s, stats)| spawn_writer(s, stats, dlq.clone()))
+        .map(|(s, stats)| spawn_writer(s, stats, dlq.clone(), idle))
         .collect();
     let ingest = IngestOptions {
         max_future_skew_ms: opts.config.ingest.max_future_skew_ms,
@@ -462,7 +467,9 @@ fn run_worker(
             .inner
             .probe_with(&processed)
             .as_collection();
-        durable_sink(features, writers, restored, quality).probe_with(&durable);
+        let (paused, finished) = (state.clone(), installed.final_tick.clone());
+        let persist_now = move || paused.paused_at().is_some() || finished.get().is_some();
+        durable_sink(features, writers, restored, quality, persist_now).probe_with(&durable);
         crate::dlq::dead_letters(
             installed.invalid.probe_with(&processed),
             dlq,
@@ -591,11 +598,15 @@ struct Restored {
 /// be committed and when `--exit-at-end` may stop.
 ///
 /// The restored checkpoint's rows (its tick's) are written over what a run wrote after it.
+///
+/// Progress goes to the stores with the next changes; `persist_now` says when it must be
+/// recorded at once (a checkpoint's pause, the end of the input).
 fn durable_sink<'s>(
     rows: VecCollection<'s, Tick, FeatureRow>,
     writers: Vec<WriterHandle>,
     restored: Option<Restored>,
     mut quality: Option<Quality>,
+    persist_now: impl Fn() -> bool + 'static,
 ) -> Stream<'s, Tick, Vec<()>> {
     let scope = rows.inner.scope();
     rows.inner
@@ -638,8 +649,9 @@ fn durable_sink<'s>(
                     let f = upto.unwrap_or(Tick::MAX);
                     if f > sent {
                         sent = f;
+                        let persist = persist_now();
                         for w in &writers {
-                            w.send(Msg::Progress(f));
+                            w.send(Msg::Progress { upto: f, persist });
                         }
                     }
                     let durable = writers.iter().map(|w| w.acked()).min().unwrap_or(f).min(f);

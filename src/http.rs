@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
@@ -246,6 +247,17 @@ async fn online_features(State(api): State<Arc<Api>>, body: axum::body::Bytes) -
             ),
         );
     }
+    let values = rows.saturating_mul(req.features.len());
+    if values > api.config.serve.max_feature_values {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{rows} entity rows × {} features = {values} values; at most {} per request (serve.max_feature_values): split the request",
+                req.features.len(),
+                api.config.serve.max_feature_values
+            ),
+        );
+    }
     // features grouped by view, each remembering its place in the answer
     let mut views: BTreeMap<&str, Vec<(usize, &str)>> = BTreeMap::new();
     for (i, r) in req.features.iter().enumerate() {
@@ -406,6 +418,87 @@ async fn status(State(api): State<Arc<Api>>) -> Response {
     .into_response()
 }
 
+/// Answers 503 for a request not done within `limit` (a slow body, a slow store).
+async fn within(
+    limit: Duration,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the request took more than {} ms (serve.request_timeout_ms)",
+                limit.as_millis()
+            ),
+        ),
+    }
+}
+
+/// Serves connections, at most `serve.max_connections` at once: the next one is accepted
+/// only when one closes, so clients that hold connections open queue in the listen backlog
+/// instead of taking the process's file descriptors. A connection that sends no request
+/// head within `serve.header_timeout_ms` (idle keep-alive ones too) is closed.
+async fn accept(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: &crate::config::ServeConfig,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let header_timeout = Duration::from_millis(limits.header_timeout_ms);
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // e.g. out of file descriptors: wait rather than spin
+                tracing::warn!(error = %e, "accepting an HTTP connection failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(io, service)
+                .await;
+            if let Err(e) = served {
+                tracing::debug!(error = %e, "HTTP connection ended");
+            }
+            drop(slot);
+        });
+    }
+}
+
+/// Raises the soft limit of open files to the hard one: the engine's files and sockets and
+/// the HTTP connections then have all the room the system allows.
+pub fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+                tracing::debug!("could not raise the open-file limit");
+            }
+        }
+    }
+}
+
 /// Serves the API on `addr` from threads of its own; returns the bound address.
 pub fn serve(
     addr: &str,
@@ -447,22 +540,28 @@ pub fn serve(
         shared,
         config,
     });
+    let limits = api.config.serve.clone();
+    let request_timeout = Duration::from_millis(limits.request_timeout_ms);
+    let app = Router::new()
+        .route("/features/{entity}/{id}", get(features))
+        .route("/get-online-features", post(online_features))
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/status", get(status))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            limits.max_request_bytes,
+        ))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            within(request_timeout, req, next)
+        }))
+        .with_state(api);
     std::thread::Builder::new()
         .name("http".into())
         .spawn(move || {
             rt.block_on(async move {
-                let app = Router::new()
-                    .route("/features/{entity}/{id}", get(features))
-                    .route("/get-online-features", post(online_features))
-                    .route("/livez", get(|| async { "ok" }))
-                    .route("/readyz", get(readyz))
-                    .route("/metrics", get(metrics))
-                    .route("/status", get(status))
-                    .with_state(api);
                 let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                if let Err(e) = axum::serve(listener, app).await {
-                    tracing::error!(error = %e, "HTTP server stopped");
-                }
+                accept(listener, app, &limits).await;
             });
         })?;
     Ok(local)

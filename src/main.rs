@@ -43,6 +43,9 @@ enum Command {
     /// Kafka topics: `topics create` creates the dataflow's topics and the DLQ.
     #[command(subcommand)]
     Topics(TopicsCommand),
+    /// Hands back the feature views a retired job owns in the stores, so another job may
+    /// write them (a job claims its views at start; see README "Jobs").
+    Release(ConfigArgs),
     /// Benchmarks (see README).
     Bench(bench::BenchArgs),
 }
@@ -188,6 +191,7 @@ impl ConfigArgs {
 
 fn main() {
     let cli = Cli::parse();
+    http::raise_fd_limit();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,postgres=warn,tokio_postgres=warn".into());
     if cli.log_format == "json" {
@@ -211,6 +215,19 @@ fn main() {
             Ok(())
         }),
         Command::Topics(TopicsCommand::Create(a)) => a.load().and_then(|c| topics::create(&c)),
+        Command::Release(a) => a.load().and_then(|c| {
+            let released = tidemark::store::owners::release(&c)?;
+            if released.is_empty() {
+                println!(
+                    "job '{}' owns no feature view in the configured stores",
+                    c.job
+                );
+            }
+            for r in released {
+                println!("released {r} (job '{}')", c.job);
+            }
+            Ok(())
+        }),
         Command::Bench(a) => bench::bench(a),
     };
     if let Err(e) = result {

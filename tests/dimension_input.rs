@@ -155,9 +155,14 @@ fn a_changed_dimension_row_moves_the_features_that_depend_on_it() {
     let family = CountryVisits(CountryConfig {
         topic: topic.clone(),
     });
+    let make: Arc<tidemark::engine::MakeFamily> = Arc::new(move || Box::new(family.clone()));
     let opts = RunOptions {
-        family: Some(Arc::new(move || Box::new(family.clone()))),
-        ..RunOptions::kafka(timely_config(2, 1, 0, None).unwrap(), config, false)
+        family: Some(make.clone()),
+        ..RunOptions::kafka(timely_config(2, 1, 0, None).unwrap(), config.clone(), false)
+    };
+    let restart = RunOptions {
+        family: Some(make),
+        ..RunOptions::kafka(timely_config(1, 1, 0, None).unwrap(), config, false)
     };
     let shared = Arc::new(Shared::default());
     let s = shared.clone();
@@ -188,6 +193,29 @@ fn a_changed_dimension_row_moves_the_features_that_depend_on_it() {
         vec!["feat:country:JP".to_string(), "feat:country:US".to_string()]
     );
 
-    shared.stop.store(true, Ordering::Relaxed);
+    // a graceful stop (a last checkpoint), a change while stopped, a restart: the change
+    // reaches the features, in both stores
+    shared.drain.store(true, Ordering::Relaxed);
     engine.join().unwrap().unwrap();
+    db.execute(
+        "UPDATE user_country SET country = 'FR' WHERE user_id = 'u2'",
+        &[],
+    )
+    .unwrap();
+    let shared = Arc::new(Shared::default());
+    let s = shared.clone();
+    let restarted = std::thread::spawn(move || run(restart, s));
+    wait_until("u2's visit to move to FR after the restart", || {
+        visits(&redis, "FR").as_deref() == Some("1") && visits(&redis, "JP").is_none()
+    });
+    assert_eq!(visits(&redis, "US").as_deref(), Some("2"));
+    wait_until("postgres to follow", || {
+        pg_features(&pg, "country", &["country"])
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            == ["feat:country:FR", "feat:country:US"]
+    });
+    shared.stop.store(true, Ordering::Relaxed);
+    restarted.join().unwrap().unwrap();
 }

@@ -99,7 +99,8 @@ fn kill_nine_at_random_points_and_crash_points_loses_and_doubles_nothing() {
         "--group-id",
         &topic,
     ];
-    // seeded kills, and one crash at each point between the steps of a tick
+    // seeded kills at random moments (nine), and one crash at each point between the steps
+    // of a tick, each run on 1 to 3 workers at random
     let mut rng = Seeded(0x71de_2026);
     let mut plan: Vec<(String, Option<(&str, u64)>)> = Vec::new();
     for point in [
@@ -108,8 +109,10 @@ fn kill_nine_at_random_points_and_crash_points_loses_and_doubles_nothing() {
         "postgres-written",
         "snapshot",
     ] {
-        let ms = rng.between(400, 1_800);
-        plan.push((format!("kill -9 after {ms} ms"), None));
+        for _ in 0..2 {
+            let ms = rng.between(400, 1_800);
+            plan.push((format!("kill -9 after {ms} ms"), None));
+        }
         plan.push((
             format!("crash at {point}"),
             Some((point, rng.between(2, 6))),
@@ -122,8 +125,11 @@ fn kill_nine_at_random_points_and_crash_points_loses_and_doubles_nothing() {
     let mut seen: std::collections::BTreeMap<&str, std::collections::BTreeMap<String, u64>> =
         Default::default();
     // each restart on another number of workers: the state is redistributed
-    for (i, (what, crash)) in plan.iter().enumerate() {
-        let workers = ["2", "1", "3"][i % 3];
+    let counts: Vec<&str> = plan
+        .iter()
+        .map(|_| ["1", "2", "3"][rng.between(0, 3) as usize])
+        .collect();
+    for ((what, crash), workers) in plan.iter().zip(counts) {
         let args = [&args[..], &["--workers", workers]].concat();
         let mut env = env.to_vec();
         let at;

@@ -135,6 +135,8 @@ fn a_topic_table_is_a_keyed_changelog_and_a_list_table_a_redis_list() {
         serde_json::json!({"job": output, "kafka": {"group_id": output}, "redis": {"url": redis}});
     let mut config = Config::load(None, flags).unwrap();
     config.checkpoint.dir = state_dir().into();
+    // Redis and the topics only (not the shared Postgres the environment names)
+    config.postgres.url = None;
     let visits = Visits(VisitsConfig {
         input: input.clone(),
         output: output.clone(),

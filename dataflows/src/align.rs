@@ -89,14 +89,33 @@ impl Aligner {
         self.lowest(|j| !self.lanes[j].peer)
     }
 
-    /// Whether an event at `ts` from this partition may go in now; if so it is taken, if not
-    /// it is this partition's next (offer it again later). Only the partitions marked
-    /// pending hold it back.
-    pub fn admit(&mut self, topic: &str, partition: i32, ts: Tick) -> bool {
-        let Some(skew) = self.skew else {
-            return true;
-        };
+    /// Starts partitions at the stream times a checkpoint recorded for them.
+    pub fn restore(&mut self, times: impl IntoIterator<Item = ((String, i32), Tick)>) {
+        for ((topic, partition), t) in times {
+            let i = self.lane(false, &topic, partition);
+            let lane = &mut self.lanes[i];
+            lane.time = Some(lane.time.map_or(t, |x| x.max(t)));
+        }
+    }
+
+    /// Every partition's stream time: the largest event time taken from it.
+    pub fn times(&self) -> Vec<((String, i32), Tick)> {
+        self.lanes
+            .iter()
+            .filter(|l| !l.peer)
+            .filter_map(|l| Some(((l.topic.clone(), l.partition), l.time?)))
+            .collect()
+    }
+
+    /// Whether an event at `ts` from this partition may go in now: if so it is taken, and
+    /// the answer is the partition's stream time once it is (the largest event time up to
+    /// and including it: what dedup and too-late decide by); if not, it is the partition's
+    /// next (offer it again later). Only the partitions marked pending hold it back.
+    pub fn admit(&mut self, topic: &str, partition: i32, ts: Tick) -> Option<Tick> {
         let i = self.lane(false, topic, partition);
+        let Some(skew) = self.skew else {
+            return Some(self.take(i, ts));
+        };
         let low = match self.low {
             Some(low) => low,
             None => {
@@ -111,14 +130,19 @@ impl Aligner {
             self.low = self.lowest(|_| true);
             if others.is_some_and(|o| ts > o.saturating_add(skew)) {
                 self.lanes[i].head = Some(ts);
-                return false;
+                return None;
             }
         }
-        let floor = self.floor;
+        Some(self.take(i, ts))
+    }
+
+    /// Takes a record at `ts` from lane `i`; its stream time after it.
+    fn take(&mut self, i: usize, ts: Tick) -> Tick {
         let lane = &mut self.lanes[i];
         lane.head = None;
-        lane.time = Some(lane.time.unwrap_or(floor).max(ts));
-        true
+        let t = lane.time.map_or(ts, |t| t.max(ts));
+        lane.time = Some(t);
+        t
     }
 
     /// The event time a lane has reached: the largest it gave or holds (so it only grows).
@@ -170,22 +194,28 @@ mod tests {
         a.mark("q", 0);
         a.mark("ads", 0);
         // both at the floor: `q` may not run ahead of `ads`
-        assert!(!a.admit("q", 0, 100));
+        assert!(a.admit("q", 0, 100).is_none());
         // `ads` goes on up to the skew past `q`'s held record (position 100)
-        assert!(a.admit("ads", 0, 95));
-        assert!(!a.admit("ads", 0, 120));
+        assert_eq!(a.admit("ads", 0, 95), Some(95));
+        assert!(a.admit("ads", 0, 120).is_none());
         // both hold a record: the lower one goes in, the other once it is within the skew
-        assert!(a.admit("q", 0, 100));
-        assert!(!a.admit("ads", 0, 120));
-        assert!(a.admit("q", 0, 115));
-        assert!(a.admit("ads", 0, 120));
+        assert_eq!(a.admit("q", 0, 100), Some(100));
+        assert!(a.admit("ads", 0, 120).is_none());
+        assert_eq!(a.admit("q", 0, 115), Some(115));
+        assert_eq!(a.admit("ads", 0, 120), Some(120));
         // a jump of `q`'s own waits for `ads`
-        assert!(!a.admit("q", 0, 500));
+        assert!(a.admit("q", 0, 500).is_none());
         // a partition with nothing more to come holds nobody back
         a.unmark();
         a.mark("q", 0);
-        assert!(a.admit("q", 0, 500));
+        assert_eq!(a.admit("q", 0, 500), Some(500));
         assert_eq!(a.position(), Some(500));
+        // an older record: the partition's stream time stays at its largest
+        assert_eq!(a.admit("q", 0, 200), Some(500));
+        assert_eq!(
+            a.times(),
+            [(("q".to_string(), 0), 500), (("ads".to_string(), 0), 120)]
+        );
     }
 
     #[test]
@@ -193,8 +223,8 @@ mod tests {
         let mut a = Aligner::new(Some(10), 0);
         a.mark("t", 0);
         a.mark_peer(1, 50);
-        assert!(a.admit("t", 0, 60));
-        assert!(!a.admit("t", 0, 61));
+        assert!(a.admit("t", 0, 60).is_some());
+        assert!(a.admit("t", 0, 61).is_none());
         assert_eq!(a.position(), Some(61));
     }
 
@@ -203,7 +233,10 @@ mod tests {
         let mut a = Aligner::new(None, 0);
         a.mark("a", 0);
         a.mark("b", 0);
-        assert!(a.admit("b", 0, u64::MAX));
+        assert_eq!(a.admit("b", 0, u64::MAX), Some(u64::MAX));
+        // a restored partition starts at its checkpoint's stream time
+        a.restore([(("c".to_string(), 1), 70)]);
+        assert_eq!(a.admit("c", 1, 50), Some(70));
     }
 
     proptest! {
@@ -236,10 +269,11 @@ mod tests {
                 let p = picks.next().map_or(lowest, |p| p % parts.len());
                 let Some(&ts) = parts[p].get(next[p]) else { continue };
                 let others = pending.iter().filter(|&&q| q != p).map(|&q| position(q)).min();
-                if a.admit("t", p as i32, ts) {
+                if let Some(stream_time) = a.admit("t", p as i32, ts) {
                     prop_assert!(others.is_none_or(|o| ts <= o + skew), "{ts} from {p}, others at {others:?}");
                     next[p] += 1;
                     time[p] = time[p].max(ts);
+                    prop_assert_eq!(stream_time, time[p], "the partition's stream time");
                     head[p] = None;
                 } else {
                     prop_assert!(head[p].is_none() || p != lowest, "the lowest position {p} was held twice");

@@ -239,6 +239,7 @@ impl<D: Dataflow + Clone> Family for D {
         state: &State,
     ) -> Installed<'s> {
         let this = self.clone();
+        let start_at = opts.start_at;
         let limits = KeyLimits {
             max_key_bytes: opts.max_key_bytes,
             max_items_per_event: opts.max_items_per_event,
@@ -260,7 +261,15 @@ impl<D: Dataflow + Clone> Family for D {
         // the invalid records' stream moves with the events' frontier and carries little
         let dimensions = tables
             .into_iter()
-            .map(|t| dimension(&ingested.invalid, t, Duration::from_millis(100)))
+            .map(|t| {
+                dimension(
+                    &ingested.invalid,
+                    t,
+                    Duration::from_millis(100),
+                    state,
+                    start_at,
+                )
+            })
             .collect();
         Installed {
             features: self.build(ingested.events, dimensions, ingested.rejected, state),

@@ -99,10 +99,14 @@ impl Default for IngestOptions {
     }
 }
 
+/// Each partition's stream time, as a checkpoint records it.
+type PartitionTimes = Vec<((String, i32), Tick)>;
+
 /// What the ingest source emits, before it is split.
 #[derive(Clone, Debug)]
 enum Ingest<E> {
-    Event(Timed<E>, Tick),
+    /// An event, the tick it goes in at, and its partition's stream time once it is read.
+    Event(Timed<E>, Tick, Tick),
     Invalid(Box<InvalidRecord>),
     /// News for worker `to`'s source.
     Peer {
@@ -147,6 +151,35 @@ struct Heard {
     ends: Vec<Tick>,
     /// Per worker, its slowest partition's position and whether it has records to come.
     clocks: BTreeMap<usize, (Tick, bool)>,
+    /// The same news with the tick it was told at, until the dedup frontier passes it.
+    told: BTreeMap<usize, VecDeque<(Tick, Tick, bool)>>,
+    /// Per worker, the latest clock the dedup frontier has passed.
+    passed: BTreeMap<usize, (Tick, bool)>,
+}
+
+impl Heard {
+    /// The dedup watermark once the input frontier is at `frontier`: the least position of
+    /// every worker's slowest partition with records to come, as told at a tick the
+    /// frontier has passed. Every record still to arrive comes from such a partition at or
+    /// after its position, so its stream time is at least this; `None` until every worker
+    /// was heard from, or while none has records to come.
+    fn watermark(&mut self, frontier: Tick, peers: usize) -> Option<Tick> {
+        for (worker, log) in self.told.iter_mut() {
+            while let Some(&(_, position, pending)) = log.front().filter(|(at, ..)| *at < frontier)
+            {
+                self.passed.insert(*worker, (position, pending));
+                log.pop_front();
+            }
+        }
+        if self.passed.len() < peers {
+            return None;
+        }
+        self.passed
+            .values()
+            .filter(|(_, pending)| *pending)
+            .map(|(position, _)| *position)
+            .min()
+    }
 }
 
 /// The result of ingesting one worker's source.
@@ -203,6 +236,23 @@ where
     let me = scope.index();
     let control = state.clone();
     let start_at = opts.start_at;
+    // each partition's stream time, as the newest checkpoint recorded it: decisions after
+    // a restart go on from there (not from the restart's first tick)
+    let partition_times: Rc<RefCell<PartitionTimes>> = Rc::default();
+    let mut restored_times: BTreeMap<(String, i32), Tick> = BTreeMap::new();
+    for part in state.register(
+        "partition_times",
+        crate::state::Split::ByKey,
+        partition_times.clone(),
+    ) {
+        for (p, t) in part {
+            let e = restored_times.entry(p).or_insert(t);
+            *e = (*e).max(t);
+        }
+    }
+    let recorded_times = partition_times.clone();
+    // where a peer not heard from yet stands
+    let restored_low = restored_times.values().copied().min().unwrap_or(0);
     assert!(
         state.restore().is_none_or(|r| r.tick < start_at),
         "a restored checkpoint's tick is in the past"
@@ -220,11 +270,13 @@ where
                 stream_time = start_at;
                 c.downgrade(&start_at);
             }
-            let mut aligner = Aligner::new(opts.max_partition_skew_ms, stream_time);
+            let mut aligner = Aligner::new(opts.max_partition_skew_ms, 0);
+            aligner.restore(std::mem::take(&mut restored_times));
             // the clock last told to the peers
             let mut told: Option<(Tick, bool)> = None;
             let mut finished = false;
-            let mut events: Vec<Timed<E>> = Vec::new();
+            // each event with its partition's stream time once it is read
+            let mut events: Vec<(Timed<E>, Tick)> = Vec::new();
             let mut invalid: Vec<InvalidRecord> = Vec::new();
             // checkpoints taken, and the one being agreed on
             let mut epoch: u64 = 0;
@@ -257,6 +309,8 @@ where
                         }
                         stream_time = stream_time.max(at);
                         (epoch, pausing, paused) = (k, None, true);
+                        // the snapshot keeps where each partition is
+                        *recorded_times.borrow_mut() = aligner.times();
                         records.paused(at);
                         control.set_paused(at, last);
                     }
@@ -310,15 +364,14 @@ where
                     match clocks.get(&worker) {
                         Some(&(at, true)) => aligner.mark_peer(worker, at),
                         Some(_) => {}
-                        None => aligner.mark_peer(worker, start_at),
+                        None => aligner.mark_peer(worker, restored_low),
                     }
                 }
                 // tell the peers how far this source's slowest partition is (to the second:
                 // the skew is minutes)
+                // (also on one worker: the dedup watermark follows this news)
                 let position = aligner.position().unwrap_or(stream_time);
-                if peers > 1
-                    && told.is_none_or(|(at, more)| more != pending || position >= at + 1000)
-                {
+                if told.is_none_or(|(at, more)| more != pending || position >= at + 1000) {
                     told = Some((position, pending));
                     let news = News::Clock {
                         from: me,
@@ -353,11 +406,13 @@ where
                     })
                 };
                 match decoded {
-                    Ok(ev) if !aligner.admit(rec.topic, rec.partition, ev.ts) => {
-                        held_back += 1;
-                        return Visit::Held;
-                    }
-                    Ok(ev) => events.push(ev),
+                    Ok(ev) => match aligner.admit(rec.topic, rec.partition, ev.ts) {
+                        Some(at) => events.push((ev, at)),
+                        None => {
+                            held_back += 1;
+                            return Visit::Held;
+                        }
+                    },
                     Err(e) => {
                         Counters::add(counters.invalid(&e.kind), 1);
                         let mut r = InvalidRecord::new(&rec, e);
@@ -377,20 +432,21 @@ where
                         .give_iterator(invalid.drain(..).map(|r| Ingest::Invalid(Box::new(r))));
                 }
                 if !events.is_empty() {
-                    let max_ts = events.iter().map(|e| e.ts).max().unwrap_or(0);
+                    let max_ts = events.iter().map(|(e, _)| e.ts).max().unwrap_or(0);
                     let tick = stream_time.max(max_ts).max(*held.time());
                     stream_time = tick;
                     held.downgrade(&tick);
                     let mut too_late = 0;
+                    // too late by the stream time at the record, not the batch's tick
                     output.session(&*held).give_iterator(
                         events
                             .drain(..)
-                            .filter(|e| {
-                                let live = horizon.live_at(e.ts, tick);
+                            .filter(|(e, at)| {
+                                let live = horizon.live_at(e.ts, *at);
                                 too_late += u64::from(!live);
                                 live
                             })
-                            .map(|e| Ingest::Event(e, tick)),
+                            .map(|(e, at)| Ingest::Event(e, tick, at)),
                     );
                     Counters::add(&counters.too_late, too_late);
                     records.inserted(tick);
@@ -432,9 +488,9 @@ where
     );
 
     type Split<'s, D> = Stream<'s, Tick, Vec<D>>;
-    type Update<E> = (Timed<E>, Tick, isize);
+    type Update<E> = ((Timed<E>, Tick), Tick, isize);
     let (events, rest): (Split<Update<E>>, Split<Ingest<E>>) = stream.ok_err(|x| match x {
-        Ingest::Event(e, t) => Ok((e, t, 1isize)),
+        Ingest::Event(e, t, at) => Ok(((e, at), t, 1isize)),
         other => Err(other),
     });
     let (invalid, news): (Split<InvalidRecord>, Split<(usize, News)>) = rest.ok_err(|x| match x {
@@ -442,8 +498,8 @@ where
         Ingest::Peer { to, news } => Err((to, news)),
         Ingest::Event(..) => unreachable!("events were split off"),
     });
-    hear_peers(news, peers, hearing, final_tick.clone());
-    let (events, duplicates) = dedup(state, events, opts.dedup_horizon_ms, counters);
+    hear_peers(news, peers, hearing.clone(), final_tick.clone());
+    let (events, duplicates) = dedup(state, events, opts.dedup_horizon_ms, hearing, counters);
     let rejected = invalid
         .clone()
         .unary::<CapacityContainerBuilder<Vec<(Rejection, Tick, isize)>>, _, _, _>(
@@ -475,11 +531,13 @@ where
     }
 }
 
-/// The event ids a worker has seen within the horizon, with the tick of their first copy.
+/// Per event id, the least stream time any copy of it was read at, oldest first in
+/// `order`; and the watermark applied so far (see [`dedup`]).
 #[derive(Default, Serialize, Deserialize)]
 struct Seen {
     first: rustc_hash::FxHashMap<EventId, Tick>,
     order: VecDeque<(Tick, EventId)>,
+    floor: Tick,
 }
 
 /// Collects what the sources tell each other. Once every worker's source finished, the
@@ -495,7 +553,8 @@ fn hear_peers<'s>(
         "HearPeers",
         move |(input, _)| {
             let mut heard = heard.borrow_mut();
-            input.for_each(|_, data| {
+            input.for_each(|cap, data| {
+                let told_at = cap.least().copied().unwrap_or(0);
                 for (_, news) in data.drain(..) {
                     match news {
                         News::End(at) => heard.ends.push(at),
@@ -504,6 +563,11 @@ fn hear_peers<'s>(
                         }
                         News::Clock { from, at, pending } => {
                             heard.clocks.insert(from, (at, pending));
+                            heard
+                                .told
+                                .entry(from)
+                                .or_default()
+                                .push_back((told_at, at, pending));
                         }
                     }
                 }
@@ -515,19 +579,34 @@ fn hear_peers<'s>(
     );
 }
 
-/// Drops repeated event ids seen within `horizon` ticks of the first copy.
+/// Drops the copies of an event (DESIGN §4), decided per record by its identity and the
+/// stream time at it — its partition's largest event time up to and including it — never
+/// by the tick its batch went in at, the worker count or where a restart resumed:
 ///
-/// Copies read by different workers (an unkeyed producer spreads them over partitions)
-/// carry ticks of different clocks; aligned reading keeps those clocks within the partition
-/// skew of each other, so a horizon larger than the skew still catches them. An id is
-/// forgotten once the input frontier is more than `horizon` past its first copy: any later
-/// copy is then outside the horizon anyway. (Eviction by the largest time seen would be
-/// wrong: workers' stream times differ, and a lagging worker still sends copies.)
+/// of the copies of an id, the one read at the least stream time (the *first*) counts, and
+/// every other copy read within `horizon` of it is a duplicate; a copy read later than
+/// that counts again (dedup does not look further back). Copies of a late event are caught
+/// like any others: they are read at nearby stream times, whatever their event time.
+///
+/// Copies arrive in any order across partitions: a copy read at an earlier stream time
+/// than the one counted takes its place (the same event, so nothing changes but the
+/// count of duplicates). When copies under one `event_id` differ, the first to arrive
+/// counts.
+///
+/// An id is kept while a copy within the horizon may still come: until the watermark —
+/// every worker's slowest partition with records to come, as its source told it — passes
+/// its first copy's stream time by the horizon. A record's stream time is taken as at
+/// least the watermark applied (`floor`), so a copy arriving after its id was forgotten is
+/// outside the horizon by the same rule; in a replay every partition with records left
+/// holds the watermark back, so the floor never moves a decision. The ids, their stream
+/// times and the floor are checkpointed; a restore keeps this worker's ids and the highest
+/// floor.
 #[allow(clippy::type_complexity)]
 fn dedup<'s, E>(
     state: &State,
-    events: Stream<'s, Tick, Vec<(Timed<E>, Tick, isize)>>,
+    events: Stream<'s, Tick, Vec<((Timed<E>, Tick), Tick, isize)>>,
     horizon: u64,
+    heard: Rc<RefCell<Heard>>,
     counters: Arc<Counters>,
 ) -> (
     Stream<'s, Tick, Vec<(Timed<E>, Tick, isize)>>,
@@ -537,20 +616,20 @@ where
     E: timely::ExchangeData,
 {
     let route = |id: &EventId| id.0 as u64;
-    // the ids seen, oldest first: a checkpoint keeps them, a restore keeps this worker's
     let shared: Rc<RefCell<Seen>> = Rc::default();
     let (me, peers) = (state.worker() as u64, state.peers() as u64);
     for part in state.register("dedup", Split::ByKey, shared.clone()) {
         let mut seen = shared.borrow_mut();
-        for (t, id) in part.order {
-            if route(&id) % peers == me && part.first.get(&id) == Some(&t) {
-                seen.first.insert(id, t);
-                seen.order.push_back((t, id));
+        seen.floor = seen.floor.max(part.floor);
+        for (at, id) in part.order {
+            if route(&id) % peers == me && part.first.get(&id) == Some(&at) {
+                seen.first.insert(id, at);
+                seen.order.push_back((at, id));
             }
         }
     }
     shared.borrow_mut().order.make_contiguous().sort();
-    let pact = Exchange::new(move |(e, _, _): &(Timed<E>, Tick, isize)| route(&e.id));
+    let pact = Exchange::new(move |((e, _), _, _): &((Timed<E>, Tick), Tick, isize)| route(&e.id));
     type KeptOrDup<E> = Result<(Timed<E>, Tick, isize), (Rejection, Tick, isize)>;
     let kept_or_dup = events
         .unary_frontier::<CapacityContainerBuilder<Vec<KeptOrDup<E>>>, _, _, _>(
@@ -559,23 +638,38 @@ where
             move |_, _| {
                 move |(input, frontier), output| {
                     let mut guard = shared.borrow_mut();
-                    let Seen { first: seen, order } = &mut *guard;
+                    let Seen {
+                        first,
+                        order,
+                        floor,
+                    } = &mut *guard;
                     input.for_each(|cap, data| {
                         let (mut dups, mut kept) = (0, 0);
                         let mut session = output.session(&cap);
-                        for (ev, t, r) in data.drain(..) {
-                            match seen.get(&ev.id) {
-                                Some(&first) if t.saturating_sub(first) <= horizon => {
-                                    dups += 1;
-                                    let reason = Rejected::Duplicate;
-                                    session.give(Err((Rejection { reason, ts: ev.ts }, t, r)));
+                        for ((ev, at), t, r) in data.drain(..) {
+                            let at = at.max(*floor);
+                            let duplicate = match first.get_mut(&ev.id) {
+                                None => {
+                                    first.insert(ev.id, at);
+                                    order.push_back((at, ev.id));
+                                    false
                                 }
-                                _ => {
-                                    seen.insert(ev.id, t);
-                                    order.push_back((t, ev.id));
-                                    kept += 1;
-                                    session.give(Ok((ev, t, r)));
+                                // read earlier than the copy counted: it takes its place
+                                Some(s) if at < *s => {
+                                    let within = *s <= at.saturating_add(horizon);
+                                    *s = at;
+                                    order.push_back((at, ev.id));
+                                    within
                                 }
+                                Some(s) => at <= s.saturating_add(horizon),
+                            };
+                            if duplicate {
+                                dups += 1;
+                                let reason = Rejected::Duplicate;
+                                session.give(Err((Rejection { reason, ts: ev.ts }, t, r)));
+                            } else {
+                                kept += 1;
+                                session.give(Ok((ev, t, r)));
                             }
                         }
                         Counters::add(&counters.duplicates, dups);
@@ -587,13 +681,16 @@ where
                         .next()
                         .copied()
                         .unwrap_or(Tick::MAX);
-                    while let Some(&(t, id)) = order.front() {
-                        if t.saturating_add(horizon) >= complete {
+                    if let Some(w) = heard.borrow_mut().watermark(complete, peers as usize) {
+                        *floor = (*floor).max(w);
+                    }
+                    while let Some(&(at, id)) = order.front() {
+                        if at.saturating_add(horizon) >= *floor {
                             break;
                         }
                         order.pop_front();
-                        if seen.get(&id) == Some(&t) {
-                            seen.remove(&id);
+                        if first.get(&id) == Some(&at) {
+                            first.remove(&id);
                         }
                     }
                 }

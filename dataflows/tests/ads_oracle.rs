@@ -125,6 +125,7 @@ enum Item {
 /// Insertion ticks, too-late and dedup, simulated per worker as ingest does them.
 fn accepted(batches: &[Vec<Item>]) -> Vec<(AdRead, Tick)> {
     let (mut s, mut closed_at) = (0u64, None::<Tick>);
+    let mut at = [0u64; 2];
     let mut first: HashMap<String, Tick> = HashMap::new();
     let mut out = Vec::new();
     for batch in batches {
@@ -143,7 +144,12 @@ fn accepted(batches: &[Vec<Item>]) -> Vec<(AdRead, Tick)> {
         let tick = s.max(max_ts).max(closed_at.map_or(0, |c| c + 1));
         s = tick;
         for e in valid {
-            if too_late(e.read.ts, tick) || first.contains_key(&e.id) {
+            // too late by the stream time at the record: its topic's (partition's) largest
+            // event time up to it
+            let quality = matches!(e.read.act, Act::Quality { .. });
+            let at = &mut at[usize::from(quality)];
+            *at = (*at).max(e.read.ts);
+            if too_late(e.read.ts, *at) || first.contains_key(&e.id) {
                 continue;
             }
             first.insert(e.id.clone(), tick);

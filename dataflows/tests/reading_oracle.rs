@@ -101,6 +101,7 @@ enum Item {
 /// with the reading family's 31-day retention as the horizon); with the rejections.
 fn accepted(batches: &[Vec<Item>], now: u64, horizon: u64) -> (Vec<(Ev, Tick)>, Vec<Rejected>) {
     let (mut s, mut closed_at) = (0u64, None::<Tick>);
+    let mut at = 0u64;
     let mut first: HashMap<String, Tick> = HashMap::new();
     let (mut out, mut rejected) = (Vec::new(), Vec::new());
     for batch in batches {
@@ -144,17 +145,20 @@ fn accepted(batches: &[Vec<Item>], now: u64, horizon: u64) -> (Vec<(Ev, Tick)>, 
         }
         s = tick;
         for e in valid {
-            if expiry_days(e.ts, 31) <= tick {
+            // too late and dedup by the stream time at the record (its largest event time)
+            at = at.max(e.ts);
+            if expiry_days(e.ts, 31) <= at {
                 continue;
             }
             match first.get(&e.id) {
-                Some(&t0) if tick - t0 <= horizon => rejected.push(Rejected {
+                Some(&s0) if at <= s0 + horizon => rejected.push(Rejected {
                     kind: DUPLICATE,
                     ts: e.ts,
                     tick,
                 }),
-                _ => {
-                    first.insert(e.id.clone(), tick);
+                Some(_) => out.push((e.clone(), tick)),
+                None => {
+                    first.insert(e.id.clone(), at);
                     out.push((e.clone(), tick));
                 }
             }

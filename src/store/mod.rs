@@ -2,6 +2,7 @@
 
 pub mod dimension;
 pub mod memory;
+pub mod owners;
 pub mod postgres;
 pub mod redis;
 pub mod topic;
@@ -75,7 +76,13 @@ pub struct Writer {
 
 pub enum Msg {
     Changes(Arc<TickChanges>),
-    Progress(Tick),
+    /// Every tick before `upto` is complete. A store records it with the next changes, or
+    /// at most once per idle interval while nothing changes; at once with `persist` (a
+    /// checkpoint's pause, the end of the input).
+    Progress {
+        upto: Tick,
+        persist: bool,
+    },
     /// A restored checkpoint's rows, for `Store::rewrite`.
     Rewrite {
         rows: Arc<TickChanges>,
@@ -128,10 +135,15 @@ impl WriterHandle {
 /// (nothing is acknowledged until it is written).
 ///
 /// The updates the store can never take are counted, logged and, with a DLQ, sent there.
+///
+/// Progress without changes is acknowledged at once (nothing needs writing for those
+/// ticks to be durable) and recorded in the store at most once per `idle`: an idle
+/// engine writes nothing else.
 pub fn spawn_writer(
     mut store: Box<dyn Store>,
     stats: Arc<SinkStats>,
     dlq: Option<Arc<Dlq>>,
+    idle: Duration,
 ) -> WriterHandle {
     let (tx, rx) = channel::<Msg>();
     let acked = Arc::new(AtomicU64::new(0));
@@ -140,7 +152,19 @@ pub fn spawn_writer(
     let (a, w) = (acked.clone(), wake.clone());
     std::thread::Builder::new()
         .name(format!("sink-{name}"))
-        .spawn(move || write_loop(&mut *store, rx, &a, &w, &stats, dlq.as_deref()))
+        .spawn(move || {
+            let mut w = WriteLoop {
+                store: &mut *store,
+                acked: &a,
+                wake: &w,
+                stats: &stats,
+                dlq: dlq.as_deref(),
+                idle,
+                recorded: 0,
+                recorded_at: std::time::Instant::now(),
+            };
+            w.run(rx)
+        })
         .expect("spawn a writer thread");
     WriterHandle {
         name,
@@ -150,64 +174,100 @@ pub fn spawn_writer(
     }
 }
 
-fn write_loop(
-    store: &mut dyn Store,
-    rx: Receiver<Msg>,
-    acked: &AtomicU64,
-    wake: &Mutex<Option<SyncActivator>>,
-    stats: &SinkStats,
-    dlq: Option<&Dlq>,
-) {
-    const MAX_TICKS_PER_WRITE: usize = 512;
-    let mut carried: Option<Msg> = None;
-    loop {
-        let first = match carried.take() {
-            Some(m) => m,
-            None => match rx.recv() {
-                Ok(m) => m,
-                Err(_) => return,
-            },
-        };
-        if let Msg::Rewrite { rows, since, at } = first {
-            let started = std::time::Instant::now();
-            let rejected = retrying(store, stats, rows.changes.len(), |s| {
-                s.rewrite(&rows, since, at)
-            });
-            report(store.name(), stats, dlq, rejected);
-            tracing::info!(
-                sink = store.name(),
-                rows = rows.changes.len(),
-                since,
-                at,
-                ms = started.elapsed().as_millis() as u64,
-                "the restored checkpoint is written over what came after it"
-            );
-            continue;
-        }
-        let (mut ticks, mut progress) = (Vec::new(), None);
-        let mut next = Some(first);
-        while let Some(m) = next.take() {
-            match m {
-                Msg::Changes(t) => ticks.push(t),
-                Msg::Progress(p) => progress = Some(p),
-                rewrite @ Msg::Rewrite { .. } => {
-                    carried = Some(rewrite);
-                    break;
+/// A writer thread's state.
+struct WriteLoop<'a> {
+    store: &'a mut dyn Store,
+    acked: &'a AtomicU64,
+    wake: &'a Mutex<Option<SyncActivator>>,
+    stats: &'a SinkStats,
+    dlq: Option<&'a Dlq>,
+    /// Progress alone is recorded at most this often.
+    idle: Duration,
+    /// The progress the store holds (every tick before it is written), and since when.
+    recorded: Tick,
+    recorded_at: std::time::Instant,
+}
+
+impl WriteLoop<'_> {
+    fn run(&mut self, rx: Receiver<Msg>) {
+        const MAX_TICKS_PER_WRITE: usize = 512;
+        let mut carried: Option<Msg> = None;
+        loop {
+            let first = match carried.take() {
+                Some(m) => m,
+                None => match rx.recv_timeout(self.idle) {
+                    Ok(m) => m,
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                        self.record_progress();
+                        continue;
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                },
+            };
+            if let Msg::Rewrite { rows, since, at } = first {
+                self.rewrite(&rows, since, at);
+                continue;
+            }
+            let (mut ticks, mut progress, mut persist) = (Vec::new(), None, false);
+            let mut next = Some(first);
+            while let Some(m) = next.take() {
+                match m {
+                    Msg::Changes(t) => ticks.push(t),
+                    Msg::Progress { upto, persist: now } => {
+                        progress = Some(upto);
+                        persist |= now;
+                    }
+                    rewrite @ Msg::Rewrite { .. } => {
+                        carried = Some(rewrite);
+                        break;
+                    }
+                }
+                if ticks.len() < MAX_TICKS_PER_WRITE {
+                    next = rx.try_recv().ok();
                 }
             }
-            if ticks.len() < MAX_TICKS_PER_WRITE {
-                next = rx.try_recv().ok();
+            if ticks.is_empty() {
+                // nothing to write for these ticks to be durable: acknowledged now, and
+                // recorded in the store when it must be or once the idle interval is up
+                if let Some(p) = progress {
+                    self.ack(p);
+                    if persist || self.recorded_at.elapsed() >= self.idle {
+                        self.record_progress();
+                    }
+                }
+                continue;
+            }
+            // writing a tick means every earlier tick is written: record it even when the
+            // progress message has not arrived yet, so the stores never hold ticks past it
+            let last = ticks.last().map_or(0, |t| t.tick + 1);
+            let progress = progress.map_or(last, |p| p.max(last));
+            self.write(&ticks, progress);
+        }
+    }
+
+    fn ack(&self, p: Tick) {
+        if p > self.acked.load(Ordering::Acquire) {
+            self.acked.store(p, Ordering::Release);
+            if let Some(a) = self.wake.lock().expect("wake slot").as_ref() {
+                let _ = a.activate();
             }
         }
-        // writing a tick means every earlier tick is written: record it even when the
-        // progress message has not arrived yet, so the stores never hold ticks past it
-        if let Some(last) = ticks.last() {
-            progress = Some(progress.map_or(last.tick + 1, |p| p.max(last.tick + 1)));
+    }
+
+    /// Records the acknowledged progress, if the store does not hold it yet.
+    fn record_progress(&mut self) {
+        let p = self.acked.load(Ordering::Acquire);
+        if p > self.recorded {
+            self.write(&[], p);
         }
+    }
+
+    fn write(&mut self, ticks: &[Arc<TickChanges>], progress: Tick) {
         let started = std::time::Instant::now();
         let updates: usize = ticks.iter().map(|t| t.changes.len()).sum();
-        let rejected = retrying(store, stats, updates, |s| s.write(&ticks, progress));
-        report(store.name(), stats, dlq, rejected);
+        let (store, stats) = (&mut *self.store, self.stats);
+        let rejected = retrying(store, stats, updates, |s| s.write(ticks, Some(progress)));
+        report(store.name(), stats, self.dlq, rejected);
         crate::crash::point(match store.name() {
             "redis" => "redis-written",
             "postgres" => "postgres-written",
@@ -225,12 +285,26 @@ fn write_loop(
         stats
             .entity_updates
             .fetch_add(updates as u64, Ordering::Relaxed);
-        if let Some(p) = progress {
-            acked.store(p, Ordering::Release);
-            if let Some(a) = wake.lock().expect("wake slot").as_ref() {
-                let _ = a.activate();
-            }
-        }
+        self.recorded = self.recorded.max(progress);
+        self.recorded_at = std::time::Instant::now();
+        self.ack(progress);
+    }
+
+    fn rewrite(&mut self, rows: &TickChanges, since: Tick, at: Tick) {
+        let started = std::time::Instant::now();
+        let (store, stats) = (&mut *self.store, self.stats);
+        let rejected = retrying(store, stats, rows.changes.len(), |s| {
+            s.rewrite(rows, since, at)
+        });
+        report(store.name(), stats, self.dlq, rejected);
+        tracing::info!(
+            sink = store.name(),
+            rows = rows.changes.len(),
+            since,
+            at,
+            ms = started.elapsed().as_millis() as u64,
+            "the restored checkpoint is written over what came after it"
+        );
     }
 }
 

@@ -176,10 +176,14 @@ pub fn state_dir() -> String {
         .into_owned()
 }
 
-/// The engine binary with the tests' Kafka and checkpoint directory.
+/// The engine binary with the tests' Kafka and checkpoint directory. Redis and Postgres
+/// only when a test names its own database (`fresh_redis`, `fresh_pg`): the feature views
+/// of a store belong to one job, and the tests' jobs are many.
 pub fn engine_command() -> Command {
     let mut cmd = Command::new(BIN);
-    cmd.env("TIDEMARK_KAFKA", kafka())
+    cmd.env_remove("TIDEMARK_PG")
+        .env_remove("TIDEMARK_REDIS")
+        .env("TIDEMARK_KAFKA", kafka())
         .env("TIDEMARK_CHECKPOINT__DIR", state_dir())
         .env("RUST_LOG", "warn");
     cmd

@@ -1,0 +1,188 @@
+//! Jobs sharing one Redis and one Postgres stay out of each other's way: a job claims its
+//! feature views at start, a second job on the same views is refused with the fix, and
+//! a restart's rollback of one job (killed after its checkpoint, its progress left ahead)
+//! leaves every row of the other as it was, though their ticks overlap.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::search::*;
+use common::*;
+
+/// Every Redis hash outside the search family's views, and the reading tables in Postgres.
+fn reading_rows(redis: &str, pg: &str) -> (Hashes, Hashes) {
+    let mut r = redis_features(redis);
+    r.retain(|k, _| {
+        !["feat:doc:", "feat:qd:", "feat:ac:"]
+            .iter()
+            .any(|p| k.starts_with(p))
+    });
+    let mut p = BTreeMap::new();
+    for (ns, keys) in [
+        ("session", &["session_id"][..]),
+        ("user", &["user_id"][..]),
+        ("episode", &["episode_id"][..]),
+        ("segment", &["country", "genre", "tod"][..]),
+    ] {
+        p.extend(pg_features(pg, ns, keys));
+    }
+    (r, p)
+}
+
+#[test]
+fn a_job_on_another_jobs_views_is_refused_and_a_rollback_touches_only_its_own_rows() {
+    let redis = fresh_redis(2);
+    let pg = fresh_pg("tm_jobs");
+    let env = [
+        ("TIDEMARK_REDIS", redis.as_str()),
+        ("TIDEMARK_PG", pg.as_str()),
+    ];
+    // the reading job, run to its end
+    let reading = fresh_topic("jobs-reading", 2);
+    tidemark(
+        &[
+            "generate",
+            "--dataflow",
+            "reading",
+            "--events",
+            "3000",
+            "--seed",
+            "61",
+            "--rate",
+            "20",
+            "--topic",
+            &reading,
+        ],
+        &[("TIDEMARK_PG", pg.as_str())],
+    );
+    run_to_end(
+        &reading,
+        "readjob",
+        &reading,
+        &["--dataflow", "reading"],
+        &env,
+    );
+    let before = reading_rows(&redis, &pg);
+    assert!(!before.0.is_empty() && !before.1.is_empty());
+
+    // the search job, run to its end, then left as a run killed after its checkpoint
+    // leaves it: its progress ahead of the checkpoint, so the restart rolls back
+    let (search, file) = generated_stream("jobs-search", 4_000, 62, &["--duplicates", "0.05"]);
+    run_to_end(&search, "searchjob", &search, &["--workers", "2"], &env);
+    let frontier: u64 = redis_get(&redis, "tidemark:searchjob:frontier")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut r = redis::Client::open(redis.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg("tidemark:searchjob:progress")
+        .arg(0)
+        // past the reading job's ticks: a rollback by tick alone would take its rows
+        .arg(frontier + 200_000)
+        .query(&mut r)
+        .unwrap();
+    let out = engine_command()
+        .args([
+            "run",
+            "--topic",
+            &search,
+            "--exit-at-end",
+            "--job",
+            "searchjob",
+        ])
+        .args(["--group-id", &search])
+        .envs(env)
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    let events = valid_events(&std::fs::read_to_string(&file).unwrap());
+    // the restart's ticks are past the progress a reader saw
+    let frontier: u64 = redis_get(&redis, "tidemark:searchjob:frontier")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let want = recount(&events, frontier);
+    let mut searched = redis_features(&redis);
+    searched.retain(|k, _| {
+        ["feat:doc:", "feat:qd:", "feat:ac:"]
+            .iter()
+            .any(|p| k.starts_with(p))
+    });
+    assert_matches("redis, the search job", &searched, &want);
+    assert_eq!(
+        reading_rows(&redis, &pg),
+        before,
+        "the search job's rollback left the reading job's rows alone"
+    );
+
+    // a second search job on the same stores is refused, naming the owner and the fix
+    let group = format!("{search}-intruder");
+    let out = engine_command()
+        .args([
+            "run",
+            "--topic",
+            &search,
+            "--exit-at-end",
+            "--job",
+            "intruder",
+        ])
+        .args(["--group-id", &group])
+        .envs(env)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("'searchjob'") && err.contains("feat:doc") && err.contains("tidemark release"),
+        "{err}"
+    );
+    // once the owner is retired and its views released, the other job may write them
+    let out = tidemark(&["release", "--job", "searchjob"], &env);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("released redis feat:doc"));
+    let out = engine_command()
+        .args([
+            "run",
+            "--topic",
+            &search,
+            "--exit-at-end",
+            "--job",
+            "intruder",
+        ])
+        .args(["--group-id", &group])
+        .envs(env)
+        .timeout_output(Duration::from_secs(120));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+trait TimeoutOutput {
+    fn timeout_output(&mut self, limit: Duration) -> std::process::Output;
+}
+
+impl TimeoutOutput for std::process::Command {
+    fn timeout_output(&mut self, limit: Duration) -> std::process::Output {
+        let mut child = self
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if started.elapsed() > limit {
+                let _ = child.kill();
+                panic!("did not end within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        child.wait_with_output().unwrap()
+    }
+}
