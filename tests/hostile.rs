@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::search::*;
 use common::*;
@@ -68,32 +68,7 @@ fn produce_all(topic: &str, records: &[Vec<u8>]) -> Vec<i64> {
 
 /// `tidemark args…`, killed and failed if it does not end within `limit`.
 fn run_within(args: &[&str], env: &[(&str, &str)], limit: Duration) -> Output {
-    let mut cmd = engine_command();
-    cmd.args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("spawn tidemark");
-    let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "tidemark {args:?} did not end within {limit:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-                    .lines()
-                    .rev()
-                    .take(20)
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    child.wait_with_output().unwrap()
+    output_within(engine_command().args(args).envs(env.iter().copied()), limit)
 }
 
 fn event(id: &str, ts: u64, body: &str) -> Vec<u8> {

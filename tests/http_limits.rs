@@ -8,7 +8,7 @@
 mod common;
 
 use std::io::Read;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -18,12 +18,7 @@ fn open_fds(pid: u32) -> usize {
 }
 
 fn get(url: &str) -> Option<(u16, String)> {
-    let client = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
-    let r = client.get(url).send().ok()?;
-    Some((r.status().as_u16(), r.text().unwrap_or_default()))
+    http_get(url, Duration::from_secs(30))
 }
 
 fn checkpoints_saved(base: &str) -> (u64, u64) {
@@ -39,11 +34,7 @@ fn checkpoints_saved(base: &str) -> (u64, u64) {
 fn idle_connections_and_huge_requests_cannot_starve_the_engine() {
     let (topic, _) = generated_stream("http-limits", 2_000, 51, &[]);
     let redis = fresh_redis(3);
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let mut child = engine_command()
         .args([

@@ -145,44 +145,23 @@ fn a_job_on_another_jobs_views_is_refused_and_a_rollback_touches_only_its_own_ro
     // once the owner is retired and its views released, the other job may write them
     let out = tidemark(&["release", "--job", "searchjob"], &env);
     assert!(String::from_utf8_lossy(&out.stdout).contains("released redis feat:doc"));
-    let out = engine_command()
-        .args([
-            "run",
-            "--topic",
-            &search,
-            "--exit-at-end",
-            "--job",
-            "intruder",
-        ])
-        .args(["--group-id", &group])
-        .envs(env)
-        .timeout_output(Duration::from_secs(120));
+    let out = output_within(
+        engine_command()
+            .args([
+                "run",
+                "--topic",
+                &search,
+                "--exit-at-end",
+                "--job",
+                "intruder",
+            ])
+            .args(["--group-id", &group])
+            .envs(env),
+        Duration::from_secs(120),
+    );
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-trait TimeoutOutput {
-    fn timeout_output(&mut self, limit: Duration) -> std::process::Output;
-}
-
-impl TimeoutOutput for std::process::Command {
-    fn timeout_output(&mut self, limit: Duration) -> std::process::Output {
-        let mut child = self
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let started = std::time::Instant::now();
-        while child.try_wait().unwrap().is_none() {
-            if started.elapsed() > limit {
-                let _ = child.kill();
-                panic!("did not end within {limit:?}");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        child.wait_with_output().unwrap()
-    }
 }

@@ -11,22 +11,11 @@ use common::services::*;
 use common::*;
 
 fn readyz(port: u16) -> (u16, String) {
-    let client = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
-    match client.get(format!("http://127.0.0.1:{port}/readyz")).send() {
-        Ok(r) => (r.status().as_u16(), r.text().unwrap_or_default()),
-        Err(e) => (0, e.to_string()),
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    http_get(
+        &format!("http://127.0.0.1:{port}/readyz"),
+        Duration::from_secs(5),
+    )
+    .unwrap_or_default()
 }
 
 #[test]

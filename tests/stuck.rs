@@ -59,14 +59,11 @@ fn proxy(to: String, frozen: Arc<AtomicBool>) -> u16 {
 }
 
 fn readyz(port: u16) -> (u16, String) {
-    let client = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .unwrap();
-    match client.get(format!("http://127.0.0.1:{port}/readyz")).send() {
-        Ok(r) => (r.status().as_u16(), r.text().unwrap_or_default()),
-        Err(e) => (0, e.to_string()),
-    }
+    http_get(
+        &format!("http://127.0.0.1:{port}/readyz"),
+        Duration::from_secs(2),
+    )
+    .unwrap_or_default()
 }
 
 fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
@@ -107,11 +104,7 @@ fn a_store_that_stops_answering_makes_the_engine_unready_and_a_stop_still_ends_i
         .to_string();
     let port = proxy(real, frozen.clone());
     let through = format!("redis://127.0.0.1:{port}/10");
-    let http = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let http = free_port();
     let mut child = engine_command()
         .args([
             "run",

@@ -189,6 +189,47 @@ pub fn engine_command() -> Command {
     cmd
 }
 
+/// A free local TCP port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET url`: the status and the body, or `None` when nothing answered in time.
+pub fn http_get(url: &str, timeout: Duration) -> Option<(u16, String)> {
+    let client = reqwest::blocking::Client::builder()
+        .timeout(timeout)
+        .build()
+        .unwrap();
+    let r = client.get(url).send().ok()?;
+    Some((r.status().as_u16(), r.text().unwrap_or_default()))
+}
+
+/// Runs `cmd` to its end, capturing its output; killed, and the test failed with the end
+/// of its log, when it does not end within `limit`.
+pub fn output_within(cmd: &mut Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn tidemark");
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            let log = String::from_utf8_lossy(&out.stderr);
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            panic!("{cmd:?} did not end within {limit:?}: {}", tail.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.wait_with_output().unwrap()
+}
+
 pub fn tidemark(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = engine_command();
     cmd.args(args);
