@@ -31,6 +31,16 @@ pub trait Backend: Send {
     fn prune(&mut self, worker: usize) -> anyhow::Result<()>;
     /// At start: removes what saves that never finished left behind.
     fn clean(&mut self) {}
+    /// Moves a checkpoint that failed verification out of the way (kept for inspection),
+    /// so it is never counted among the two that pruning keeps.
+    fn set_aside(&mut self, _tick: Tick) -> anyhow::Result<()> {
+        Ok(())
+    }
+    /// The checkpoints newer than the one [`Backend::latest`] found that failed
+    /// verification.
+    fn damaged(&self) -> Vec<Tick> {
+        Vec::new()
+    }
 }
 
 /// The checkpoint store of `cfg`'s job and consumer group.
@@ -62,8 +72,29 @@ fn encode(part: &WorkerSnapshot) -> anyhow::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// A part, verified: framing, length and checksum first, then its content.
-fn decode(bytes: &[u8], what: &dyn std::fmt::Display) -> anyhow::Result<WorkerSnapshot> {
+/// Where a part was found: the checkpoint's tick, and the peer count and worker its name
+/// or row says. The part's checksummed content says the same, or it is refused (a part
+/// copied or moved into another checkpoint).
+struct Place {
+    tick: Tick,
+    peers: usize,
+    worker: usize,
+}
+
+/// A part, verified: framing, length and checksum first, then its content, then that
+/// it is the part its place says.
+fn decode(bytes: &[u8], what: &dyn std::fmt::Display, at: Place) -> anyhow::Result<WorkerSnapshot> {
+    let part = decode_framed(bytes, what)?;
+    if (part.tick, part.peers, part.worker) != (at.tick, at.peers, at.worker) {
+        bail!(
+            "checkpoint part {what} holds the part of tick {}, worker {} of {} where its place says tick {}, worker {} of {}: it was moved or copied",
+            part.tick, part.worker, part.peers, at.tick, at.worker, at.peers
+        );
+    }
+    Ok(part)
+}
+
+fn decode_framed(bytes: &[u8], what: &dyn std::fmt::Display) -> anyhow::Result<WorkerSnapshot> {
     if bytes.len() < HEADER || &bytes[..8] != MAGIC {
         bail!("checkpoint part {what} is not a checkpoint of this version (no {} header): it is corrupt, or written by another version", String::from_utf8_lossy(MAGIC));
     }
@@ -94,6 +125,7 @@ fn decode(bytes: &[u8], what: &dyn std::fmt::Display) -> anyhow::Result<WorkerSn
 /// file, fsync, rename).
 pub struct Dir {
     root: PathBuf,
+    damaged: Vec<Tick>,
 }
 
 impl Dir {
@@ -105,7 +137,10 @@ impl Dir {
                 root.display()
             )
         })?;
-        Ok(Dir { root })
+        Ok(Dir {
+            root,
+            damaged: Vec::new(),
+        })
     }
 
     /// Removes the temporary files a save that never finished left (a crash, a full
@@ -220,17 +255,40 @@ impl Backend for Dir {
     fn latest(&mut self) -> anyhow::Result<Option<Restore>> {
         let complete = self.complete()?;
         let ticks: Vec<Tick> = complete.iter().map(|(t, _)| *t).collect();
-        newest_valid(ticks, &self.root.display(), |tick| {
+        self.damaged.clear();
+        newest_valid(ticks, &self.root.display(), &mut self.damaged, |tick| {
             let (_, files) = complete.iter().find(|(t, _)| *t == tick).expect("listed");
             files
                 .iter()
                 .map(|f| {
                     let bytes =
                         std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
-                    decode(&bytes, &f.display())
+                    let (peers, worker, _) = part_of(f).expect("listed as a part");
+                    decode(
+                        &bytes,
+                        &f.display(),
+                        Place {
+                            tick,
+                            peers,
+                            worker,
+                        },
+                    )
                 })
                 .collect()
         })
+    }
+
+    fn set_aside(&mut self, tick: Tick) -> anyhow::Result<()> {
+        let from = self.root.join(tick.to_string());
+        let to = self.root.join(format!("damaged-{tick}"));
+        std::fs::rename(&from, &to)
+            .with_context(|| format!("moving {} to {}", from.display(), to.display()))?;
+        tracing::warn!(from = %from.display(), to = %to.display(), "a damaged checkpoint is set aside (remove it once inspected)");
+        Ok(())
+    }
+
+    fn damaged(&self) -> Vec<Tick> {
+        self.damaged.clone()
     }
 
     fn prune(&mut self, worker: usize) -> anyhow::Result<()> {
@@ -271,6 +329,7 @@ pub struct Table {
     client: postgres::Client,
     job: String,
     group: String,
+    damaged: Vec<Tick>,
 }
 
 impl Table {
@@ -286,6 +345,7 @@ impl Table {
             client,
             job: job.into(),
             group: group.into(),
+            damaged: Vec::new(),
         })
     }
 
@@ -324,19 +384,43 @@ impl Backend for Table {
         let (job, group) = (self.job.clone(), self.group.clone());
         let location = format!("table tidemark_checkpoints (job {job}, group {group})");
         let client = &mut self.client;
-        newest_valid(ticks, &location, |tick| {
+        self.damaged.clear();
+        newest_valid(ticks, &location, &mut self.damaged, |tick| {
             let rows = client.query(
-                "SELECT worker, state FROM tidemark_checkpoints WHERE job = $1 AND grp = $2 AND tick = $3 ORDER BY worker",
+                "SELECT worker, peers, state FROM tidemark_checkpoints WHERE job = $1 AND grp = $2 AND tick = $3 ORDER BY worker",
                 &[&job, &group, &(tick as i64)],
             )?;
             rows.iter()
                 .map(|r| {
-                    let worker: i32 = r.get(0);
-                    let bytes: Vec<u8> = r.get(1);
-                    decode(&bytes, &format!("{tick} of worker {worker} in {location}"))
+                    let (worker, peers): (i32, i32) = (r.get(0), r.get(1));
+                    let bytes: Vec<u8> = r.get(2);
+                    let place = Place {
+                        tick,
+                        peers: peers as usize,
+                        worker: worker as usize,
+                    };
+                    decode(
+                        &bytes,
+                        &format!("{tick} of worker {worker} in {location}"),
+                        place,
+                    )
                 })
                 .collect()
         })
+    }
+
+    fn set_aside(&mut self, tick: Tick) -> anyhow::Result<()> {
+        // another group name keeps its rows (for inspection) out of this group's listing
+        let moved = self.client.execute(
+            "UPDATE tidemark_checkpoints SET grp = grp || '/damaged' WHERE job = $1 AND grp = $2 AND tick = $3",
+            &[&self.job, &self.group, &(tick as i64)],
+        )?;
+        tracing::warn!(tick, rows = moved, job = %self.job, group = %format!("{}/damaged", self.group), "a damaged checkpoint is set aside in tidemark_checkpoints (delete it once inspected)");
+        Ok(())
+    }
+
+    fn damaged(&self) -> Vec<Tick> {
+        self.damaged.clone()
     }
 
     fn prune(&mut self, worker: usize) -> anyhow::Result<()> {
@@ -354,9 +438,11 @@ impl Backend for Table {
 /// The newest of the `complete` checkpoints (their ticks, newest first) whose every part
 /// `read` finds whole and valid. A damaged one is skipped with an error naming it;
 /// when there are complete checkpoints but none is valid, start-up fails with the fix.
+/// The ticks of the damaged ones newer than it go in `skipped`.
 fn newest_valid(
     complete: Vec<Tick>,
     location: &dyn std::fmt::Display,
+    skipped: &mut Vec<Tick>,
     mut read: impl FnMut(Tick) -> anyhow::Result<Vec<WorkerSnapshot>>,
 ) -> anyhow::Result<Option<Restore>> {
     let mut damaged: Vec<String> = Vec::new();
@@ -372,6 +458,7 @@ fn newest_valid(
             Err(e) => {
                 tracing::error!(tick, error = %format!("{e:#}"), "a checkpoint cannot be read (damaged, or of another version): it is skipped; the restart falls back to the one before");
                 damaged.push(format!("{e:#}"));
+                skipped.push(tick);
             }
         }
     }
@@ -391,6 +478,13 @@ pub fn load(cfg: &Config, family: &str) -> anyhow::Result<Option<Restore>> {
     let Some(restore) = backend.latest()? else {
         return Ok(None);
     };
+    // the damaged ones newer than the checkpoint resumed from go out of the way: once
+    // newer checkpoints are saved, pruning must keep two valid ones, not count these
+    for tick in backend.damaged() {
+        if let Err(e) = backend.set_aside(tick) {
+            tracing::warn!(tick, error = %format!("{e:#}"), "could not set a damaged checkpoint aside");
+        }
+    }
     if let Some(p) = restore.parts.iter().find(|p| p.family != family) {
         bail!(
             "the checkpoint at tick {} is of dataflow '{}', not '{family}': \
@@ -624,20 +718,63 @@ mod tests {
 
     #[test]
     fn a_part_is_verified_before_it_is_read() {
+        let at = || Place {
+            tick: 5,
+            peers: 1,
+            worker: 0,
+        };
         let bytes = encode(&part(5, 0, 1)).unwrap();
-        assert_eq!(decode(&bytes, &"p").unwrap().tick, 5);
+        assert_eq!(decode(&bytes, &"p", at()).unwrap().tick, 5);
         let mut flipped = bytes.clone();
         flipped[HEADER + 100..HEADER + 116].fill(0xff);
-        let e = decode(&flipped, &"p").unwrap_err().to_string();
+        let e = decode(&flipped, &"p", at()).unwrap_err().to_string();
         assert!(e.contains("corrupt"), "{e}");
-        let e = decode(&bytes[..bytes.len() - 10], &"p")
+        let e = decode(&bytes[..bytes.len() - 10], &"p", at())
             .unwrap_err()
             .to_string();
         assert!(e.contains("truncated"), "{e}");
-        let e = decode(b"not a checkpoint at all, not at all", &"p")
+        let e = decode(b"not a checkpoint at all, not at all", &"p", at())
             .unwrap_err()
             .to_string();
         assert!(e.contains("not a checkpoint"), "{e}");
+        // a whole, valid part in another checkpoint's place
+        let moved = Place {
+            tick: 6,
+            peers: 1,
+            worker: 0,
+        };
+        let e = decode(&bytes, &"p", moved).unwrap_err().to_string();
+        assert!(e.contains("moved or copied"), "{e}");
+    }
+
+    #[test]
+    fn a_damaged_checkpoint_is_set_aside_so_pruning_keeps_two_valid_ones() {
+        let mut dir = scratch("aside");
+        for tick in [10, 20] {
+            dir.save(&part(tick, 0, 1)).unwrap();
+        }
+        // the newest part is a copy of the older one: whole, but not its checkpoint's
+        std::fs::copy(dir.root.join("10/1-0.bin"), dir.root.join("20/1-0.bin")).unwrap();
+        assert_eq!(dir.latest().unwrap().unwrap().tick, 10);
+        assert_eq!(dir.damaged(), [20]);
+        dir.set_aside(20).unwrap();
+        assert!(dir.root.join("damaged-20/1-0.bin").exists());
+        // two new checkpoints: the valid one at 10 is pruned only once two newer are kept
+        dir.save(&part(30, 0, 1)).unwrap();
+        dir.prune(0).unwrap();
+        assert_eq!(dir.latest().unwrap().unwrap().tick, 30);
+        assert!(
+            dir.root.join("10/1-0.bin").exists(),
+            "10 is one of the two valid ones"
+        );
+        dir.save(&part(40, 0, 1)).unwrap();
+        dir.prune(0).unwrap();
+        let ticks: Vec<Tick> = dir.complete().unwrap().iter().map(|(t, _)| *t).collect();
+        assert_eq!(ticks, [40, 30]);
+        assert!(
+            dir.root.join("damaged-20/1-0.bin").exists(),
+            "kept for inspection"
+        );
     }
 
     #[test]

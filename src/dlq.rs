@@ -49,10 +49,11 @@ impl Dlq {
             .message_max_bytes
             .min(broker.unwrap_or(usize::MAX));
         if max < MIN_RECORD_BYTES {
-            anyhow::bail!(
+            return Err(crate::permanent::Permanent(format!(
                 "the DLQ topic {} takes records of at most {max} bytes (kafka.message_max_bytes, or the topic's max.message.bytes): raise it to {MIN_RECORD_BYTES} or more",
                 cfg.kafka.dlq_topic
-            );
+            ))
+            .into());
         }
         if broker.is_some_and(|b| b < cfg.kafka.message_max_bytes) {
             tracing::info!(topic = %cfg.kafka.dlq_topic, max_record_bytes = max, "the DLQ topic takes less than kafka.message_max_bytes: envelopes are kept under its limit");

@@ -126,7 +126,7 @@ pub fn run(opts: RunOptions, shared: Arc<Shared>) -> anyhow::Result<Option<Tick>
         true => match until_up(&shared, "kafka", || {
             kafka::reachable(&opts.config, &topics)?;
             Dlq::open(&opts.config)
-        }) {
+        })? {
             Some(d) => Some(Arc::new(d)),
             None => return Ok(None),
         },
@@ -140,7 +140,7 @@ pub fn run(opts: RunOptions, shared: Arc<Shared>) -> anyhow::Result<Option<Tick>
             let mut c = postgres::Client::connect(url, postgres::NoTls)
                 .context("connecting to postgres (postgres.url)")?;
             crate::store::postgres::migrate(&mut c, &tables)
-        });
+        })?;
         if up.is_none() {
             return Ok(None);
         }
@@ -150,7 +150,7 @@ pub fn run(opts: RunOptions, shared: Arc<Shared>) -> anyhow::Result<Option<Tick>
             redis::Client::open(url.as_str())?
                 .get_connection_with_timeout(Duration::from_secs(2))
                 .context("connecting to redis (redis.url)")
-        });
+        })?;
         if up.is_none() {
             return Ok(None);
         }
@@ -199,15 +199,22 @@ pub fn run(opts: RunOptions, shared: Arc<Shared>) -> anyhow::Result<Option<Tick>
 
 /// Runs `connect` until it succeeds, with backoff (0.5 s doubling to 30 s), while
 /// `/readyz` says what start-up waits for; `None` when a stop was asked for meanwhile.
+/// An error retrying cannot fix (a wrong password, a database that does not exist) ends
+/// the start at once.
 fn until_up<T>(
     shared: &Shared,
     what: &str,
     mut connect: impl FnMut() -> anyhow::Result<T>,
-) -> Option<T> {
+) -> anyhow::Result<Option<T>> {
     let mut backoff = Duration::from_millis(500);
     loop {
         match connect() {
-            Ok(t) => return Some(t),
+            Ok(t) => return Ok(Some(t)),
+            Err(e) if crate::permanent::is_permanent(&e) => {
+                return Err(e.context(format!(
+                    "{what} refuses the start for a reason waiting cannot fix: correct the config and start again"
+                )))
+            }
             Err(e) => {
                 let error = crate::redact::redact(&format!("{e:#}"));
                 tracing::warn!(service = what, error = %error, retry_in_ms = backoff.as_millis() as u64, "not reachable at start-up: waiting for it (not ready meanwhile)");
@@ -219,7 +226,7 @@ fn until_up<T>(
         while Instant::now() < until {
             if shared.drain.load(Ordering::Relaxed) || shared.stop.load(Ordering::Relaxed) {
                 tracing::info!(service = what, "stopped while waiting for it at start-up");
-                return None;
+                return Ok(None);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -520,6 +527,14 @@ fn run_worker(
         if shared.stop.load(Ordering::Relaxed) {
             break;
         }
+        if let Some(e) = fatal_sink_error(shared) {
+            // timely steps a worker until its dataflows are gone: drop it, or never return
+            worker.drop_dataflow(dataflow);
+            anyhow::bail!(
+                "{e}: retrying cannot fix this; nothing was committed past the last checkpoint, \
+                 so once it is fixed a restart loses nothing"
+            );
+        }
         if let Some(t) = final_tick.get() {
             if finished_at.is_none() && !durable.less_equal(&t) {
                 finished_at = Some(Instant::now());
@@ -581,6 +596,14 @@ fn run_worker(
     }
     worker.drop_dataflow(dataflow);
     Ok(final_tick.get())
+}
+
+/// The error a sink's writer stopped on, if one did (see [`crate::permanent`]).
+fn fatal_sink_error(shared: &Shared) -> Option<String> {
+    let sinks = shared.sinks.lock().expect("sinks");
+    sinks
+        .values()
+        .find_map(|s| s.fatal.lock().expect("sink stats").clone())
 }
 
 /// A run resumed from the checkpoint at `tick`; its stream time starts at `start_at`,

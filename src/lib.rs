@@ -13,6 +13,7 @@ pub mod dlq;
 pub mod engine;
 pub mod http;
 pub mod kafka;
+pub mod permanent;
 pub mod redact;
 pub mod store;
 pub mod telemetry;

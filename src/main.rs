@@ -231,7 +231,8 @@ fn main() {
         Command::Bench(a) => bench::bench(a),
     };
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
+        // an error may quote a URL or DSN with its password
+        eprintln!("error: {}", tidemark::redact::redact(&format!("{e:#}")));
         std::process::exit(1);
     }
 }

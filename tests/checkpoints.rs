@@ -36,26 +36,7 @@ fn assert_recount(what: &str, redis: &str, pg: &str, job: &str, lines: &str) {
 
 #[test]
 fn a_damaged_checkpoint_is_refused_and_the_restart_falls_back_to_the_one_before() {
-    let dir = std::env::temp_dir().join(format!("tidemark-ckpt-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("events.jsonl");
-    tidemark(
-        &[
-            "generate",
-            "--events",
-            "8000",
-            "--seed",
-            "21",
-            "--rate",
-            "200",
-            "--duplicates",
-            "0.05",
-            "--out",
-            file.to_str().unwrap(),
-        ],
-        &[],
-    );
-    let all = std::fs::read_to_string(&file).unwrap();
+    let all = generated_lines("ckpt", 8_000, 21, &["--duplicates", "0.05"]);
     let lines: Vec<&str> = all.lines().collect();
     let third = lines.len() / 3;
     let (first, rest) = lines.split_at(third);
@@ -111,6 +92,12 @@ fn a_damaged_checkpoint_is_refused_and_the_restart_falls_back_to_the_one_before(
         "the log names the damaged part: {log}"
     );
     assert_recount("after falling back", &redis, &pg, job, &all);
+    // set aside for inspection, so it never counts among the two checkpoints kept
+    let aside = std::path::Path::new(&state_dir())
+        .join(job)
+        .join(&topic)
+        .join(format!("damaged-{newest}"));
+    assert!(aside.is_dir(), "the damaged checkpoint is set aside: {log}");
 
     // every part cut short: nothing valid to resume from, so nothing is touched
     for (_, f) in parts(job, &topic) {

@@ -171,3 +171,47 @@ fn a_failed_dlq_write_stops_offset_commits() {
     let parts = std::fs::read_dir(&saved).map_or(0, |d| d.count());
     assert_eq!(parts, 0, "and no checkpoint was saved");
 }
+
+/// While the DLQ takes nothing, `/readyz` says so (and that checkpoints fail because of
+/// it) once `health.unready_after_ms` has passed, so an orchestrator sees it.
+#[test]
+fn a_dlq_that_keeps_failing_makes_the_engine_unready() {
+    let (topic, _) = generated_stream("dlq-unready", 2_000, 5, &[]);
+    let http = common::free_port();
+    let mut engine = common::services::KillOnDrop(
+        engine_command()
+            .args(["run", "--topic", &topic, "--job", "dlqunready"])
+            .args(["--group-id", &topic, "--http", &format!("127.0.0.1:{http}")])
+            .env("TIDEMARK_KAFKA__DLQ_TOPIC", "no such topic!")
+            .env("TIDEMARK_HEALTH__UNREADY_AFTER_MS", "1000")
+            .env("TIDEMARK_CHECKPOINT__INTERVAL_MS", "300")
+            .spawn()
+            .unwrap(),
+    );
+    let mut last = (0, String::new());
+    let until = std::time::Instant::now() + Duration::from_secs(40);
+    while std::time::Instant::now() < until {
+        last = common::http_get(
+            &format!("http://127.0.0.1:{http}/readyz"),
+            Duration::from_secs(2),
+        )
+        .unwrap_or_default();
+        if last.0 == 503
+            && last.1.contains("DLQ deliveries failing")
+            && last.1.contains("checkpoints failing")
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(last.0, 503, "{}", last.1);
+    assert!(
+        last.1.contains("DLQ deliveries failing") && last.1.contains("checkpoints failing"),
+        "{}",
+        last.1
+    );
+    assert!(
+        engine.0.try_wait().unwrap().is_none(),
+        "the engine stays up"
+    );
+}

@@ -11,14 +11,28 @@ use std::time::Duration;
 use common::search::*;
 use common::*;
 
+const SEARCH_VIEWS: [&str; 3] = ["feat:doc:", "feat:qd:", "feat:ac:"];
+
+/// The Redis hashes of the search family's views.
+fn search_rows(redis: &str) -> Hashes {
+    let mut r = redis_features(redis);
+    r.retain(|k, _| SEARCH_VIEWS.iter().any(|p| k.starts_with(p)));
+    r
+}
+
+/// `run --exit-at-end` of the search family on `topic`.
+fn search_run(topic: &str, job: &str, group: &str, env: &[(&str, &str)]) -> std::process::Command {
+    let mut cmd = engine_command();
+    cmd.args(["run", "--topic", topic, "--exit-at-end", "--job", job])
+        .args(["--group-id", group])
+        .envs(env.iter().copied());
+    cmd
+}
+
 /// Every Redis hash outside the search family's views, and the reading tables in Postgres.
 fn reading_rows(redis: &str, pg: &str) -> (Hashes, Hashes) {
     let mut r = redis_features(redis);
-    r.retain(|k, _| {
-        !["feat:doc:", "feat:qd:", "feat:ac:"]
-            .iter()
-            .any(|p| k.starts_with(p))
-    });
+    r.retain(|k, _| !SEARCH_VIEWS.iter().any(|p| k.starts_with(p)));
     let mut p = BTreeMap::new();
     for (ns, keys) in [
         ("session", &["session_id"][..]),
@@ -69,7 +83,11 @@ fn a_job_on_another_jobs_views_is_refused_and_a_rollback_touches_only_its_own_ro
 
     // the search job, run to its end, then left as a run killed after its checkpoint
     // leaves it: its progress ahead of the checkpoint, so the restart rolls back
-    let (search, file) = generated_stream("jobs-search", 4_000, 62, &["--duplicates", "0.05"]);
+    let all = generated_lines("jobs-search", 8_000, 62, &["--duplicates", "0.05"]);
+    let lines: Vec<&str> = all.lines().collect();
+    let (first, more) = lines.split_at(lines.len() / 2);
+    let search = fresh_topic("jobs-search", 4);
+    produce(&search, first);
     run_to_end(&search, "searchjob", &search, &["--workers", "2"], &env);
     let frontier: u64 = redis_get(&redis, "tidemark:searchjob:frontier")
         .unwrap()
@@ -86,34 +104,19 @@ fn a_job_on_another_jobs_views_is_refused_and_a_rollback_touches_only_its_own_ro
         .arg(frontier + 200_000)
         .query(&mut r)
         .unwrap();
-    let out = engine_command()
-        .args([
-            "run",
-            "--topic",
-            &search,
-            "--exit-at-end",
-            "--job",
-            "searchjob",
-        ])
-        .args(["--group-id", &search])
-        .envs(env)
+    let out = search_run(&search, "searchjob", &search, &env)
         .output()
         .unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
-    let events = valid_events(&std::fs::read_to_string(&file).unwrap());
+    let events = valid_events(&first.join("\n"));
     // the restart's ticks are past the progress a reader saw
     let frontier: u64 = redis_get(&redis, "tidemark:searchjob:frontier")
         .unwrap()
         .parse()
         .unwrap();
     let want = recount(&events, frontier);
-    let mut searched = redis_features(&redis);
-    searched.retain(|k, _| {
-        ["feat:doc:", "feat:qd:", "feat:ac:"]
-            .iter()
-            .any(|p| k.starts_with(p))
-    });
+    let searched = search_rows(&redis);
     assert_matches("redis, the search job", &searched, &want);
     assert_eq!(
         reading_rows(&redis, &pg),
@@ -121,19 +124,42 @@ fn a_job_on_another_jobs_views_is_refused_and_a_rollback_touches_only_its_own_ro
         "the search job's rollback left the reading job's rows alone"
     );
 
+    // and a real crash (an abort as good as kill -9, just after a Redis write past the
+    // checkpoint), then a restart: the reading job's rows stay as they were
+    produce(&search, more);
+    let crashed = search_run(&search, "searchjob", &search, &env)
+        .args(["--workers", "2"])
+        .env("TIDEMARK_CHECKPOINT__INTERVAL_MS", "100")
+        .env("TIDEMARK_KAFKA__POLL_BATCH", "50")
+        .env("TIDEMARK_CRASH_AT", "redis-written:4")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&crashed.stderr);
+    assert!(
+        !crashed.status.success() && log.contains("crash point"),
+        "the run was aborted: {log}"
+    );
+    run_to_end(&search, "searchjob", &search, &["--workers", "2"], &env);
+    let events = valid_events(&all);
+    let frontier: u64 = redis_get(&redis, "tidemark:searchjob:frontier")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let searched = search_rows(&redis);
+    assert_matches(
+        "redis, the search job after a crash",
+        &searched,
+        &recount(&events, frontier),
+    );
+    assert_eq!(
+        reading_rows(&redis, &pg),
+        before,
+        "the crashed search job's restart left the reading job's rows alone"
+    );
+
     // a second search job on the same stores is refused, naming the owner and the fix
     let group = format!("{search}-intruder");
-    let out = engine_command()
-        .args([
-            "run",
-            "--topic",
-            &search,
-            "--exit-at-end",
-            "--job",
-            "intruder",
-        ])
-        .args(["--group-id", &group])
-        .envs(env)
+    let out = search_run(&search, "intruder", &group, &env)
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -146,17 +172,7 @@ fn a_job_on_another_jobs_views_is_refused_and_a_rollback_touches_only_its_own_ro
     let out = tidemark(&["release", "--job", "searchjob"], &env);
     assert!(String::from_utf8_lossy(&out.stdout).contains("released redis feat:doc"));
     let out = output_within(
-        engine_command()
-            .args([
-                "run",
-                "--topic",
-                &search,
-                "--exit-at-end",
-                "--job",
-                "intruder",
-            ])
-            .args(["--group-id", &group])
-            .envs(env),
+        &mut search_run(&search, "intruder", &group, &env),
         Duration::from_secs(120),
     );
     assert!(

@@ -109,6 +109,73 @@ fn a_stop_while_waiting_for_kafka_ends_the_wait() {
     assert!(status.success(), "{status}");
 }
 
+/// Postgres not answering is waited for (not ready); a Postgres that answers but refuses
+/// the configured role can never accept it by retrying: the start ends at once, naming
+/// the key to correct, with the password hidden. The unknown variable is warned of once.
+#[test]
+fn a_missing_postgres_is_waited_for_and_one_refusing_the_config_ends_the_start() {
+    let topic = fresh_topic("startup-pg", 1);
+    let http = free_port();
+    let closed = free_port();
+    let mut engine = KillOnDrop(
+        engine_command()
+            .args(["run", "--topic", &topic, "--job", "startpg"])
+            .args(["--group-id", &topic, "--http", &format!("127.0.0.1:{http}")])
+            .env(
+                "TIDEMARK_PG",
+                format!("host=127.0.0.1 port={closed} user=tidemark dbname=tidemark"),
+            )
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("/readyz 503 waiting for postgres", 30, || {
+        let (code, body) = readyz(http);
+        code == 503 && body.contains("waiting for postgres")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        engine.0.try_wait().unwrap().is_none(),
+        "the process stays up while postgres is missing"
+    );
+    std::process::Command::new("kill")
+        .args(["-TERM", &engine.0.id().to_string()])
+        .status()
+        .unwrap();
+    wait_until("the wait ends on SIGTERM", 15, || {
+        engine.0.try_wait().unwrap().is_some()
+    });
+
+    let base = pg_base();
+    let user = base
+        .split(' ')
+        .find(|p| p.starts_with("user="))
+        .unwrap_or("user=tidemark");
+    let wrong = base.replace(user, "user=no_such_role") + " password=hunter2-secret";
+    let out = output_within(
+        engine_command()
+            .args(["run", "--topic", &topic, "--job", "startpg"])
+            .args(["--group-id", &topic])
+            .env("TIDEMARK_PG", &wrong)
+            .env("TIDEMARK_PORT", "tcp://10.96.0.12:8080"),
+        Duration::from_secs(20),
+    );
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a role postgres refuses ends the start: {log}"
+    );
+    assert!(
+        log.contains("postgres.url") && log.contains("correct the config"),
+        "the error names the key and the fix: {log}"
+    );
+    assert!(!log.contains("hunter2"), "the password is hidden: {log}");
+    assert_eq!(
+        log.matches("name no config key").count(),
+        1,
+        "one warning for the unknown variable: {log}"
+    );
+}
+
 fn redis_get_field(url: &str, key: &str, field: &str) -> Option<String> {
     let mut c = redis::Client::open(url).ok()?.get_connection().ok()?;
     redis::cmd("HGET").arg(key).arg(field).query(&mut c).ok()?

@@ -66,6 +66,18 @@ fn readyz(port: u16) -> (u16, String) {
     .unwrap_or_default()
 }
 
+/// What an ended child wrote to its piped stderr.
+fn stderr_of(child: &mut std::process::Child) -> String {
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    stderr
+}
+
 fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
     let until = Instant::now() + Duration::from_secs(secs);
     while !ok() {
@@ -77,12 +89,7 @@ fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
 #[test]
 fn a_store_that_stops_answering_makes_the_engine_unready_and_a_stop_still_ends_in_time() {
     let (topic, file) = common::generated_stream("stuck", 3_000, 31, &[]);
-    let newest = std::fs::read_to_string(&file)
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["ts"].as_u64())
-        .max()
-        .unwrap();
+    let newest = newest_ts(&file);
     // new clicks after the generated stream: each round changes features to write
     let clicks = |round: u64| -> Vec<String> {
         (0..200)
@@ -152,18 +159,60 @@ fn a_store_that_stops_answering_makes_the_engine_unready_and_a_stop_still_ends_i
     assert!(killed.success());
     let status = child.wait().unwrap();
     let took = sent.elapsed();
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = stderr_of(&mut child);
     assert!(took < Duration::from_secs(30), "the stop took {took:?}");
     assert_eq!(status.code(), Some(1), "a stop that cannot finish exits 1");
     assert!(
         stderr.contains("redis: a write has been in flight"),
         "the message names what was stuck: {}",
         stderr.lines().rev().take(5).collect::<Vec<_>>().join("\n")
+    );
+}
+
+/// A store error that retrying cannot fix — here the feature table dropped while the
+/// engine runs — is not retried forever: the run ends with exit 1 naming the error, and
+/// no offset is committed past the tick it could not write.
+#[test]
+fn a_store_error_retrying_cannot_fix_ends_the_run_naming_it() {
+    let (topic, file) = common::generated_stream("unfixable", 2_000, 33, &[]);
+    let newest = newest_ts(&file);
+    let pg = fresh_pg("tm_unfixable");
+    let http = free_port();
+    let mut child = engine_command()
+        .args(["run", "--topic", &topic, "--job", "unfixable"])
+        .args(["--group-id", &topic, "--http", &format!("127.0.0.1:{http}")])
+        .env("TIDEMARK_PG", &pg)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("ready", 60, || readyz(http).0 == 200);
+    let mut client = postgres::Client::connect(&pg, postgres::NoTls).unwrap();
+    wait_for("the first features written", 30, || {
+        client
+            .query_one("SELECT count(*) FROM feat_doc", &[])
+            .is_ok_and(|r| r.get::<_, i64>(0) > 0)
+    });
+    client.batch_execute("DROP TABLE feat_doc").unwrap();
+    let click = format!(
+        r#"{{"event_id":"after-drop","event_type":"click","ts":{},"user_id":"u","session_id":"s","query":"q","doc_id":"d-after"}}"#,
+        newest + 1
+    );
+    produce(&topic, &[&click]);
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("the run went on retrying an error that cannot pass");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stderr = stderr_of(&mut child);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("feat_doc") && stderr.contains("retrying cannot fix"),
+        "the error names the table and why the run ended: {stderr}"
     );
 }

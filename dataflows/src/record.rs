@@ -155,7 +155,11 @@ impl KeyLimits {
         keys: impl FnOnce(&mut dyn FnMut(&'static str, &str)),
     ) -> Result<(), DecodeError> {
         let mut error: Option<DecodeError> = None;
-        let mut counts: Vec<(&'static str, usize)> = Vec::new();
+        // items per list field: on the stack for the few fields an event names (no
+        // allocation per event), spilling to the heap past sixteen
+        let mut counts: [(&'static str, usize); 16] = [("", 0); 16];
+        let mut fields = 0;
+        let mut more: Vec<(&'static str, usize)> = Vec::new();
         keys(&mut |field, value| {
             if error.is_some() {
                 return;
@@ -171,12 +175,20 @@ impl KeyLimits {
                 ));
                 return;
             }
-            let n = match counts.iter_mut().find(|(f, _)| *f == field) {
-                Some((_, n)) => n,
-                None => {
-                    counts.push((field, 0));
-                    &mut counts.last_mut().expect("just pushed").1
+            let n = match counts[..fields].iter().position(|(f, _)| *f == field) {
+                Some(i) => &mut counts[i].1,
+                None if fields < counts.len() => {
+                    counts[fields] = (field, 0);
+                    fields += 1;
+                    &mut counts[fields - 1].1
                 }
+                None => match more.iter().position(|(f, _)| *f == field) {
+                    Some(i) => &mut more[i].1,
+                    None => {
+                        more.push((field, 0));
+                        &mut more.last_mut().expect("just pushed").1
+                    }
+                },
             };
             *n += 1;
             if *n > self.max_items_per_event {
@@ -312,5 +324,21 @@ mod tests {
                 v("b", "z")
             })
             .is_ok());
+        // past the sixteen fields counted on the stack, a field is still capped
+        const FIELDS: [&str; 18] = [
+            "f0", "f1", "f2", "f3", "f4", "f5", "f6", "f7", "f8", "f9", "f10", "f11", "f12", "f13",
+            "f14", "f15", "f16", "f17",
+        ];
+        let e = limits
+            .check(|v| {
+                for f in FIELDS {
+                    v(f, "x")
+                }
+                for _ in 0..2 {
+                    v("f17", "y")
+                }
+            })
+            .unwrap_err();
+        assert!(e.message.contains("f17"), "{}", e.message);
     }
 }

@@ -109,6 +109,9 @@ pub struct SinkStats {
     /// Entity updates the store can never take, reported and passed over.
     pub rejected: AtomicU64,
     pub last_rejected: Mutex<Option<Unstorable>>,
+    /// An error retrying cannot fix ([`crate::permanent`]): the writer stopped, and the
+    /// workers end the run with it.
+    pub fatal: Mutex<Option<String>>,
 }
 
 /// The worker's end of a writer thread.
@@ -163,7 +166,10 @@ pub fn spawn_writer(
                 recorded: 0,
                 recorded_at: std::time::Instant::now(),
             };
-            w.run(rx)
+            if let Err(e) = w.run(rx) {
+                tracing::error!(sink = name, error = %e, "a sink write failed with an error retrying cannot fix: the run ends (nothing is committed past it)");
+                *stats.fatal.lock().expect("sink stats") = Some(e);
+            }
         })
         .expect("spawn a writer thread");
     WriterHandle {
@@ -189,7 +195,8 @@ struct WriteLoop<'a> {
 }
 
 impl WriteLoop<'_> {
-    fn run(&mut self, rx: Receiver<Msg>) {
+    /// Writes until the worker hangs up; an error retrying cannot fix ends it.
+    fn run(&mut self, rx: Receiver<Msg>) -> Result<(), String> {
         const MAX_TICKS_PER_WRITE: usize = 512;
         let mut carried: Option<Msg> = None;
         loop {
@@ -198,14 +205,14 @@ impl WriteLoop<'_> {
                 None => match rx.recv_timeout(self.idle) {
                     Ok(m) => m,
                     Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                        self.record_progress();
+                        self.record_progress()?;
                         continue;
                     }
-                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
                 },
             };
             if let Msg::Rewrite { rows, since, at } = first {
-                self.rewrite(&rows, since, at);
+                self.rewrite(&rows, since, at)?;
                 continue;
             }
             let (mut ticks, mut progress, mut persist) = (Vec::new(), None, false);
@@ -232,7 +239,7 @@ impl WriteLoop<'_> {
                 if let Some(p) = progress {
                     self.ack(p);
                     if persist || self.recorded_at.elapsed() >= self.idle {
-                        self.record_progress();
+                        self.record_progress()?;
                     }
                 }
                 continue;
@@ -241,7 +248,7 @@ impl WriteLoop<'_> {
             // progress message has not arrived yet, so the stores never hold ticks past it
             let last = ticks.last().map_or(0, |t| t.tick + 1);
             let progress = progress.map_or(last, |p| p.max(last));
-            self.write(&ticks, progress);
+            self.write(&ticks, progress)?;
         }
     }
 
@@ -255,18 +262,19 @@ impl WriteLoop<'_> {
     }
 
     /// Records the acknowledged progress, if the store does not hold it yet.
-    fn record_progress(&mut self) {
+    fn record_progress(&mut self) -> Result<(), String> {
         let p = self.acked.load(Ordering::Acquire);
         if p > self.recorded {
-            self.write(&[], p);
+            self.write(&[], p)?;
         }
+        Ok(())
     }
 
-    fn write(&mut self, ticks: &[Arc<TickChanges>], progress: Tick) {
+    fn write(&mut self, ticks: &[Arc<TickChanges>], progress: Tick) -> Result<(), String> {
         let started = std::time::Instant::now();
         let updates: usize = ticks.iter().map(|t| t.changes.len()).sum();
         let (store, stats) = (&mut *self.store, self.stats);
-        let rejected = retrying(store, stats, updates, |s| s.write(ticks, Some(progress)));
+        let rejected = retrying(store, stats, updates, |s| s.write(ticks, Some(progress)))?;
         report(store.name(), stats, self.dlq, rejected);
         crate::crash::point(match store.name() {
             "redis" => "redis-written",
@@ -288,14 +296,15 @@ impl WriteLoop<'_> {
         self.recorded = self.recorded.max(progress);
         self.recorded_at = std::time::Instant::now();
         self.ack(progress);
+        Ok(())
     }
 
-    fn rewrite(&mut self, rows: &TickChanges, since: Tick, at: Tick) {
+    fn rewrite(&mut self, rows: &TickChanges, since: Tick, at: Tick) -> Result<(), String> {
         let started = std::time::Instant::now();
         let (store, stats) = (&mut *self.store, self.stats);
         let rejected = retrying(store, stats, rows.changes.len(), |s| {
             s.rewrite(rows, since, at)
-        });
+        })?;
         report(store.name(), stats, self.dlq, rejected);
         tracing::info!(
             sink = store.name(),
@@ -305,6 +314,7 @@ impl WriteLoop<'_> {
             ms = started.elapsed().as_millis() as u64,
             "the restored checkpoint is written over what came after it"
         );
+        Ok(())
     }
 }
 
@@ -325,13 +335,14 @@ fn report(sink: &'static str, stats: &SinkStats, dlq: Option<&Dlq>, rejected: Ve
     *stats.last_rejected.lock().expect("sink stats") = rejected.last().cloned();
 }
 
-/// Runs `write` until it succeeds, with backoff (nothing is acknowledged until written).
+/// Runs `write` until it succeeds, with backoff (nothing is acknowledged until written);
+/// an error retrying cannot fix ([`crate::permanent`]) is returned instead, redacted.
 fn retrying<T>(
     store: &mut dyn Store,
     stats: &SinkStats,
     updates: usize,
     mut write: impl FnMut(&mut dyn Store) -> anyhow::Result<T>,
-) -> T {
+) -> Result<T, String> {
     let mut backoff = Duration::from_millis(20);
     let duration = metrics::histogram!(crate::telemetry::SINK_WRITE, "sink" => store.name());
     loop {
@@ -345,7 +356,11 @@ fn retrying<T>(
         let e = match result {
             Ok(t) => {
                 stats.failing_since.store(0, Ordering::Relaxed);
-                return t;
+                return Ok(t);
+            }
+            Err(e) if crate::permanent::is_permanent(&e) => {
+                stats.failures.fetch_add(1, Ordering::Relaxed);
+                return Err(crate::redact::redact(&format!("{}: {e:#}", store.name())));
             }
             Err(e) => e,
         };

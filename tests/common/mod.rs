@@ -318,6 +318,31 @@ pub fn pg_features(
 
 /// Generates `events` search events (1 % invalid, plus `extra` flags) into a fresh
 /// 4-partition topic and, the same records, a JSON-lines file.
+/// Generated search traffic (`generate … --rate 200` with `extra`) as JSON lines in a
+/// file of its own: the file's text.
+pub fn generated_lines(name: &str, events: u64, seed: u64, extra: &[&str]) -> String {
+    let dir = std::env::temp_dir().join(format!("tidemark-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("events.jsonl");
+    let (events, seed) = (events.to_string(), seed.to_string());
+    let gen = [
+        "generate", "--events", &events, "--seed", &seed, "--rate", "200",
+    ];
+    let out = ["--out", file.to_str().unwrap()];
+    tidemark(&[&gen[..], extra, &out[..]].concat(), &[]);
+    std::fs::read_to_string(&file).unwrap()
+}
+
+/// The largest `ts` of the JSON lines in `file`.
+pub fn newest_ts(file: &std::path::Path) -> u64 {
+    std::fs::read_to_string(file)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["ts"].as_u64())
+        .max()
+        .unwrap()
+}
+
 pub fn generated_stream(
     name: &str,
     events: u64,
