@@ -7,8 +7,6 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
-use crate::kafka::StartFrom;
-
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -467,6 +465,77 @@ fn explain(err: figment::Error) -> anyhow::Error {
         })
         .collect();
     anyhow::anyhow!("invalid configuration: {}", lines.join("; "))
+}
+
+/// Where a run without a checkpoint starts reading.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartFrom {
+    Earliest,
+    Latest,
+    /// The first record appended at or after this time (epoch ms).
+    Time(u64),
+}
+
+impl std::str::FromStr for StartFrom {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "earliest" => Ok(StartFrom::Earliest),
+            "latest" => Ok(StartFrom::Latest),
+            ms if !ms.is_empty() && ms.bytes().all(|b| b.is_ascii_digit()) => {
+                ms.parse().map(StartFrom::Time).map_err(|e| format!("--from '{ms}': {e}"))
+            }
+            other => humantime::parse_rfc3339_weak(other)
+                .map_err(|e| {
+                    format!("--from '{other}': {e}; use earliest, latest, epoch ms or an RFC 3339 time such as 2026-01-01T00:00:00Z")
+                })
+                .map(|t| {
+                    let ms = t
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64);
+                    StartFrom::Time(ms)
+                }),
+        }
+    }
+}
+
+impl std::fmt::Display for StartFrom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartFrom::Earliest => f.write_str("earliest"),
+            StartFrom::Latest => f.write_str("latest"),
+            StartFrom::Time(ms) => write!(f, "{ms}"),
+        }
+    }
+}
+
+impl serde::Serialize for StartFrom {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for StartFrom {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Ms(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Ms(ms) => Ok(StartFrom::Time(ms)),
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// The consumer group a config reads with.
+pub fn group_of(cfg: &Config) -> String {
+    cfg.kafka
+        .group_id
+        .clone()
+        .unwrap_or_else(|| format!("tidemark-{}", cfg.job))
 }
 
 #[cfg(test)]

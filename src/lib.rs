@@ -1,20 +1,20 @@
 //! Tidemark's runtime: sources, sinks, the engine that drives timely workers, the HTTP API.
 //! The computation itself lives in the `tidemark-dataflows` crate.
+//!
+//! The layers, each using only those before it (see ARCHITECTURE.md; `tests/layers.rs`
+//! checks it): `clock`, `config`, `redact`, `permanent`, `crash` ← `telemetry` ←
+//! `source`, `sink`, `checkpoint` ← `engine` ← `http`, `topics`, `bench`.
 
 pub mod bench;
-pub mod bench_ads;
-pub mod bench_reading;
-pub mod bench_serve;
-pub mod bench_state;
 pub mod checkpoint;
+pub mod clock;
 pub mod config;
 pub mod crash;
-pub mod dlq;
 pub mod engine;
 pub mod http;
-pub mod kafka;
 pub mod permanent;
 pub mod redact;
-pub mod store;
+pub mod sink;
+pub mod source;
 pub mod telemetry;
 pub mod topics;

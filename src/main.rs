@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use tidemark::clock::now_ms;
 use tidemark::config::Config;
 use tidemark::engine::{self, timely_config, RunOptions, Shared, SourceKind};
-use tidemark::kafka::{now_ms, Sender};
-use tidemark::store::memory::MemoryState;
+use tidemark::sink::memory::MemoryState;
+use tidemark::sink::producer::Sender;
 use tidemark::{bench, http, topics};
-use tidemark_dataflows::features::Value;
+use tidemark_dataflows::contract::table::Value;
 use tidemark_dataflows::GenerateSpec;
 
 /// Tidemark: a real-time feature engine on timely/differential dataflow.
@@ -216,7 +217,7 @@ fn main() {
         }),
         Command::Topics(TopicsCommand::Create(a)) => a.load().and_then(|c| topics::create(&c)),
         Command::Release(a) => a.load().and_then(|c| {
-            let released = tidemark::store::owners::release(&c)?;
+            let released = tidemark::sink::owners::release(&c)?;
             if released.is_empty() {
                 println!(
                     "job '{}' owns no feature view in the configured stores",
@@ -248,7 +249,7 @@ fn stop_deadline(shared: Arc<Shared>) {
             std::thread::sleep(Duration::from_millis(50));
         }
         std::thread::sleep(STOP_DEADLINE);
-        let stuck = tidemark::telemetry::stuck(&shared);
+        let stuck = tidemark::engine::health::stuck(&shared);
         tracing::error!(stuck = %stuck, "the stop did not end within {} s: exiting 1 (the previous checkpoint stands)", STOP_DEADLINE.as_secs());
         eprintln!(
             "error: the stop did not end within {} s; stuck on: {stuck}",
@@ -357,7 +358,7 @@ fn generate(a: GenerateArgs) -> anyhow::Result<()> {
     };
     if let Ok(url) = std::env::var("TIDEMARK_PG") {
         for (table, rows) in family.dimension_rows(&spec) {
-            tidemark::store::dimension::fill(&url, &table, &rows)?;
+            tidemark::source::dimension::fill(&url, &table, &rows)?;
             eprintln!("filled {} with {} rows", table.table, rows.len());
         }
     }
@@ -397,6 +398,8 @@ fn generate(a: GenerateArgs) -> anyhow::Result<()> {
     eprintln!("generated {n} records");
     Ok(())
 }
+
+/// Long: the demo in the order it starts (traffic, engine, read API, live summary), each step a few lines.
 
 fn demo(a: DemoArgs) -> anyhow::Result<()> {
     let config = Config {

@@ -12,13 +12,13 @@ use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 use tidemark::config::Config;
 use tidemark::engine::{run, timely_config, RunOptions, Shared};
-use tidemark_dataflows::dimension::{DimRow, DimensionSpec};
-use tidemark_dataflows::features::{int, FeatureRow, SinkKind, TableSpec, Value};
-use tidemark_dataflows::ingest::Timed;
-use tidemark_dataflows::record::{DecodeError, RecordRef};
-use tidemark_dataflows::state::State;
-use tidemark_dataflows::time::Window;
-use tidemark_dataflows::windowed::contributions;
+use tidemark_dataflows::contract::dimension::{DimRow, DimensionSpec};
+use tidemark_dataflows::contract::event::Timed;
+use tidemark_dataflows::contract::record::{DecodeError, RecordRef};
+use tidemark_dataflows::contract::state::State;
+use tidemark_dataflows::contract::table::{int, FeatureRow, SinkKind, TableSpec, Value};
+use tidemark_dataflows::contract::time::Window;
+use tidemark_dataflows::operators::windowed::contributions;
 use tidemark_dataflows::{Dataflow, GenerateSpec, Produced, Tick};
 
 #[derive(Clone, Default, Serialize, Deserialize)]
@@ -70,7 +70,7 @@ impl Dataflow for CountryVisits {
         &self,
         events: VecCollection<'s, Tick, Timed<String>>,
         dimensions: Vec<VecCollection<'s, Tick, DimRow>>,
-        _rejected: VecCollection<'s, Tick, tidemark_dataflows::ingest::Rejection>,
+        _rejected: VecCollection<'s, Tick, tidemark_dataflows::contract::event::Rejection>,
         state: &State,
     ) -> VecCollection<'s, Tick, FeatureRow> {
         let visits = contributions(state, events, |e: &Timed<String>| {
@@ -130,7 +130,7 @@ fn a_changed_dimension_row_moves_the_features_that_depend_on_it() {
          INSERT INTO user_country VALUES ('u1', 'KR'), ('u2', 'JP')",
     )
     .unwrap();
-    let sender = tidemark::kafka::Sender::new(&kafka()).unwrap();
+    let sender = tidemark::sink::producer::Sender::new(&kafka()).unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

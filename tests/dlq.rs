@@ -16,7 +16,7 @@ fn every_kind_of_poison_message_reaches_the_dlq_once_and_the_rest_counts() {
     let topic = fresh_topic("dlq-src", 2);
     let dlq = format!("{topic}-dlq");
     let ts = 1_767_225_600_000u64;
-    let future = tidemark::kafka::now_ms() + 86_400_000;
+    let future = tidemark::clock::now_ms() + 86_400_000;
     let ev = |id: &str, body: &str| {
         format!(r#"{{"event_id":"{id}","ts":{ts},"user_id":"u","session_id":"s",{body}}}"#)
     };
@@ -41,17 +41,12 @@ fn every_kind_of_poison_message_reaches_the_dlq_once_and_the_rest_counts() {
         .set("bootstrap.servers", kafka())
         .create()
         .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     let mut want: BTreeMap<String, (&str, String)> = BTreeMap::new();
     for (i, (payload, error)) in records.iter().enumerate() {
         let record = FutureRecord::<(), str>::to(&topic)
             .payload(payload)
             .partition(i as i32 % 2);
-        let delivery = rt
-            .block_on(producer.send(record, Duration::from_secs(10)))
+        let delivery = block_on(producer.send(record, Duration::from_secs(10)))
             .map_err(|(e, _)| e)
             .unwrap();
         if let Some(e) = error {

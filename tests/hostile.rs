@@ -12,33 +12,15 @@ use std::time::Duration;
 
 use common::search::*;
 use common::*;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use sha2::{Digest, Sha256};
 
 /// A one-partition topic that takes records of up to 3 MB.
 fn roomy_topic(prefix: &str) -> String {
-    let name = fresh_topic(prefix, 1);
-    let bigger = format!("{name}-roomy");
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", kafka())
-        .create()
-        .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let topic =
-        NewTopic::new(&bigger, 1, TopicReplication::Fixed(1)).set("max.message.bytes", "3000000");
-    for r in rt
-        .block_on(admin.create_topics([&topic], &AdminOptions::new()))
-        .unwrap()
-    {
-        r.expect("topic created");
-    }
-    bigger
+    let name = format!("{}-roomy", fresh_topic(prefix, 1));
+    create_topic(&name, 1, &[("max.message.bytes", "3000000")]);
+    name
 }
 
 /// Produces `records` in order to partition 0; returns each one's offset.
@@ -48,17 +30,13 @@ fn produce_all(topic: &str, records: &[Vec<u8>]) -> Vec<i64> {
         .set("message.max.bytes", "3000000")
         .create()
         .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     records
         .iter()
         .map(|payload| {
             let record = FutureRecord::<(), [u8]>::to(topic)
                 .payload(payload)
                 .partition(0);
-            rt.block_on(producer.send(record, Duration::from_secs(30)))
+            block_on(producer.send(record, Duration::from_secs(30)))
                 .map_err(|(e, _)| e)
                 .unwrap()
                 .offset
@@ -121,16 +99,7 @@ fn records_that_cannot_fit_the_dlq_or_the_stores_are_passed_over_and_the_rest_co
     let redis = fresh_redis(12);
     let pg = fresh_pg("tm_hostile");
     let out = run_within(
-        &[
-            "run",
-            "--topic",
-            &topic,
-            "--exit-at-end",
-            "--job",
-            "hostile",
-            "--group-id",
-            &topic,
-        ],
+        &replay_args(&topic, "hostile"),
         &[
             ("TIDEMARK_REDIS", redis.as_str()),
             ("TIDEMARK_PG", pg.as_str()),
@@ -240,16 +209,7 @@ fn an_entity_a_store_can_never_take_is_reported_and_the_others_are_written() {
         .query(&mut r)
         .unwrap();
     let out = run_within(
-        &[
-            "run",
-            "--topic",
-            &topic,
-            "--exit-at-end",
-            "--job",
-            "unstorable",
-            "--group-id",
-            &topic,
-        ],
+        &replay_args(&topic, "unstorable"),
         &[
             ("TIDEMARK_REDIS", redis.as_str()),
             ("TIDEMARK_PG", pg.as_str()),

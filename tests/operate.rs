@@ -109,7 +109,7 @@ fn rfc3339(ms: u64) -> String {
 
 #[test]
 fn a_live_run_reports_metrics_status_and_serves_reads_in_feast_shape() {
-    let start = (tidemark::kafka::now_ms() - 900_000).to_string();
+    let start = (tidemark::clock::now_ms() - 900_000).to_string();
     let (topic, file) = generated_stream("ops-live", 20_000, 11, &["--start-ms", &start]);
     let records = std::fs::read_to_string(&file).unwrap().lines().count() as f64;
     let redis = fresh_redis(10);

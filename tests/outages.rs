@@ -80,7 +80,7 @@ fn survives(name: &str, outage: impl Fn(&OwnRedis), recover: impl Fn(&OwnRedis))
     let redis = own.url();
     let pg = fresh_pg(&format!("tm_{}", name.replace('-', "_")));
     let file = dir.join("events.jsonl");
-    let start = (tidemark::kafka::now_ms() - 900_000).to_string();
+    let start = (tidemark::clock::now_ms() - 900_000).to_string();
     tidemark(
         &[
             "generate",

@@ -152,7 +152,7 @@ fn a_changed_metadata_row_moves_every_feature_that_depends_on_it() {
     let redis = fresh_redis(13);
     // events of the last quarter hour: a quiet stream's time follows the clock (the
     // metadata change needs time to move), and no window or timeout ends meanwhile
-    let start = (tidemark::kafka::now_ms() - 900_000).to_string();
+    let start = (tidemark::clock::now_ms() - 900_000).to_string();
     let (topic, text) = reading_stream("e2e-reading-meta", 6_000, &pg, &["--start-ms", &start]);
     let group = format!("{topic}-g");
     let newest = model_input(&text)

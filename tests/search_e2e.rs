@@ -73,11 +73,24 @@ fn kafka_to_redis_and_postgres_matches_the_recount_on_1_and_2_workers_and_2_proc
                     }
                     cmd.spawn().expect("spawn a cluster process")
                 };
-                let (mut a, mut b) = (spawn("0"), spawn("1"));
-                assert!(
-                    a.wait().unwrap().success() && b.wait().unwrap().success(),
-                    "both processes exit 0"
-                );
+                // a process that fails leaves its peer waiting for it: both are killed
+                // at the deadline (KillOnDrop) rather than the test hanging
+                let mut both = [spawn("0"), spawn("1")].map(common::services::KillOnDrop);
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+                let mut codes = [None, None];
+                while codes.iter().any(Option::is_none) {
+                    for (p, code) in both.iter_mut().zip(codes.iter_mut()) {
+                        if code.is_none() {
+                            *code = p.0.try_wait().unwrap();
+                        }
+                    }
+                    let failed = codes.iter().flatten().any(|c| !c.success());
+                    assert!(
+                        !failed && std::time::Instant::now() < deadline,
+                        "both processes exit 0 in time: {codes:?}"
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
             }
         }
         let frontier = redis_get(&redis, &format!("tidemark:{job}:frontier"));

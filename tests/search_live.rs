@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
-use tidemark::kafka::now_ms;
+use tidemark::clock::now_ms;
 
 fn produce(producer: &BaseProducer, topic: &str, json: String) {
     producer

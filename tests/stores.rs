@@ -6,10 +6,12 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use tidemark::store::postgres::PostgresStore;
-use tidemark::store::redis::RedisStore;
-use tidemark::store::{Store, Writer};
-use tidemark_dataflows::features::{int, EntityChange, SinkKind, TableSpec, TickChanges, Value};
+use tidemark::sink::postgres::PostgresStore;
+use tidemark::sink::redis::RedisStore;
+use tidemark::sink::{Store, Writer};
+use tidemark_dataflows::contract::table::{
+    int, EntityChange, SinkKind, TableSpec, TickChanges, Value,
+};
 
 fn tables() -> Arc<Vec<TableSpec>> {
     Arc::new(vec![

@@ -15,12 +15,12 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tidemark::config::Config;
 use tidemark::engine::{run, timely_config, RunOptions, Shared};
-use tidemark_dataflows::features::{int, text, FeatureRow, SinkKind, TableSpec, Value};
-use tidemark_dataflows::ingest::Timed;
-use tidemark_dataflows::record::{DecodeError, RecordRef};
-use tidemark_dataflows::state::State;
-use tidemark_dataflows::time::Window;
-use tidemark_dataflows::windowed::contributions;
+use tidemark_dataflows::contract::event::Timed;
+use tidemark_dataflows::contract::record::{DecodeError, RecordRef};
+use tidemark_dataflows::contract::state::State;
+use tidemark_dataflows::contract::table::{int, text, FeatureRow, SinkKind, TableSpec, Value};
+use tidemark_dataflows::contract::time::Window;
+use tidemark_dataflows::operators::windowed::contributions;
 use tidemark_dataflows::{Dataflow, GenerateSpec, Produced, Tick};
 
 #[derive(Clone, Default, Serialize, Deserialize)]
@@ -75,7 +75,7 @@ impl Dataflow for Visits {
         &self,
         events: VecCollection<'s, Tick, Timed<String>>,
         _dimensions: Vec<VecCollection<'s, Tick, Vec<String>>>,
-        _rejected: VecCollection<'s, Tick, tidemark_dataflows::ingest::Rejection>,
+        _rejected: VecCollection<'s, Tick, tidemark_dataflows::contract::event::Rejection>,
         state: &State,
     ) -> VecCollection<'s, Tick, FeatureRow> {
         // every visitor so far, as a Redis list
@@ -117,7 +117,7 @@ impl Dataflow for Visits {
 fn a_topic_table_is_a_keyed_changelog_and_a_list_table_a_redis_list() {
     let input = fresh_topic("visits-in", 2);
     let output = fresh_topic("visits-out", 1);
-    let sender = tidemark::kafka::Sender::new(&kafka()).unwrap();
+    let sender = tidemark::sink::producer::Sender::new(&kafka()).unwrap();
     let ts = 1_767_225_600_000u64;
     for (i, user) in ["u1", "u2", "u1", "u1"].iter().enumerate() {
         let payload = format!(

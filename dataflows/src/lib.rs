@@ -1,22 +1,18 @@
 //! Tidemark's dataflows: pure computation from events to feature collections.
 //!
 //! No network or database here: the runtime (`tidemark`) brings records in through a
-//! [`record::RecordSource`] and takes [`features::SinkEvent`]s out.
+//! [`contract::record::RecordSource`] and takes [`contract::table::SinkEvent`]s out.
+//! The layers, each using only those before it (see ARCHITECTURE.md):
+//! `contract` ← `ingest`, `operators`, `generate` ← `install` ← `families`.
 
-pub mod ads;
-pub mod align;
-pub mod counters;
-pub mod dimension;
-pub mod family;
-pub mod features;
+pub mod contract;
+pub mod families;
+pub mod generate;
 pub mod ingest;
-pub mod reading;
-pub mod record;
-pub mod search;
-pub mod state;
-pub mod ticks;
-pub mod time;
-pub mod windowed;
+pub mod install;
+pub mod operators;
 
-pub use family::{family, Dataflow, Family, GenerateSpec, Produced, REGISTRY};
-pub use time::Tick;
+pub use contract::dataflow::{Dataflow, GenerateSpec, Produced};
+pub use contract::time::Tick;
+pub use families::{family, REGISTRY};
+pub use install::Family;

@@ -10,8 +10,9 @@ use std::collections::{BTreeSet, HashMap};
 
 use proptest::prelude::*;
 use serde_json::json;
-use tidemark_dataflows::features::{TickChanges, Value};
-use tidemark_dataflows::ingest::{EventId, IngestOptions};
+use tidemark_dataflows::contract::event::EventId;
+use tidemark_dataflows::contract::table::{TickChanges, Value};
+use tidemark_dataflows::ingest::IngestOptions;
 use tidemark_dataflows::Tick;
 
 use common::ads_model::*;
@@ -161,16 +162,10 @@ fn accepted(batches: &[Vec<Item>]) -> Vec<(AdRead, Tick)> {
 }
 
 /// Every tick at which some output may change, and the tick before it.
-/// Float tolerance of the comparisons.
-const TOLERANCE: f64 = 1e-9;
-
-fn agrees(got: &State, want: &State) -> bool {
-    common::agrees(got, want, TOLERANCE)
-}
-
-fn check(got: &State, want: &State, at: Tick) -> Result<(), TestCaseError> {
-    common::check(got, want, at, BASE, TOLERANCE)
-}
+const ORACLE: common::Oracle = common::Oracle {
+    base: BASE,
+    tolerance: 1e-9,
+};
 
 fn checkpoints(events: &[(AdRead, Tick)]) -> BTreeSet<Tick> {
     let mut at: BTreeSet<Tick> = events.iter().map(|(_, t)| *t).collect();
@@ -227,11 +222,7 @@ fn stream(worker: usize) -> impl Strategy<Value = Vec<Vec<Item>>> {
         any::<u64>(),
     )
         .prop_map(move |(events, bad, cuts, seed)| {
-            let mut rng = seed;
-            let mut next = move |n: u64| {
-                rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                (rng >> 33) % n.max(1)
-            };
+            let mut next = common::draws(seed);
             let mut timeline: Vec<(u64, Item)> = Vec::new();
             let mut clicks: Vec<(u64, usize, usize)> = Vec::new();
             for (i, (kind, slot, jitter_s, (device, ad, place), (amount, lateness, product))) in
@@ -295,18 +286,13 @@ fn stream(worker: usize) -> impl Strategy<Value = Vec<Vec<Item>>> {
         })
 }
 
-fn payloads(batches: &[Vec<Item>]) -> Vec<Vec<Vec<u8>>> {
-    batches
-        .iter()
-        .map(|b| {
-            b.iter()
-                .map(|i| match i {
-                    Item::Event(e) => e.payload(),
-                    Item::Bad(p) => p.clone(),
-                })
-                .collect()
-        })
-        .collect()
+impl common::Payload for Item {
+    fn payload(&self) -> Vec<u8> {
+        match self {
+            Item::Event(e) => e.payload(),
+            Item::Bad(p) => p.clone(),
+        }
+    }
 }
 
 fn options() -> IngestOptions {
@@ -325,20 +311,20 @@ proptest! {
 
     #[test]
     fn one_worker_matches_the_recount_at_every_tick(batches in stream(0)) {
-        let changes = run(vec![payloads(&batches)]);
+        let changes = run(vec![common::payloads(&batches)]);
         let events = accepted(&batches);
         for at in checkpoints(&events) {
-            check(&state_at(&changes, at), &recount(&events, &budgets(), at), at)?;
+            ORACLE.check(&state_at(&changes, at), &recount(&events, &budgets(), at), at)?;
         }
     }
 
     #[test]
     fn two_workers_match_the_recount_at_every_tick(a in stream(0), b in stream(1)) {
-        let changes = run(vec![payloads(&a), payloads(&b)]);
+        let changes = run(vec![common::payloads(&a), common::payloads(&b)]);
         let mut events = accepted(&a);
         events.extend(accepted(&b));
         for at in checkpoints(&events) {
-            check(&state_at(&changes, at), &recount(&events, &budgets(), at), at)?;
+            ORACLE.check(&state_at(&changes, at), &recount(&events, &budgets(), at), at)?;
         }
     }
 }
@@ -358,7 +344,7 @@ proptest! {
             new[0].zone = "America/New_York".into();
         }
         let (changes, _) = run_with_table_changes(
-            "ads", vec![payloads(&batches)], NOW, options(), Some(vec![rows(&old), rows(&new)]),
+            "ads", vec![common::payloads(&batches)], NOW, options(), Some(vec![rows(&old), rows(&new)]),
         );
         let events = accepted(&batches);
         let last_ids: BTreeSet<u128> = batches.last().into_iter().flatten().filter_map(|i| match i {
@@ -370,7 +356,7 @@ proptest! {
         for at in checkpoints(&events) {
             let got = state_at(&changes, at);
             let (was, now) = (recount(&events, &old, at), recount(&events, &new, at));
-            let (is_old, is_new) = (agrees(&got, &was), agrees(&got, &now));
+            let (is_old, is_new) = (ORACLE.agrees(&got, &was), ORACLE.agrees(&got, &now));
             prop_assert!(is_old || is_new, "at {at}: neither budget table: {got:?}\nold {was:?}\nnew {now:?}");
             if switched || last_batch.is_some_and(|t| at >= t) {
                 prop_assert!(is_new, "at {at}: the new budget table holds");
@@ -443,13 +429,13 @@ fn attribution_edges_and_a_late_click_re_emits_the_window() {
         // a late click makes c2 attributable, after its window's record went out
         vec![click("k6", t0 - HOUR, 1, 0, "HOME", 100)],
     ];
-    let changes = run(vec![payloads(&batches)]);
+    let changes = run(vec![common::payloads(&batches)]);
     let events = accepted(&batches);
     let last = events.iter().map(|(_, t)| *t).max().unwrap();
     // the model agrees at every tick
     for at in checkpoints(&events) {
         let (got, want) = (state_at(&changes, at), recount(&events, &budgets(), at));
-        assert!(agrees(&got, &want), "at {at}: {got:?} vs {want:?}");
+        assert!(ORACLE.agrees(&got, &want), "at {at}: {got:?} vs {want:?}");
     }
     let window = |placement: &str, at: Tick| {
         table(&changes, PERFORMANCE, at)
@@ -512,11 +498,11 @@ fn budget_thresholds_cross_once_per_campaign_day_in_its_zone() {
             3_000,
         )]);
     }
-    let changes = run(vec![payloads(&batches)]);
+    let changes = run(vec![common::payloads(&batches)]);
     let events = accepted(&batches);
     for at in checkpoints(&events) {
         let (got, want) = (state_at(&changes, at), recount(&events, &budgets(), at));
-        assert!(agrees(&got, &want), "at {at}: {got:?} vs {want:?}");
+        assert!(ORACLE.agrees(&got, &want), "at {at}: {got:?} vs {want:?}");
     }
     let end = events.iter().map(|(_, t)| *t).max().unwrap();
     let records: Vec<Vec<String>> = table(&changes, BUDGET_EVENTS, end)

@@ -9,7 +9,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use proptest::prelude::*;
 use serde_json::json;
-use tidemark_dataflows::features::Value;
+use tidemark_dataflows::contract::table::Value;
 use tidemark_dataflows::ingest::IngestOptions;
 use tidemark_dataflows::Tick;
 
@@ -204,11 +204,7 @@ fn stream(worker: usize) -> impl Strategy<Value = Vec<Vec<Item>>> {
         any::<u64>(),
     )
         .prop_map(move |(events, bad, cuts, seed)| {
-            let mut rng = seed;
-            let mut next = move |n: u64| {
-                rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                (rng >> 33) % n.max(1)
-            };
+            let mut next = common::draws(seed);
             let mut timeline: Vec<(u64, Item)> = Vec::new();
             for (i, (session, act, offset, lateness)) in events.into_iter().enumerate() {
                 // sessions cluster in time, so most have several events within the timeout
@@ -243,18 +239,13 @@ fn stream(worker: usize) -> impl Strategy<Value = Vec<Vec<Item>>> {
         })
 }
 
-fn payloads(batches: &[Vec<Item>]) -> Vec<Vec<Vec<u8>>> {
-    batches
-        .iter()
-        .map(|b| {
-            b.iter()
-                .map(|i| match i {
-                    Item::Event(e) => e.payload(),
-                    Item::Bad(p, _, _) => p.clone(),
-                })
-                .collect()
-        })
-        .collect()
+impl common::Payload for Item {
+    fn payload(&self) -> Vec<u8> {
+        match self {
+            Item::Event(e) => e.payload(),
+            Item::Bad(p, _, _) => p.clone(),
+        }
+    }
 }
 
 fn options() -> IngestOptions {
@@ -266,16 +257,10 @@ fn options() -> IngestOptions {
 
 /// Insertion ticks, and the ticks just before and at each timeout, window end and
 /// retention end, and after everything has gone.
-/// Float tolerance of the comparisons.
-const TOLERANCE: f64 = 1e-6;
-
-fn agrees(got: &State, want: &State) -> bool {
-    common::agrees(got, want, TOLERANCE)
-}
-
-fn check(got: &State, want: &State, at: Tick) -> Result<(), TestCaseError> {
-    common::check(got, want, at, BASE, TOLERANCE)
-}
+const ORACLE: common::Oracle = common::Oracle {
+    base: BASE,
+    tolerance: 1e-6,
+};
 
 fn checkpoints(events: &[(Ev, Tick)]) -> BTreeSet<Tick> {
     let mut at: BTreeSet<Tick> = events.iter().map(|(_, t)| *t).collect();
@@ -302,22 +287,22 @@ proptest! {
 
     #[test]
     fn one_worker_matches_the_recount_at_every_tick(batches in stream(0)) {
-        let (changes, _) = run_with_dimension("reading", vec![payloads(&batches)], NOW, options(), Some(metadata()));
+        let (changes, _) = run_with_dimension("reading", vec![common::payloads(&batches)], NOW, options(), Some(metadata()));
         let (events, rejected) = accepted(&batches, NOW, u64::MAX / 4);
         for at in checkpoints(&events) {
-            check(&state_at(&changes, at), &model(&events, &rejected, at), at)?;
+            ORACLE.check(&state_at(&changes, at), &model(&events, &rejected, at), at)?;
         }
     }
 
     #[test]
     fn two_workers_match_the_recount_at_every_tick(a in stream(0), b in stream(1)) {
-        let (changes, _) = run_with_dimension("reading", vec![payloads(&a), payloads(&b)], NOW, options(), Some(metadata()));
+        let (changes, _) = run_with_dimension("reading", vec![common::payloads(&a), common::payloads(&b)], NOW, options(), Some(metadata()));
         let (mut events, mut rejected) = accepted(&a, NOW, u64::MAX / 4);
         let (e2, r2) = accepted(&b, NOW, u64::MAX / 4);
         events.extend(e2);
         rejected.extend(r2);
         for at in checkpoints(&events) {
-            check(&state_at(&changes, at), &model(&events, &rejected, at), at)?;
+            ORACLE.check(&state_at(&changes, at), &model(&events, &rejected, at), at)?;
         }
     }
 }
@@ -338,7 +323,7 @@ proptest! {
             new[row][2] = "mystery".into();
         }
         let (changes, _) = run_with_table_changes(
-            "reading", vec![payloads(&batches)], NOW, options(), Some(vec![old.clone(), new.clone()]),
+            "reading", vec![common::payloads(&batches)], NOW, options(), Some(vec![old.clone(), new.clone()]),
         );
         let (events, rejected) = accepted(&batches, NOW, u64::MAX / 4);
         let last_ids: BTreeSet<&str> = batches.last().into_iter().flatten().filter_map(|i| match i {
@@ -350,7 +335,7 @@ proptest! {
         for at in checkpoints(&events) {
             let got = state_at(&changes, at);
             let (was, now) = (model_with(&events, &rejected, &old, at), model_with(&events, &rejected, &new, at));
-            let (is_old, is_new) = (agrees(&got, &was), agrees(&got, &now));
+            let (is_old, is_new) = (ORACLE.agrees(&got, &was), ORACLE.agrees(&got, &now));
             prop_assert!(is_old || is_new, "at {at}: neither catalog: {got:?}");
             if switched || last_batch.is_some_and(|t| at >= t) {
                 prop_assert!(is_new, "at {at}: the new catalog holds");
@@ -385,7 +370,7 @@ fn a_session_times_out_exactly_at_its_last_event_plus_the_timeout() {
     ];
     let (changes, _) = run_with_dimension(
         "reading",
-        vec![payloads(&batches)],
+        vec![common::payloads(&batches)],
         NOW,
         options(),
         Some(metadata()),

@@ -8,11 +8,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use proptest::prelude::*;
 use serde_json::json;
-use tidemark_dataflows::features::Value;
+use tidemark_dataflows::families::search::DecayedSums;
 use tidemark_dataflows::ingest::IngestOptions;
-use tidemark_dataflows::search::{DecayedSums, QueryHash};
 use tidemark_dataflows::Tick;
 
+use common::search_model as model;
 use common::{run, state_at, State};
 
 const DAY: u64 = 86_400_000;
@@ -47,6 +47,29 @@ struct Ev {
 }
 
 impl Ev {
+    /// The event as the model reads it.
+    fn model(&self) -> model::Event {
+        let kind = match &self.kind {
+            Kind::Impression(docs) => {
+                model::Kind::Impression(docs.iter().map(|d| DOCS[*d].to_string()).collect())
+            }
+            Kind::Click => model::Kind::Click,
+            Kind::Dwell(ms) => model::Kind::Dwell(*ms),
+            Kind::AcImpression => model::Kind::AcImpression,
+            Kind::AcSelect => model::Kind::AcSelect,
+            Kind::AddToCart => model::Kind::AddToCart,
+            Kind::Purchase => model::Kind::Purchase,
+        };
+        model::Event {
+            ts: self.ts,
+            kind,
+            doc: DOCS[self.doc].to_string(),
+            query: QUERIES[self.query].to_string(),
+            prefix: PREFIXES[self.prefix].to_string(),
+            session: SESSIONS[self.session].to_string(),
+        }
+    }
+
     fn payload(&self) -> Vec<u8> {
         let mut v = json!({"event_id": self.id, "ts": self.ts, "user_id": "u", "session_id": SESSIONS[self.session]});
         let o = v.as_object_mut().unwrap();
@@ -139,146 +162,16 @@ fn accepted(batches: &[Vec<Item>], now: u64, skew: u64, horizon: u64) -> Vec<(Ev
 
 /// The features at tick `at`, recounted from the definitions.
 fn recount(events: &[(Ev, Tick)], at: Tick) -> (State, BTreeMap<String, f64>) {
-    let inserted: Vec<&Ev> = events
+    let inserted: Vec<model::Event> = events
         .iter()
         .filter(|(_, t)| *t <= at)
-        .map(|(e, _)| e)
+        .map(|(e, _)| e.model())
         .collect();
-    let live = |e: &Ev, days: u64| at < expiry(e.ts, days);
-    let mut state = State::new();
-    let mut decayed_ctr = BTreeMap::new();
-    let pop = |e: &Ev| match e.kind {
-        Kind::Click => 1,
-        Kind::Dwell(ms) if ms >= 30_000 => 2,
-        Kind::AddToCart => 3,
-        Kind::Purchase => 5,
-        _ => 0,
-    };
-    for (d, doc) in DOCS.iter().enumerate() {
-        let shown = |e: &&Ev| matches!(&e.kind, Kind::Impression(ds) if ds.contains(&d));
-        let about = |e: &&Ev| {
-            e.doc == d
-                && !matches!(
-                    e.kind,
-                    Kind::Impression(_) | Kind::AcImpression | Kind::AcSelect
-                )
-        };
-        let count = |f: &dyn Fn(&&Ev) -> bool, days| {
-            inserted.iter().filter(|e| f(e) && live(e, days)).count() as i64
-        };
-        let imp = [count(&shown, 7), count(&shown, 30)];
-        let clk = [
-            count(&|e| about(e) && e.kind == Kind::Click, 7),
-            count(&|e| about(e) && e.kind == Kind::Click, 30),
-        ];
-        let popularity = |days| {
-            inserted
-                .iter()
-                .filter(|e| about(e) && live(e, days))
-                .map(|e| pop(e))
-                .sum::<i64>()
-        };
-        let dwell: i64 = inserted
-            .iter()
-            .filter(|e| about(e) && live(e, 7))
-            .map(|e| {
-                if let Kind::Dwell(ms) = e.kind {
-                    ms as i64
-                } else {
-                    0
-                }
-            })
-            .sum();
-        let (p7, p30) = (popularity(7), popularity(30));
-        if [imp[0], imp[1], clk[0], clk[1], p7, p30, dwell]
-            .iter()
-            .all(|x| *x == 0)
-        {
-            continue;
-        }
-        let decay = |f: &dyn Fn(&&Ev) -> bool| -> f64 {
-            inserted
-                .iter()
-                .filter(|e| f(e))
-                .map(|e| (-((at - e.ts) as f64) / HALF_LIFE as f64).exp2())
-                .sum()
-        };
-        let (dc, di) = (decay(&|e| about(e) && e.kind == Kind::Click), decay(&shown));
-        decayed_ctr.insert(doc.to_string(), (dc + 1.0) / (di + 21.0));
-        let values = vec![
-            Value::Int(imp[0]),
-            Value::Int(imp[1]),
-            Value::Int(clk[0]),
-            Value::Int(clk[1]),
-            Value::float((clk[0] as f64 + 1.0) / (imp[0] as f64 + 1.0 + 20.0)),
-            Value::Int(p7),
-            Value::Int(p30),
-            Value::Int(dwell),
-        ];
-        state.insert((0, vec![doc.to_string()]), values);
-    }
-    for (q, query) in QUERIES.iter().enumerate() {
-        for (d, doc) in DOCS.iter().enumerate() {
-            let imp = inserted
-                .iter()
-                .filter(|e| {
-                    e.query == q
-                        && live(e, 7)
-                        && matches!(&e.kind, Kind::Impression(ds) if ds.contains(&d))
-                })
-                .count() as i64;
-            let clk = inserted
-                .iter()
-                .filter(|e| e.query == q && e.doc == d && e.kind == Kind::Click && live(e, 7))
-                .count() as i64;
-            if imp + clk > 0 {
-                let ctr = (clk as f64 + 1.0) / (imp as f64 + 1.0 + 20.0);
-                let key = vec![QueryHash::of(query).to_string(), doc.to_string()];
-                state.insert(
-                    (1, key),
-                    vec![Value::Int(imp), Value::Int(clk), Value::float(ctr)],
-                );
-            }
-        }
-    }
-    for (p, prefix) in PREFIXES.iter().enumerate() {
-        let imp = inserted
-            .iter()
-            .filter(|e| e.prefix == p && e.kind == Kind::AcImpression && live(e, 7))
-            .count() as i64;
-        let selects: Vec<&&Ev> = inserted
-            .iter()
-            .filter(|e| e.prefix == p && e.kind == Kind::AcSelect && live(e, 7))
-            .collect();
-        let assisted = selects
-            .iter()
-            .filter(|s| {
-                inserted.iter().any(|c| {
-                    c.kind == Kind::Click
-                        && c.session == s.session
-                        && c.ts >= s.ts
-                        && c.ts - s.ts <= 600_000
-                        && live(c, 7)
-                })
-            })
-            .count();
-        let sel = selects.len() as i64;
-        if imp + sel > 0 {
-            let rate = if sel > 0 {
-                assisted as f64 / sel as f64
-            } else {
-                0.0
-            };
-            let values = vec![
-                Value::Int(imp),
-                Value::Int(sel),
-                Value::float((sel as f64 + 1.0) / (imp as f64 + 21.0)),
-                Value::float(rate),
-            ];
-            state.insert((2, vec![prefix.to_string()]), values);
-        }
-    }
-    (state, decayed_ctr)
+    let inserted: Vec<&model::Event> = inserted.iter().collect();
+    (
+        model::features(&inserted, at),
+        model::decayed_ctr(&inserted, at, HALF_LIFE),
+    )
 }
 
 /// Compares the written state with the recount: exact for counts and rates, within
@@ -397,18 +290,13 @@ fn stream(worker: usize, now: u64) -> impl Strategy<Value = Vec<Vec<Item>>> {
         })
 }
 
-fn payloads(batches: &[Vec<Item>]) -> Vec<Vec<Vec<u8>>> {
-    batches
-        .iter()
-        .map(|b| {
-            b.iter()
-                .map(|i| match i {
-                    Item::Event(e) => e.payload(),
-                    Item::Garbage(g) => g.clone(),
-                })
-                .collect()
-        })
-        .collect()
+impl common::Payload for Item {
+    fn payload(&self) -> Vec<u8> {
+        match self {
+            Item::Event(e) => e.payload(),
+            Item::Garbage(g) => g.clone(),
+        }
+    }
 }
 
 const NOW: u64 = BASE + 50 * DAY;
@@ -442,7 +330,7 @@ proptest! {
     #[test]
     fn one_worker_matches_the_recount_at_every_tick(batches in stream(0, NOW)) {
         let horizon = 3_600_000;
-        let (changes, counters) = run("search", vec![payloads(&batches)], NOW, options(horizon));
+        let (changes, counters) = run("search", vec![common::payloads(&batches)], NOW, options(horizon));
         let events = accepted(&batches, NOW, 60_000, horizon);
         for at in checkpoints(&events) {
             check(&state_at(&changes, at), &recount(&events, at), at)?;
@@ -455,7 +343,7 @@ proptest! {
     #[test]
     fn two_workers_match_the_recount_at_every_tick(a in stream(0, NOW), b in stream(1, NOW)) {
         let horizon = 3_600_000;
-        let (changes, _) = run("search", vec![payloads(&a), payloads(&b)], NOW, options(horizon));
+        let (changes, _) = run("search", vec![common::payloads(&a), common::payloads(&b)], NOW, options(horizon));
         let mut events = accepted(&a, NOW, 60_000, horizon);
         events.extend(accepted(&b, NOW, 60_000, horizon));
         for at in checkpoints(&events) {
@@ -471,8 +359,8 @@ proptest! {
         let horizon = 3_600_000;
         let flat: Vec<(u64, Item)> = a.iter().flatten().cloned().enumerate().map(|(i, x)| (i as u64, x)).collect();
         let b = common::in_batches(flat, &cuts);
-        let (ca, _) = run("search", vec![payloads(&a)], NOW, options(horizon));
-        let (cb, _) = run("search", vec![payloads(&b)], NOW, options(horizon));
+        let (ca, _) = run("search", vec![common::payloads(&a)], NOW, options(horizon));
+        let (cb, _) = run("search", vec![common::payloads(&b)], NOW, options(horizon));
         let last = |batches: &[Vec<Item>]| accepted(batches, NOW, 60_000, horizon).iter().map(|(_, t)| *t).max().unwrap_or(0);
         let at = last(&a).max(last(&b));
         for t in [at, at + 8 * DAY] {
@@ -491,7 +379,7 @@ proptest! {
         let horizon = u64::MAX / 4;
         let originals: Vec<Ev> = a.iter().flatten().filter_map(|i| match i { Item::Event(e) => Some(e.clone()), _ => None }).collect();
         let b: Vec<Vec<Item>> = copies.iter().map(|ix| vec![Item::Event(originals[ix.index(originals.len())].clone())]).collect();
-        let (changes, _) = run("search", vec![payloads(&a), payloads(&b)], NOW, options(horizon));
+        let (changes, _) = run("search", vec![common::payloads(&a), common::payloads(&b)], NOW, options(horizon));
         let mut events = accepted(&a, NOW, 60_000, horizon);
         let last = events.iter().map(|(_, t)| *t).chain(accepted(&b, NOW, 60_000, horizon).iter().map(|(_, t)| *t)).max().unwrap_or(0);
         for (e, t) in accepted(&b, NOW, 60_000, horizon) {
@@ -521,7 +409,12 @@ fn unchanged_features_are_not_rewritten() {
         vec![Item::Event(ev("b", Kind::Dwell(1_000), 1, BASE + 1_000))],
         vec![Item::Event(ev("c", Kind::Click, 0, BASE + 2_000))],
     ];
-    let (changes, _) = run("search", vec![payloads(&batches)], NOW, options(3_600_000));
+    let (changes, _) = run(
+        "search",
+        vec![common::payloads(&batches)],
+        NOW,
+        options(3_600_000),
+    );
     let at = |t: u64| {
         changes
             .iter()

@@ -8,7 +8,7 @@ pub mod model;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use model::{Act, AdRead, BudgetRow};
-use tidemark_dataflows::ads::{decode, AdEvent, Ads};
+use tidemark_dataflows::families::ads::{decode, AdEvent, Ads};
 use tidemark_dataflows::Dataflow;
 
 pub type Rows = BTreeMap<String, BTreeMap<String, String>>;

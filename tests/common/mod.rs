@@ -19,17 +19,20 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_tidemark");
 
 /// Decodes `{"event_id", "ts", "user_id"}`: the events of the small families the tests define.
 pub fn decode_user_event(
-    r: &tidemark_dataflows::record::RecordRef<'_>,
-) -> Result<tidemark_dataflows::ingest::Timed<String>, tidemark_dataflows::record::DecodeError> {
-    use tidemark_dataflows::record::{DecodeError, ErrorKind};
+    r: &tidemark_dataflows::contract::record::RecordRef<'_>,
+) -> Result<
+    tidemark_dataflows::contract::event::Timed<String>,
+    tidemark_dataflows::contract::record::DecodeError,
+> {
+    use tidemark_dataflows::contract::record::{DecodeError, ErrorKind};
     let v: serde_json::Value = serde_json::from_slice(r.payload)
         .map_err(|e| DecodeError::new(ErrorKind::Json, e.to_string()))?;
     let field = |k: &str| {
         v.get(k)
             .ok_or_else(|| DecodeError::new(ErrorKind::MissingField, k))
     };
-    Ok(tidemark_dataflows::ingest::Timed {
-        id: tidemark_dataflows::ingest::EventId::of(
+    Ok(tidemark_dataflows::contract::event::Timed {
+        id: tidemark_dataflows::contract::event::EventId::of(
             field("event_id")?.as_str().unwrap_or_default(),
         ),
         ts: field("ts")?.as_u64().unwrap_or_default(),
@@ -100,25 +103,48 @@ pub fn fresh_topic(prefix: &str, partitions: i32) -> String {
             .unwrap()
             .as_nanos()
     );
+    create_topic(&name, partitions, &[]);
+    name
+}
+
+/// Runs a future to its end on a runtime of its own (the Kafka admin client's calls).
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// Creates topic `name` with `partitions` partitions and the topic configs `settings`.
+pub fn create_topic(name: &str, partitions: i32, settings: &[(&str, &str)]) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", kafka())
         .create()
         .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let topic = NewTopic::new(&name, partitions, TopicReplication::Fixed(1));
-    let res = rt
-        .block_on(admin.create_topics(
-            [&topic],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20))),
-        ))
-        .unwrap();
-    for r in res {
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    for (k, v) in settings {
+        topic = topic.set(k, v);
+    }
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)));
+    for r in block_on(admin.create_topics([&topic], &options)).unwrap() {
         r.expect("topic created");
     }
-    name
+}
+
+/// `run --exit-at-end` of `topic` as `job`, in consumer group `topic`.
+pub fn replay_args<'a>(topic: &'a str, job: &'a str) -> [&'a str; 8] {
+    let args = ["run", "--topic", topic, "--exit-at-end", "--job", job];
+    [
+        args[0],
+        args[1],
+        args[2],
+        args[3],
+        args[4],
+        args[5],
+        "--group-id",
+        topic,
+    ]
 }
 
 /// When a test run made `topic` (`…-{pid}-{unix nanos}…`, as `fresh_topic` names them and
@@ -155,13 +181,9 @@ fn delete_old_test_topics() {
         .map(|t| t.name().to_string())
         .filter(|t| made_at_nanos(t).is_some_and(|at| at + 3_600_000_000_000 < now))
         .collect();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     for chunk in old.chunks(100) {
         let names: Vec<&str> = chunk.iter().map(String::as_str).collect();
-        let _ = rt.block_on(admin.delete_topics(
+        let _ = block_on(admin.delete_topics(
             &names,
             &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
         ));

@@ -109,7 +109,7 @@ pub fn model_input(text: &str) -> (Vec<(Read, u64)>, Vec<Rejected>, usize) {
 /// The model's views at `at` as Redis-style hashes `feat:{ns}:{key}` → field → value.
 pub fn recount(text: &str, metadata: &[Vec<String>], at: u64) -> Hashes {
     let (events, rejected, _) = model_input(text);
-    let tables = tidemark_dataflows::reading::Reading::new(Default::default()).tables();
+    let tables = tidemark_dataflows::families::reading::Reading::new(Default::default()).tables();
     model::recount(&events, &rejected, metadata, at)
         .into_iter()
         .map(|((t, key), values)| {
@@ -127,7 +127,7 @@ pub fn recount(text: &str, metadata: &[Vec<String>], at: u64) -> Hashes {
 
 /// Every reading view in Postgres, as hashes.
 pub fn postgres_hashes(url: &str) -> Hashes {
-    let tables = tidemark_dataflows::reading::Reading::new(Default::default()).tables();
+    let tables = tidemark_dataflows::families::reading::Reading::new(Default::default()).tables();
     let mut all = BTreeMap::new();
     for t in &tables {
         all.extend(super::pg_features(url, t.ns, &t.keys));

@@ -6,30 +6,14 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use super::pg_features;
 
-pub const DAY: u64 = 86_400_000;
+#[path = "../../dataflows/tests/common/search_model.rs"]
+pub mod model;
 
-pub fn expiry(ts: u64, days: u64) -> u64 {
-    (ts + days * DAY).div_ceil(60_000) * 60_000
-}
-
-pub fn norm(q: &str) -> String {
-    q.to_lowercase()
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-pub fn qhash(q: &str) -> String {
-    Sha256::digest(norm(q).as_bytes())
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+#[allow(unused_imports)]
+pub use model::{expiry, norm, qhash, DAY};
 
 /// A line as the search family's decoder must accept it, else `None`.
 pub fn valid_event(line: &str) -> Option<serde_json::Map<String, Value>> {
@@ -66,143 +50,26 @@ pub fn valid_events(lines: &str) -> Vec<serde_json::Map<String, Value>> {
 
 pub type Hashes = BTreeMap<String, BTreeMap<String, String>>;
 
-/// The windowed features at tick `at`, as the hashes the stores should hold (decay fields aside).
+/// The windowed features at tick `at`, as the hashes the stores should hold (decay fields
+/// aside): the family's model (`dataflows/tests/common/search_model.rs`) on the events.
 pub fn recount(events: &[serde_json::Map<String, Value>], at: u64) -> Hashes {
-    #[derive(Default)]
-    struct Doc {
-        imp: [i64; 2],
-        clk: [i64; 2],
-        pop: [i64; 2],
-        dwell: i64,
-    }
-    let mut docs: BTreeMap<String, Doc> = BTreeMap::new();
-    let mut qd: BTreeMap<(String, String), [i64; 2]> = BTreeMap::new();
-    let mut ac: BTreeMap<String, [i64; 3]> = BTreeMap::new();
-    let s = |e: &serde_json::Map<String, Value>, k: &str| e[k].as_str().unwrap().to_string();
-    let live = |ts: u64, days: u64| at < expiry(ts, days);
-    for e in events {
-        let ts = e["ts"].as_u64().unwrap();
-        let windows = [live(ts, 7), live(ts, 30)];
-        let bump = |arr: &mut [i64; 2], w: i64| {
-            for (i, l) in windows.iter().enumerate() {
-                if *l {
-                    arr[i] += w;
-                }
-            }
-        };
-        match e["event_type"].as_str().unwrap() {
-            "search_impression" => {
-                let ids: BTreeSet<String> = e["doc_ids"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|d| d.as_str().unwrap().to_string())
-                    .collect();
-                for d in ids {
-                    if windows[1] {
-                        bump(&mut docs.entry(d.clone()).or_default().imp, 1);
-                    }
-                    if windows[0] {
-                        qd.entry((qhash(&s(e, "query")), d)).or_default()[0] += 1;
-                    }
-                }
-            }
-            "click" => {
-                let d = s(e, "doc_id");
-                if windows[1] {
-                    let doc = docs.entry(d.clone()).or_default();
-                    bump(&mut doc.clk, 1);
-                    bump(&mut doc.pop, 1);
-                }
-                if windows[0] {
-                    qd.entry((qhash(&s(e, "query")), d)).or_default()[1] += 1;
-                }
-            }
-            "dwell" => {
-                let ms = e["dwell_ms"].as_u64().unwrap() as i64;
-                if windows[1] {
-                    let doc = docs.entry(s(e, "doc_id")).or_default();
-                    if windows[0] {
-                        doc.dwell += ms;
-                    }
-                    if ms >= 30_000 {
-                        bump(&mut doc.pop, 2);
-                    }
-                }
-            }
-            t @ ("add_to_cart" | "purchase") if windows[1] => {
-                bump(
-                    &mut docs.entry(s(e, "doc_id")).or_default().pop,
-                    if t == "purchase" { 5 } else { 3 },
-                );
-            }
-            "ac_impression" if windows[0] => ac.entry(norm(&s(e, "prefix"))).or_default()[0] += 1,
-            "ac_select" if windows[0] => {
-                let session = s(e, "session_id");
-                let assisted = events.iter().any(|c| {
-                    let cts = c["ts"].as_u64().unwrap();
-                    c["event_type"] == "click"
-                        && c["session_id"] == session.as_str()
-                        && cts >= ts
-                        && cts - ts <= 600_000
-                });
-                let a = ac.entry(norm(&s(e, "prefix"))).or_default();
-                a[1] += 1;
-                a[2] += assisted as i64;
-            }
-            _ => {}
-        }
-    }
-    let ctr = |c: i64, i: i64| ((c as f64 + 1.0) / (i as f64 + 21.0)).to_string();
-    let mut out = Hashes::new();
-    for (d, x) in docs {
-        if [x.imp, x.clk, x.pop].iter().flatten().all(|n| *n == 0) && x.dwell == 0 {
-            continue;
-        }
-        let h = [
-            ("impressions_7d", x.imp[0].to_string()),
-            ("impressions_30d", x.imp[1].to_string()),
-            ("clicks_7d", x.clk[0].to_string()),
-            ("clicks_30d", x.clk[1].to_string()),
-            ("ctr_doc", ctr(x.clk[0], x.imp[0])),
-            ("popularity_7d", x.pop[0].to_string()),
-            ("popularity_30d", x.pop[1].to_string()),
-            ("dwell_sum_7d", x.dwell.to_string()),
-        ];
-        out.insert(
-            format!("feat:doc:{d}"),
-            h.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
-        );
-    }
-    for ((q, d), [i, c]) in qd {
-        let h = [
-            ("impressions_7d", i.to_string()),
-            ("clicks_7d", c.to_string()),
-            ("ctr_qd", ctr(c, i)),
-        ];
-        out.insert(
-            format!("feat:qd:{q}:{d}"),
-            h.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
-        );
-    }
-    for (p, [i, sel, assisted]) in ac {
-        let rate = if sel > 0 {
-            assisted as f64 / sel as f64
-        } else {
-            0.0
-        };
-        let h = [
-            ("ac_impressions_7d", i.to_string()),
-            ("ac_selects_7d", sel.to_string()),
-            ("assist_rate", ctr(sel, i)),
-            ("assist_click_rate", rate.to_string()),
-        ];
-        out.insert(
-            format!("feat:ac:{p}"),
-            h.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
-        );
-    }
-    out
+    let events: Vec<model::Event> = events.iter().filter_map(model::Event::from_json).collect();
+    let events: Vec<&model::Event> = events.iter().collect();
+    use tidemark_dataflows::Dataflow;
+    let tables = tidemark_dataflows::families::search::Search::new(Default::default()).tables();
+    model::features(&events, at)
+        .into_iter()
+        .map(|((t, key), values)| {
+            let spec = &tables[t as usize];
+            let fields = spec
+                .fields
+                .iter()
+                .zip(values)
+                .map(|(f, v)| (f.name.to_string(), v.to_string()))
+                .collect();
+            (format!("feat:{}:{}", spec.ns, key.join(":")), fields)
+        })
+        .collect()
 }
 
 /// Numbers compare as numbers (Postgres prints `1.0` where Redis holds `1`).

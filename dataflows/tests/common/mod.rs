@@ -4,16 +4,18 @@
 
 pub mod ads_model;
 pub mod reading_model;
+pub mod search_model;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 
-use tidemark_dataflows::counters::Counters;
-use tidemark_dataflows::dimension::{DimRow, TableSource};
-use tidemark_dataflows::features::{apply_changes, feature_changes, SinkEvent, TickChanges, Value};
+use tidemark_dataflows::contract::counters::Counters;
+use tidemark_dataflows::contract::dimension::{DimRow, TableSource};
+use tidemark_dataflows::contract::record::{Poll, RecordRef, RecordSource, Visit};
+use tidemark_dataflows::contract::table::{apply_changes, SinkEvent, TickChanges, Value};
 use tidemark_dataflows::ingest::IngestOptions;
-use tidemark_dataflows::record::{Poll, RecordRef, RecordSource, Visit};
+use tidemark_dataflows::operators::changes::feature_changes;
 use tidemark_dataflows::Tick;
 
 /// Hands out one batch per poll, then reports being caught up; finished when empty. With
@@ -53,6 +55,53 @@ impl RecordSource for VecSource {
 }
 
 pub type State = BTreeMap<(u8, Vec<String>), Vec<Value>>;
+
+/// Draws below `n` from `seed` (a linear congruential generator): the strategies' own
+/// choices, reproducible from the seed proptest draws.
+pub fn draws(seed: u64) -> impl FnMut(u64) -> u64 {
+    let mut rng = seed;
+    move |n: u64| {
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (rng >> 33) % n.max(1)
+    }
+}
+
+/// What a test record is on the wire.
+pub trait Payload {
+    fn payload(&self) -> Vec<u8>;
+}
+
+/// Each batch's records as the bytes the source hands out.
+pub fn payloads<I: Payload>(batches: &[Vec<I>]) -> Vec<Vec<Vec<u8>>> {
+    batches
+        .iter()
+        .map(|b| b.iter().map(Payload::payload).collect())
+        .collect()
+}
+
+/// How an oracle test compares the written state with its model's.
+pub struct Oracle {
+    /// Event times are printed relative to this.
+    pub base: u64,
+    /// Relative tolerance of float comparisons.
+    pub tolerance: f64,
+}
+
+impl Oracle {
+    pub fn agrees(&self, got: &State, want: &State) -> bool {
+        agrees(got, want, self.tolerance)
+    }
+    pub fn check(
+        &self,
+        got: &State,
+        want: &State,
+        at: Tick,
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        check(got, want, at, self.base, self.tolerance)
+    }
+}
 
 /// Floats equal within a relative `tolerance`, everything else exactly.
 pub fn close(a: &Value, b: &Value, tolerance: f64) -> bool {
@@ -198,7 +247,8 @@ pub fn run_with_table_changes(
             gate: gated.then(|| done.clone()),
         };
         let out = out.clone();
-        let state = tidemark_dataflows::state::State::none(worker.index(), worker.peers());
+        let state =
+            tidemark_dataflows::contract::state::State::none(worker.index(), worker.peers());
         let tables: Vec<Option<Box<dyn TableSource>>> = match &snapshots {
             Some(rows) if worker.index() == 0 => vec![Some(Box::new(ScriptedTable {
                 snapshots: rows.clone().into(),

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{Offset, TimeZone, Timelike};
-use tidemark_dataflows::features::Value;
+use tidemark_dataflows::contract::table::Value;
 use tidemark_dataflows::Tick;
 
 pub type State = BTreeMap<(u8, Vec<String>), Vec<Value>>;

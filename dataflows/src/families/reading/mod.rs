@@ -1,0 +1,198 @@
+//! Webtoon reading: sessions with their completion/exit state, and features per session,
+//! user, episode, segment (country × genre × local time of day), A/B experiment group and
+//! data-quality hour (DESIGN §5.2, seed 001).
+//!
+//! A session is a function of its events, not of their arrival order: one `reduce` per
+//! session id rebuilds it from the events it holds and from "alive" markers that expire
+//! `session_timeout_ms` after each event, so a session without a `complete` or `exit`
+//! turns `timed_out` when stream time passes its last event plus the timeout. Sessions
+//! then contribute to windowed sums by their start time, like events do in `search`;
+//! a changed session retracts its old contributions, so every sum stays exact.
+
+mod decode;
+mod events;
+mod experiments;
+pub mod generate;
+mod quality;
+mod sessions;
+mod tables;
+mod views;
+
+pub use events::*;
+pub use experiments::*;
+use quality::quality_of;
+pub use sessions::*;
+pub use tables::*;
+pub use views::*;
+
+use differential_dataflow::VecCollection;
+use serde::{Deserialize, Serialize};
+
+use crate::contract::dataflow::{Dataflow, GenerateSpec, Produced};
+use crate::contract::dimension::{DimRow, DimensionSpec};
+use crate::contract::event::{Rejection, Timed};
+use crate::contract::record::{DecodeError, RecordRef};
+use crate::contract::state::State;
+use crate::contract::table::{FeatureRow, TableSpec};
+use crate::contract::time::{Tick, Window, MINUTE};
+use crate::operators::windowed::{contributions, derived_contributions};
+
+/// `[dataflows.reading]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReadingConfig {
+    pub topic: String,
+    /// A session without events for this long (stream time) is `timed_out`.
+    pub session_timeout_ms: u64,
+    /// An exit (or timeout) below this depth is an early exit.
+    pub early_exit_pct: u8,
+    /// The Postgres table of episode metadata.
+    pub metadata_table: String,
+    /// The group others are compared with; when an experiment has none by this name, its
+    /// first group by name.
+    pub control_group: String,
+}
+
+impl Default for ReadingConfig {
+    fn default() -> Self {
+        ReadingConfig {
+            topic: "reading-events".into(),
+            session_timeout_ms: 30 * MINUTE,
+            early_exit_pct: 90,
+            metadata_table: "episode_metadata".into(),
+            control_group: "control".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Reading {
+    config: ReadingConfig,
+}
+
+impl Dataflow for Reading {
+    type Event = ReadingEvent;
+    type Config = ReadingConfig;
+    const NAME: &'static str = "reading";
+
+    fn new(config: ReadingConfig) -> Self {
+        Reading { config }
+    }
+    fn config(&self) -> &ReadingConfig {
+        &self.config
+    }
+    fn topics(&self) -> Vec<String> {
+        vec![self.config.topic.clone()]
+    }
+    fn tables(&self) -> Vec<TableSpec> {
+        self.table_specs()
+    }
+    fn horizon(&self) -> Window {
+        SESSION_RETENTION
+    }
+    fn dimensions(&self) -> Vec<DimensionSpec> {
+        vec![DimensionSpec {
+            table: self.config.metadata_table.clone(),
+            columns: ["episode_id", "title_id", "genre", "episode_no"].map(String::from).into(),
+            create: Some(format!(
+                "CREATE TABLE IF NOT EXISTS {} (episode_id text PRIMARY KEY, title_id text NOT NULL, genre text NOT NULL, episode_no integer NOT NULL)",
+                self.config.metadata_table
+            )),
+        }]
+    }
+    fn decode(&self, record: &RecordRef<'_>) -> Result<Timed<ReadingEvent>, DecodeError> {
+        decode::decode(record.payload)
+    }
+    fn keys(&self, event: &ReadingEvent, visit: &mut dyn FnMut(&'static str, &str)) {
+        let r = &event.reader;
+        visit("session_id", &event.session.0);
+        visit("user_id", &r.user.0);
+        visit("episode_id", &r.episode.0);
+        visit("country", &r.country);
+        if let Some(arm) = &r.arm {
+            visit("experiment_name", &arm.experiment);
+            visit("experiment_group", &arm.group);
+        }
+    }
+    fn build<'s>(
+        &self,
+        events: VecCollection<'s, Tick, Timed<ReadingEvent>>,
+        dimensions: Vec<VecCollection<'s, Tick, DimRow>>,
+        rejected: VecCollection<'s, Tick, Rejection>,
+        state: &State,
+    ) -> VecCollection<'s, Tick, FeatureRow> {
+        let sessions = self.sessions(events, state);
+        let session_rows = sessions.clone().map(|(_, s)| s.row());
+
+        let metadata = dimensions[0].clone().map(|row| {
+            let meta = EpisodeMeta {
+                title: row[1].clone(),
+                genre: row[2].clone(),
+            };
+            (EpisodeId(row[0].clone()), meta)
+        });
+        let by_episode = sessions.map(|(_, s)| (s.reader.episode.clone(), s.summary()));
+        let known = by_episode.clone().join_map(metadata.clone(), |_, s, meta| {
+            (s.clone(), meta.genre.clone())
+        });
+        let unknown = by_episode
+            .antijoin(metadata.clone().map(|(e, _)| e).distinct())
+            .map(|(_, s)| (s, UNKNOWN_GENRE.to_string()));
+        let this = self.clone();
+        // sessions are rebuilt from their restored events: their contributions are not
+        // checkpointed themselves
+        let sums = derived_contributions(known.concat(unknown), move |s| {
+            this.session_contributions(s)
+        })
+        .concat(metadata.map(|(e, meta)| (Entity::Episode(e), Measure::Meta(meta))))
+        .concat(contributions(state, rejected, |r| Some(quality_of(r))))
+        .consolidate_stream();
+        let this = self.clone();
+        sums.reduce_named("ReadingFeatures", move |entity, measures, out| {
+            for row in this.rows(entity, measures) {
+                out.push((row, 1));
+            }
+        })
+        .map(|(_, row)| row)
+        .concat(session_rows)
+    }
+    fn generate(&self, spec: &GenerateSpec) -> Box<dyn Iterator<Item = Produced> + Send> {
+        Box::new(generate::ReadingTraffic::new(
+            self.config.topic.clone(),
+            spec.clone(),
+        ))
+    }
+    fn dimension_rows(&self, _spec: &GenerateSpec) -> Vec<(DimensionSpec, Vec<DimRow>)> {
+        vec![(self.dimensions().remove(0), generate::episode_metadata())]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::time::HOUR;
+
+    #[test]
+    fn time_of_day_follows_the_zone() {
+        // 2026-01-01T00:30:00Z: 09:30 in Seoul, 19:30 the day before in New York
+        let ts = 1_767_227_400_000;
+        assert_eq!(time_of_day(ts, "Asia/Seoul"), "morning");
+        assert_eq!(time_of_day(ts, "America/New_York"), "evening");
+        assert_eq!(time_of_day(ts, "UTC"), "night");
+        assert_eq!(time_of_day(ts + 12 * HOUR, "UTC"), "afternoon");
+        assert_eq!(hour_key(ts - ts % HOUR), "2026-01-01T00");
+    }
+
+    #[test]
+    fn the_interval_matches_a_textbook_computation() {
+        // 520 of 1000 against 470 of 1000: d = 0.05, se = sqrt(.52·.48/1000 + .47·.53/1000)
+        let ab = AbTest::of((520, 1000), (470, 1000));
+        let se = ((0.52 * 0.48 + 0.47 * 0.53) / 1000.0f64).sqrt();
+        assert!((ab.diff - 0.05).abs() < 1e-12);
+        assert!((ab.ci_low - (0.05 - 1.96 * se)).abs() < 1e-4);
+        assert!((ab.ci_high - (0.05 + 1.96 * se)).abs() < 1e-4);
+        assert!((se - 0.022_330).abs() < 1e-5, "{se}");
+        assert!(ab.significant());
+        assert!(!AbTest::of((48, 100), (47, 100)).significant());
+    }
+}

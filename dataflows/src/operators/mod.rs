@@ -1,0 +1,8 @@
+//! Operators the families build on, one per file: windowed contributions and their
+//! expiries, two inputs' updates per tick, dimension inputs, and the per-tick changes at
+//! the dataflow's end.
+
+pub mod changes;
+pub mod dimension;
+pub mod ticks;
+pub mod windowed;

@@ -1,0 +1,494 @@
+//! `tidemark bench`: throughput of the dataflow alone and of decoding.
+
+pub mod ads;
+pub mod reading;
+pub mod serve;
+pub mod state;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use differential_dataflow::input::Input;
+use tidemark_dataflows::contract::dimension::DimRow;
+use tidemark_dataflows::contract::event::{Rejection, Timed};
+use tidemark_dataflows::families::search::{Search, SearchConfig, SearchEvent};
+use tidemark_dataflows::{Dataflow, GenerateSpec, Tick};
+use timely::dataflow::operators::probe::Handle as ProbeHandle;
+
+use crate::clock::now_ms;
+use crate::config::Config;
+use crate::engine::{timely_config, RunOptions, Shared};
+use crate::sink::producer::Sender;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// What to measure: search (throughput, freshness), state (checkpoint figures) or
+    /// serve (read API latency and throughput over Redis)
+    pub dataflow: String,
+    /// `bench reading`: open sessions built for the memory figure.
+    #[arg(long, default_value_t = 200_000)]
+    pub sessions: u64,
+    /// `bench ads`: open clicks built for the memory figure.
+    #[arg(long, default_value_t = 2_000_000)]
+    pub clicks: u64,
+    /// `bench serve`: entities written to Redis and read at random.
+    #[arg(long, default_value_t = 100_000)]
+    pub entities: u64,
+    /// `bench serve`: seconds per load shape.
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
+    /// `bench state`: live keys to build.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub keys: u64,
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: u64,
+    /// Events per batch (one tick each).
+    #[arg(long, default_value_t = 10_000)]
+    pub batch: usize,
+    /// Worker counts to run the dataflow with.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    pub workers: Vec<usize>,
+    /// Also measure Kafka → Redis end to end (brokers and Redis from TIDEMARK_KAFKA/TIDEMARK_REDIS).
+    #[arg(long)]
+    pub kafka: bool,
+    /// Events produced for the end-to-end throughput run.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub e2e_events: u64,
+    /// Events/s for the freshness run (default: half the measured end-to-end throughput).
+    #[arg(long)]
+    pub freshness_rate: Option<u64>,
+    #[arg(long, default_value_t = 20)]
+    pub freshness_seconds: u64,
+    /// Workers of the end-to-end runs.
+    #[arg(long, default_value_t = 2)]
+    pub e2e_workers: usize,
+}
+
+/// Resident memory once the allocator has returned what it keeps for reuse: the memory
+/// figures count what the dataflow holds, not freed pages mimalloc has not purged yet
+/// (e.g. after an arrangement's merge). Call it on the thread that allocated.
+pub fn held_bytes() -> u64 {
+    // SAFETY: `mi_collect` only frees and purges the allocator's own unused memory
+    unsafe { libmimalloc_sys::mi_collect(true) };
+    crate::telemetry::resident_bytes().unwrap_or(0)
+}
+
+/// What [`held_growth`] measured.
+pub struct Growth {
+    /// RSS growth (after `mi_collect`) over all items.
+    pub total: u64,
+    /// The items of the second half, and the growth they alone caused.
+    pub second_half: (u64, u64),
+    pub secs: f64,
+}
+
+/// Resident memory one worker holds for `n` items: the events `events(i, tick)` of each
+/// item go through `family`'s dataflow in chunks of 10,000 items, with the dimension rows
+/// in place; chunk by chunk, time moves to `next_tick(last item, tick)`. The dataflow is
+/// dropped without running anything out.
+pub fn held_growth<D, E, T>(
+    family: D,
+    dimensions: Vec<Vec<DimRow>>,
+    start: Tick,
+    n: u64,
+    events: E,
+    next_tick: T,
+) -> anyhow::Result<Growth>
+where
+    D: Dataflow + Clone,
+    E: Fn(u64, Tick) -> Vec<Timed<D::Event>> + Send + Sync + 'static,
+    T: Fn(u64, Tick) -> Tick + Send + Sync + 'static,
+{
+    let before = held_bytes();
+    let started = Instant::now();
+    let guards = timely::execute(timely_config(1, 1, 0, None)?, move |worker| {
+        let probe = ProbeHandle::new();
+        let state = tidemark_dataflows::contract::state::State::none(0, 1);
+        let dataflow = worker.next_dataflow_index();
+        let (mut input, mut tables) = worker.dataflow::<Tick, _, _>(|scope| {
+            let (input, events) = scope.new_collection::<Timed<D::Event>, isize>();
+            let (tables, dims): (Vec<_>, Vec<_>) = dimensions
+                .iter()
+                .map(|_| scope.new_collection::<DimRow, isize>())
+                .unzip();
+            let (_, rejected) = scope.new_collection::<Rejection, isize>();
+            family
+                .build(events, dims, rejected, &state)
+                .probe_with(&probe);
+            (input, tables)
+        });
+        for (table, rows) in tables.iter_mut().zip(dimensions.iter()) {
+            rows.iter().for_each(|r| table.insert(r.clone()));
+        }
+        tables.clear();
+        let (mut tick, mut half) = (start, None);
+        for chunk in (0..n).collect::<Vec<_>>().chunks(10_000) {
+            if half.is_none() && chunk[0] >= n / 2 {
+                half = Some((chunk[0], held_bytes()));
+            }
+            input.advance_to(tick);
+            for &i in chunk {
+                events(i, tick).into_iter().for_each(|e| input.insert(e));
+            }
+            input.flush();
+            worker.step_while(|| probe.less_than(&tick));
+            tick = next_tick(chunk[chunk.len() - 1], tick).max(tick + 1);
+        }
+        input.advance_to(tick);
+        input.flush();
+        worker.step_while(|| probe.less_than(&tick));
+        let after = held_bytes();
+        let (at_half, rss_half) = half.unwrap_or((0, before));
+        worker.drop_dataflow(dataflow);
+        Growth {
+            total: after.saturating_sub(before),
+            second_half: (n - at_half, after.saturating_sub(rss_half)),
+            secs: started.elapsed().as_secs_f64(),
+        }
+    })
+    .map_err(|e| anyhow::anyhow!(e))?;
+    let mut grown = guards.join();
+    grown
+        .pop()
+        .expect("one worker")
+        .map_err(|e| anyhow::anyhow!(e))
+}
+
+pub fn record(payload: &[u8]) -> tidemark_dataflows::contract::record::RecordRef<'_> {
+    tidemark_dataflows::contract::record::RecordRef {
+        topic: "b",
+        partition: 0,
+        offset: 0,
+        append_ms: 0,
+        key: None,
+        payload,
+    }
+}
+
+/// Events/s through a family's dataflow alone, on pre-decoded events, with its dimension
+/// tables' rows in place from the start.
+pub fn dataflow_throughput<D>(
+    family: D,
+    events: &Arc<Vec<Timed<D::Event>>>,
+    dimensions: Arc<Vec<Vec<DimRow>>>,
+    workers: usize,
+    batch: usize,
+) -> anyhow::Result<f64>
+where
+    D: Dataflow + Clone,
+    D::Event: Sync,
+{
+    let events = events.clone();
+    let start = Instant::now();
+    let guards = timely::execute(timely_config(workers, 1, 0, None)?, move |worker| {
+        let (index, peers) = (worker.index(), worker.peers());
+        let probe = ProbeHandle::new();
+        let state = tidemark_dataflows::contract::state::State::none(index, peers);
+        let (mut input, mut tables) = worker.dataflow::<Tick, _, _>(|scope| {
+            let (input, events) = scope.new_collection::<Timed<D::Event>, isize>();
+            let (tables, dims): (Vec<_>, Vec<_>) = dimensions
+                .iter()
+                .map(|_| scope.new_collection::<DimRow, isize>())
+                .unzip();
+            // no rejections: the input handle goes at once, leaving the collection empty
+            let (_, rejected) = scope.new_collection::<Rejection, isize>();
+            family
+                .build(events, dims, rejected, &state)
+                .probe_with(&probe);
+            (input, tables)
+        });
+        for (table, rows) in tables.iter_mut().zip(dimensions.iter()) {
+            if index == 0 {
+                rows.iter().for_each(|r| table.insert(r.clone()));
+            }
+        }
+        // the tables stay as they are: close them
+        tables.clear();
+        let mine: Vec<&Timed<D::Event>> = events.iter().skip(index).step_by(peers).collect();
+        let mut tick = 0;
+        for chunk in mine.chunks(batch / peers.max(1)) {
+            tick = chunk
+                .iter()
+                .map(|e| e.ts)
+                .max()
+                .unwrap_or(tick)
+                .max(tick + 1);
+            input.advance_to(tick);
+            for e in chunk {
+                input.insert((*e).clone());
+            }
+            input.flush();
+            worker.step_while(|| probe.less_than(&tick.saturating_sub(5_000)));
+        }
+        input.advance_to(tick + 1);
+        input.flush();
+        worker.step_while(|| probe.less_equal(&tick));
+    })
+    .map_err(|e| anyhow::anyhow!(e))?;
+    drop(guards);
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// Runs the dataflow alone on `events` with each worker count and prints events/s in
+/// total and per worker.
+pub fn report_throughput<D>(
+    family: D,
+    events: &Arc<Vec<Timed<D::Event>>>,
+    dimensions: Arc<Vec<Vec<DimRow>>>,
+    workers: &[usize],
+    batch: usize,
+) -> anyhow::Result<()>
+where
+    D: Dataflow + Clone,
+    D::Event: Sync,
+{
+    let mut one = None;
+    for w in workers {
+        let secs = dataflow_throughput(family.clone(), events, dimensions.clone(), *w, batch)?;
+        let total = events.len() as f64 / secs;
+        let scale = one
+            .map(|o: f64| format!(", {:.2}x of 1 worker", total / o))
+            .unwrap_or_default();
+        one.get_or_insert(total);
+        println!(
+            "dataflow, {w} worker(s): {total:.0} events/s total, {:.0} per worker{scale} ({} events, batch {batch})",
+            total / *w as f64,
+            events.len(),
+        );
+    }
+    Ok(())
+}
+
+pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
+    if a.dataflow == "state" {
+        return crate::bench::state::run(a.keys, a.events);
+    }
+    if a.dataflow == "serve" {
+        return crate::bench::serve::run(a.entities, a.seconds);
+    }
+    if a.dataflow == "reading" {
+        return crate::bench::reading::run(&a);
+    }
+    if a.dataflow == "ads" {
+        return crate::bench::ads::run(&a);
+    }
+    if a.dataflow != "search" {
+        anyhow::bail!(
+            "bench '{}': use search, reading, ads, state or serve",
+            a.dataflow
+        );
+    }
+    eprintln!("generating {} events …", a.events);
+    let search = Search::new(SearchConfig::default());
+    let spec = GenerateSpec {
+        events: a.events,
+        rate: 20_000,
+        duplicate_share: 0.0,
+        ..Default::default()
+    };
+    let payloads: Vec<Vec<u8>> = search.generate(&spec).map(|p| p.payload).collect();
+    let start = Instant::now();
+    let decoded: Vec<Timed<SearchEvent>> = payloads
+        .iter()
+        .filter_map(|p| search.decode(&record(p)).ok())
+        .collect();
+    let decode_rate = payloads.len() as f64 / start.elapsed().as_secs_f64();
+    let ok = decoded.len();
+    println!(
+        "decode: {:.0} events/s on one core ({ok} valid of {})",
+        decode_rate,
+        payloads.len()
+    );
+    let events = std::sync::Arc::new(decoded);
+    report_throughput(search, &events, Arc::default(), &a.workers, a.batch)?;
+    if a.kafka {
+        end_to_end(&a)?;
+    }
+    Ok(())
+}
+
+fn bench_config(topic: &str, job: &str, workers: usize) -> anyhow::Result<Config> {
+    let flags = serde_json::json!({"job": job, "workers": workers, "kafka": {"topics": [topic], "group_id": job}});
+    let mut cfg = Config::load(None, flags)?;
+    cfg.checkpoint.dir = std::env::temp_dir().join("tidemark-bench-state");
+    if cfg.redis.url.is_none() {
+        anyhow::bail!("bench --kafka needs TIDEMARK_REDIS (scripts/services.sh env)");
+    }
+    cfg.postgres.url = None;
+    Ok(cfg)
+}
+
+/// The config of a live freshness run of `dataflow` (with its `[dataflows.{dataflow}]`
+/// `section`) reading `inputs`: Postgres the only store besides topics (Redis off: the
+/// figure ends at the outputs' acks and the Postgres commit), its dimension tables filled
+/// for `spec`, and `topics` created with their partitions.
+pub fn live_config(
+    dataflow: &str,
+    stamp: u64,
+    workers: usize,
+    inputs: &[&str],
+    section: serde_json::Value,
+    spec: &GenerateSpec,
+    topics: &[(&str, i32)],
+) -> anyhow::Result<Config> {
+    let flags = serde_json::json!({"dataflow": dataflow, "job": format!("bench-{dataflow}-{stamp}"),
+        "workers": workers, "kafka": {"topics": inputs, "group_id": inputs[0]},
+        "dataflows": {dataflow: section}});
+    let mut cfg = Config::load(None, flags)?;
+    cfg.checkpoint.dir = std::env::temp_dir().join("tidemark-bench-state");
+    cfg.redis.url = None;
+    let Some(pg) = cfg.postgres.url.clone() else {
+        anyhow::bail!("bench {dataflow} --kafka needs TIDEMARK_PG (scripts/services.sh env)");
+    };
+    let family = crate::engine::family_of(&cfg)?;
+    for (table, rows) in family.dimension_rows(spec) {
+        crate::source::dimension::fill(&pg, &table, &rows)?;
+    }
+    for (topic, partitions) in topics {
+        create_topic(&cfg.kafka.brokers, topic, *partitions)?;
+    }
+    Ok(cfg)
+}
+
+pub fn create_topic(brokers: &str, name: &str, partitions: i32) -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    for r in rt.block_on(admin.create_topics(
+        [&NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
+        &AdminOptions::new(),
+    ))? {
+        r.map_err(|(t, e)| anyhow::anyhow!("creating topic {t}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Kafka (4 partitions) → 2 workers → Redis: throughput of a backlog with `--exit-at-end`,
+/// then freshness (Kafka append → tick durable in Redis) at a fixed rate.
+fn end_to_end(a: &BenchArgs) -> anyhow::Result<()> {
+    let stamp = now_ms();
+    let throughput_topic = format!("bench-search-{stamp}");
+    let cfg = bench_config(&throughput_topic, &format!("bench-{stamp}"), a.e2e_workers)?;
+    let brokers = cfg.kafka.brokers.clone();
+    create_topic(&brokers, &throughput_topic, 4)?;
+    let family = crate::engine::family_of(&cfg)?;
+    eprintln!("producing {} events to {throughput_topic} …", a.e2e_events);
+    let sender = Sender::new(&brokers)?;
+    let spec = GenerateSpec {
+        events: a.e2e_events,
+        rate: 20_000,
+        ..Default::default()
+    };
+    for p in family.generate(&spec) {
+        sender.send(
+            &throughput_topic,
+            p.key.as_deref().map(str::as_bytes),
+            &p.payload,
+            None,
+        )?;
+    }
+    sender.flush()?;
+    let shared = Arc::new(Shared::default());
+    let opts = RunOptions::kafka(timely_config(cfg.workers, 1, 0, None)?, cfg, true);
+    let start = Instant::now();
+    crate::engine::run(opts, shared.clone())?;
+    let secs = start.elapsed().as_secs_f64();
+    let consumed = shared.counters.consumed.load(Ordering::Relaxed) as f64;
+    let throughput = consumed / secs;
+    println!("end to end, Kafka → {} worker(s) → Redis: {throughput:.0} events/s ({consumed} events in {secs:.1} s, including start-up)", a.e2e_workers);
+
+    let rate = a.freshness_rate.unwrap_or((throughput / 2.0) as u64).max(1);
+    let live_topic = format!("bench-live-{stamp}");
+    create_topic(&brokers, &live_topic, 4)?;
+    let cfg = bench_config(&live_topic, &format!("bench-live-{stamp}"), a.e2e_workers)?;
+    let h = freshness(cfg, rate, a.freshness_seconds, stamp)?;
+    report_freshness(&h, rate, "Kafka append → Redis EXEC acknowledged");
+    Ok(())
+}
+
+/// Runs the engine of `cfg` live on `topic` while producing its family's traffic at `rate`
+/// events/s for `seconds`; returns the freshness samples (Kafka append → tick durable in
+/// every sink of `cfg`).
+/// Produces `rate` generated events per second for `seconds` to the engine's input topics
+/// (`cfg.kafka.topics`, in the dataflow's topic order) and returns the freshness histogram.
+pub fn freshness(
+    cfg: Config,
+    rate: u64,
+    seconds: u64,
+    seed: u64,
+) -> anyhow::Result<hdrhistogram::Histogram<u64>> {
+    let family = crate::engine::family_of(&cfg)?;
+    let own = family.topics();
+    let given = cfg.kafka.topics.clone().unwrap_or_else(|| own.clone());
+    let route = move |t: &str| -> String {
+        let i = own.iter().position(|o| o == t).unwrap_or(0);
+        given.get(i).unwrap_or(&given[0]).clone()
+    };
+    let topic = given_first(&cfg);
+    let sender = Sender::new(&cfg.kafka.brokers)?;
+    let shared = Arc::new(Shared::default());
+    let opts = RunOptions {
+        measure_freshness: true,
+        ..RunOptions::kafka(timely_config(cfg.workers, 1, 0, None)?, cfg, false)
+    };
+    let s = shared.clone();
+    let engine = std::thread::spawn(move || crate::engine::run(opts, s));
+    std::thread::sleep(Duration::from_secs(2));
+    eprintln!("producing {rate} events/s for {seconds} s to {topic} …");
+    let spec = GenerateSpec {
+        events: rate * seconds,
+        rate,
+        start_ms: now_ms(),
+        seed,
+        ..Default::default()
+    };
+    let begin = Instant::now();
+    for (i, p) in family.generate(&spec).enumerate() {
+        let due = Duration::from_secs_f64(i as f64 / rate as f64);
+        // sleep in steps of at least 2 ms, so pacing does not take a core
+        if let Some(wait) = due
+            .checked_sub(begin.elapsed())
+            .filter(|w| *w >= Duration::from_millis(2))
+        {
+            std::thread::sleep(wait);
+        }
+        sender.send(
+            &route(&p.topic),
+            p.key.as_deref().map(str::as_bytes),
+            &p.payload,
+            None,
+        )?;
+    }
+    sender.flush()?;
+    std::thread::sleep(Duration::from_secs(2));
+    shared.stop.store(true, Ordering::Relaxed);
+    engine
+        .join()
+        .map_err(|_| anyhow::anyhow!("engine panicked"))??;
+    let h = shared.freshness.histogram.lock().expect("lock").take();
+    h.ok_or_else(|| anyhow::anyhow!("freshness: no samples"))
+}
+
+fn given_first(cfg: &Config) -> String {
+    cfg.kafka
+        .topics
+        .as_ref()
+        .and_then(|t| t.first().cloned())
+        .unwrap_or_default()
+}
+
+pub fn report_freshness(h: &hdrhistogram::Histogram<u64>, rate: u64, what: &str) {
+    println!(
+        "freshness at {rate} events/s ({what}): p50 {} ms, p99 {} ms, max {} ms over {} events",
+        h.value_at_quantile(0.5),
+        h.value_at_quantile(0.99),
+        h.max(),
+        h.len()
+    );
+}

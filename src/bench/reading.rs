@@ -1,0 +1,106 @@
+//! `tidemark bench reading`: the reading dataflow alone (pre-decoded events, 1 and N
+//! workers), memory per open session, and with `--kafka` freshness from Kafka append to
+//! the Postgres commit at a fixed rate.
+
+use std::sync::Arc;
+
+use tidemark_dataflows::contract::event::{EventId, Timed};
+use tidemark_dataflows::families::reading::{
+    generate, Action, EpisodeId, Reader, Reading, ReadingConfig, ReadingEvent, SessionId, UserId,
+};
+use tidemark_dataflows::{Dataflow, Family, GenerateSpec, Tick};
+
+use crate::bench::{
+    freshness, held_growth, live_config, report_freshness, report_throughput, BenchArgs,
+};
+use crate::clock::now_ms;
+
+pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
+    // first, while nothing else has grown the heap: freed memory the allocator keeps
+    // would otherwise be reused and hide part of the growth
+    open_sessions(a.sessions)?;
+    let reading = Reading::new(ReadingConfig::default());
+    eprintln!("generating {} reading events …", a.events);
+    let spec = GenerateSpec {
+        events: a.events,
+        rate: 20_000,
+        duplicate_share: 0.0,
+        disorder_share: 0.0,
+        ..Default::default()
+    };
+    let events: Vec<Timed<ReadingEvent>> = Family::generate(&reading, &spec)
+        .filter_map(|p| reading.decode(&crate::bench::record(&p.payload)).ok())
+        .collect();
+    let events = Arc::new(events);
+    let catalog = Arc::new(vec![generate::episode_metadata()]);
+    report_throughput(reading.clone(), &events, catalog, &a.workers, a.batch)?;
+    if a.kafka {
+        let stamp = now_ms();
+        let topic = format!("bench-reading-{stamp}");
+        let spec = GenerateSpec::default();
+        let topics = [(&*topic, 4)];
+        let section = serde_json::json!({});
+        let cfg = live_config(
+            "reading",
+            stamp,
+            a.e2e_workers,
+            &[&topic],
+            section,
+            &spec,
+            &topics,
+        )?;
+        let rate = a.freshness_rate.unwrap_or(20_000);
+        let h = freshness(cfg, rate, a.freshness_seconds, stamp)?;
+        report_freshness(&h, rate, "Kafka append → Postgres COMMIT");
+    }
+    Ok(())
+}
+
+/// Resident memory per open session: `n` sessions of an enter and three scrolls each,
+/// none finished, on one worker; RSS after minus RSS before (both after `mi_collect`),
+/// over `n`.
+fn open_sessions(n: u64) -> anyhow::Result<()> {
+    let sessions = |i: u64, tick: Tick| {
+        let reader = Reader {
+            user: UserId(format!("user-{}", i % 50_000)),
+            episode: EpisodeId(format!("ep-{}-{}", i % 60, i % 20)),
+            country: "KR".into(),
+            device: "phone".into(),
+            platform: "ios".into(),
+            tz: "Asia/Seoul".into(),
+            arm: None,
+        };
+        let session = SessionId(format!("rs-{i}"));
+        let steps = [
+            Action::Enter,
+            Action::Scroll(20),
+            Action::Scroll(35),
+            Action::Scroll(50),
+        ];
+        steps
+            .into_iter()
+            .enumerate()
+            .map(|(k, action)| Timed {
+                id: EventId::of(&format!("{i}-{k}")),
+                ts: tick - 3_000 + k as u64 * 1_000,
+                event: ReadingEvent {
+                    session: session.clone(),
+                    action,
+                    reader: reader.clone(),
+                },
+            })
+            .collect()
+    };
+    // one tick per chunk; the sessions stay open (their timeouts are not run out)
+    let next = |_, tick: Tick| tick + 1;
+    let reading = Reading::new(ReadingConfig::default());
+    let catalog = vec![generate::episode_metadata()];
+    let g = held_growth(reading, catalog, 1_767_225_600_000, n, sessions, next)?;
+    println!(
+        "memory per open session: {:.0} B ({n} open sessions of 4 events, RSS +{} MB, built in {:.1} s)",
+        g.total as f64 / n as f64,
+        g.total / 1_000_000,
+        g.secs
+    );
+    Ok(())
+}

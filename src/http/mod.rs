@@ -1,0 +1,355 @@
+//! The HTTP API: operations (`/livez`, `/readyz`, `/metrics`, `/status`) and feature reads
+//! (`GET /features/{entity}/{id}`, Feast's `POST /get-online-features`) from Redis or the
+//! embedded store, with read-time features (e.g. `ctr_decay`) computed at the request's time.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use tidemark_dataflows::contract::table::TableSpec;
+use tidemark_dataflows::Family;
+
+use crate::clock::now_ms;
+use crate::config::Config;
+use crate::engine::Shared;
+use crate::sink::memory::Shared as MemoryShared;
+use crate::telemetry;
+
+mod feast;
+
+use feast::online_features;
+
+/// Where features are read from.
+#[derive(Clone)]
+pub enum Backend {
+    Memory(MemoryShared),
+    Redis(redis::Client),
+}
+
+pub(crate) enum Reader {
+    Memory(MemoryShared),
+    Redis(redis::aio::ConnectionManager),
+    /// No feature store configured: reads answer 503.
+    None,
+}
+
+pub(crate) struct Api {
+    family: Box<dyn Family>,
+    tables: Vec<TableSpec>,
+    reader: Reader,
+    shared: Arc<Shared>,
+    config: Config,
+}
+
+/// One entity's stored row: field name → value, with `_tick` (epoch ms of its last change).
+type Row = Map<String, Value>;
+
+#[derive(Deserialize)]
+struct Params {
+    features: Option<String>,
+    /// Read-time features as of this epoch ms (default: now).
+    at: Option<u64>,
+}
+
+fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, Json(json!({"error": msg.into()}))).into_response()
+}
+
+/// A stored string as the JSON value it encodes (integers and floats as numbers).
+fn parse_stored(v: String) -> Value {
+    v.parse::<i64>()
+        .map(Value::from)
+        .or_else(|_| v.parse::<f64>().map(Value::from))
+        .unwrap_or(Value::String(v))
+}
+
+impl Api {
+    fn table(&self, ns: &str) -> Option<(usize, &TableSpec)> {
+        self.tables.iter().enumerate().find(|(_, s)| s.ns == ns)
+    }
+
+    /// Reads rows of one table; `None` for a key that is not stored.
+    async fn read(&self, t: usize, keys: &[Vec<String>]) -> anyhow::Result<Vec<Option<Row>>> {
+        let spec = &self.tables[t];
+        match &self.reader {
+            Reader::Memory(state) => {
+                let state = state.read().expect("memory store lock");
+                Ok(keys
+                    .iter()
+                    .map(|key| {
+                        state
+                            .entities
+                            .get(&(t as u8, key.clone()))
+                            .map(|(values, tick)| {
+                                let mut m: Row = spec
+                                    .fields
+                                    .iter()
+                                    .zip(values)
+                                    .map(|(f, v)| (f.name.to_string(), v.to_json()))
+                                    .collect();
+                                m.insert("_tick".into(), (*tick).into());
+                                m.insert("_v".into(), spec.version.into());
+                                m
+                            })
+                    })
+                    .collect())
+            }
+            Reader::Redis(conn) => {
+                let mut pipe = redis::pipe();
+                for key in keys {
+                    pipe.hgetall(crate::sink::entity_key(spec, key));
+                }
+                let mut conn = conn.clone();
+                let hashes: Vec<BTreeMap<String, String>> = pipe.query_async(&mut conn).await?;
+                Ok(hashes
+                    .into_iter()
+                    .map(|h| {
+                        (!h.is_empty())
+                            .then(|| h.into_iter().map(|(k, v)| (k, parse_stored(v))).collect())
+                    })
+                    .collect())
+            }
+            Reader::None => {
+                anyhow::bail!("no feature store to read: set redis.url (TIDEMARK_REDIS)")
+            }
+        }
+    }
+
+    /// Splits an id of the read API into key parts: `{query_hash}:{doc_id}` for two keys.
+    fn key_of(spec: &TableSpec, id: &str) -> Vec<String> {
+        if spec.keys.len() == 1 {
+            vec![id.to_string()]
+        } else {
+            id.splitn(spec.keys.len(), ':')
+                .map(str::to_string)
+                .collect()
+        }
+    }
+
+    fn max_age_ms(&self, ns: &str) -> Option<u64> {
+        self.config
+            .serve
+            .max_age_secs
+            .get(ns)
+            .map(|s| s.saturating_mul(1000))
+    }
+}
+
+async fn features(
+    State(api): State<Arc<Api>>,
+    Path((ns, id)): Path<(String, String)>,
+    Query(p): Query<Params>,
+) -> Response {
+    let Some((t, spec)) = api.table(&ns) else {
+        let views: Vec<&str> = api.tables.iter().map(|s| s.ns).collect();
+        return error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no entity type '{ns}' (this dataflow has: {})",
+                views.join(", ")
+            ),
+        );
+    };
+    let key = Api::key_of(spec, &id);
+    match api.read(t, &[key]).await {
+        Ok(mut rows) => match rows.pop().flatten() {
+            Some(mut fields) => {
+                api.family
+                    .at_read(&ns, &mut fields, p.at.unwrap_or_else(now_ms));
+                if let Some(wanted) = p.features {
+                    let wanted: Vec<&str> = wanted.split(',').collect();
+                    fields.retain(|k, _| wanted.contains(&k.as_str()) || k.starts_with('_'));
+                }
+                Json(json!({"entity": ns, "id": id, "features": fields})).into_response()
+            }
+            None => error(StatusCode::NOT_FOUND, format!("no {ns} entity '{id}'")),
+        },
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")),
+    }
+}
+
+async fn readyz(State(api): State<Arc<Api>>) -> Response {
+    let why = crate::engine::health::not_ready(&api.shared);
+    if why.is_empty() {
+        Json(json!({"ready": true})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false, "not_ready": why})),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(api): State<Arc<Api>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::engine::health::render(&api.shared),
+    )
+        .into_response()
+}
+
+async fn status(State(api): State<Arc<Api>>) -> Response {
+    Json(crate::engine::health::status(
+        &api.shared,
+        &api.config,
+        api.family.name(),
+    ))
+    .into_response()
+}
+
+/// Answers 503 for a request not done within `limit` (a slow body, a slow store).
+async fn within(
+    limit: Duration,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the request took more than {} ms (serve.request_timeout_ms)",
+                limit.as_millis()
+            ),
+        ),
+    }
+}
+
+/// Serves connections, at most `serve.max_connections` at once: the next one is accepted
+/// only when one closes, so clients that hold connections open queue in the listen backlog
+/// instead of taking the process's file descriptors. A connection that sends no request
+/// head within `serve.header_timeout_ms` (idle keep-alive ones too) is closed.
+async fn accept(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: &crate::config::ServeConfig,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let header_timeout = Duration::from_millis(limits.header_timeout_ms);
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // e.g. out of file descriptors: wait rather than spin
+                tracing::warn!(error = %e, "accepting an HTTP connection failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(io, service)
+                .await;
+            if let Err(e) = served {
+                tracing::debug!(error = %e, "HTTP connection ended");
+            }
+            drop(slot);
+        });
+    }
+}
+
+/// Raises the soft limit of open files to the hard one: the engine's files and sockets and
+/// the HTTP connections then have all the room the system allows.
+pub fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+                tracing::debug!("could not raise the open-file limit");
+            }
+        }
+    }
+}
+
+/// Serves the API on `addr` from threads of its own; returns the bound address.
+pub fn serve(
+    addr: &str,
+    family: Box<dyn Family>,
+    backend: Option<Backend>,
+    shared: Arc<Shared>,
+    config: Config,
+) -> anyhow::Result<std::net::SocketAddr> {
+    telemetry::prometheus();
+    let listener = std::net::TcpListener::bind(addr)
+        .map_err(|e| anyhow::anyhow!("binding the HTTP API to {addr} (http, --http): {e}"))?;
+    listener.set_nonblocking(true)?;
+    let local = listener.local_addr()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("http")
+        .enable_all()
+        .build()?;
+    let reader = match backend {
+        None => Reader::None,
+        Some(Backend::Memory(m)) => Reader::Memory(m),
+        Some(Backend::Redis(client)) => {
+            let config = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(std::time::Duration::from_secs(1)))
+                .set_response_timeout(Some(std::time::Duration::from_secs(2)));
+            // connects on the first read: the API (and /readyz) is up while Redis is not
+            let _runtime = rt.enter();
+            Reader::Redis(
+                redis::aio::ConnectionManager::new_lazy_with_config(client, config)
+                    .map_err(|e| anyhow::anyhow!("the read API's redis client (redis.url): {e}"))?,
+            )
+        }
+    };
+    let tables = family.tables();
+    let api = Arc::new(Api {
+        family,
+        tables,
+        reader,
+        shared,
+        config,
+    });
+    let limits = api.config.serve.clone();
+    let request_timeout = Duration::from_millis(limits.request_timeout_ms);
+    let app = Router::new()
+        .route("/features/{entity}/{id}", get(features))
+        .route("/get-online-features", post(online_features))
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/status", get(status))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            limits.max_request_bytes,
+        ))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            within(request_timeout, req, next)
+        }))
+        .with_state(api);
+    std::thread::Builder::new()
+        .name("http".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                accept(listener, app, &limits).await;
+            });
+        })?;
+    Ok(local)
+}
