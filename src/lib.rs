@@ -1,9 +1,10 @@
 //! Tidemark's runtime: sources, sinks, the engine that drives timely workers, the HTTP API.
 //! The computation itself lives in the `tidemark-dataflows` crate.
 //!
-//! The layers, each using only those before it (see ARCHITECTURE.md; `tests/layers.rs`
-//! checks it): `clock`, `config`, `redact`, `permanent`, `crash` ← `telemetry` ←
-//! `source`, `sink`, `checkpoint` ← `engine` ← `http`, `topics`, `bench`.
+//! The layers: a module uses its own layer and those below it, without cycles (see
+//! ARCHITECTURE.md; `tests/layers.rs` checks it): `clock`, `config`, `redact`,
+//! `permanent`, `crash` ← `telemetry` ← `source`, `sink`, `checkpoint` ← `engine` ←
+//! `http`, `topics` ← `bench`.
 
 pub mod bench;
 pub mod checkpoint;

@@ -400,7 +400,6 @@ fn generate(a: GenerateArgs) -> anyhow::Result<()> {
 }
 
 /// Long: the demo in the order it starts (traffic, engine, read API, live summary), each step a few lines.
-
 fn demo(a: DemoArgs) -> anyhow::Result<()> {
     let config = Config {
         dataflow: a.dataflow.clone(),

@@ -188,6 +188,7 @@ fn assert_rows(store: &str, got: &Rows, want: Option<&Rows>) {
 }
 
 #[test]
+/// Long: one scenario, its steps in order with each check where it happens.
 fn kafka_to_topics_redis_and_postgres_matches_the_model_and_a_replay_repeats_it() {
     let first = Outputs::fresh("tm_ads", 15);
     let (ads, quality, text) = ads_stream("e2e-ads", &first.pg);

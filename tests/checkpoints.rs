@@ -35,6 +35,7 @@ fn assert_recount(what: &str, redis: &str, pg: &str, job: &str, lines: &str) {
 }
 
 #[test]
+/// Long: one scenario, its steps in order with each check where it happens.
 fn a_damaged_checkpoint_is_refused_and_the_restart_falls_back_to_the_one_before() {
     let all = generated_lines("ckpt", 8_000, 21, &["--duplicates", "0.05"]);
     let lines: Vec<&str> = all.lines().collect();

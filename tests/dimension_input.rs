@@ -120,6 +120,7 @@ fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
 }
 
 #[test]
+/// Long: one scenario, its steps in order with each check where it happens.
 fn a_changed_dimension_row_moves_the_features_that_depend_on_it() {
     let topic = fresh_topic("dim-visits", 2);
     let redis = fresh_redis(12);

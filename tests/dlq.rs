@@ -12,6 +12,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
 #[test]
+/// Long: one scenario, its steps in order with each check where it happens.
 fn every_kind_of_poison_message_reaches_the_dlq_once_and_the_rest_counts() {
     let topic = fresh_topic("dlq-src", 2);
     let dlq = format!("{topic}-dlq");

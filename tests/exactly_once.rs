@@ -6,7 +6,7 @@
 mod common;
 
 use std::process::Child;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::search::*;
 use common::*;
@@ -70,6 +70,7 @@ fn ticks(h: &Hashes) -> std::collections::BTreeMap<String, u64> {
 }
 
 #[test]
+/// Long: one scenario, its steps in order with each check where it happens.
 fn kill_nine_at_random_points_and_crash_points_loses_and_doubles_nothing() {
     let (topic, file) = generated_stream(
         "eo-kill",
@@ -256,14 +257,7 @@ fn sigterm_under_load_drains_and_a_restart_loses_nothing() {
     let base = ["run", "--topic", &topic, "--job", job, "--group-id", &topic];
     let mut child = spawn(&[&base[..], &["--workers", "2"]].concat(), &env);
     std::thread::sleep(Duration::from_millis(2_500));
-    let sent = Instant::now();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let status = child.wait().unwrap();
-    let took = sent.elapsed();
+    let (status, took) = terminate(&mut child);
     assert!(status.success(), "SIGTERM exits 0: {status}");
     assert!(took < Duration::from_secs(30), "and within 30 s: {took:?}");
     let partial = redis_features(&redis);

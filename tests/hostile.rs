@@ -58,6 +58,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 #[test]
+/// Long: one scenario, its steps in order with each check where it happens.
 fn records_that_cannot_fit_the_dlq_or_the_stores_are_passed_over_and_the_rest_counts() {
     let topic = roomy_topic("hostile");
     let dlq = format!("{topic}-dlq");
@@ -169,6 +170,7 @@ fn records_that_cannot_fit_the_dlq_or_the_stores_are_passed_over_and_the_rest_co
 /// program made a string is of the wrong type. Each such entity update is reported once
 /// (DLQ, `unstorable`) and the rest of the stream is written, in both stores.
 #[test]
+/// Long: one scenario, its steps in order with each check where it happens.
 fn an_entity_a_store_can_never_take_is_reported_and_the_others_are_written() {
     let topic = fresh_topic("unstorable", 1);
     let dlq = format!("{topic}-dlq");

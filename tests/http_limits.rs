@@ -31,21 +31,14 @@ fn checkpoints_saved(base: &str) -> (u64, u64) {
 }
 
 #[test]
+/// Long: one scenario, its steps in order with each check where it happens.
 fn idle_connections_and_huge_requests_cannot_starve_the_engine() {
     let (topic, _) = generated_stream("http-limits", 2_000, 51, &[]);
     let redis = fresh_redis(3);
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let mut child = engine_command()
-        .args([
-            "run",
-            "--topic",
-            &topic,
-            "--job",
-            "httplimits",
-            "--group-id",
-            &topic,
-        ])
+        .args(live_args(&topic, "httplimits"))
         .args(["--http", &format!("127.0.0.1:{port}")])
         .env("TIDEMARK_REDIS", &redis)
         .env("TIDEMARK_CHECKPOINT__INTERVAL_MS", "300")

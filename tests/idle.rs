@@ -39,15 +39,7 @@ fn an_idle_engine_writes_nothing_but_its_progress_once_per_checkpoint() {
     let redis = fresh_redis(11);
     let pg = fresh_pg("tm_idle");
     let mut child = engine_command()
-        .args([
-            "run",
-            "--topic",
-            &topic,
-            "--job",
-            "idle",
-            "--group-id",
-            &topic,
-        ])
+        .args(live_args(&topic, "idle"))
         .args(["--workers", "2"])
         .env("TIDEMARK_REDIS", &redis)
         .env("TIDEMARK_PG", &pg)

@@ -46,6 +46,7 @@ fn reading_rows(redis: &str, pg: &str) -> (Hashes, Hashes) {
 }
 
 #[test]
+/// Long: one scenario, its steps in order with each check where it happens.
 fn a_job_on_another_jobs_views_is_refused_and_a_rollback_touches_only_its_own_rows() {
     let redis = fresh_redis(2);
     let pg = fresh_pg("tm_jobs");

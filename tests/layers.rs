@@ -35,34 +35,89 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// Module → the other modules of the crate it uses.
+/// The top-level modules a path names, as written in a file whose module path (from the
+/// crate root) is `at`: `crate::NAME…`, `crate::{NAME…, NAME…}`, and `super::`… resolved by
+/// the file's depth (`$crate::` in a macro counts as the macro's own module's use).
+fn named(text: &str, at: &[String]) -> BTreeSet<String> {
+    let ident = |s: &str| -> String {
+        s.chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let mut out = BTreeSet::new();
+    for (i, _) in text.match_indices("crate::") {
+        let rest = &text[i + 7..];
+        if let Some(group) = rest.strip_prefix('{') {
+            // the names at the group's first level: `crate::{a::x, b, c::{y, z}}`
+            let (mut depth, mut start) = (0, true);
+            for (j, c) in group.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => break,
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => start = true,
+                    c if start && (c.is_ascii_alphanumeric() || c == '_') => {
+                        out.insert(ident(&group[j..]));
+                        start = false;
+                    }
+                    _ => {}
+                }
+            }
+        } else {
+            out.insert(ident(rest));
+        }
+    }
+    // `super::` from module path `at`: each one goes a level up
+    let mut k = 0;
+    while let Some(i) = text[k..].find("super::") {
+        let start = k + i;
+        k = start + 7;
+        if start > 0 && text[..start].ends_with("::") {
+            continue; // counted with the chain's first `super::`
+        }
+        let mut rest = &text[start..];
+        let mut up = 0;
+        while let Some(r) = rest.strip_prefix("super::") {
+            up += 1;
+            rest = r;
+        }
+        if up == at.len() {
+            // to the crate root: the next name is a top-level module
+            out.insert(ident(rest));
+        } else if up > at.len() {
+            out.insert(format!("(above the crate root in {})", at.join("::")));
+        }
+    }
+    out.remove("");
+    out.remove("self");
+    out
+}
+
+/// Module → the other top-level modules of the crate it uses.
 fn uses(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
     let mut files = Vec::new();
     rust_files(src, &mut files);
     let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for file in files {
         let rel = file.strip_prefix(src).unwrap();
-        let first = rel
+        // the file's module path: `engine/worker.rs` is engine::worker, `engine/mod.rs` engine
+        let mut at: Vec<String> = rel
+            .with_extension("")
             .components()
-            .next()
-            .unwrap()
-            .as_os_str()
-            .to_string_lossy();
-        let module = first.trim_end_matches(".rs").to_string();
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        if at.last().is_some_and(|l| l == "mod") {
+            at.pop();
+        }
+        let Some(module) = at.first().cloned() else {
+            continue;
+        };
         if module == "lib" || module == "main" {
             continue;
         }
         let text = std::fs::read_to_string(&file).unwrap();
         let used = graph.entry(module.clone()).or_default();
-        for (i, _) in text.match_indices("crate::") {
-            let name: String = text[i + 7..]
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            if !name.is_empty() && name != module {
-                used.insert(name);
-            }
-        }
+        used.extend(named(&text, &at).into_iter().filter(|n| *n != module));
     }
     graph
 }
@@ -123,12 +178,36 @@ fn every_module_uses_only_its_layer_and_those_below_without_cycles() {
 }
 
 #[test]
+fn every_form_of_path_is_read() {
+    let at = |p: &str| p.split("::").map(String::from).collect::<Vec<_>>();
+    let names = |text: &str, file: &str| named(text, &at(file)).into_iter().collect::<Vec<_>>();
+    assert_eq!(names("use crate::b::x;", "a"), ["b"]);
+    assert_eq!(
+        names("use crate::{b::x, c, d::{e, f}};", "a"),
+        ["b", "c", "d"]
+    );
+    assert_eq!(names("let v = crate::b::f();", "a::inner"), ["b"]);
+    // `super::` from a top-level file and from a nested one
+    assert_eq!(names("use super::b::x;", "a"), ["b"]);
+    assert_eq!(
+        names("use super::sibling;", "a::inner"),
+        Vec::<String>::new()
+    );
+    assert_eq!(names("use super::super::b;", "a::inner"), ["b"]);
+    assert_eq!(
+        names("macro_rules! m { () => { $crate::b::f() } }", "a"),
+        ["b"]
+    );
+}
+
+#[test]
 fn a_use_of_a_higher_layer_and_a_cycle_are_caught() {
     let dir = std::env::temp_dir().join(format!("tidemark-layers-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("b")).unwrap();
-    std::fs::write(dir.join("a.rs"), "use crate::b::x;").unwrap();
-    std::fs::write(dir.join("b/mod.rs"), "use crate::a::y;").unwrap();
+    std::fs::write(dir.join("a.rs"), "use crate::{b::x};").unwrap();
+    std::fs::write(dir.join("b/mod.rs"), "mod inner;").unwrap();
+    std::fs::write(dir.join("b/inner.rs"), "use super::super::a::y;").unwrap();
     let up = std::panic::catch_unwind(|| check("t", &dir, &[&["a"], &["b"]]));
     let e = *up.unwrap_err().downcast::<String>().unwrap();
     assert!(e.contains("`a` uses `b`, a layer above it"), "{e}");

@@ -108,6 +108,7 @@ fn rfc3339(ms: u64) -> String {
 }
 
 #[test]
+/// Long: one scenario, its steps in order with each check where it happens.
 fn a_live_run_reports_metrics_status_and_serves_reads_in_feast_shape() {
     let start = (tidemark::clock::now_ms() - 900_000).to_string();
     let (topic, file) = generated_stream("ops-live", 20_000, 11, &["--start-ms", &start]);
@@ -377,6 +378,7 @@ fn readyz_goes_503_while_redis_is_down_and_back_to_200() {
 }
 
 #[test]
+/// Long: one scenario, its steps in order with each check where it happens.
 fn topics_create_makes_the_topics_once_with_their_settings() {
     let n = std::process::id();
     let input = format!("ops-topics-in-{n}");
@@ -473,6 +475,7 @@ fn topics_create_makes_the_topics_once_with_their_settings() {
 }
 
 #[test]
+/// Long: one scenario, its steps in order with each check where it happens.
 fn config_check_merges_file_env_and_flags_hides_secrets_and_names_bad_keys() {
     let dir = std::env::temp_dir().join(format!("tidemark-config-check-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -73,6 +73,7 @@ fn end_offsets(topic: &str) -> Vec<i64> {
 /// Runs a live engine over a stream produced in three parts; `outage` stops a service
 /// after the first part and `recover` brings it back 10 s later, the second part having
 /// been produced meanwhile.
+/// Long: one scenario, its steps in order with each check where it happens.
 fn survives(name: &str, outage: impl Fn(&OwnRedis), recover: impl Fn(&OwnRedis)) {
     let dir = std::env::temp_dir().join(format!("tidemark-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

@@ -64,6 +64,7 @@ fn hour_key_ms(key: &str) -> u64 {
 }
 
 #[test]
+/// Long: one scenario, its steps in order with each check where it happens.
 fn kafka_to_redis_and_postgres_matches_the_model_on_2_workers() {
     let pg = fresh_pg("tm_reading");
     let redis = fresh_redis(12);
@@ -147,6 +148,7 @@ fn kafka_to_redis_and_postgres_matches_the_model_on_2_workers() {
 }
 
 #[test]
+/// Long: one scenario, its steps in order with each check where it happens.
 fn a_changed_metadata_row_moves_every_feature_that_depends_on_it() {
     let pg = fresh_pg("tm_reading_meta");
     let redis = fresh_redis(13);

@@ -8,6 +8,7 @@ use common::search::*;
 use common::*;
 
 #[test]
+/// Long: one scenario, its steps in order with each check where it happens.
 fn kafka_to_redis_and_postgres_matches_the_recount_on_1_and_2_workers_and_2_processes() {
     let (topic, file) = generated_stream("e2e-search", 30_000, 7, &[]);
     let dir = file.parent().unwrap().to_path_buf();

@@ -43,6 +43,7 @@ impl Drop for Engine {
 }
 
 #[test]
+/// Long: one scenario, its steps in order with each check where it happens.
 fn an_unchanged_feature_is_not_rewritten() {
     let topic = fresh_topic("live-search", 1);
     let redis = fresh_redis(9);

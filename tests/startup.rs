@@ -31,15 +31,7 @@ fn a_missing_store_at_start_up_keeps_the_process_up_and_not_ready_until_it_comes
     let http = free_port();
     let mut engine = KillOnDrop(
         engine_command()
-            .args([
-                "run",
-                "--topic",
-                &topic,
-                "--job",
-                "startup",
-                "--group-id",
-                &topic,
-            ])
+            .args(live_args(&topic, "startup"))
             .args(["--http", &format!("127.0.0.1:{http}")])
             .env("TIDEMARK_REDIS", format!("redis://127.0.0.1:{redis_port}/"))
             .env("TIDEMARK_PORT", "tcp://10.96.0.12:8080")

@@ -87,6 +87,7 @@ fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
 }
 
 #[test]
+/// Long: one scenario, its steps in order with each check where it happens.
 fn a_store_that_stops_answering_makes_the_engine_unready_and_a_stop_still_ends_in_time() {
     let (topic, file) = common::generated_stream("stuck", 3_000, 31, &[]);
     let newest = newest_ts(&file);
@@ -113,15 +114,7 @@ fn a_store_that_stops_answering_makes_the_engine_unready_and_a_stop_still_ends_i
     let through = format!("redis://127.0.0.1:{port}/10");
     let http = free_port();
     let mut child = engine_command()
-        .args([
-            "run",
-            "--topic",
-            &topic,
-            "--job",
-            "stuck",
-            "--group-id",
-            &topic,
-        ])
+        .args(live_args(&topic, "stuck"))
         .args(["--http", &format!("127.0.0.1:{http}")])
         .env("TIDEMARK_REDIS", &through)
         .env("TIDEMARK_HEALTH__UNREADY_AFTER_MS", "2000")
@@ -151,14 +144,7 @@ fn a_store_that_stops_answering_makes_the_engine_unready_and_a_stop_still_ends_i
         &round.iter().map(String::as_str).collect::<Vec<_>>(),
     );
     std::thread::sleep(Duration::from_secs(1));
-    let sent = Instant::now();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let status = child.wait().unwrap();
-    let took = sent.elapsed();
+    let (status, took) = terminate(&mut child);
     let stderr = stderr_of(&mut child);
     assert!(took < Duration::from_secs(30), "the stop took {took:?}");
     assert_eq!(status.code(), Some(1), "a stop that cannot finish exits 1");

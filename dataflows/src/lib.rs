@@ -2,7 +2,8 @@
 //!
 //! No network or database here: the runtime (`tidemark`) brings records in through a
 //! [`contract::record::RecordSource`] and takes [`contract::table::SinkEvent`]s out.
-//! The layers, each using only those before it (see ARCHITECTURE.md):
+//! The layers: a module uses its own layer and those below it, without cycles (see
+//! ARCHITECTURE.md):
 //! `contract` ← `ingest`, `operators`, `generate` ← `install` ← `families`.
 
 pub mod contract;

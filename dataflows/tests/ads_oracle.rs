@@ -79,7 +79,7 @@ impl Ev {
         }
     }
 
-    fn payload(&self) -> Vec<u8> {
+    fn payload_bytes(&self) -> Vec<u8> {
         let r = &self.read;
         if let Act::Quality {
             product,
@@ -117,11 +117,7 @@ impl Ev {
     }
 }
 
-#[derive(Clone, Debug)]
-enum Item {
-    Event(Ev),
-    Bad(Vec<u8>),
-}
+type Item = common::Item<Ev>;
 
 /// Insertion ticks, too-late and dedup, simulated per worker as ingest does them.
 fn accepted(batches: &[Vec<Item>]) -> Vec<(AdRead, Tick)> {
@@ -284,15 +280,6 @@ fn stream(worker: usize) -> impl Strategy<Value = Vec<Vec<Item>>> {
             timeline.push((BASE + DAY, Item::Event(future)));
             common::in_batches(timeline, &cuts)
         })
-}
-
-impl common::Payload for Item {
-    fn payload(&self) -> Vec<u8> {
-        match self {
-            Item::Event(e) => e.payload(),
-            Item::Bad(p) => p.clone(),
-        }
-    }
 }
 
 fn options() -> IngestOptions {
@@ -531,4 +518,10 @@ fn budget_thresholds_cross_once_per_campaign_day_in_its_zone() {
         }
     }
     assert!(emitted.values().all(|n| *n == 1), "{emitted:?}");
+}
+
+impl common::Payload for Ev {
+    fn payload(&self) -> Vec<u8> {
+        self.payload_bytes()
+    }
 }

@@ -19,8 +19,17 @@ use common::{run_with_dimension, run_with_table_changes, state_at};
 const BASE: u64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
 const NOW: u64 = BASE + 60 * DAY;
 
+/// A test session: user, episode, country, tz (None: the country's zone), experiment arm.
+type SessionSpec = (
+    &'static str,
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    Option<(&'static str, &'static str)>,
+);
+
 /// Per session: user, episode, country, tz (None: the country's zone), experiment arm.
-const SESSIONS: [(&str, &str, &str, Option<&str>, Option<(&str, &str)>); 6] = [
+const SESSIONS: [SessionSpec; 6] = [
     ("u0", "e0", "KR", None, Some(("x", "control"))),
     ("u0", "e1", "KR", Some("UTC"), Some(("x", "treatment"))),
     ("u1", "e2", "US", None, None),

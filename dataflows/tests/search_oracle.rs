@@ -70,7 +70,7 @@ impl Ev {
         }
     }
 
-    fn payload(&self) -> Vec<u8> {
+    fn payload_bytes(&self) -> Vec<u8> {
         let mut v = json!({"event_id": self.id, "ts": self.ts, "user_id": "u", "session_id": SESSIONS[self.session]});
         let o = v.as_object_mut().unwrap();
         let (t, extra) = match &self.kind {
@@ -105,12 +105,7 @@ impl Ev {
     }
 }
 
-/// A record in a batch: an event, or something the dataflow must reject.
-#[derive(Clone, Debug)]
-enum Item {
-    Event(Ev),
-    Garbage(Vec<u8>),
-}
+type Item = common::Item<Ev>;
 
 fn expiry(ts: u64, days: u64) -> Tick {
     (ts + days * DAY).div_ceil(60_000) * 60_000
@@ -274,7 +269,7 @@ fn stream(worker: usize, now: u64) -> impl Strategy<Value = Vec<Vec<Item>>> {
             }
             for g in 0..garbage {
                 let junk = format!("{{\"event_id\": \"junk{g}\", \"event_type\": \"click\"");
-                timeline.push((BASE + g as u64 * DAY, Item::Garbage(junk.into_bytes())));
+                timeline.push((BASE + g as u64 * DAY, Item::Bad(junk.into_bytes())));
             }
             let future = Ev {
                 id: format!("w{worker}-future"),
@@ -288,15 +283,6 @@ fn stream(worker: usize, now: u64) -> impl Strategy<Value = Vec<Vec<Item>>> {
             timeline.push((BASE + 3 * DAY, Item::Event(future)));
             common::in_batches(timeline, &cuts)
         })
-}
-
-impl common::Payload for Item {
-    fn payload(&self) -> Vec<u8> {
-        match self {
-            Item::Event(e) => e.payload(),
-            Item::Garbage(g) => g.clone(),
-        }
-    }
 }
 
 const NOW: u64 = BASE + 50 * DAY;
@@ -432,4 +418,10 @@ fn unchanged_features_are_not_rewritten() {
         third.changes.iter().all(|c| c.key.last().unwrap() == "d0"),
         "{third:?}"
     );
+}
+
+impl common::Payload for Ev {
+    fn payload(&self) -> Vec<u8> {
+        self.payload_bytes()
+    }
 }

@@ -8,10 +8,11 @@ use tidemark_dataflows::contract::event::{EventId, Timed};
 use tidemark_dataflows::families::ads::{
     generate, AdEvent, Ads, AdsConfig, CampaignId, DeviceAd, Placement, Slot,
 };
-use tidemark_dataflows::{Dataflow, Family, GenerateSpec};
+use tidemark_dataflows::{Dataflow, GenerateSpec};
 
 use crate::bench::{
-    freshness, held_growth, live_config, report_freshness, report_throughput, BenchArgs,
+    freshness, held_growth, live_config, pre_decoded, report_freshness, report_throughput,
+    BenchArgs,
 };
 use crate::clock::now_ms;
 
@@ -19,25 +20,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     // first, while nothing else has grown the heap (see `bench reading`)
     open_clicks(a.clicks)?;
     let ads = Ads::new(AdsConfig::default());
-    eprintln!("generating {} ad events …", a.events);
-    let spec = GenerateSpec {
-        events: a.events,
-        rate: 20_000,
-        duplicate_share: 0.0,
-        disorder_share: 0.0,
-        ..Default::default()
-    };
-    let quality = ads.config().quality_topic.clone();
-    let events: Vec<Timed<AdEvent>> = Family::generate(&ads, &spec)
-        .filter_map(|p| {
-            let mut r = crate::bench::record(&p.payload);
-            if p.topic == quality {
-                r.topic = &quality;
-            }
-            ads.decode(&r).ok()
-        })
-        .collect();
-    let events = Arc::new(events);
+    let (spec, events) = pre_decoded(&ads, a.events);
     let budgets = Arc::new(vec![generate::campaign_budgets(&spec)]);
     report_throughput(ads.clone(), &events, budgets, &a.workers, a.batch)?;
     if a.kafka {

@@ -2,6 +2,7 @@
 
 pub mod ads;
 pub mod reading;
+pub mod search;
 pub mod serve;
 pub mod state;
 
@@ -10,10 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use differential_dataflow::input::Input;
+use differential_dataflow::input::{Input, InputSession};
 use tidemark_dataflows::contract::dimension::DimRow;
 use tidemark_dataflows::contract::event::{Rejection, Timed};
-use tidemark_dataflows::families::search::{Search, SearchConfig, SearchEvent};
 use tidemark_dataflows::{Dataflow, GenerateSpec, Tick};
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 
@@ -75,6 +75,39 @@ pub fn held_bytes() -> u64 {
     crate::telemetry::resident_bytes().unwrap_or(0)
 }
 
+/// `family`'s dataflow alone in `worker`, with the dimension rows in place (worker 0's)
+/// and no rejections; its output is probed by `probe`. Returns the events' input.
+fn alone<D: Dataflow>(
+    worker: &mut timely::worker::Worker,
+    family: &D,
+    dimensions: &[Vec<DimRow>],
+    probe: &ProbeHandle<Tick>,
+) -> InputSession<Tick, Timed<D::Event>, isize> {
+    let (index, peers) = (worker.index(), worker.peers());
+    let state = tidemark_dataflows::contract::state::State::none(index, peers);
+    let (input, mut tables) = worker.dataflow::<Tick, _, _>(|scope| {
+        let (input, events) = scope.new_collection::<Timed<D::Event>, isize>();
+        let (tables, dims): (Vec<_>, Vec<_>) = dimensions
+            .iter()
+            .map(|_| scope.new_collection::<DimRow, isize>())
+            .unzip();
+        // no rejections: the input handle goes at once, leaving the collection empty
+        let (_, rejected) = scope.new_collection::<Rejection, isize>();
+        family
+            .build(events, dims, rejected, &state)
+            .probe_with(probe);
+        (input, tables)
+    });
+    for (table, rows) in tables.iter_mut().zip(dimensions) {
+        if index == 0 {
+            rows.iter().for_each(|r| table.insert(r.clone()));
+        }
+    }
+    // the tables stay as they are: close them
+    tables.clear();
+    input
+}
+
 /// What [`held_growth`] measured.
 pub struct Growth {
     /// RSS growth (after `mi_collect`) over all items.
@@ -105,24 +138,8 @@ where
     let started = Instant::now();
     let guards = timely::execute(timely_config(1, 1, 0, None)?, move |worker| {
         let probe = ProbeHandle::new();
-        let state = tidemark_dataflows::contract::state::State::none(0, 1);
         let dataflow = worker.next_dataflow_index();
-        let (mut input, mut tables) = worker.dataflow::<Tick, _, _>(|scope| {
-            let (input, events) = scope.new_collection::<Timed<D::Event>, isize>();
-            let (tables, dims): (Vec<_>, Vec<_>) = dimensions
-                .iter()
-                .map(|_| scope.new_collection::<DimRow, isize>())
-                .unzip();
-            let (_, rejected) = scope.new_collection::<Rejection, isize>();
-            family
-                .build(events, dims, rejected, &state)
-                .probe_with(&probe);
-            (input, tables)
-        });
-        for (table, rows) in tables.iter_mut().zip(dimensions.iter()) {
-            rows.iter().for_each(|r| table.insert(r.clone()));
-        }
-        tables.clear();
+        let mut input = alone(worker, &family, &dimensions, &probe);
         let (mut tick, mut half) = (start, None);
         for chunk in (0..n).collect::<Vec<_>>().chunks(10_000) {
             if half.is_none() && chunk[0] >= n / 2 {
@@ -156,6 +173,31 @@ where
         .map_err(|e| anyhow::anyhow!(e))
 }
 
+/// `events` of `family`'s synthetic traffic at 20,000 events/s of event time, without
+/// copies or disorder, decoded (each record with its own topic).
+pub fn pre_decoded<D: Dataflow>(
+    family: &D,
+    events: u64,
+) -> (GenerateSpec, Arc<Vec<Timed<D::Event>>>) {
+    eprintln!("generating {events} {} events …", D::NAME);
+    let spec = GenerateSpec {
+        events,
+        rate: 20_000,
+        duplicate_share: 0.0,
+        disorder_share: 0.0,
+        ..Default::default()
+    };
+    let decoded = family
+        .generate(&spec)
+        .filter_map(|p| {
+            let mut r = record(&p.payload);
+            r.topic = &p.topic;
+            family.decode(&r).ok()
+        })
+        .collect();
+    (spec, Arc::new(decoded))
+}
+
 pub fn record(payload: &[u8]) -> tidemark_dataflows::contract::record::RecordRef<'_> {
     tidemark_dataflows::contract::record::RecordRef {
         topic: "b",
@@ -185,27 +227,7 @@ where
     let guards = timely::execute(timely_config(workers, 1, 0, None)?, move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
         let probe = ProbeHandle::new();
-        let state = tidemark_dataflows::contract::state::State::none(index, peers);
-        let (mut input, mut tables) = worker.dataflow::<Tick, _, _>(|scope| {
-            let (input, events) = scope.new_collection::<Timed<D::Event>, isize>();
-            let (tables, dims): (Vec<_>, Vec<_>) = dimensions
-                .iter()
-                .map(|_| scope.new_collection::<DimRow, isize>())
-                .unzip();
-            // no rejections: the input handle goes at once, leaving the collection empty
-            let (_, rejected) = scope.new_collection::<Rejection, isize>();
-            family
-                .build(events, dims, rejected, &state)
-                .probe_with(&probe);
-            (input, tables)
-        });
-        for (table, rows) in tables.iter_mut().zip(dimensions.iter()) {
-            if index == 0 {
-                rows.iter().for_each(|r| table.insert(r.clone()));
-            }
-        }
-        // the tables stay as they are: close them
-        tables.clear();
+        let mut input = alone(worker, &family, &dimensions, &probe);
         let mine: Vec<&Timed<D::Event>> = events.iter().skip(index).step_by(peers).collect();
         let mut tick = 0;
         for chunk in mine.chunks(batch / peers.max(1)) {
@@ -261,63 +283,24 @@ where
     Ok(())
 }
 
-pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
-    if a.dataflow == "state" {
-        return crate::bench::state::run(a.keys, a.events);
-    }
-    if a.dataflow == "serve" {
-        return crate::bench::serve::run(a.entities, a.seconds);
-    }
-    if a.dataflow == "reading" {
-        return crate::bench::reading::run(&a);
-    }
-    if a.dataflow == "ads" {
-        return crate::bench::ads::run(&a);
-    }
-    if a.dataflow != "search" {
-        anyhow::bail!(
-            "bench '{}': use search, reading, ads, state or serve",
-            a.dataflow
-        );
-    }
-    eprintln!("generating {} events …", a.events);
-    let search = Search::new(SearchConfig::default());
-    let spec = GenerateSpec {
-        events: a.events,
-        rate: 20_000,
-        duplicate_share: 0.0,
-        ..Default::default()
-    };
-    let payloads: Vec<Vec<u8>> = search.generate(&spec).map(|p| p.payload).collect();
-    let start = Instant::now();
-    let decoded: Vec<Timed<SearchEvent>> = payloads
-        .iter()
-        .filter_map(|p| search.decode(&record(p)).ok())
-        .collect();
-    let decode_rate = payloads.len() as f64 / start.elapsed().as_secs_f64();
-    let ok = decoded.len();
-    println!(
-        "decode: {:.0} events/s on one core ({ok} valid of {})",
-        decode_rate,
-        payloads.len()
-    );
-    let events = std::sync::Arc::new(decoded);
-    report_throughput(search, &events, Arc::default(), &a.workers, a.batch)?;
-    if a.kafka {
-        end_to_end(&a)?;
-    }
-    Ok(())
-}
+/// Every benchmark, by the name `tidemark bench NAME` takes: adding one is one line here.
+type Bench = fn(&BenchArgs) -> anyhow::Result<()>;
+const BENCHES: &[(&str, Bench)] = &[
+    ("search", search::run),
+    ("reading", reading::run),
+    ("ads", ads::run),
+    ("state", |a| state::run(a.keys, a.events)),
+    ("serve", |a| serve::run(a.entities, a.seconds)),
+];
 
-fn bench_config(topic: &str, job: &str, workers: usize) -> anyhow::Result<Config> {
-    let flags = serde_json::json!({"job": job, "workers": workers, "kafka": {"topics": [topic], "group_id": job}});
-    let mut cfg = Config::load(None, flags)?;
-    cfg.checkpoint.dir = std::env::temp_dir().join("tidemark-bench-state");
-    if cfg.redis.url.is_none() {
-        anyhow::bail!("bench --kafka needs TIDEMARK_REDIS (scripts/services.sh env)");
+pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
+    match BENCHES.iter().find(|(name, _)| *name == a.dataflow) {
+        Some((_, run)) => run(&a),
+        None => {
+            let names: Vec<&str> = BENCHES.iter().map(|(n, _)| *n).collect();
+            anyhow::bail!("bench '{}': use {}", a.dataflow, names.join(", "))
+        }
     }
-    cfg.postgres.url = None;
-    Ok(cfg)
 }
 
 /// The config of a live freshness run of `dataflow` (with its `[dataflows.{dataflow}]`
@@ -366,49 +349,6 @@ pub fn create_topic(brokers: &str, name: &str, partitions: i32) -> anyhow::Resul
     ))? {
         r.map_err(|(t, e)| anyhow::anyhow!("creating topic {t}: {e}"))?;
     }
-    Ok(())
-}
-
-/// Kafka (4 partitions) → 2 workers → Redis: throughput of a backlog with `--exit-at-end`,
-/// then freshness (Kafka append → tick durable in Redis) at a fixed rate.
-fn end_to_end(a: &BenchArgs) -> anyhow::Result<()> {
-    let stamp = now_ms();
-    let throughput_topic = format!("bench-search-{stamp}");
-    let cfg = bench_config(&throughput_topic, &format!("bench-{stamp}"), a.e2e_workers)?;
-    let brokers = cfg.kafka.brokers.clone();
-    create_topic(&brokers, &throughput_topic, 4)?;
-    let family = crate::engine::family_of(&cfg)?;
-    eprintln!("producing {} events to {throughput_topic} …", a.e2e_events);
-    let sender = Sender::new(&brokers)?;
-    let spec = GenerateSpec {
-        events: a.e2e_events,
-        rate: 20_000,
-        ..Default::default()
-    };
-    for p in family.generate(&spec) {
-        sender.send(
-            &throughput_topic,
-            p.key.as_deref().map(str::as_bytes),
-            &p.payload,
-            None,
-        )?;
-    }
-    sender.flush()?;
-    let shared = Arc::new(Shared::default());
-    let opts = RunOptions::kafka(timely_config(cfg.workers, 1, 0, None)?, cfg, true);
-    let start = Instant::now();
-    crate::engine::run(opts, shared.clone())?;
-    let secs = start.elapsed().as_secs_f64();
-    let consumed = shared.counters.consumed.load(Ordering::Relaxed) as f64;
-    let throughput = consumed / secs;
-    println!("end to end, Kafka → {} worker(s) → Redis: {throughput:.0} events/s ({consumed} events in {secs:.1} s, including start-up)", a.e2e_workers);
-
-    let rate = a.freshness_rate.unwrap_or((throughput / 2.0) as u64).max(1);
-    let live_topic = format!("bench-live-{stamp}");
-    create_topic(&brokers, &live_topic, 4)?;
-    let cfg = bench_config(&live_topic, &format!("bench-live-{stamp}"), a.e2e_workers)?;
-    let h = freshness(cfg, rate, a.freshness_seconds, stamp)?;
-    report_freshness(&h, rate, "Kafka append → Redis EXEC acknowledged");
     Ok(())
 }
 

@@ -8,10 +8,11 @@ use tidemark_dataflows::contract::event::{EventId, Timed};
 use tidemark_dataflows::families::reading::{
     generate, Action, EpisodeId, Reader, Reading, ReadingConfig, ReadingEvent, SessionId, UserId,
 };
-use tidemark_dataflows::{Dataflow, Family, GenerateSpec, Tick};
+use tidemark_dataflows::{Dataflow, GenerateSpec, Tick};
 
 use crate::bench::{
-    freshness, held_growth, live_config, report_freshness, report_throughput, BenchArgs,
+    freshness, held_growth, live_config, pre_decoded, report_freshness, report_throughput,
+    BenchArgs,
 };
 use crate::clock::now_ms;
 
@@ -20,18 +21,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     // would otherwise be reused and hide part of the growth
     open_sessions(a.sessions)?;
     let reading = Reading::new(ReadingConfig::default());
-    eprintln!("generating {} reading events …", a.events);
-    let spec = GenerateSpec {
-        events: a.events,
-        rate: 20_000,
-        duplicate_share: 0.0,
-        disorder_share: 0.0,
-        ..Default::default()
-    };
-    let events: Vec<Timed<ReadingEvent>> = Family::generate(&reading, &spec)
-        .filter_map(|p| reading.decode(&crate::bench::record(&p.payload)).ok())
-        .collect();
-    let events = Arc::new(events);
+    let (_, events) = pre_decoded(&reading, a.events);
     let catalog = Arc::new(vec![generate::episode_metadata()]);
     report_throughput(reading.clone(), &events, catalog, &a.workers, a.batch)?;
     if a.kafka {

@@ -21,7 +21,6 @@ struct Shape {
 }
 
 /// Long: the benchmark's shapes in sequence, each a few lines.
-
 pub fn run(entities: u64, seconds: u64) -> anyhow::Result<()> {
     let url = std::env::var("TIDEMARK_REDIS")
         .context("bench serve reads from Redis: set TIDEMARK_REDIS (scripts/services.sh env)")?;

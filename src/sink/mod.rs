@@ -15,7 +15,9 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tidemark_dataflows::contract::table::{TableSpec, TickChanges};
+use std::collections::{BTreeSet, HashMap};
+
+use tidemark_dataflows::contract::table::{EntityChange, TableSpec, TickChanges};
 
 use crate::sink::dlq::Dlq;
 use crate::telemetry::{SinkStats, Unstorable};
@@ -353,6 +355,35 @@ fn retrying<T>(
     }
 }
 
+/// A pack of ticks' changes with each entity once: its newest state, at the newest tick
+/// it changed, naming every field changed since it last went (all of them when it came
+/// back within the pack). A writer that packs ticks into one transaction writes this: a
+/// reader sees whole packs only, so the versions in between are invisible anyway.
+pub fn newest_per_entity(ticks: &[Arc<TickChanges>]) -> Vec<(Tick, EntityChange)> {
+    let mut at: HashMap<(u8, &[String]), usize> = HashMap::new();
+    let mut out: Vec<(Tick, EntityChange)> = Vec::new();
+    for t in ticks {
+        for c in &t.changes {
+            let Some(&i) = at.get(&(c.table, c.key.as_slice())) else {
+                at.insert((c.table, c.key.as_slice()), out.len());
+                out.push((t.tick, c.clone()));
+                continue;
+            };
+            let (tick, merged) = &mut out[i];
+            *tick = t.tick;
+            if merged.after.is_some() && c.after.is_some() {
+                let mut changed: BTreeSet<usize> = merged.changed.iter().copied().collect();
+                changed.extend(c.changed.iter().copied());
+                merged.changed = changed.into_iter().collect();
+            } else {
+                merged.changed = c.changed.clone();
+            }
+            merged.after = c.after.clone();
+        }
+    }
+    out
+}
+
 /// `feat:{ns}:{key parts joined by ':'}` (`{ns}:…` for a plain Redis hash).
 pub fn entity_key(spec: &TableSpec, key: &[String]) -> String {
     let mut k =
@@ -366,4 +397,65 @@ pub fn entity_key(spec: &TableSpec, key: &[String]) -> String {
         k.push_str(part);
     }
     k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidemark_dataflows::contract::table::Value;
+
+    fn change(key: &str, after: Option<&[i64]>, changed: &[usize]) -> EntityChange {
+        EntityChange {
+            table: 0,
+            key: vec![key.into()],
+            after: after.map(|v| v.iter().map(|x| Value::Int(*x)).collect()),
+            changed: changed.to_vec(),
+        }
+    }
+
+    fn tick(tick: Tick, changes: Vec<EntityChange>) -> Arc<TickChanges> {
+        Arc::new(TickChanges { tick, changes })
+    }
+
+    #[test]
+    fn a_pack_writes_each_entity_once_with_its_newest_values() {
+        let pack = [
+            tick(
+                1,
+                vec![
+                    change("a", Some(&[1, 0]), &[0, 1]),
+                    change("b", Some(&[5, 5]), &[0, 1]),
+                ],
+            ),
+            tick(
+                2,
+                vec![change("a", Some(&[1, 7]), &[1]), change("b", None, &[])],
+            ),
+            tick(
+                3,
+                vec![
+                    change("a", Some(&[2, 7]), &[0]),
+                    change("c", Some(&[1, 1]), &[0, 1]),
+                ],
+            ),
+            tick(
+                4,
+                vec![change("c", None, &[]), change("b", Some(&[6, 5]), &[0, 1])],
+            ),
+        ];
+        let merged = newest_per_entity(&pack);
+        assert_eq!(
+            merged,
+            vec![
+                // every field changed since the pack began, newest values, newest tick
+                (3, change("a", Some(&[2, 7]), &[0, 1])),
+                // gone, then back: written whole
+                (4, change("b", Some(&[6, 5]), &[0, 1])),
+                // came and went within the pack: gone
+                (4, change("c", None, &[])),
+            ]
+        );
+        let updates: usize = pack.iter().map(|t| t.changes.len()).sum();
+        assert_eq!((updates, merged.len()), (8, 3));
+    }
 }

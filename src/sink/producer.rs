@@ -299,6 +299,18 @@ impl Sender {
     }
 }
 
+impl crate::telemetry::DeliveryHealth for Deliveries {
+    fn failed(&self) -> u64 {
+        self.failed.load(AtomicOrdering::Relaxed)
+    }
+    fn refused(&self) -> u64 {
+        self.refused.load(AtomicOrdering::Relaxed)
+    }
+    fn failing_since(&self) -> u64 {
+        self.failing_since.load(AtomicOrdering::Relaxed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,17 +342,5 @@ mod tests {
         output.report(Err(refused()), false);
         assert_eq!(output.failed.load(AtomicOrdering::Relaxed), 1);
         assert_eq!(output.settled(), 2);
-    }
-}
-
-impl crate::telemetry::DeliveryHealth for Deliveries {
-    fn failed(&self) -> u64 {
-        self.failed.load(AtomicOrdering::Relaxed)
-    }
-    fn refused(&self) -> u64 {
-        self.refused.load(AtomicOrdering::Relaxed)
-    }
-    fn failing_since(&self) -> u64 {
-        self.failing_since.load(AtomicOrdering::Relaxed)
     }
 }

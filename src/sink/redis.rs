@@ -8,7 +8,7 @@ use anyhow::Context;
 use tidemark_dataflows::contract::table::{EntityChange, SinkKind, TableSpec, TickChanges, Value};
 use tidemark_dataflows::Tick;
 
-use super::{entity_key, Store, Writer};
+use super::{entity_key, newest_per_entity, Store, Writer};
 use crate::telemetry::Unstorable;
 
 /// Records a worker's progress and raises the job frontier to the least progress of all
@@ -252,34 +252,33 @@ impl Store for RedisStore {
         let mut pipe = redis::pipe();
         pipe.atomic().ignore_errors();
         let mut owners: Vec<Option<(String, Tick)>> = Vec::new();
-        for t in ticks {
-            for c in &t.changes {
-                let spec = &self.writer.tables[c.table as usize];
-                match spec.sink {
-                    SinkKind::Store | SinkKind::RedisHash => {}
-                    SinkKind::List => {
-                        let (key, n) = list_change(&mut pipe, spec, c, self.ttl_secs);
-                        owners.extend(std::iter::repeat_n(Some((key, t.tick)), n));
-                        continue;
-                    }
-                    SinkKind::Topic(_) | SinkKind::Records(_) | SinkKind::PgTable => continue,
+        // each entity once, however many of the packed ticks changed it
+        for (tick, c) in newest_per_entity(ticks) {
+            let spec = &self.writer.tables[c.table as usize];
+            match spec.sink {
+                SinkKind::Store | SinkKind::RedisHash => {}
+                SinkKind::List => {
+                    let (key, n) = list_change(&mut pipe, spec, &c, self.ttl_secs);
+                    owners.extend(std::iter::repeat_n(Some((key, tick)), n));
+                    continue;
                 }
-                let key = entity_key(spec, &c.key);
-                let cmd = pipe
-                    .cmd("EVAL")
-                    .arg(GUARDED_WRITE)
-                    .arg(1)
-                    .arg(&key)
-                    .arg(t.tick)
-                    .arg(spec.version)
-                    .arg(self.ttl_secs.unwrap_or(0));
-                if let Some(values) = &c.after {
-                    for &i in &c.changed {
-                        cmd.arg(spec.fields[i].name).arg(values[i].to_string());
-                    }
-                }
-                owners.push(Some((key, t.tick)));
+                SinkKind::Topic(_) | SinkKind::Records(_) | SinkKind::PgTable => continue,
             }
+            let key = entity_key(spec, &c.key);
+            let cmd = pipe
+                .cmd("EVAL")
+                .arg(GUARDED_WRITE)
+                .arg(1)
+                .arg(&key)
+                .arg(tick)
+                .arg(spec.version)
+                .arg(self.ttl_secs.unwrap_or(0));
+            if let Some(values) = &c.after {
+                for &i in &c.changed {
+                    cmd.arg(spec.fields[i].name).arg(values[i].to_string());
+                }
+            }
+            owners.push(Some((key, tick)));
         }
         // an empty frontier (input closed) is not a tick to record
         if let Some(p) = progress.filter(|p| *p != Tick::MAX) {

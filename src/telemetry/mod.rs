@@ -52,7 +52,6 @@ pub fn prometheus() -> &'static PrometheusHandle {
 }
 
 /// Long: one declaration per metric, the list an operator reads.
-
 fn describe() {
     describe_counter!(CONSUMED, "Records read from Kafka, per topic.");
     describe_counter!(

@@ -48,6 +48,31 @@ pub fn redis_base() -> String {
     std::env::var("TIDEMARK_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
 }
 
+/// A model's rows — (view index, key) → values in the view's field order — as the hashes
+/// the stores hold: `feat:{ns}:{key…}` → field → value.
+pub fn labelled(
+    tables: &[tidemark_dataflows::contract::table::TableSpec],
+    rows: impl IntoIterator<
+        Item = (
+            (u8, Vec<String>),
+            Vec<tidemark_dataflows::contract::table::Value>,
+        ),
+    >,
+) -> BTreeMap<String, BTreeMap<String, String>> {
+    rows.into_iter()
+        .map(|((t, key), values)| {
+            let spec = &tables[t as usize];
+            let fields = spec
+                .fields
+                .iter()
+                .zip(values)
+                .map(|(f, v)| (f.name.to_string(), v.to_string()))
+                .collect();
+            (format!("feat:{}:{}", spec.ns, key.join(":")), fields)
+        })
+        .collect()
+}
+
 /// A Redis URL on database `db`, emptied.
 pub fn fresh_redis(db: u8) -> String {
     let base = redis_base();
@@ -130,6 +155,23 @@ pub fn create_topic(name: &str, partitions: i32, settings: &[(&str, &str)]) {
     for r in block_on(admin.create_topics([&topic], &options)).unwrap() {
         r.expect("topic created");
     }
+}
+
+/// A live `run` of `topic` as `job`, in consumer group `topic`.
+pub fn live_args<'a>(topic: &'a str, job: &'a str) -> [&'a str; 7] {
+    ["run", "--topic", topic, "--job", job, "--group-id", topic]
+}
+
+/// Sends SIGTERM to `child` and waits for it: its exit status and how long the stop took.
+pub fn terminate(child: &mut std::process::Child) -> (std::process::ExitStatus, Duration) {
+    let sent = std::time::Instant::now();
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    (status, sent.elapsed())
 }
 
 /// `run --exit-at-end` of `topic` as `job`, in consumer group `topic`.

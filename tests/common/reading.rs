@@ -110,19 +110,7 @@ pub fn model_input(text: &str) -> (Vec<(Read, u64)>, Vec<Rejected>, usize) {
 pub fn recount(text: &str, metadata: &[Vec<String>], at: u64) -> Hashes {
     let (events, rejected, _) = model_input(text);
     let tables = tidemark_dataflows::families::reading::Reading::new(Default::default()).tables();
-    model::recount(&events, &rejected, metadata, at)
-        .into_iter()
-        .map(|((t, key), values)| {
-            let spec = &tables[t as usize];
-            let fields = spec
-                .fields
-                .iter()
-                .zip(values)
-                .map(|(f, v)| (f.name.to_string(), v.to_string()))
-                .collect();
-            (format!("feat:{}:{}", spec.ns, key.join(":")), fields)
-        })
-        .collect()
+    super::labelled(&tables, model::recount(&events, &rejected, metadata, at))
 }
 
 /// Every reading view in Postgres, as hashes.

@@ -57,19 +57,7 @@ pub fn recount(events: &[serde_json::Map<String, Value>], at: u64) -> Hashes {
     let events: Vec<&model::Event> = events.iter().collect();
     use tidemark_dataflows::Dataflow;
     let tables = tidemark_dataflows::families::search::Search::new(Default::default()).tables();
-    model::features(&events, at)
-        .into_iter()
-        .map(|((t, key), values)| {
-            let spec = &tables[t as usize];
-            let fields = spec
-                .fields
-                .iter()
-                .zip(values)
-                .map(|(f, v)| (f.name.to_string(), v.to_string()))
-                .collect();
-            (format!("feat:{}:{}", spec.ns, key.join(":")), fields)
-        })
-        .collect()
+    super::labelled(&tables, model::features(&events, at))
 }
 
 /// Numbers compare as numbers (Postgres prints `1.0` where Redis holds `1`).

@@ -157,6 +157,14 @@ pub fn required<'r>(
     }
 }
 
+/// A required text field, owned.
+pub fn required_owned(
+    v: &Option<std::borrow::Cow<'_, str>>,
+    field: &str,
+) -> Result<String, DecodeError> {
+    required(v, field).map(str::to_string)
+}
+
 /// A required event time in epoch milliseconds: present and not negative.
 pub fn epoch_ms(v: Option<i64>, field: &str) -> Result<u64, DecodeError> {
     let ms = v.ok_or_else(|| missing(field))?;

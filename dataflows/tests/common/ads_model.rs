@@ -158,6 +158,7 @@ pub fn local_day(ts: u64, zone: &str) -> (String, u64) {
 }
 
 /// Every output row the dataflow holds at stream time `at`.
+/// Long: the definition restated in one place on purpose (DESIGN §5.3), to be checked against the spec line by line.
 pub fn recount(events: &[(AdRead, Tick)], budgets: &[BudgetRow], at: Tick) -> State {
     let mut out = State::new();
     let seen: Vec<&(AdRead, Tick)> = events.iter().filter(|(_, t)| *t <= at).collect();

@@ -73,6 +73,22 @@ pub trait Payload {
     fn payload(&self) -> Vec<u8>;
 }
 
+/// A record of a random stream: an event, or bytes the decoder must turn away.
+#[derive(Clone, Debug)]
+pub enum Item<E> {
+    Event(E),
+    Bad(Vec<u8>),
+}
+
+impl<E: Payload> Payload for Item<E> {
+    fn payload(&self) -> Vec<u8> {
+        match self {
+            Item::Event(e) => e.payload(),
+            Item::Bad(bytes) => bytes.clone(),
+        }
+    }
+}
+
 /// Each batch's records as the bytes the source hands out.
 pub fn payloads<I: Payload>(batches: &[Vec<I>]) -> Vec<Vec<Vec<u8>>> {
     batches

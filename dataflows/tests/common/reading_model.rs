@@ -187,6 +187,7 @@ pub fn ratio(a: f64, b: f64) -> Value {
 }
 
 /// Every view at tick `at`, recomputed from the definitions.
+/// Long: the definition restated in one place on purpose (DESIGN §5.2), to be checked against the spec line by line.
 pub fn recount(
     events: &[(Read, Tick)],
     rejected: &[Rejected],

@@ -106,6 +106,7 @@ fn smoothed(hits: i64, trials: i64) -> f64 {
 /// view's field order (doc: impressions 7d/30d, clicks 7d/30d, ctr_doc, popularity
 /// 7d/30d, dwell_sum_7d; qd: impressions_7d, clicks_7d, ctr_qd; ac: ac_impressions_7d,
 /// ac_selects_7d, assist_rate, assist_click_rate) — of the events inserted by `at`.
+/// Long: the definition restated in one place on purpose (DESIGN §5.1), to be checked against the spec line by line.
 pub fn features(events: &[&Event], at: u64) -> BTreeMap<(u8, Vec<String>), Vec<Value>> {
     let live = |e: &Event, days: u64| e.ts <= at && at < expiry(e.ts, days);
     let mut out = BTreeMap::new();

@@ -12,7 +12,9 @@ use serde::Deserialize;
 
 use super::{AdEvent, CampaignId, DeviceAd, Placement, ProductId, QualityUpdate, Slot};
 use crate::contract::event::{EventId, Timed};
-use crate::contract::record::{diagnose, missing, required, DecodeError, ErrorKind, Expect};
+use crate::contract::record::{
+    diagnose, missing, required_owned as text, DecodeError, ErrorKind, Expect,
+};
 
 #[derive(Deserialize)]
 struct RawAd<'a> {
@@ -54,11 +56,6 @@ struct RawQuality<'a> {
     update_reason: Option<Cow<'a, str>>,
     #[serde(borrow)]
     effective_from: Option<Cow<'a, str>>,
-}
-
-/// A required text field, owned.
-fn text(v: &Option<Cow<'_, str>>, field: &str) -> Result<String, DecodeError> {
-    required(v, field).map(str::to_string)
 }
 
 /// An ISO-8601 / RFC 3339 instant as epoch ms.

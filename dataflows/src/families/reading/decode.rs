@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::{country_zone, Action, Arm, EpisodeId, Reader, ReadingEvent, SessionId, UserId};
 use crate::contract::event::{EventId, Timed};
 use crate::contract::record::{
-    diagnose, epoch_ms, missing, required, DecodeError, ErrorKind, Expect,
+    diagnose, epoch_ms, missing, required_owned as text, DecodeError, ErrorKind, Expect,
 };
 
 #[derive(Deserialize)]
@@ -39,11 +39,6 @@ struct Raw<'a> {
     #[serde(borrow)]
     experiment_group: Option<Cow<'a, str>>,
     scroll_pct: Option<f64>,
-}
-
-/// A required text field, owned.
-fn text(v: &Option<Cow<'_, str>>, field: &str) -> Result<String, DecodeError> {
-    required(v, field).map(str::to_string)
 }
 
 pub fn decode(payload: &[u8]) -> Result<Timed<ReadingEvent>, DecodeError> {

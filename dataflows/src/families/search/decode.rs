@@ -136,6 +136,17 @@ pub fn decode(payload: &[u8]) -> Result<Timed<SearchEvent>, DecodeError> {
     })
 }
 
+/// What each field of a search event must hold.
+fn expect(field: &str) -> Expect {
+    match field {
+        "ts" | "dwell_ms" => Expect::Integer,
+        "doc_ids" | "candidates" => Expect::TextList,
+        "event_id" | "event_type" | "user_id" | "session_id" | "query" | "doc_id" | "prefix"
+        | "candidate" => Expect::Text,
+        _ => Expect::Any,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,16 +212,5 @@ mod tests {
                 doc: DocId("d9".into())
             }
         );
-    }
-}
-
-/// What each field of a search event must hold.
-fn expect(field: &str) -> Expect {
-    match field {
-        "ts" | "dwell_ms" => Expect::Integer,
-        "doc_ids" | "candidates" => Expect::TextList,
-        "event_id" | "event_type" | "user_id" | "session_id" | "query" | "doc_id" | "prefix"
-        | "candidate" => Expect::Text,
-        _ => Expect::Any,
     }
 }
