@@ -90,16 +90,7 @@ fn kill_nine_at_random_points_and_crash_points_loses_and_doubles_nothing() {
         // small polls: the stream takes several seconds, so the kills land inside it
         ("TIDEMARK_KAFKA__POLL_BATCH", "100"),
     ];
-    let args = [
-        "run",
-        "--topic",
-        &topic,
-        "--exit-at-end",
-        "--job",
-        job,
-        "--group-id",
-        &topic,
-    ];
+    let args = replay_args(&topic, job);
     // seeded kills at random moments (nine), and one crash at each point between the steps
     // of a tick, each run on 1 to 3 workers at random
     let mut rng = Seeded(0x71de_2026);

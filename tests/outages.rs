@@ -106,15 +106,7 @@ fn survives(name: &str, outage: impl Fn(&OwnRedis), recover: impl Fn(&OwnRedis))
     produce(&topic, &lines[..third]);
     let mut engine = KillOnDrop(
         engine_command()
-            .args([
-                "run",
-                "--topic",
-                &topic,
-                "--job",
-                &job,
-                "--group-id",
-                &topic,
-            ])
+            .args(live_args(&topic, &job))
             .args(["--workers", "2"])
             .env("TIDEMARK_REDIS", &redis)
             .env("TIDEMARK_PG", &pg)

@@ -5,7 +5,7 @@
 
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use sha2::{Digest, Sha256};
 use tidemark_dataflows::contract::table::Value;
@@ -105,102 +105,111 @@ fn smoothed(hits: i64, trials: i64) -> f64 {
 /// Each entity's windowed features at tick `at` — (view index, key) → values in the
 /// view's field order (doc: impressions 7d/30d, clicks 7d/30d, ctr_doc, popularity
 /// 7d/30d, dwell_sum_7d; qd: impressions_7d, clicks_7d, ctr_qd; ac: ac_impressions_7d,
-/// ac_selects_7d, assist_rate, assist_click_rate) — of the events inserted by `at`.
+/// ac_selects_7d, assist_rate, assist_click_rate) — of the events inserted by `at`. One
+/// pass over the events (the end-to-end tests recount hundreds of thousands).
 /// Long: the definition restated in one place on purpose (DESIGN §5.1), to be checked against the spec line by line.
 pub fn features(events: &[&Event], at: u64) -> BTreeMap<(u8, Vec<String>), Vec<Value>> {
-    let live = |e: &Event, days: u64| e.ts <= at && at < expiry(e.ts, days);
-    let mut out = BTreeMap::new();
-    let shows =
-        |e: &Event, d: &str| matches!(&e.kind, Kind::Impression(ds) if ds.iter().any(|x| x == d));
-    let about = |e: &Event, d: &str| {
-        e.doc == d
-            && !matches!(
-                e.kind,
-                Kind::Impression(_) | Kind::AcImpression | Kind::AcSelect
-            )
+    #[derive(Default)]
+    struct Doc {
+        imp: [i64; 2],
+        clk: [i64; 2],
+        pop: [i64; 2],
+        dwell: i64,
+    }
+    let live = |ts: u64, days: u64| ts <= at && at < expiry(ts, days);
+    // in the 7-day and 30-day windows at `at`, each counted where the event is live
+    let bump = |counts: &mut [i64; 2], ts: u64, by: i64| {
+        for (i, days) in [7, 30].into_iter().enumerate() {
+            if live(ts, days) {
+                counts[i] += by;
+            }
+        }
     };
-    let weight = |e: &Event| match e.kind {
-        Kind::Click => 1,
-        Kind::Dwell(ms) if ms >= 30_000 => 2,
-        Kind::AddToCart => 3,
-        Kind::Purchase => 5,
-        _ => 0,
-    };
-    let docs: BTreeSet<&str> = events
+    // the live clicks of each session, for the assist join
+    let mut clicks: HashMap<&str, Vec<u64>> = HashMap::new();
+    for e in events
         .iter()
-        .flat_map(|e| match &e.kind {
-            Kind::Impression(ds) => ds.iter().map(String::as_str).collect(),
-            Kind::AcImpression | Kind::AcSelect => Vec::new(),
-            _ => vec![e.doc.as_str()],
-        })
-        .collect();
-    for d in &docs {
-        let count = |f: &dyn Fn(&Event) -> bool, days| {
-            events.iter().filter(|e| f(e) && live(e, days)).count() as i64
+        .filter(|e| e.kind == Kind::Click && live(e.ts, 7))
+    {
+        clicks.entry(e.session.as_str()).or_default().push(e.ts);
+    }
+    let mut docs: BTreeMap<&str, Doc> = BTreeMap::new();
+    let mut qd: BTreeMap<(String, &str), [i64; 2]> = BTreeMap::new();
+    let mut ac: BTreeMap<String, [i64; 3]> = BTreeMap::new();
+    for e in events {
+        let weight = match e.kind {
+            Kind::Click => 1,
+            Kind::Dwell(ms) if ms >= 30_000 => 2,
+            Kind::AddToCart => 3,
+            Kind::Purchase => 5,
+            _ => 0,
         };
-        let shown = |e: &Event| shows(e, d);
-        let clicked = |e: &Event| about(e, d) && e.kind == Kind::Click;
-        let (imp, clk) = (
-            [count(&shown, 7), count(&shown, 30)],
-            [count(&clicked, 7), count(&clicked, 30)],
-        );
-        let popularity = |days| {
-            events
-                .iter()
-                .filter(|e| about(e, d) && live(e, days))
-                .map(|e| weight(e))
-                .sum::<i64>()
-        };
-        let dwell: i64 = events
-            .iter()
-            .filter(|e| about(e, d) && live(e, 7))
-            .map(|e| {
-                if let Kind::Dwell(ms) = e.kind {
-                    ms as i64
-                } else {
-                    0
+        match &e.kind {
+            Kind::Impression(ds) => {
+                let q = qhash(&e.query);
+                // an impression lists a document once, however often it names it
+                for d in ds.iter().map(String::as_str).collect::<BTreeSet<_>>() {
+                    bump(&mut docs.entry(d).or_default().imp, e.ts, 1);
+                    if live(e.ts, 7) {
+                        qd.entry((q.clone(), d)).or_default()[0] += 1;
+                    }
                 }
-            })
-            .sum();
-        let (p7, p30) = (popularity(7), popularity(30));
-        if [imp[0], imp[1], clk[0], clk[1], p7, p30, dwell]
-            .iter()
-            .all(|x| *x == 0)
-        {
+            }
+            Kind::AcImpression | Kind::AcSelect => {
+                let counts = ac.entry(norm(&e.prefix)).or_default();
+                if !live(e.ts, 7) {
+                    continue;
+                }
+                if e.kind == Kind::AcImpression {
+                    counts[0] += 1;
+                    continue;
+                }
+                // assisted: a click of the session within 10 minutes after the select
+                let assisted = clicks
+                    .get(e.session.as_str())
+                    .is_some_and(|ts| ts.iter().any(|c| *c >= e.ts && c - e.ts <= 600_000));
+                counts[1] += 1;
+                counts[2] += i64::from(assisted);
+            }
+            kind => {
+                let doc = docs.entry(e.doc.as_str()).or_default();
+                bump(&mut doc.pop, e.ts, weight);
+                match kind {
+                    Kind::Click => {
+                        bump(&mut doc.clk, e.ts, 1);
+                        if live(e.ts, 7) {
+                            qd.entry((qhash(&e.query), e.doc.as_str())).or_default()[1] += 1;
+                        }
+                    }
+                    Kind::Dwell(ms) if live(e.ts, 7) => doc.dwell += *ms as i64,
+                    _ => {}
+                }
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (d, x) in docs {
+        let counts = [
+            x.imp[0], x.imp[1], x.clk[0], x.clk[1], x.pop[0], x.pop[1], x.dwell,
+        ];
+        if counts.iter().all(|n| *n == 0) {
             continue;
         }
         out.insert(
             (0, vec![d.to_string()]),
             vec![
-                Value::Int(imp[0]),
-                Value::Int(imp[1]),
-                Value::Int(clk[0]),
-                Value::Int(clk[1]),
-                Value::float(smoothed(clk[0], imp[0])),
-                Value::Int(p7),
-                Value::Int(p30),
-                Value::Int(dwell),
+                Value::Int(x.imp[0]),
+                Value::Int(x.imp[1]),
+                Value::Int(x.clk[0]),
+                Value::Int(x.clk[1]),
+                Value::float(smoothed(x.clk[0], x.imp[0])),
+                Value::Int(x.pop[0]),
+                Value::Int(x.pop[1]),
+                Value::Int(x.dwell),
             ],
         );
     }
-    let pairs: BTreeSet<(&str, &str)> = events
-        .iter()
-        .flat_map(|e| match &e.kind {
-            Kind::Impression(ds) => ds.iter().map(|d| (e.query.as_str(), d.as_str())).collect(),
-            Kind::Click => vec![(e.query.as_str(), e.doc.as_str())],
-            _ => Vec::new(),
-        })
-        .collect();
-    let by_hash: BTreeSet<(String, &str)> = pairs.iter().map(|(q, d)| (qhash(q), *d)).collect();
-    for (h, d) in by_hash {
-        let imp = events
-            .iter()
-            .filter(|e| qhash(&e.query) == h && live(e, 7) && shows(e, d))
-            .count() as i64;
-        let clk = events
-            .iter()
-            .filter(|e| qhash(&e.query) == h && e.doc == d && e.kind == Kind::Click && live(e, 7))
-            .count() as i64;
+    for ((h, d), [imp, clk]) in qd {
         if imp + clk > 0 {
             out.insert(
                 (1, vec![h, d.to_string()]),
@@ -212,29 +221,7 @@ pub fn features(events: &[&Event], at: u64) -> BTreeMap<(u8, Vec<String>), Vec<V
             );
         }
     }
-    let prefixes: BTreeSet<String> = events
-        .iter()
-        .filter(|e| matches!(e.kind, Kind::AcImpression | Kind::AcSelect))
-        .map(|e| norm(&e.prefix))
-        .collect();
-    for p in prefixes {
-        let of = |e: &&&Event, k: Kind| norm(&e.prefix) == p && e.kind == k && live(e, 7);
-        let imp = events.iter().filter(|e| of(e, Kind::AcImpression)).count() as i64;
-        let selects: Vec<&&Event> = events.iter().filter(|e| of(e, Kind::AcSelect)).collect();
-        // a select is assisted by a click of its session within 10 minutes after it
-        let assisted = selects
-            .iter()
-            .filter(|s| {
-                events.iter().any(|c| {
-                    c.kind == Kind::Click
-                        && c.session == s.session
-                        && c.ts >= s.ts
-                        && c.ts - s.ts <= 600_000
-                        && live(c, 7)
-                })
-            })
-            .count();
-        let sel = selects.len() as i64;
+    for (p, [imp, sel, assisted]) in ac {
         if imp + sel > 0 {
             let rate = if sel > 0 {
                 assisted as f64 / sel as f64
