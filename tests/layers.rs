@@ -37,7 +37,8 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 
 /// The top-level modules a path names, as written in a file whose module path (from the
 /// crate root) is `at`: `crate::NAME…`, `crate::{NAME…, NAME…}`, and `super::`… resolved by
-/// the file's depth (`$crate::` in a macro counts as the macro's own module's use).
+/// the file's depth in its `use` items (`$crate::` in a macro counts as the macro's own
+/// module's use).
 fn named(text: &str, at: &[String]) -> BTreeSet<String> {
     let ident = |s: &str| -> String {
         s.chars()
@@ -67,13 +68,22 @@ fn named(text: &str, at: &[String]) -> BTreeSet<String> {
             out.insert(ident(rest));
         }
     }
-    // `super::` from module path `at`: each one goes a level up
+    // `super::` from module path `at` in the file's own `use` items (at the start of a
+    // line: an indented one is inside an inline module, such as `mod tests`, whose
+    // `super` is the file itself): each `super::` goes a level up
     let mut k = 0;
     while let Some(i) = text[k..].find("super::") {
         let start = k + i;
         k = start + 7;
         if start > 0 && text[..start].ends_with("::") {
             continue; // counted with the chain's first `super::`
+        }
+        let line = &text[text[..start].rfind('\n').map_or(0, |n| n + 1)..start];
+        if !matches!(
+            line,
+            "use " | "pub use " | "pub(crate) use " | "pub(super) use "
+        ) {
+            continue;
         }
         let mut rest = &text[start..];
         let mut up = 0;
@@ -198,6 +208,9 @@ fn every_form_of_path_is_read() {
         names("macro_rules! m { () => { $crate::b::f() } }", "a"),
         ["b"]
     );
+    // an inline module's `super` is the file's own module
+    let inline = "mod tests {\n    use super::*;\n    use super::helper;\n}";
+    assert_eq!(names(inline, "a"), Vec::<String>::new());
 }
 
 #[test]
