@@ -78,6 +78,9 @@ struct GenerateArgs {
     /// Events per second of event time.
     #[arg(long, default_value_t = 1_000)]
     rate: u64,
+    /// Event time the events cover instead (e.g. `40d`, `5h`): sets the spacing, not `--rate`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    span: Option<Duration>,
     /// Event time of the first event, epoch ms (default 2026-01-01T00:00:00Z).
     #[arg(long)]
     start_ms: Option<u64>,
@@ -190,7 +193,15 @@ impl ConfigArgs {
     }
 }
 
+/// `mi_option_purge_delay` (mimalloc's option 15 in v2 and v3; the crate names no constant).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
 fn main() {
+    // Windows expiring free as much as they allocate: with mimalloc's 10 ms default the
+    // freed pages went back to the OS and were faulted in again, zeroed, a moment later
+    // (a fifth of the dataflow's time in `bench search --span 40d`). A second keeps them.
+    // SAFETY: sets a process-wide option before any thread is started
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 1_000) };
     let cli = Cli::parse();
     http::raise_fd_limit();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -352,6 +363,7 @@ fn generate(a: GenerateArgs) -> anyhow::Result<()> {
         seed: a.seed,
         start_ms: a.start_ms.unwrap_or(GenerateSpec::default().start_ms),
         rate: a.rate,
+        span_ms: a.span.map(|d| d.as_millis() as u64),
         duplicate_share: a.duplicates,
         disorder_share: a.disorder,
         invalid_share: a.invalid,

@@ -2,8 +2,6 @@
 //! memory per open click of the 24-hour attribution join, and with `--kafka` freshness
 //! from Kafka append to the budget-management record (every sink durable) at a fixed rate.
 
-use std::sync::Arc;
-
 use tidemark_dataflows::contract::event::{EventId, Timed};
 use tidemark_dataflows::families::ads::{
     generate, AdEvent, Ads, AdsConfig, CampaignId, DeviceAd, Placement, Slot,
@@ -11,8 +9,7 @@ use tidemark_dataflows::families::ads::{
 use tidemark_dataflows::{Dataflow, GenerateSpec};
 
 use crate::bench::{
-    freshness, held_growth, live_config, pre_decoded, report_freshness, report_throughput,
-    BenchArgs,
+    freshness, held_growth, live_config, report_freshness, report_spans, BenchArgs,
 };
 use crate::clock::now_ms;
 
@@ -20,9 +17,9 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     // first, while nothing else has grown the heap (see `bench reading`)
     open_clicks(a.clicks)?;
     let ads = Ads::new(AdsConfig::default());
-    let (spec, events) = pre_decoded(&ads, a.events);
-    let budgets = Arc::new(vec![generate::campaign_budgets(&spec)]);
-    report_throughput(ads.clone(), &events, budgets, &a.workers, a.batch)?;
+    report_spans(ads.clone(), a, |spec| {
+        vec![generate::campaign_budgets(spec)]
+    })?;
     if a.kafka {
         let stamp = now_ms();
         let [input, quality, metrics, budget] =

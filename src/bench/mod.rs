@@ -44,6 +44,11 @@ pub struct BenchArgs {
     pub keys: u64,
     #[arg(long, default_value_t = 1_000_000)]
     pub events: u64,
+    /// Event time the generated traffic covers, one dataflow run per span, side by side:
+    /// the short one measures insertion, a long one (≥ 35 d) the steady state, where every
+    /// contribution also leaves its 7 d and 30 d windows within the run.
+    #[arg(long, value_delimiter = ',', default_value = "50s,40d", value_parser = humantime::parse_duration)]
+    pub span: Vec<Duration>,
     /// Events per batch (one tick each).
     #[arg(long, default_value_t = 10_000)]
     pub batch: usize,
@@ -173,16 +178,21 @@ where
         .map_err(|e| anyhow::anyhow!(e))
 }
 
-/// `events` of `family`'s synthetic traffic at 20,000 events/s of event time, without
-/// copies or disorder, decoded (each record with its own topic).
+/// `events` of `family`'s synthetic traffic over `span` of event time, without copies or
+/// disorder, decoded (each record with its own topic).
 pub fn pre_decoded<D: Dataflow>(
     family: &D,
     events: u64,
+    span: Duration,
 ) -> (GenerateSpec, Arc<Vec<Timed<D::Event>>>) {
-    eprintln!("generating {events} {} events …", D::NAME);
+    eprintln!(
+        "generating {events} {} events over {} …",
+        D::NAME,
+        span_label(span)
+    );
     let spec = GenerateSpec {
         events,
-        rate: 20_000,
+        span_ms: Some(span.as_millis() as u64),
         duplicate_share: 0.0,
         disorder_share: 0.0,
         ..Default::default()
@@ -223,10 +233,13 @@ where
     D::Event: Sync,
 {
     let events = events.clone();
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let last = events.iter().map(|e| e.ts).max().unwrap_or(0) + events.len() as u64;
     let start = Instant::now();
     let guards = timely::execute(timely_config(workers, 1, 0, None)?, move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
         let probe = ProbeHandle::new();
+        let dataflow = worker.next_dataflow_index();
         let mut input = alone(worker, &family, &dimensions, &probe);
         let mine: Vec<&Timed<D::Event>> = events.iter().skip(index).step_by(peers).collect();
         let mut tick = 0;
@@ -244,24 +257,44 @@ where
             input.flush();
             worker.step_while(|| probe.less_than(&tick.saturating_sub(5_000)));
         }
-        input.advance_to(tick + 1);
+        // every worker ends at the same tick, past every worker's events
+        let last = last.max(tick);
+        input.advance_to(last + 1);
         input.flush();
-        worker.step_while(|| probe.less_equal(&tick));
+        worker.step_while(|| probe.less_equal(&last));
+        let secs = start.elapsed().as_secs_f64();
+        // the windows still open stay open: closing the input would run out every pending
+        // expiry, work a stream that goes on never does. Every worker drops the dataflow
+        // once all are done with it.
+        done.fetch_add(1, Ordering::SeqCst);
+        while done.load(Ordering::SeqCst) < peers {
+            worker.step();
+        }
+        worker.drop_dataflow(dataflow);
+        secs
     })
     .map_err(|e| anyhow::anyhow!(e))?;
-    drop(guards);
-    Ok(start.elapsed().as_secs_f64())
+    let secs = guards
+        .join()
+        .into_iter()
+        .map(|r| r.map_err(|e| anyhow::anyhow!(e)));
+    secs.collect::<anyhow::Result<Vec<f64>>>()?
+        .into_iter()
+        .reduce(f64::max)
+        .ok_or_else(|| anyhow::anyhow!("no worker ran"))
 }
 
-/// Runs the dataflow alone on `events` with each worker count and prints events/s in
-/// total and per worker.
+/// Runs the dataflow alone on `events` (covering `span` of event time) with each worker
+/// count and prints events/s in total and per worker; returns the per-worker figure of the
+/// first worker count.
 pub fn report_throughput<D>(
     family: D,
     events: &Arc<Vec<Timed<D::Event>>>,
+    span: Duration,
     dimensions: Arc<Vec<Vec<DimRow>>>,
     workers: &[usize],
     batch: usize,
-) -> anyhow::Result<()>
+) -> anyhow::Result<f64>
 where
     D: Dataflow + Clone,
     D::Event: Sync,
@@ -275,10 +308,59 @@ where
             .unwrap_or_default();
         one.get_or_insert(total);
         println!(
-            "dataflow, {w} worker(s): {total:.0} events/s total, {:.0} per worker{scale} ({} events, batch {batch})",
+            "dataflow, span {}, {w} worker(s): {total:.0} events/s total, {:.0} per worker{scale} ({} events, batch {batch})",
+            span_label(span),
             total / *w as f64,
             events.len(),
         );
+    }
+    Ok(one.unwrap_or_default() / workers.first().copied().unwrap_or(1) as f64)
+}
+
+/// A span as `--span` takes it, in its largest whole unit (`40d`, `5h`, `50s`).
+pub fn span_label(span: Duration) -> String {
+    let s = span.as_secs();
+    match s {
+        _ if s >= 86_400 && s.is_multiple_of(86_400) => format!("{}d", s / 86_400),
+        _ if s >= 3_600 && s.is_multiple_of(3_600) => format!("{}h", s / 3_600),
+        _ if s >= 60 && s.is_multiple_of(60) => format!("{}m", s / 60),
+        _ => format!("{}s", span.as_secs_f64()),
+    }
+}
+
+/// [`report_throughput`] for each of `a.span`, on `a.events` pre-decoded events of each,
+/// then the longest span's per-worker figure as a share of the shortest's.
+pub fn report_spans<D>(
+    family: D,
+    a: &BenchArgs,
+    dimensions: impl Fn(&GenerateSpec) -> Vec<Vec<DimRow>>,
+) -> anyhow::Result<()>
+where
+    D: Dataflow + Clone,
+    D::Event: Sync,
+{
+    let mut spans = a.span.clone();
+    spans.sort();
+    let mut figures = Vec::new();
+    for span in &spans {
+        let (spec, events) = pre_decoded(&family, a.events, *span);
+        let dims = Arc::new(dimensions(&spec));
+        figures.push(report_throughput(
+            family.clone(),
+            &events,
+            *span,
+            dims,
+            &a.workers,
+            a.batch,
+        )?);
+    }
+    if let (Some(short), Some(long)) = (figures.first(), figures.last()) {
+        if figures.len() > 1 {
+            println!(
+                "long span / short span, per worker: {:.0} %",
+                100.0 * long / short
+            );
+        }
     }
     Ok(())
 }

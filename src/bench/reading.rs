@@ -2,8 +2,6 @@
 //! workers), memory per open session, and with `--kafka` freshness from Kafka append to
 //! the Postgres commit at a fixed rate.
 
-use std::sync::Arc;
-
 use tidemark_dataflows::contract::event::{EventId, Timed};
 use tidemark_dataflows::families::reading::{
     generate, Action, EpisodeId, Reader, Reading, ReadingConfig, ReadingEvent, SessionId, UserId,
@@ -11,8 +9,7 @@ use tidemark_dataflows::families::reading::{
 use tidemark_dataflows::{Dataflow, GenerateSpec, Tick};
 
 use crate::bench::{
-    freshness, held_growth, live_config, pre_decoded, report_freshness, report_throughput,
-    BenchArgs,
+    freshness, held_growth, live_config, report_freshness, report_spans, BenchArgs,
 };
 use crate::clock::now_ms;
 
@@ -21,9 +18,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     // would otherwise be reused and hide part of the growth
     open_sessions(a.sessions)?;
     let reading = Reading::new(ReadingConfig::default());
-    let (_, events) = pre_decoded(&reading, a.events);
-    let catalog = Arc::new(vec![generate::episode_metadata()]);
-    report_throughput(reading.clone(), &events, catalog, &a.workers, a.batch)?;
+    report_spans(reading.clone(), a, |_| vec![generate::episode_metadata()])?;
     if a.kafka {
         let stamp = now_ms();
         let topic = format!("bench-reading-{stamp}");

@@ -265,7 +265,7 @@ impl WriteLoop<'_> {
         stats.writes.fetch_add(1, Ordering::Relaxed);
         stats
             .entity_updates
-            .fetch_add(updates as u64, Ordering::Relaxed);
+            .fetch_add(entities_written(ticks) as u64, Ordering::Relaxed);
         self.recorded = self.recorded.max(progress);
         self.recorded_at = std::time::Instant::now();
         self.ack(progress);
@@ -382,6 +382,19 @@ pub fn newest_per_entity(ticks: &[Arc<TickChanges>]) -> Vec<(Tick, EntityChange)
         }
     }
     out
+}
+
+/// How many entities a pack of `ticks` writes: each once (see [`newest_per_entity`]).
+fn entities_written(ticks: &[Arc<TickChanges>]) -> usize {
+    match ticks {
+        [one] => one.changes.len(),
+        _ => ticks
+            .iter()
+            .flat_map(|t| &t.changes)
+            .map(|c| (c.table, c.key.as_slice()))
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
+    }
 }
 
 /// `feat:{ns}:{key parts joined by ':'}` (`{ns}:…` for a plain Redis hash).

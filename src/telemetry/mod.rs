@@ -335,6 +335,7 @@ pub struct Unstorable {
 #[derive(Debug, Default)]
 pub struct SinkStats {
     pub writes: AtomicU64,
+    /// Entities written: an entity a pack of ticks changes more than once counts once.
     pub entity_updates: AtomicU64,
     pub failures: AtomicU64,
     /// Entity rows of writes that failed (and were retried).

@@ -47,11 +47,28 @@ pub struct GenerateSpec {
     pub start_ms: u64,
     /// Events per second of event time.
     pub rate: u64,
+    /// Event time the traffic covers (ms): when set, it decides the spacing instead of
+    /// `rate` (a 35-day span lets every 7 d and 30 d contribution expire within the run).
+    pub span_ms: Option<u64>,
     /// Share of events (0..1) sent twice, and of events delayed out of order.
     pub duplicate_share: f64,
     pub disorder_share: f64,
     /// Share of malformed records.
     pub invalid_share: f64,
+}
+
+impl GenerateSpec {
+    /// Mean event-time gap between two events (ms).
+    pub fn mean_gap_ms(&self) -> f64 {
+        match self.span_ms {
+            Some(span) => span as f64 / self.events.max(1) as f64,
+            None => 1_000.0 / self.rate.max(1) as f64,
+        }
+    }
+    /// Events per second of event time, rounded (at least 1).
+    pub fn events_per_s(&self) -> u64 {
+        ((1_000.0 / self.mean_gap_ms()).round() as u64).max(1)
+    }
 }
 
 impl Default for GenerateSpec {
@@ -61,6 +78,7 @@ impl Default for GenerateSpec {
             seed: 1,
             start_ms: 1_767_225_600_000, // 2026-01-01T00:00:00Z
             rate: 1_000,
+            span_ms: None,
             duplicate_share: 0.01,
             disorder_share: 0.02,
             invalid_share: 0.0,

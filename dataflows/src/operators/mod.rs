@@ -1,8 +1,9 @@
 //! Operators the families build on, one per file: windowed contributions and their
-//! expiries, two inputs' updates per tick, dimension inputs, and the per-tick changes at
-//! the dataflow's end.
+//! expiries, the windowed sums per entity that feature views are rows of, two inputs'
+//! updates per tick, dimension inputs, and the per-tick changes at the dataflow's end.
 
 pub mod changes;
 pub mod dimension;
 pub mod ticks;
+pub mod window_sums;
 pub mod windowed;

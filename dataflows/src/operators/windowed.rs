@@ -16,6 +16,7 @@ use timely::dataflow::Stream;
 use crate::contract::state::{Split, State};
 use crate::contract::time::Tick;
 use crate::operators::ticks::PerTick;
+use crate::operators::window_sums::NEVER;
 
 /// Maps each event to weighted contributions. A contribution `(record, weight, expiry)` is
 /// present from the event's insertion tick until `expiry` (forever when `None`): `+weight`
@@ -59,8 +60,9 @@ where
     hold_until_due(None, with_expiries(derived, logic)).as_collection()
 }
 
-/// Each update's contributions now, and their retractions at their expiries.
-fn with_expiries<'s, E, D, I, F>(
+/// Each update's contributions now, and their retractions at their expiries, not held:
+/// the updates [`crate::operators::window_sums::window_rows`] sums.
+pub fn with_expiries<'s, E, D, I, F>(
     events: VecCollection<'s, Tick, E>,
     logic: F,
 ) -> Stream<'s, Tick, Vec<(D, Tick, isize)>>
@@ -111,13 +113,13 @@ where
 }
 
 /// Each update's contributions at the start of their interval (its tick at the earliest),
-/// and their retractions at its end. An update retracted later retracts the same way, so
+/// and their retractions at its end (not held: see [`with_expiries`]). An update retracted later retracts the same way, so
 /// a contribution follows its source even when the source goes first.
 ///
 /// Contributions are summed per (record, time) over what one activation reads: a tick's
 /// events that touch the same record (a popular document, a campaign's window) become one
 /// update before anything sorts or arranges them.
-fn with_intervals<'s, E, D, I, F>(
+pub fn with_intervals<'s, E, D, I, F>(
     events: VecCollection<'s, Tick, E>,
     logic: F,
 ) -> Stream<'s, Tick, Vec<(D, Tick, isize)>>
@@ -155,9 +157,6 @@ where
         }
     })
 }
-
-/// The due time of what is never due.
-const NEVER: Tick = Tick::MAX;
 
 /// Updates waiting for their time, summed per (due time, record).
 type Pending<D> = BTreeMap<Tick, FxHashMap<D, isize>>;

@@ -295,7 +295,7 @@ impl Records for AdTraffic {
         &mut self.base
     }
     fn advance(&mut self) {
-        let mean_gap = 1_000.0 / self.base.spec.rate.max(1) as f64;
+        let mean_gap = self.base.spec.mean_gap_ms();
         self.clock_ms += -mean_gap * (1.0 - self.base.rng.random::<f64>()).ln();
     }
     fn valid(&mut self) -> Produced {

@@ -92,7 +92,7 @@ impl ReadingTraffic {
             titles: Zipf::new(TITLES as f64, 1.1).expect("valid Zipf parameters"),
             serial: 0,
             clock_ms: spec.start_ms as f64,
-            pool: (spec.rate * SESSION_GAP_S).clamp(4, 100_000) as usize,
+            pool: (spec.events_per_s() * SESSION_GAP_S).clamp(4, 100_000) as usize,
             sessions: Vec::new(),
             base: Base::new(spec, 200),
         })
@@ -185,7 +185,7 @@ impl Records for ReadingTraffic {
         &mut self.base
     }
     fn valid(&mut self) -> Produced {
-        let mean_gap = 1_000.0 / self.base.spec.rate.max(1) as f64;
+        let mean_gap = self.base.spec.mean_gap_ms();
         self.clock_ms += -mean_gap * (1.0 - self.base.rng.random::<f64>()).ln();
         while self.sessions.len() < self.pool {
             let s = self.new_session();

@@ -47,7 +47,7 @@ impl DecayedSums {
 
 impl Search {
     /// Sums the per-epoch fixed-point weights relative to the newest landmark.
-    pub(super) fn decayed(&self, sums: &[(&Measure, isize)]) -> DecayedSums {
+    pub(super) fn decayed(&self, sums: &[(Measure, isize)]) -> DecayedSums {
         let h = self.config.decay_half_life_ms;
         let newest = sums
             .iter()

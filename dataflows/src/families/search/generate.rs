@@ -169,7 +169,7 @@ impl Records for SearchTraffic {
         &mut self.base
     }
     fn valid(&mut self) -> Produced {
-        let mean_gap = 1_000.0 / self.base.spec.rate.max(1) as f64;
+        let mean_gap = self.base.spec.mean_gap_ms();
         self.clock_ms += -mean_gap * (1.0 - self.base.rng.random::<f64>()).ln();
         let mut ts = self.clock_ms as u64;
         if self.base.rng.random_bool(self.base.spec.disorder_share) {

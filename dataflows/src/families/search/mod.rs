@@ -2,8 +2,8 @@
 //! (DESIGN §5.1, seed 000).
 //!
 //! Every feature is a sum of event contributions over a window; rows are rebuilt per
-//! entity by one `reduce`, so an entity exists exactly while one of its windowed sums is
-//! non-zero, and then carries all its features.
+//! entity from its sums by `window_rows`, so an entity exists exactly while one of its
+//! windowed sums is non-zero, and then carries all its features.
 
 mod assist;
 mod decay;
@@ -27,7 +27,8 @@ use crate::contract::record::{DecodeError, RecordRef};
 use crate::contract::state::State;
 use crate::contract::table::{FeatureRow, TableSpec};
 use crate::contract::time::{Tick, Window, DAY, MINUTE, WINDOW_30D};
-use crate::operators::windowed::contributions;
+use crate::operators::window_sums::window_rows;
+use crate::operators::windowed::with_expiries;
 
 pub use decode::{normalize_query, QueryHash};
 
@@ -138,16 +139,16 @@ impl Dataflow for Search {
         state: &State,
     ) -> VecCollection<'s, Tick, FeatureRow> {
         let this = self.clone();
-        let sums = contributions(state, events.clone(), move |e| this.contributions_of(e))
-            .concat(self.assisted_selects(events, state))
-            .consolidate_stream();
+        let durable = with_expiries(events.clone(), move |e| this.contributions_of(e));
+        let derived = self.assisted_selects(events, state).inner;
         let this = self.clone();
-        sums.reduce_named("SearchFeatures", move |entity, measures, out| {
-            if let Some(row) = this.row(entity, measures) {
-                out.push((row, 1));
-            }
-        })
-        .map(|(_, row)| row)
+        window_rows(
+            "search",
+            state,
+            durable,
+            derived,
+            move |entity, sums, out| out.extend(this.row(entity, sums)),
+        )
     }
     fn generate(&self, spec: &GenerateSpec) -> Box<dyn Iterator<Item = Produced> + Send> {
         Box::new(generate::SearchTraffic::new(

@@ -113,12 +113,12 @@ impl Search {
     }
 
     /// The row of one entity from its sums; `None` when every windowed sum is zero.
-    pub fn row(&self, entity: &Entity, sums: &[(&Measure, isize)]) -> Option<FeatureRow> {
+    pub fn row(&self, entity: &Entity, sums: &[(Measure, isize)]) -> Option<FeatureRow> {
         use Measure::*;
         let c = &self.config;
         let sum = |m: Measure| {
             sums.iter()
-                .find(|(k, _)| **k == m)
+                .find(|(k, _)| *k == m)
                 .map_or(0, |(_, n)| *n as i64)
         };
         let windowed = sums
