@@ -35,7 +35,9 @@ use crate::contract::record::{DecodeError, RecordRef};
 use crate::contract::state::State;
 use crate::contract::table::{FeatureRow, TableSpec};
 use crate::contract::time::{Tick, Window, MINUTE};
-use crate::operators::windowed::{contributions, derived_contributions};
+use crate::operators::window_sums::window_rows;
+use crate::operators::windowed::with_expiries;
+use timely::dataflow::operators::Concat;
 
 /// `[dataflows.reading]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -139,21 +141,25 @@ impl Dataflow for Reading {
             .antijoin(metadata.clone().map(|(e, _)| e).distinct())
             .map(|(_, s)| (s, UNKNOWN_GENRE.to_string()));
         let this = self.clone();
-        // sessions are rebuilt from their restored events: their contributions are not
-        // checkpointed themselves
-        let sums = derived_contributions(known.concat(unknown), move |s| {
+        // sessions are rebuilt from their restored events, episodes' metadata from the
+        // table: their contributions are not checkpointed themselves
+        let derived = with_expiries(known.concat(unknown), move |s| {
             this.session_contributions(s)
         })
-        .concat(metadata.map(|(e, meta)| (Entity::Episode(e), Measure::Meta(meta))))
-        .concat(contributions(state, rejected, |r| Some(quality_of(r))))
-        .consolidate_stream();
+        .concat(
+            metadata
+                .map(|(e, meta)| (Entity::Episode(e), Measure::Meta(meta)))
+                .inner,
+        );
+        let durable = with_expiries(rejected, |r| Some(quality_of(r)));
         let this = self.clone();
-        sums.reduce_named("ReadingFeatures", move |entity, measures, out| {
-            for row in this.rows(entity, measures) {
-                out.push((row, 1));
-            }
-        })
-        .map(|(_, row)| row)
+        window_rows(
+            "reading",
+            state,
+            durable,
+            derived,
+            move |entity, sums, out| out.extend(this.rows(entity, sums)),
+        )
         .concat(session_rows)
     }
     fn generate(&self, spec: &GenerateSpec) -> Box<dyn Iterator<Item = Produced> + Send> {

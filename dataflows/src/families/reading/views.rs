@@ -170,11 +170,11 @@ impl Reading {
 
     /// The rows of one entity from its sums; none when every windowed sum is zero.
     /// Long: one arm per view, each reading its sums.
-    pub fn rows(&self, entity: &Entity, sums: &[(&Measure, isize)]) -> Vec<FeatureRow> {
+    pub fn rows(&self, entity: &Entity, sums: &[(Measure, isize)]) -> Vec<FeatureRow> {
         use Measure::*;
         let sum = |m: &Measure| {
             sums.iter()
-                .find(|(k, _)| *k == m)
+                .find(|(k, _)| k == m)
                 .map_or(0, |(_, n)| *n as i64)
         };
         let ratio = |a: i64, b: i64| Value::float(if b > 0 { a as f64 / b as f64 } else { 0.0 });
@@ -264,11 +264,7 @@ impl Reading {
     /// Per group: finished sessions, completions, the rate, and against the control group
     /// the difference of rates with its 95 % confidence interval (unpooled two-proportion
     /// z: `d ± 1.96 · sqrt(p1(1−p1)/n1 + p0(1−p0)/n0)`).
-    pub(super) fn experiment_rows(
-        &self,
-        name: &str,
-        sums: &[(&Measure, isize)],
-    ) -> Vec<FeatureRow> {
+    pub(super) fn experiment_rows(&self, name: &str, sums: &[(Measure, isize)]) -> Vec<FeatureRow> {
         let mut groups: std::collections::BTreeMap<&str, (i64, i64)> = Default::default();
         for (m, n) in sums {
             match m {
