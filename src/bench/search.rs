@@ -81,6 +81,7 @@ fn end_to_end(a: &BenchArgs) -> anyhow::Result<()> {
     }
     sender.flush()?;
     let shared = Arc::new(Shared::default());
+    let cfg_of_throughput = cfg.clone();
     let opts = RunOptions::kafka(timely_config(cfg.workers, 1, 0, None)?, cfg, true);
     let start = Instant::now();
     crate::engine::run(opts, shared.clone())?;
@@ -97,6 +98,8 @@ fn end_to_end(a: &BenchArgs) -> anyhow::Result<()> {
         );
     }
 
+    // the live run is another job on the same stores: hand this one's views back first
+    crate::sink::owners::release(&cfg_of_throughput)?;
     let rate = a.freshness_rate.unwrap_or((throughput / 2.0) as u64).max(1);
     let live_topic = format!("bench-live-{stamp}");
     create_topic(&brokers, &live_topic, 4)?;

@@ -170,7 +170,10 @@ struct WriteLoop<'a> {
 impl WriteLoop<'_> {
     /// Writes until the worker hangs up; an error retrying cannot fix ends it.
     fn run(&mut self, rx: Receiver<Msg>) -> Result<(), String> {
-        const MAX_TICKS_PER_WRITE: usize = 512;
+        // a writer that is behind packs what is queued into one write (each entity once, see
+        // `newest_per_entity`): expiry-only ticks come a minute of event time apart, so a
+        // replay queues thousands, and a bigger pack writes a hot entity once for all of them
+        const MAX_TICKS_PER_WRITE: usize = 16_384;
         let mut carried: Option<Msg> = None;
         loop {
             let first = match carried.take() {
