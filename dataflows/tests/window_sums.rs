@@ -45,7 +45,7 @@ struct Ev {
 }
 
 /// One row per key with a non-zero sum: the four sums.
-fn row(key: &String, sums: &[(u8, isize)], out: &mut Vec<FeatureRow>) {
+fn row(key: &str, sums: &[(u8, isize)], out: &mut Vec<FeatureRow>) {
     if sums.is_empty() {
         return;
     }
@@ -56,7 +56,7 @@ fn row(key: &String, sums: &[(u8, isize)], out: &mut Vec<FeatureRow>) {
     };
     out.push(FeatureRow {
         table: 0,
-        key: vec![key.clone()],
+        key: vec![key.to_string()],
         values: (0..MEASURES).map(|m| Value::Int(sum(m))).collect(),
     });
 }
@@ -92,10 +92,16 @@ fn run(
             });
             let derived: VecCollection<'_, Tick, (String, u8)> =
                 events.filter(|_| false).map(|_| unreachable!());
-            window_rows("sums", &state, durable, derived.inner, row)
-                .inner
-                .inspect(move |u| o.lock().unwrap().push(u.clone()))
-                .probe_with(&probe);
+            window_rows(
+                "sums",
+                &state,
+                durable,
+                derived.inner,
+                |k: &String, sums, out| row(k, sums, out),
+            )
+            .inner
+            .inspect(move |u| o.lock().unwrap().push(u.clone()))
+            .probe_with(&probe);
             handle
         });
         assert_eq!(state.error(), None);
