@@ -12,6 +12,7 @@ use super::*;
 
 pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     let search = Search::new(SearchConfig::default());
+    // the decode figure needs no more than a million records held at once
     let spec = GenerateSpec {
         events: a.events.min(1_000_000),
         duplicate_share: 0.0,

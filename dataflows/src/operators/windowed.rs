@@ -113,13 +113,13 @@ where
 }
 
 /// Each update's contributions at the start of their interval (its tick at the earliest),
-/// and their retractions at its end (not held: see [`with_expiries`]). An update retracted later retracts the same way, so
-/// a contribution follows its source even when the source goes first.
+/// and their retractions at its end (not held). An update retracted later retracts the
+/// same way, so a contribution follows its source even when the source goes first.
 ///
 /// Contributions are summed per (record, time) over what one activation reads: a tick's
 /// events that touch the same record (a popular document, a campaign's window) become one
 /// update before anything sorts or arranges them.
-pub fn with_intervals<'s, E, D, I, F>(
+fn with_intervals<'s, E, D, I, F>(
     events: VecCollection<'s, Tick, E>,
     logic: F,
 ) -> Stream<'s, Tick, Vec<(D, Tick, isize)>>
