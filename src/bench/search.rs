@@ -85,8 +85,12 @@ fn end_to_end(a: &BenchArgs) -> anyhow::Result<()> {
     let cfg_of_throughput = cfg.clone();
     let opts = RunOptions::kafka(timely_config(cfg.workers, 1, 0, None)?, cfg, true);
     let start = Instant::now();
-    crate::engine::run(opts, shared.clone())?;
+    let ran = crate::engine::run(opts, shared.clone());
     let secs = start.elapsed().as_secs_f64();
+    // the live run below is another job on the same stores: hand this one's views back
+    // first (also when the run failed, so the next bench run finds them free)
+    crate::sink::owners::release(&cfg_of_throughput)?;
+    ran?;
     let consumed = shared.counters.consumed.load(Ordering::Relaxed) as f64;
     let throughput = consumed / secs;
     println!("end to end, span {}, Kafka → {} worker(s) → Redis + Postgres: {throughput:.0} events/s ({consumed} events in {secs:.1} s, including start-up)", span_label(span), a.e2e_workers);
@@ -99,8 +103,6 @@ fn end_to_end(a: &BenchArgs) -> anyhow::Result<()> {
         );
     }
 
-    // the live run is another job on the same stores: hand this one's views back first
-    crate::sink::owners::release(&cfg_of_throughput)?;
     let rate = a.freshness_rate.unwrap_or((throughput / 2.0) as u64).max(1);
     let live_topic = format!("bench-live-{stamp}");
     create_topic(&brokers, &live_topic, 4)?;

@@ -15,7 +15,9 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use std::collections::{BTreeSet, HashMap};
+use std::borrow::Cow;
+
+use rustc_hash::FxHashMap;
 
 use tidemark_dataflows::contract::table::{EntityChange, TableSpec, TickChanges};
 
@@ -358,30 +360,48 @@ fn retrying<T>(
     }
 }
 
+/// One entity of a pack, once (see [`newest_per_entity`]).
+#[derive(Debug, PartialEq)]
+pub struct Newest<'a> {
+    /// The newest tick it changed at.
+    pub tick: Tick,
+    /// Its newest change: the table, the key and the values after it.
+    pub change: &'a EntityChange,
+    /// Every field changed since it last went (all of them when it came back in the pack).
+    pub changed: Cow<'a, [usize]>,
+}
+
 /// A pack of ticks' changes with each entity once: its newest state, at the newest tick
 /// it changed, naming every field changed since it last went (all of them when it came
 /// back within the pack). A writer that packs ticks into one transaction writes this: a
 /// reader sees whole packs only, so the versions in between are invisible anyway.
-pub fn newest_per_entity(ticks: &[Arc<TickChanges>]) -> Vec<(Tick, EntityChange)> {
-    let mut at: HashMap<(u8, &[String]), usize> = HashMap::new();
-    let mut out: Vec<(Tick, EntityChange)> = Vec::new();
+/// Borrowed, not copied: a pack holds hundreds of thousands of changes.
+pub fn newest_per_entity(ticks: &[Arc<TickChanges>]) -> Vec<Newest<'_>> {
+    let mut at: FxHashMap<(u8, &[String]), usize> = FxHashMap::default();
+    let mut out: Vec<Newest<'_>> = Vec::new();
     for t in ticks {
         for c in &t.changes {
             let Some(&i) = at.get(&(c.table, c.key.as_slice())) else {
                 at.insert((c.table, c.key.as_slice()), out.len());
-                out.push((t.tick, c.clone()));
+                out.push(Newest {
+                    tick: t.tick,
+                    change: c,
+                    changed: Cow::Borrowed(&c.changed),
+                });
                 continue;
             };
-            let (tick, merged) = &mut out[i];
-            *tick = t.tick;
-            if merged.after.is_some() && c.after.is_some() {
-                let mut changed: BTreeSet<usize> = merged.changed.iter().copied().collect();
+            let merged = &mut out[i];
+            merged.changed = if merged.change.after.is_some() && c.after.is_some() {
+                let mut changed: Vec<usize> = merged.changed.iter().copied().collect();
                 changed.extend(c.changed.iter().copied());
-                merged.changed = changed.into_iter().collect();
+                changed.sort_unstable();
+                changed.dedup();
+                Cow::Owned(changed)
             } else {
-                merged.changed = c.changed.clone();
-            }
-            merged.after = c.after.clone();
+                Cow::Borrowed(&c.changed)
+            };
+            merged.tick = t.tick;
+            merged.change = c;
         }
     }
     out
@@ -395,7 +415,7 @@ fn entities_written(ticks: &[Arc<TickChanges>]) -> usize {
             .iter()
             .flat_map(|t| &t.changes)
             .map(|c| (c.table, c.key.as_slice()))
-            .collect::<std::collections::HashSet<_>>()
+            .collect::<rustc_hash::FxHashSet<_>>()
             .len(),
     }
 }
@@ -459,7 +479,14 @@ mod tests {
                 vec![change("c", None, &[]), change("b", Some(&[6, 5]), &[0, 1])],
             ),
         ];
-        let merged = newest_per_entity(&pack);
+        let merged: Vec<(Tick, EntityChange)> = newest_per_entity(&pack)
+            .into_iter()
+            .map(|n| {
+                let mut c = n.change.clone();
+                c.changed = n.changed.into_owned();
+                (n.tick, c)
+            })
+            .collect();
         assert_eq!(
             merged,
             vec![

@@ -27,6 +27,10 @@ if least > current then redis.call('SET', KEYS[2], string.format('%d', least)) e
 return least
 "#;
 
+/// [`GUARDED_WRITE`]'s SHA-1, as `EVALSHA` names it.
+static GUARDED_WRITE_SHA: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| redis::Script::new(GUARDED_WRITE).get_hash().to_string());
+
 /// Writes one entity unless the hash already holds a newer tick (monotonic visibility
 /// across restarts and replays, DESIGN §4). KEYS: the hash; ARGV: tick, version, ttl
 /// (0 = none), then field/value pairs — none means the entity is gone.
@@ -252,29 +256,38 @@ impl Store for RedisStore {
         let mut pipe = redis::pipe();
         pipe.atomic().ignore_errors();
         let mut owners: Vec<Option<(String, Tick)>> = Vec::new();
+        let mut loaded = false;
         // each entity once, however many of the packed ticks changed it
-        for (tick, c) in newest_per_entity(ticks) {
+        for n in newest_per_entity(ticks) {
+            let (tick, c) = (n.tick, n.change);
             let spec = &self.writer.tables[c.table as usize];
             match spec.sink {
                 SinkKind::Store | SinkKind::RedisHash => {}
                 SinkKind::List => {
-                    let (key, n) = list_change(&mut pipe, spec, &c, self.ttl_secs);
-                    owners.extend(std::iter::repeat_n(Some((key, tick)), n));
+                    let (key, items) = list_change(&mut pipe, spec, c, self.ttl_secs);
+                    owners.extend(std::iter::repeat_n(Some((key, tick)), items));
                     continue;
                 }
                 SinkKind::Topic(_) | SinkKind::Records(_) | SinkKind::PgTable => continue,
             }
+            if !loaded {
+                // by hash from here on: the script's text once per pack, not per entity (in
+                // the transaction, so a script cache flushed meanwhile cannot fail it)
+                pipe.cmd("SCRIPT").arg("LOAD").arg(GUARDED_WRITE);
+                owners.push(None);
+                loaded = true;
+            }
             let key = entity_key(spec, &c.key);
             let cmd = pipe
-                .cmd("EVAL")
-                .arg(GUARDED_WRITE)
+                .cmd("EVALSHA")
+                .arg(&*GUARDED_WRITE_SHA)
                 .arg(1)
                 .arg(&key)
                 .arg(tick)
                 .arg(spec.version)
                 .arg(self.ttl_secs.unwrap_or(0));
             if let Some(values) = &c.after {
-                for &i in &c.changed {
+                for &i in n.changed.iter() {
                     cmd.arg(spec.fields[i].name).arg(values[i].to_string());
                 }
             }

@@ -318,9 +318,27 @@ impl KafkaSource {
         self.exit_at_end && self.lanes.all.iter().all(|l| l.next >= l.end)
     }
 
-    /// Offers the held records again, oldest first per partition; a partition whose held
-    /// records are all taken is resumed. Returns how many were taken.
+    /// Offers the held records again, oldest first per partition, until a pass takes none
+    /// (a partition taking records lets the others run further ahead: one pass would move
+    /// them a skew per poll); a partition whose held records are all taken is resumed.
+    /// Returns how many were taken.
     fn offer_held(&mut self, visit: &mut dyn FnMut(RecordRef<'_>) -> Visit, now: Instant) -> usize {
+        let mut n = 0;
+        loop {
+            let taken = self.offer_held_once(visit, now);
+            n += taken;
+            if taken == 0 {
+                return n;
+            }
+        }
+    }
+
+    /// One pass of [`Self::offer_held`] over the partitions.
+    fn offer_held_once(
+        &mut self,
+        visit: &mut dyn FnMut(RecordRef<'_>) -> Visit,
+        now: Instant,
+    ) -> usize {
         let mut n = 0;
         for i in 0..self.lanes.all.len() {
             if self.lanes.all[i].held.is_empty() {

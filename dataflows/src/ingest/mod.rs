@@ -144,11 +144,13 @@ where
         peers,
         restored_low: restored_times.values().copied().min().unwrap_or(0),
     };
+    let wake = heard.clone();
     let stream = source_operator::<_, CapacityContainerBuilder<Vec<Ingest<E>>>, _, _>(
         scope,
         "Ingest",
         move |cap, info| {
             let activator = scope.activator_for(info.address.clone());
+            wake.borrow_mut().wake = Some(activator.clone());
             let mut reader = Reader::new(wiring, activator, decode, cap, restored_times);
             move |output| reader.step(output)
         },

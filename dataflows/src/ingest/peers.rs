@@ -43,6 +43,11 @@ pub(super) struct Heard {
     pub told: BTreeMap<usize, VecDeque<(Tick, Tick, bool)>>,
     /// Per worker, the latest clock the dedup frontier has passed.
     pub passed: BTreeMap<usize, (Tick, bool)>,
+    /// The source, woken by a peer's clock while it holds records back for a peer: a
+    /// replay then moves by a skew of event time per exchange, not per poll interval.
+    pub wake: Option<timely::scheduling::Activator>,
+    /// Whether the source holds records back and waits for news.
+    pub waiting: bool,
 }
 
 impl Heard {
@@ -102,6 +107,12 @@ pub(super) fn hear_peers<'s>(
                     }
                 }
             });
+            if heard.waiting {
+                heard.waiting = false;
+                if let Some(wake) = &heard.wake {
+                    wake.activate();
+                }
+            }
             if heard.ends.len() == peers && final_tick.get().is_none() {
                 final_tick.set(heard.ends.iter().copied().max());
             }

@@ -166,6 +166,9 @@ where
         self.tell_clock(output, pending);
         let poll = self.read(now);
         self.emit(output);
+        // the peers learn the new position now, not at the next activation
+        let pending = self.mark_pending();
+        self.tell_clock(output, pending);
         self.after(poll, now, output);
     }
 
@@ -345,7 +348,11 @@ where
         let held = self.cap.as_mut().expect("held");
         match poll {
             Poll::Busy => self.activator.activate(),
-            Poll::Held => self.activator.activate_after(opts.poll_interval),
+            Poll::Held => {
+                // a peer's clock news wakes it sooner (see `Heard::wake`)
+                self.w.heard.borrow_mut().waiting = true;
+                self.activator.activate_after(opts.poll_interval)
+            }
             Poll::Caught { idle } => {
                 if idle && !opts.exit_at_end {
                     self.stream_time = self.stream_time.max(now);
