@@ -13,6 +13,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 
 use crate::config::{Config, TopicConfig};
+use tidemark_dataflows::Family;
 
 const DAY_MS: i64 = 86_400_000;
 
@@ -36,32 +37,53 @@ const SEED_002: [(&str, i32, i64); 4] = [
 ];
 
 /// What `topics create` would make of each topic of the config's dataflow.
+///
+/// A topic's defaults follow its role, not its name: the same dataflow with its default
+/// config names each role's topic (`ad-events`, `budget-management`, …), so a budget topic
+/// renamed in `[dataflows.ads]` or an input renamed with `kafka.topics` keeps seed 002's
+/// partitions and retention for that role. A role without a row there falls back to the
+/// topic's name.
 pub fn plan(cfg: &Config, brokers: i32) -> anyhow::Result<Vec<TopicSpec>> {
     let family = crate::engine::family_of(cfg)?;
-    let mut names: Vec<(String, &str)> = cfg
-        .kafka
-        .topics
-        .clone()
-        .unwrap_or_else(|| family.topics())
+    let roles = {
+        let mut plain = cfg.clone();
+        plain.dataflows = Default::default();
+        crate::engine::family_of(&plain)?
+    };
+    let table_topics = |f: &dyn Family| -> Vec<String> {
+        f.tables()
+            .iter()
+            .filter_map(|t| t.sink.topic().map(str::to_string))
+            .collect()
+    };
+    let inputs = cfg.kafka.topics.clone().unwrap_or_else(|| family.topics());
+    // (name, role, cleanup): inputs in the dataflow's order, then its changelogs
+    let mut names: Vec<(String, String, &str)> = inputs
         .into_iter()
-        .map(|t| (t, "delete"))
+        .enumerate()
+        .map(|(i, t)| {
+            let role = roles.topics().get(i).cloned().unwrap_or_else(|| t.clone());
+            (t, role, "delete")
+        })
         .collect();
-    for t in family.tables() {
-        if let Some(name) = t.sink.topic() {
-            let name = name.to_string();
-            // a changelog keyed by entity: compaction keeps the latest record per key
-            names.push((name, "compact"));
-        }
+    // a changelog keyed by entity: compaction keeps the latest record per key
+    for (name, role) in table_topics(&*family)
+        .into_iter()
+        .zip(table_topics(&*roles))
+    {
+        names.push((name, role, "compact"));
     }
-    names.push((cfg.kafka.dlq_topic.clone(), "delete"));
+    let dlq = cfg.kafka.dlq_topic.clone();
+    names.push((dlq.clone(), dlq, "delete"));
     let mut seen = std::collections::BTreeSet::new();
     Ok(names
         .into_iter()
-        .filter(|(n, _)| seen.insert(n.clone()))
-        .map(|(name, cleanup)| {
-            let (partitions, days) = SEED_002
-                .iter()
-                .find(|(n, _, _)| *n == name)
+        .filter(|(n, _, _)| seen.insert(n.clone()))
+        .map(|(name, role, cleanup)| {
+            // the role's row, else the name's (a topic named like a seed topic)
+            let row = |n: &str| SEED_002.iter().find(|(r, _, _)| *r == n);
+            let (partitions, days) = row(&role)
+                .or_else(|| row(&name))
                 .map(|(_, p, d)| (*p, *d))
                 .unwrap_or(if name == cfg.kafka.dlq_topic {
                     (3, 30)
@@ -247,5 +269,30 @@ mod tests {
         assert!(plan.iter().all(|s| s.replication_factor == 3));
         assert_eq!((plan[2].partitions, plan[2].retention_ms), (3, 30 * DAY_MS));
         assert_eq!(super::plan(&cfg, 1).unwrap()[0].replication_factor, 1);
+    }
+
+    /// Renamed topics keep their role's defaults: the budget topic 3 partitions and 30
+    /// days, the metrics 6 and 3, the renamed input 12 and 7.
+    #[test]
+    fn defaults_follow_the_role_not_the_name() {
+        let flags = serde_json::json!({
+            "dataflow": "ads",
+            "kafka": {"topics": ["shop-ads", "scores"]},
+            "dataflows": {"ads": {"budget_topic": "alerts", "metrics_topic": "perf"}},
+        });
+        let cfg = Config::load(None, flags).unwrap();
+        let plan = plan(&cfg, 1).unwrap();
+        let of = |n: &str| {
+            let s = plan.iter().find(|s| s.name == n).unwrap();
+            (
+                s.partitions,
+                s.retention_ms / DAY_MS,
+                s.cleanup_policy.as_str(),
+            )
+        };
+        assert_eq!(of("shop-ads"), (12, 7, "delete"));
+        assert_eq!(of("scores"), (3, 7, "delete"));
+        assert_eq!(of("alerts"), (3, 30, "compact"));
+        assert_eq!(of("perf"), (6, 3, "compact"));
     }
 }

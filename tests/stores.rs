@@ -1,5 +1,6 @@
 //! The stores on their own, against real Redis and Postgres: what a restart's rollback
-//! sends when a worker's restored rows are all of tables a store does not hold.
+//! sends when a worker's restored rows are all of tables a store does not hold, and a
+//! column an older version created with another type.
 
 mod common;
 
@@ -74,4 +75,58 @@ fn a_rewrite_of_rows_a_store_does_not_hold_sends_it_nothing() {
 fn redis_get_hash(url: &str, key: &str) -> std::collections::BTreeMap<String, String> {
     let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
     redis::cmd("HGETALL").arg(key).query(&mut c).unwrap()
+}
+
+/// A feature that was a whole number and became a fraction (reading's `max_scroll_pct`)
+/// finds its column as `bigint` in a table an older version created: the store widens it
+/// to `double precision` in place, keeping every value, and writes fractions into it.
+#[test]
+fn a_bigint_column_of_a_float_feature_is_widened_in_place() {
+    let pg = fresh_pg("tm_widen");
+    let mut c = postgres::Client::connect(&pg, postgres::NoTls).unwrap();
+    c.batch_execute(
+        "CREATE TABLE feat_widened (k text NOT NULL, _tick bigint NOT NULL, _v int NOT NULL, \
+         depth bigint, PRIMARY KEY (k)); INSERT INTO feat_widened VALUES ('old', 1, 1, 42);",
+    )
+    .unwrap();
+    let tables = Arc::new(vec![TableSpec {
+        ns: "widened",
+        keys: vec!["k"],
+        fields: vec![tidemark_dataflows::contract::table::float("depth")],
+        version: 2,
+        sink: SinkKind::Store,
+    }]);
+    let writer = Writer {
+        job: "widen".into(),
+        worker: 0,
+        peers: 1,
+        tables,
+    };
+    let mut p = PostgresStore::open(&pg, writer).unwrap();
+    let ty: String = c
+        .query_one(
+            "SELECT data_type FROM information_schema.columns WHERE table_name = 'feat_widened' \
+             AND column_name = 'depth'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(ty, "double precision");
+    let fraction = TickChanges {
+        tick: 5,
+        changes: vec![EntityChange {
+            table: 0,
+            key: vec!["new".into()],
+            after: Some(vec![Value::float(89.75)]),
+            changed: vec![0],
+        }],
+    };
+    assert!(p.write(&[Arc::new(fraction)], Some(6)).unwrap().is_empty());
+    let mut depth = |k: &str| -> f64 {
+        c.query_one("SELECT depth FROM feat_widened WHERE k = $1", &[&k])
+            .unwrap()
+            .get(0)
+    };
+    let (old, new) = (depth("old"), depth("new"));
+    assert_eq!((old, new), (42.0, 89.75));
 }

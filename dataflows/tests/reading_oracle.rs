@@ -32,10 +32,11 @@ type SessionSpec = (
 const SESSIONS: [SessionSpec; 6] = [
     ("u0", "e0", "KR", None, Some(("x", "control"))),
     ("u0", "e1", "KR", Some("UTC"), Some(("x", "treatment"))),
-    ("u1", "e2", "US", None, None),
+    ("u1", "e2", "NZ", None, None),
     ("u1", "e3", "US", Some("Asia/Seoul"), Some(("x", "control"))),
     ("u2", "e0", "JP", None, Some(("y", "b"))),
-    ("u2", "e2", "JP", None, Some(("y", "a"))),
+    // a country with no known zone: local time in UTC, its events counted as unzoned
+    ("u2", "e2", "XX", None, Some(("y", "a"))),
 ];
 /// episode_metadata rows; e3 is not listed (genre "unknown").
 fn metadata() -> Vec<Vec<String>> {
@@ -81,7 +82,7 @@ impl Ev {
         let t = match self.act {
             Act::Enter => "enter",
             Act::Scroll(p) => {
-                o.insert("scroll_pct".into(), json!(p));
+                o.insert("scroll_pct".into(), json!(p as f64 / 1000.0));
                 "scroll"
             }
             Act::Complete => "complete",
@@ -195,7 +196,9 @@ fn model_with(
 fn act() -> impl Strategy<Value = Act> {
     prop_oneof![
         2 => Just(Act::Enter),
-        5 => (0..=100u8).prop_map(Act::Scroll),
+        // whole percents (the 90 % boundary included) and fractions
+        3 => (0..=100u32).prop_map(|p| Act::Scroll(p * 1000)),
+        2 => (0..=100_000u32).prop_map(Act::Scroll),
         1 => Just(Act::Complete),
         1 => Just(Act::Exit),
     ]
@@ -354,21 +357,36 @@ proptest! {
     }
 }
 
+/// The views' changes from these batches on one worker, with the test catalog.
+fn run_one(batches: &[Vec<Item>]) -> Vec<tidemark_dataflows::contract::table::TickChanges> {
+    run_with_dimension(
+        "reading",
+        vec![common::payloads(batches)],
+        NOW,
+        options(),
+        Some(metadata()),
+    )
+    .0
+}
+
+/// An event of session 2.
+fn session_2(id: &str, act: Act, ts: u64) -> Item {
+    Item::Event(Ev {
+        id: id.into(),
+        session: 2,
+        act,
+        ts,
+    })
+}
+
 /// A session with no complete or exit times out once stream time passes its last event
 /// plus the timeout, and not a millisecond before.
 #[test]
 fn a_session_times_out_exactly_at_its_last_event_plus_the_timeout() {
-    let ev = |id: &str, act, ts| {
-        Item::Event(Ev {
-            id: id.into(),
-            session: 2,
-            act,
-            ts,
-        })
-    };
+    let ev = session_2;
     let batches = vec![
         vec![ev("a", Act::Enter, BASE)],
-        vec![ev("b", Act::Scroll(40), BASE + 10 * SECOND)],
+        vec![ev("b", Act::Scroll(40_000), BASE + 10 * SECOND)],
         // another session moves stream time past the timeout
         vec![Item::Event(Ev {
             id: "c".into(),
@@ -377,19 +395,58 @@ fn a_session_times_out_exactly_at_its_last_event_plus_the_timeout() {
             ts: BASE + HOUR,
         })],
     ];
-    let (changes, _) = run_with_dimension(
-        "reading",
-        vec![common::payloads(&batches)],
-        NOW,
-        options(),
-        Some(metadata()),
-    );
+    let changes = run_one(&batches);
     let state = |at| state_at(&changes, at)[&(0, vec!["s2".to_string()])][2].clone();
     let deadline = BASE + 10 * SECOND + TIMEOUT;
     assert_eq!(state(BASE + 10 * SECOND), Value::Text("active".into()));
     assert_eq!(state(deadline - 1), Value::Text("active".into()));
     assert_eq!(state(deadline), Value::Text("timed_out".into()));
-    // and its early exit (40 % < 90 %) counts for the user from then on
+    // a timeout is abandoned, not an early exit (DESIGN: an exit below 90 %)
     let user = state_at(&changes, deadline)[&(1, vec!["u1".to_string()])].clone();
-    assert_eq!(user[2], Value::float(1.0), "early_exit_rate_7d: {user:?}");
+    assert_eq!(user[2], Value::float(0.0), "early_exit_rate_7d: {user:?}");
+    assert_eq!(user[3], Value::float(1.0), "abandon_rate_7d: {user:?}");
+}
+
+/// Depths are kept as given (to 0.001), and an event after the session went quiet for the
+/// timeout does not revive it, whatever order the events arrive in.
+#[test]
+fn depth_is_fractional_and_a_late_event_does_not_revive_a_quiet_session() {
+    let ev = session_2;
+    let events = [
+        ev("a", Act::Enter, BASE),
+        ev("b", Act::Scroll(52_250), BASE + 50 * SECOND),
+        ev("c", Act::Scroll(89_750), BASE + 100 * SECOND),
+        // two hours later: after the timeout
+        ev("d", Act::Exit, BASE + 2 * HOUR),
+    ];
+    for order in [[0, 1, 2, 3], [3, 2, 1, 0]] {
+        let batches: Vec<Vec<Item>> = order.iter().map(|&i| vec![events[i].clone()]).collect();
+        let changes = run_one(&batches);
+        let at = BASE + 3 * HOUR;
+        let all = state_at(&changes, at);
+        let session = &all[&(0, vec!["s2".to_string()])];
+        assert_eq!(session[2], Value::Text("timed_out".into()), "{order:?}");
+        assert_eq!(
+            session[4],
+            Value::Int(100_000),
+            "dwell up to the last event before the gap"
+        );
+        assert_eq!(session[5], Value::float(89.75), "max_scroll_pct");
+        let user = &all[&(1, vec!["u1".to_string()])];
+        assert_eq!(
+            user[4],
+            Value::float(89.75),
+            "avg_scroll_depth_7d: {user:?}"
+        );
+        // the exit after the gap counts as out of order in its hour
+        let hour = chrono::DateTime::from_timestamp_millis((BASE + 2 * HOUR) as i64)
+            .unwrap()
+            .format("%Y-%m-%dT%H")
+            .to_string();
+        assert_eq!(
+            all[&(5, vec![hour])][2],
+            Value::Int(1),
+            "out_of_order_events"
+        );
+    }
 }

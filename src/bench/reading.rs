@@ -4,7 +4,8 @@
 
 use tidemark_dataflows::contract::event::{EventId, Timed};
 use tidemark_dataflows::families::reading::{
-    generate, Action, EpisodeId, Reader, Reading, ReadingConfig, ReadingEvent, SessionId, UserId,
+    generate, Action, Depth, EpisodeId, Reader, Reading, ReadingConfig, ReadingEvent, SessionId,
+    UserId,
 };
 use tidemark_dataflows::{Dataflow, GenerateSpec, Tick};
 
@@ -52,15 +53,15 @@ fn open_sessions(n: u64) -> anyhow::Result<()> {
             country: "KR".into(),
             device: "phone".into(),
             platform: "ios".into(),
-            tz: "Asia/Seoul".into(),
+            tz: Some("Asia/Seoul".into()),
             arm: None,
         };
         let session = SessionId(format!("rs-{i}"));
         let steps = [
             Action::Enter,
-            Action::Scroll(20),
-            Action::Scroll(35),
-            Action::Scroll(50),
+            Action::Scroll(Depth(20_000)),
+            Action::Scroll(Depth(35_000)),
+            Action::Scroll(Depth(50_000)),
         ];
         steps
             .into_iter()

@@ -61,6 +61,17 @@ pub fn migrate(client: &mut Client, tables: &[TableSpec]) -> anyhow::Result<()> 
                 f.name,
                 sql_type(f.ty)
             );
+            if f.ty == FieldType::Float {
+                // a whole number that became a fraction (reading's `max_scroll_pct`): the
+                // column widens in place, every value kept
+                ddl += &format!(
+                    "DO $$ BEGIN IF (SELECT data_type FROM information_schema.columns \
+                     WHERE table_schema = current_schema() AND table_name = '{name}' \
+                     AND column_name = '{col}') = 'bigint' THEN \
+                     ALTER TABLE {name} ALTER COLUMN {col} TYPE double precision; END IF; END $$;\n",
+                    col = f.name
+                );
+            }
         }
     }
     create(client, &ddl).context("creating the feature tables")

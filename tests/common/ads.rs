@@ -25,7 +25,7 @@ pub fn model_input(text: &str) -> (Vec<(AdRead, u64)>, usize) {
         let decoded = if quality {
             decode::decode_quality(line.as_bytes())
         } else {
-            decode::decode(line.as_bytes())
+            decode::decode(line.as_bytes(), &[])
         };
         let Ok(e) = decoded else {
             invalid += 1;

@@ -44,7 +44,7 @@ fn classify(line: &str) -> Result<Read, (usize, Option<u64>)> {
                 if !(0.0..=100.0).contains(&p) {
                     return Err((OUT_OF_RANGE, ts));
                 }
-                Act::Scroll(p as u8)
+                Act::Scroll((p * 1000.0).round() as u32)
             }
             Some(_) => return Err((MALFORMED, ts)),
         },

@@ -39,6 +39,7 @@ pub const BUDGET: u8 = 3;
 pub const BUDGET_EVENTS: u8 = 4;
 pub const BUDGET_SPEND: u8 = 5;
 pub const PRODUCT: u8 = 6;
+pub const BUDGET_HISTORY: u8 = 7;
 
 pub fn ceil(x: u64, r: u64) -> u64 {
     x.div_ceil(r) * r
@@ -400,7 +401,8 @@ pub fn recount(events: &[(AdRead, Tick)], budgets: &[BudgetRow], at: Tick) -> St
                         Value::Int(amount),
                         Value::Int((daily - amount).max(0)),
                         Value::Text(alert.into()),
-                        Value::Text("STREAM".into()),
+                        // seed 002's enum: the spend is the Redis budget counter's
+                        Value::Text("REDIS_COUNTER".into()),
                         Value::Text(action.into()),
                     ],
                 )
@@ -418,6 +420,8 @@ pub fn recount(events: &[(AdRead, Tick)], budgets: &[BudgetRow], at: Tick) -> St
                     let instant_ends = clicks.get(i + 1).is_none_or(|next| next.0 != *ts);
                     if instant_ends && cumulative * 100 >= daily * pct {
                         let (k, v) = record(alert, event_type, *ts, cumulative, alert, action);
+                        // the topic's record, and the same in the Postgres history
+                        out.insert((BUDGET_HISTORY, k.1.clone()), v.clone());
                         out.insert(k, v);
                         break;
                     }
@@ -432,7 +436,8 @@ pub fn recount(events: &[(AdRead, Tick)], budgets: &[BudgetRow], at: Tick) -> St
             .collect();
         if let Some(last) = synced.iter().map(|s| s.0).max() {
             let amount: i64 = synced.iter().map(|s| s.1).sum();
-            let (k, v) = record("SYNC", "BUDGET_SYNC", last, amount, "", "SYNC");
+            let (k, v) = record("SYNC", "BUDGET_SYNC", last, amount, "", "");
+            out.insert((BUDGET_HISTORY, k.1.clone()), v.clone());
             out.insert(k, v);
             out.insert(
                 (BUDGET_SPEND, vec![campaign.clone(), date.clone()]),

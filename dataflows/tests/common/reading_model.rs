@@ -24,6 +24,7 @@ pub const DUPLICATE: usize = 1;
 pub const OUT_OF_ORDER: usize = 2;
 pub const OUT_OF_RANGE: usize = 3;
 pub const MALFORMED: usize = 4;
+pub const UNZONED: usize = 5;
 
 pub fn ceil(x: u64, r: u64) -> u64 {
     x.div_ceil(r) * r
@@ -35,9 +36,10 @@ pub fn hour_of(ts: u64) -> u64 {
     ts - ts % HOUR
 }
 
-/// The zone of a country whose events name none.
-pub fn main_zone(country: &str) -> &'static str {
-    match country {
+/// The zone of a country whose events name none (the countries the tests use; the
+/// dataflow's table covers every country of the tz database); `None`: no zone known.
+pub fn main_zone(country: &str) -> Option<&'static str> {
+    Some(match country {
         "KR" => "Asia/Seoul",
         "JP" => "Asia/Tokyo",
         "TW" => "Asia/Taipei",
@@ -48,14 +50,22 @@ pub fn main_zone(country: &str) -> &'static str {
         "MX" => "America/Mexico_City",
         "FR" => "Europe/Paris",
         "DE" => "Europe/Berlin",
-        _ => "UTC",
-    }
+        "NZ" => "Pacific/Auckland",
+        _ => return None,
+    })
+}
+
+/// A read's zone: its own, else its country's.
+pub fn zone_of(r: &Read) -> Option<String> {
+    r.tz.clone()
+        .or_else(|| main_zone(&r.country).map(String::from))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Act {
     Enter,
-    Scroll(u8),
+    /// Depth in thousandths of a percent: `scroll_pct` rounded to three decimals.
+    Scroll(u32),
     Complete,
     Exit,
 }
@@ -86,10 +96,14 @@ pub struct Session {
     pub reader: Read,
     pub start: u64,
     pub dwell: u64,
-    pub max_scroll: u8,
+    /// Thousandths of a percent.
+    pub max_scroll: u32,
     pub scrolls: u64,
     pub state: &'static str,
+    /// The hour of each event that does not count for the session.
     pub out_of_order: Vec<u64>,
+    /// The hour of each event read without a zone.
+    pub unzoned: Vec<u64>,
 }
 
 /// A session from its live events at `at` (DESIGN §5.2).
@@ -116,43 +130,61 @@ pub fn session(events: &[&(Read, Tick)], at: Tick) -> Option<Session> {
         .map(|e| e.ts)
         .min();
     let start = enter.unwrap_or_else(|| live.iter().map(|e| e.ts).min().unwrap());
-    // the earliest complete or exit; complete first on a tie
+    // the session ends at the first silence of the timeout (to the second) after its start
+    let mut times: Vec<u64> = live.iter().map(|e| e.ts).filter(|t| *t >= start).collect();
+    times.sort();
+    let mut last = start;
+    let mut quiet = false;
+    for t in times {
+        if t >= ceil(last + TIMEOUT, SECOND) {
+            quiet = true;
+            break;
+        }
+        last = t;
+    }
+    let inside = |ts: u64| start <= ts && ts <= last;
+    // the earliest complete or exit in it; complete first on a tie
     let terminal = live
         .iter()
         .filter(|e| matches!(e.act, Act::Complete | Act::Exit))
-        .filter(|e| enter.is_none_or(|x| e.ts >= x))
+        .filter(|e| inside(e.ts))
         .map(|e| (e.ts, e.act != Act::Complete, e.act))
         .min();
-    let end = terminal.map_or_else(|| live.iter().map(|e| e.ts).max().unwrap(), |t| t.0);
+    let end = terminal.map_or(last, |t| t.0);
     let state = match terminal {
         Some((_, _, Act::Complete)) => "completed",
         Some(_) => "exited",
-        None if alive => "active",
+        None if alive && !quiet => "active",
         None => "timed_out",
     };
+    let reader = live
+        .iter()
+        .min_by_key(|e| (&e.user, &e.episode, &e.country, &e.tz, &e.arm))
+        .map(|e| (*e).clone())
+        .unwrap();
+    let unzoned = zone_of(&reader).is_none();
     let mut s = Session {
-        reader: live
-            .iter()
-            .min_by_key(|e| (&e.user, &e.episode, &e.country, &e.tz, &e.arm))
-            .map(|e| (*e).clone())
-            .unwrap(),
+        reader,
         start,
         dwell: end.saturating_sub(start),
         max_scroll: 0,
         scrolls: 0,
         state,
         out_of_order: Vec::new(),
+        unzoned: Vec::new(),
     };
     let mut terminal_used = false;
     for e in &live {
+        if unzoned {
+            s.unzoned.push(hour_of(e.ts));
+        }
         if !terminal_used && terminal.is_some_and(|(ts, _, act)| ts == e.ts && act == e.act) {
             terminal_used = true;
             continue;
         }
-        let before = enter.is_some_and(|x| e.ts < x);
         let after =
             terminal.is_some() && (e.ts > end || matches!(e.act, Act::Complete | Act::Exit));
-        if before || after {
+        if !inside(e.ts) || after {
             s.out_of_order.push(hour_of(e.ts));
         } else if let Act::Scroll(p) = e.act {
             s.max_scroll = s.max_scroll.max(p);
@@ -164,12 +196,7 @@ pub fn session(events: &[&(Read, Tick)], at: Tick) -> Option<Session> {
 
 /// Local hour bucket of the session's start in its zone.
 pub fn tod(s: &Session) -> String {
-    let zone = s
-        .reader
-        .tz
-        .clone()
-        .unwrap_or_else(|| main_zone(&s.reader.country).to_string());
-    let tz: chrono_tz::Tz = zone.parse().unwrap();
+    let tz: chrono_tz::Tz = zone_of(&s.reader).map_or(chrono_tz::UTC, |z| z.parse().unwrap());
     let utc = chrono::DateTime::from_timestamp_millis(s.start as i64).unwrap();
     let offset = tz.offset_from_utc_datetime(&utc.naive_utc()).fix();
     let hour = utc.with_timezone(&offset).hour();
@@ -184,6 +211,24 @@ pub fn tod(s: &Session) -> String {
 
 pub fn ratio(a: f64, b: f64) -> Value {
     Value::float(if b > 0.0 { a / b } else { 0.0 })
+}
+
+/// A mean depth in percent from a sum of thousandths.
+pub fn mean_depth(sum: u64, n: usize) -> Value {
+    Value::float(if n > 0 {
+        sum as f64 / n as f64 / 1000.0
+    } else {
+        0.0
+    })
+}
+
+/// Wilson's score interval at z = Φ⁻¹(0.975).
+pub fn wilson(c: i64, n: i64) -> (f64, f64) {
+    let z: f64 = 1.959963984540054;
+    let (n, p) = (n as f64, c as f64 / n as f64);
+    let mid = (p + z * z / (2.0 * n)) / (1.0 + z * z / n);
+    let half = z / (1.0 + z * z / n) * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt();
+    (mid - half, mid + half)
 }
 
 /// Every view at tick `at`, recomputed from the definitions.
@@ -218,6 +263,8 @@ pub fn recount(
     let finished = |s: &Session| s.state != "active";
     let completed = |s: &Session| s.state == "completed";
     let abandoned = |s: &Session| s.state == "exited" || s.state == "timed_out";
+    // DESIGN: an early exit is an exit below 90 % depth
+    let early = |s: &Session| s.state == "exited" && s.max_scroll < 90_000;
     for s in &sessions {
         let (user, episode) = (s.reader.user.as_str(), s.reader.episode.as_str());
         state.insert(
@@ -228,7 +275,7 @@ pub fn recount(
                 Value::Text(s.state.into()),
                 Value::Int(s.start as i64),
                 Value::Int(s.dwell as i64),
-                Value::Int(s.max_scroll as i64),
+                Value::float(s.max_scroll as f64 / 1000.0),
                 Value::Int(s.scrolls as i64),
             ],
         );
@@ -250,13 +297,9 @@ pub fn recount(
             values.extend([
                 Value::Int(w.len() as i64),
                 ratio(fin.iter().filter(|s| completed(s)).count() as f64, n),
-                ratio(
-                    fin.iter()
-                        .filter(|s| abandoned(s) && s.max_scroll < 90)
-                        .count() as f64,
-                    n,
-                ),
-                ratio(fin.iter().map(|s| s.max_scroll as f64).sum(), n),
+                ratio(fin.iter().filter(|s| early(s)).count() as f64, n),
+                ratio(fin.iter().filter(|s| abandoned(s)).count() as f64, n),
+                mean_depth(fin.iter().map(|s| s.max_scroll as u64).sum(), fin.len()),
                 ratio(fin.iter().map(|s| s.dwell as f64).sum(), n),
                 Value::Int(episodes.len() as i64),
             ]);
@@ -294,14 +337,14 @@ pub fn recount(
             .iter()
             .filter(|s| within(s, 30) && abandoned(s))
             .collect();
-        values.push(ratio(
-            gone.iter().map(|s| s.max_scroll as f64).sum(),
-            gone.len() as f64,
+        values.push(mean_depth(
+            gone.iter().map(|s| s.max_scroll as u64).sum(),
+            gone.len(),
         ));
-        for d in 0..10u8 {
+        for d in 0..10u32 {
             let n = gone
                 .iter()
-                .filter(|s| (s.max_scroll / 10).min(9) == d)
+                .filter(|s| (s.max_scroll / 10_000).min(9) == d)
                 .count();
             values.push(Value::Int(n as i64));
         }
@@ -355,8 +398,12 @@ pub fn recount(
             let (diff, lo, hi) = if *g == control {
                 (0.0, 0.0, 0.0)
             } else {
-                let se = (p * (1.0 - p) / *n as f64 + p0 * (1.0 - p0) / n0 as f64).sqrt();
-                (p - p0, p - p0 - 1.959964 * se, p - p0 + 1.959964 * se)
+                // Newcombe's hybrid score interval of the difference
+                let ((l1, u1), (l0, u0)) = (wilson(*c, *n), wilson(c0, n0));
+                let d = p - p0;
+                let below = ((p - l1).powi(2) + (u0 - p0).powi(2)).sqrt();
+                let above = ((u1 - p).powi(2) + (p0 - l0).powi(2)).sqrt();
+                (d, d - below, d + above)
             };
             state.insert(
                 (4, vec![x.to_string(), g.to_string()]),
@@ -374,7 +421,7 @@ pub fn recount(
         }
     }
     // quality per hour: rejections and out-of-order events, each for 30 days after its hour
-    let mut hours: BTreeMap<u64, [i64; 5]> = BTreeMap::new();
+    let mut hours: BTreeMap<u64, [i64; 6]> = BTreeMap::new();
     for r in rejected {
         let h = hour_of(r.ts);
         if r.tick <= at && at < expiry_days(h, 30) && expiry_days(h, 30) > r.tick {
@@ -382,9 +429,11 @@ pub fn recount(
         }
     }
     for s in &sessions {
-        for h in &s.out_of_order {
-            if at < expiry_days(*h, 30) {
-                hours.entry(*h).or_default()[OUT_OF_ORDER] += 1;
+        for (kind, hs) in [(OUT_OF_ORDER, &s.out_of_order), (UNZONED, &s.unzoned)] {
+            for h in hs {
+                if at < expiry_days(*h, 30) {
+                    hours.entry(*h).or_default()[kind] += 1;
+                }
             }
         }
     }

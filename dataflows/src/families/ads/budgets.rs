@@ -89,6 +89,10 @@ pub(super) enum DayOutput {
     Crossed(DayMinute, Crossing),
 }
 
+/// `sync_source` of every `budget-management` record: seed 002's one value (the spend is
+/// the Redis `budget:` counter's).
+pub const SYNC_SOURCE: &str = "REDIS_COUNTER";
+
 /// Budget thresholds: percent, `alert_type`, `event_type`, `action`.
 pub const THRESHOLDS: [(i64, &str, &str, &str); 3] = [
     (90, "90_PERCENT", "BUDGET_ALERT", "NOTIFY"),
@@ -117,6 +121,20 @@ pub fn local_day(ts: u64, tz: chrono_tz::Tz) -> (u32, u64) {
         date.year() as u32 * 10_000 + date.month() * 100 + date.day(),
         end.timestamp_millis() as u64,
     )
+}
+
+/// A `budget-management` record and, the same, its row of the Postgres `budget_events`
+/// history: the topic forgets a day once it retires (a tombstone per record, so
+/// compaction can drop the day), the table keeps every alert, pause and sync.
+fn with_history(row: FeatureRow) -> Vec<FeatureRow> {
+    if row.table != table::BUDGET_EVENTS {
+        return vec![row];
+    }
+    let history = FeatureRow {
+        table: table::BUDGET_HISTORY,
+        ..row.clone()
+    };
+    vec![row, history]
 }
 
 /// A `budget_events` row of a campaign-day.
@@ -263,8 +281,10 @@ impl Ads {
                     Value::Int(synced),
                     Value::Int((daily - synced).max(0)),
                     Value::Text(String::new()),
-                    Value::Text("STREAM".into()),
-                    Value::Text("SYNC".into()),
+                    // seed 002's enums: the spend is the Redis budget counter's; a sync
+                    // asks for no action (its `action` is one of NOTIFY, PAUSE_CAMPAIGN)
+                    Value::Text(SYNC_SOURCE.into()),
+                    Value::Text(String::new()),
                 ],
             )));
             out.push(DayOutput::Row(FeatureRow {
@@ -303,7 +323,7 @@ impl Ads {
                 Value::Int(spent),
                 Value::Int((c.daily - spent).max(0)),
                 Value::Text(alert.into()),
-                Value::Text("STREAM".into()),
+                Value::Text(SYNC_SOURCE.into()),
                 Value::Text(action.into()),
             ],
         )
@@ -429,5 +449,6 @@ impl Ads {
                 DayOutput::Crossed(..) => None,
             })
             .concat(alerts)
+            .flat_map(with_history)
     }
 }

@@ -2,8 +2,9 @@
 //! ISO-8601 `timestamp`) and `quality-score-updates`.
 //!
 //! Seed 002's events carry no `event_id`: an event's identity is its `event_id` when it has
-//! one, else its bytes, so a record delivered twice is a duplicate and two real events
-//! never are (they differ at least in time or device).
+//! one, else the fields `identity_fields` names (as parsed values, so a retry serialized
+//! differently is a duplicate too), else its bytes, so a record delivered twice is a
+//! duplicate and two real events never are (they differ at least in time or device).
 
 use std::borrow::Cow;
 
@@ -87,14 +88,82 @@ fn amount(v: Option<f64>, field: &str) -> Result<i64, DecodeError> {
     Ok(x as i64)
 }
 
-fn identity(event_id: &Option<Cow<'_, str>>, payload: &[u8]) -> EventId {
+/// `event_id` if there is one, else the record's bytes.
+fn id_or_bytes(event_id: &Option<Cow<'_, str>>, payload: &[u8]) -> EventId {
     match event_id.as_deref() {
         Some(id) if !id.is_empty() => EventId::of(id),
         _ => EventId(xxhash_rust::xxh3::xxh3_128(payload)),
     }
 }
 
-pub fn decode(payload: &[u8]) -> Result<Timed<AdEvent>, DecodeError> {
+/// A field an ad event's identity can be built from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdField {
+    EventType,
+    Timestamp,
+    DeviceId,
+    AdId,
+    CampaignId,
+    AdvertiserId,
+    Placement,
+    Category,
+    ActualPrice,
+    RevenueAmount,
+}
+
+impl IdField {
+    /// Each field with its name in the event.
+    const ALL: [(&'static str, IdField); 10] = [
+        ("event_type", IdField::EventType),
+        ("timestamp", IdField::Timestamp),
+        ("device_id", IdField::DeviceId),
+        ("ad_id", IdField::AdId),
+        ("campaign_id", IdField::CampaignId),
+        ("advertiser_id", IdField::AdvertiserId),
+        ("placement", IdField::Placement),
+        ("category", IdField::Category),
+        ("actual_price", IdField::ActualPrice),
+        ("revenue_amount", IdField::RevenueAmount),
+    ];
+    pub fn parse(name: &str) -> Option<IdField> {
+        Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
+    }
+    /// The names `identity_fields` accepts.
+    pub fn names() -> impl Iterator<Item = &'static str> {
+        Self::ALL.iter().map(|(n, _)| *n)
+    }
+}
+
+/// `event_id`, else the named fields' values (the instant as epoch ms, amounts as numbers:
+/// how they were written does not matter), else the record's bytes.
+fn identity(raw: &RawAd<'_>, ts: u64, fields: &[IdField], payload: &[u8]) -> EventId {
+    if fields.is_empty() || raw.event_id.as_deref().is_some_and(|id| !id.is_empty()) {
+        return id_or_bytes(&raw.event_id, payload);
+    }
+    let text = |v: &Option<Cow<'_, str>>| v.as_deref().unwrap_or_default().to_string();
+    let number = |v: Option<f64>| v.map_or(String::new(), |x| x.to_string());
+    let mut key = String::from("fields");
+    for f in fields {
+        let part = match f {
+            IdField::EventType => text(&raw.event_type),
+            IdField::Timestamp => ts.to_string(),
+            IdField::DeviceId => text(&raw.device_id),
+            IdField::AdId => text(&raw.ad_id),
+            IdField::CampaignId => text(&raw.campaign_id),
+            IdField::AdvertiserId => text(&raw.advertiser_id),
+            IdField::Placement => text(&raw.placement),
+            IdField::Category => text(&raw.category),
+            IdField::ActualPrice => number(raw.actual_price),
+            IdField::RevenueAmount => number(raw.revenue_amount),
+        };
+        // a separator no JSON string of these fields needs to hold
+        key.push('\u{1f}');
+        key.push_str(&part);
+    }
+    EventId(xxhash_rust::xxh3::xxh3_128(key.as_bytes()))
+}
+
+pub fn decode(payload: &[u8], identity_fields: &[IdField]) -> Result<Timed<AdEvent>, DecodeError> {
     let raw: RawAd = serde_json::from_slice(payload).map_err(|e| diagnose(payload, e, expect))?;
     let event_type = text(&raw.event_type, "event_type")?;
     let ts = instant(&raw.timestamp, "timestamp")?;
@@ -138,7 +207,7 @@ pub fn decode(payload: &[u8]) -> Result<Timed<AdEvent>, DecodeError> {
         }
     };
     Ok(Timed {
-        id: identity(&raw.event_id, payload),
+        id: identity(&raw, ts, identity_fields, payload),
         ts,
         event,
     })
@@ -172,7 +241,7 @@ pub fn decode_quality(payload: &[u8]) -> Result<Timed<AdEvent>, DecodeError> {
         reason: raw.update_reason.as_deref().unwrap_or_default().to_string(),
     };
     Ok(Timed {
-        id: identity(&raw.event_id, payload),
+        id: id_or_bytes(&raw.event_id, payload),
         ts,
         event: AdEvent::Quality(update),
     })
@@ -198,21 +267,21 @@ mod tests {
     const CLICK: &str = r#"{"event_type":"CLICK","timestamp":"2024-01-15T10:30:00Z","device_id":"device_12345","session_id":"session_67890","ad_id":"ad_001","campaign_id":"campaign_100","advertiser_id":"advertiser_50","product_id":"product_200","placement":"HOME","bid_price":1500,"actual_price":1200,"experiment_key":"mobile_ui","experiment_var":"B","search_term":"노트북","category":"전자제품/컴퓨터","revenue_amount":null,"order_id":null}"#;
 
     fn kind(json: &str) -> ErrorKind {
-        decode(json.as_bytes()).unwrap_err().kind
+        decode(json.as_bytes(), &[]).unwrap_err().kind
     }
 
     #[test]
     fn decodes_seed_002_and_rejects_with_the_right_kind() {
-        let e = decode(CLICK.as_bytes()).unwrap();
+        let e = decode(CLICK.as_bytes(), &[]).unwrap();
         assert_eq!(e.ts, 1_705_314_600_000);
         let AdEvent::Click { price, slot, .. } = &e.event else {
             panic!("a click")
         };
         assert_eq!((*price, slot.placement), (1200, Placement::Home));
         // the same bytes are the same event; other bytes another
-        assert_eq!(decode(CLICK.as_bytes()).unwrap().id, e.id);
+        assert_eq!(decode(CLICK.as_bytes(), &[]).unwrap().id, e.id);
         assert_ne!(
-            decode(CLICK.replace("12345", "12346").as_bytes())
+            decode(CLICK.replace("12345", "12346").as_bytes(), &[])
                 .unwrap()
                 .id,
             e.id
@@ -243,7 +312,7 @@ mod tests {
         );
         // an impression needs no device or price
         let imp = r#"{"event_type":"IMPRESSION","timestamp":"2024-01-15T10:30:00.250+09:00","campaign_id":"c","advertiser_id":"a","placement":"SEARCH","category":"x"}"#;
-        assert_eq!(decode(imp.as_bytes()).unwrap().ts, 1_705_282_200_250);
+        assert_eq!(decode(imp.as_bytes(), &[]).unwrap().ts, 1_705_282_200_250);
     }
 
     #[test]
@@ -260,5 +329,29 @@ mod tests {
             decode_quality(bad.as_bytes()).unwrap_err().kind,
             ErrorKind::Range
         );
+    }
+
+    /// A click retried with another serialization (the fields reordered, the time written
+    /// with milliseconds, the price as 1200.0) is another record but the same event when
+    /// the identity is built from its fields; with bytes it is not.
+    #[test]
+    fn an_identity_from_fields_ignores_how_the_event_was_written() {
+        let fields: Vec<IdField> = ["device_id", "ad_id", "event_type", "timestamp"]
+            .iter()
+            .map(|f| IdField::parse(f).unwrap())
+            .collect();
+        let retried = r#"{"actual_price":1200.0,"timestamp":"2024-01-15T10:30:00.000Z","event_type":"CLICK","ad_id":"ad_001","device_id":"device_12345","campaign_id":"campaign_100","advertiser_id":"advertiser_50","placement":"HOME","category":"전자제품/컴퓨터"}"#;
+        let id = |json: &str, f: &[IdField]| decode(json.as_bytes(), f).unwrap().id;
+        assert_eq!(id(CLICK, &fields), id(retried, &fields));
+        assert_ne!(id(CLICK, &[]), id(retried, &[]));
+        // another millisecond or device is another event
+        let later = retried.replace("00.000Z", "00.001Z");
+        assert_ne!(id(&later, &fields), id(CLICK, &fields));
+        let other = retried.replace("device_12345", "device_9");
+        assert_ne!(id(&other, &fields), id(CLICK, &fields));
+        // an event_id still wins
+        let with_id = retried.replace("{", r#"{"event_id":"x1","#);
+        assert_eq!(id(&with_id, &fields), EventId::of("x1"));
+        assert_eq!(IdField::parse("colour"), None);
     }
 }

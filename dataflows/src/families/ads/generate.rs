@@ -69,7 +69,7 @@ pub fn campaign_budgets(spec: &GenerateSpec) -> Vec<DimRow> {
         ..spec.clone()
     };
     for p in AdTraffic::new(&config, sample) {
-        if let Ok(e) = super::decode::decode(&p.payload) {
+        if let Ok(e) = super::decode::decode(&p.payload, &[]) {
             if let super::AdEvent::Click { slot, price, .. } = e.event {
                 let c = list
                     .iter()
@@ -356,7 +356,7 @@ mod tests {
             let decoded = if p.topic == config.quality_topic {
                 decode::decode_quality(&p.payload)
             } else {
-                decode::decode(&p.payload)
+                decode::decode(&p.payload, &[])
             };
             match decoded.map(|e| e.event) {
                 Ok(AdEvent::Impression(_)) => *kinds.entry("impression").or_default() += 1,

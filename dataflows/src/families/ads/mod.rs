@@ -70,6 +70,10 @@ pub struct AdsConfig {
     pub late_horizon_ms: u64,
     /// A product whose score was not updated for this long leaves the store.
     pub quality_retention_ms: u64,
+    /// The fields that make an ad event's identity when it has no `event_id` (e.g.
+    /// `["device_id", "ad_id", "event_type", "timestamp"]`, compared as parsed values, so
+    /// a retry serialized differently is still a duplicate); empty: its bytes.
+    pub identity_fields: Vec<String>,
 }
 
 impl Default for AdsConfig {
@@ -89,6 +93,7 @@ impl Default for AdsConfig {
             budget_sync_interval_ms: 10 * MINUTE,
             late_horizon_ms: DAY,
             quality_retention_ms: 30 * DAY,
+            identity_fields: Vec::new(),
         }
     }
 }
@@ -96,6 +101,8 @@ impl Default for AdsConfig {
 #[derive(Clone, Debug)]
 pub struct Ads {
     config: AdsConfig,
+    /// `identity_fields`, parsed (unknown names are left out; `check` names them).
+    identity: Vec<decode::IdField>,
 }
 
 /// `2024-01-15T10:30:00Z` (milliseconds only when there are some).
@@ -119,7 +126,12 @@ impl Dataflow for Ads {
     const NAME: &'static str = "ads";
 
     fn new(config: AdsConfig) -> Self {
-        Ads { config }
+        let identity = config
+            .identity_fields
+            .iter()
+            .filter_map(|f| decode::IdField::parse(f))
+            .collect();
+        Ads { config, identity }
     }
     fn config(&self) -> &AdsConfig {
         &self.config
@@ -128,6 +140,16 @@ impl Dataflow for Ads {
         // events are summed per second (per minute for budgets) before their
         // contributions are computed: see `class_of`
         let c = &self.config;
+        if let Some(f) = c
+            .identity_fields
+            .iter()
+            .find(|f| decode::IdField::parse(f).is_none())
+        {
+            return Err(format!(
+                "identity_fields names '{f}', not a field of an ad event: use some of {}",
+                decode::IdField::names().collect::<Vec<_>>().join(", ")
+            ));
+        }
         for (key, value, unit, name) in [
             ("metrics_window_ms", c.metrics_window_ms, SECOND, "second"),
             ("defense_window_ms", c.defense_window_ms, SECOND, "second"),
@@ -172,7 +194,7 @@ impl Dataflow for Ads {
         if record.topic == self.config.quality_topic {
             decode::decode_quality(record.payload)
         } else {
-            decode::decode(record.payload)
+            decode::decode(record.payload, &self.identity)
         }
     }
     fn keys(&self, event: &AdEvent, visit: &mut dyn FnMut(&'static str, &str)) {
@@ -247,6 +269,18 @@ mod tests {
         assert!(err.contains("budget_sync_interval_ms"), "{err}");
         let good =
             serde_json::json!({"metrics_window_ms": 60_000, "budget_sync_interval_ms": 120_000});
+        assert!(crate::families::family("ads", Some(good)).is_ok());
+    }
+
+    #[test]
+    fn identity_fields_must_be_fields_of_an_ad_event() {
+        let bad = serde_json::json!({"identity_fields": ["device_id", "colour"]});
+        let err = crate::families::family("ads", Some(bad)).err().unwrap();
+        assert!(
+            err.contains("'colour'") && err.contains("device_id, ad_id"),
+            "{err}"
+        );
+        let good = serde_json::json!({"identity_fields": ["device_id", "ad_id", "timestamp"]});
         assert!(crate::families::family("ads", Some(good)).is_ok());
     }
 

@@ -13,6 +13,8 @@ pub mod table {
     pub const BUDGET_EVENTS: u8 = 4;
     pub const BUDGET_SPEND: u8 = 5;
     pub const PRODUCT: u8 = 6;
+    /// Postgres `budget_events`: every `budget-management` record, kept (the audit trail).
+    pub const BUDGET_HISTORY: u8 = 7;
 }
 
 fn performance_fields() -> Vec<FieldSpec> {
@@ -128,7 +130,7 @@ impl Ads {
             spec(
                 "budget_events",
                 vec!["campaign_id", "date", "kind"],
-                budget_event_fields,
+                budget_event_fields.clone(),
                 SinkKind::Topic(self.config.budget_topic.clone()),
             ),
             spec(
@@ -156,6 +158,12 @@ impl Ads {
                     text("updated_at"),
                 ],
                 SinkKind::Store,
+            ),
+            spec(
+                "budget_events",
+                vec!["campaign_id", "date", "kind"],
+                budget_event_fields,
+                SinkKind::PgTable,
             ),
         ]
     }

@@ -7,7 +7,7 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use super::{country_zone, Action, Arm, EpisodeId, Reader, ReadingEvent, SessionId, UserId};
+use super::{country_zone, Action, Arm, Depth, EpisodeId, Reader, ReadingEvent, SessionId, UserId};
 use crate::contract::event::{EventId, Timed};
 use crate::contract::record::{
     diagnose, epoch_ms, missing, required_owned as text, DecodeError, ErrorKind, Expect,
@@ -58,7 +58,7 @@ pub fn decode(payload: &[u8]) -> Result<Timed<ReadingEvent>, DecodeError> {
                     format!("scroll_pct {pct} is outside 0..=100"),
                 ));
             }
-            Action::Scroll(pct as u8)
+            Action::Scroll(Depth::from_pct(pct))
         }
         other => {
             return Err(DecodeError::new(
@@ -69,7 +69,7 @@ pub fn decode(payload: &[u8]) -> Result<Timed<ReadingEvent>, DecodeError> {
     };
     let country = text(&raw.country, "country")?;
     let tz = match raw.tz.as_deref() {
-        None | Some("") => country_zone(&country).to_string(),
+        None | Some("") => country_zone(&country).map(str::to_string),
         Some(tz) => {
             if tz.parse::<chrono_tz::Tz>().is_err() {
                 return Err(DecodeError::new(
@@ -77,7 +77,7 @@ pub fn decode(payload: &[u8]) -> Result<Timed<ReadingEvent>, DecodeError> {
                     format!("tz '{tz}' is not an IANA time zone"),
                 ));
             }
-            tz.to_string()
+            Some(tz.to_string())
         }
     };
     let arm = match (&raw.experiment_name, &raw.experiment_group) {
@@ -128,8 +128,18 @@ mod tests {
     fn decodes_and_rejects_with_the_right_kind() {
         let ok = r#"{"event_id":"e1","event_type":"scroll","ts":1767225600000,"user_id":"u","session_id":"s","episode_id":"ep","country":"KR","device":"phone","platform":"ios","scroll_pct":42.5,"experiment_name":"x","experiment_group":"b"}"#;
         let e = decode(ok.as_bytes()).unwrap();
-        assert_eq!(e.event.action, Action::Scroll(42));
-        assert_eq!(e.event.reader.tz, "Asia/Seoul");
+        assert_eq!(e.event.action, Action::Scroll(Depth(42_500)));
+        assert_eq!(e.event.reader.tz.as_deref(), Some("Asia/Seoul"));
+        let fine = ok.replace("42.5", "52.2549");
+        assert_eq!(
+            decode(fine.as_bytes()).unwrap().event.action,
+            Action::Scroll(Depth(52_255))
+        );
+        let nz = ok.replace("\"KR\"", "\"NZ\"");
+        let zone = decode(nz.as_bytes()).unwrap().event.reader.tz;
+        assert_eq!(zone.as_deref(), Some("Pacific/Auckland"));
+        let nowhere = ok.replace("\"KR\"", "\"XX\"");
+        assert_eq!(decode(nowhere.as_bytes()).unwrap().event.reader.tz, None);
         assert_eq!(e.event.reader.arm.as_ref().unwrap().group, "b");
         assert_eq!(kind(&ok.replace("42.5", "150")), ErrorKind::Range);
         assert_eq!(kind(&ok.replace("42.5", "\"x\"")), ErrorKind::WrongType);

@@ -11,12 +11,30 @@ pub struct UserId(pub String);
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct EpisodeId(pub String);
 
+/// A scroll depth in thousandths of a percent (0..=100,000): `scroll_pct` as given, to
+/// three decimals (rounded to the nearest). Whole numbers sum exactly in the windows.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Depth(pub u32);
+
+impl Depth {
+    pub const FULL: Depth = Depth(100_000);
+    /// `pct` in 0..=100 (the decoder checks the range).
+    pub fn from_pct(pct: f64) -> Depth {
+        Depth((pct.clamp(0.0, 100.0) * 1000.0).round() as u32)
+    }
+    pub fn pct(self) -> f64 {
+        self.0 as f64 / 1000.0
+    }
+}
+
 /// What a reader did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Action {
     Enter,
-    /// Scroll depth in percent, 0..=100.
-    Scroll(u8),
+    /// How far down the episode the reader is.
+    Scroll(Depth),
     Complete,
     Exit,
 }
@@ -36,8 +54,9 @@ pub struct Reader {
     pub country: String,
     pub device: String,
     pub platform: String,
-    /// IANA zone: the event's `tz`, else the country's main zone, else UTC.
-    pub tz: String,
+    /// IANA zone: the event's `tz`, else the country's main zone; `None` when the country
+    /// has no known zone (its local time is read in UTC, and counted as `unzoned_events`).
+    pub tz: Option<String>,
     pub arm: Option<Arm>,
 }
 

@@ -35,7 +35,7 @@ pub const EXPERIMENT: &str = "reader-v2";
 const SESSION_GAP_S: u64 = 12;
 
 /// (country, weight, zones its readers send)
-const COUNTRIES: [(&str, u32, &[&str]); 10] = [
+const COUNTRIES: [(&str, u32, &[&str]); 11] = [
     ("KR", 30, &["Asia/Seoul"]),
     (
         "US",
@@ -50,6 +50,7 @@ const COUNTRIES: [(&str, u32, &[&str]); 10] = [
     ("DE", 4, &["Europe/Berlin"]),
     ("BR", 5, &["America/Sao_Paulo"]),
     ("MX", 5, &["America/Mexico_City"]),
+    ("NZ", 2, &["Pacific/Auckland"]),
 ];
 
 /// The catalog: `episode_metadata(episode_id, title_id, genre, episode_no)` rows.
@@ -72,7 +73,7 @@ struct Session {
     id: String,
     fields: serde_json::Map<String, serde_json::Value>,
     /// (event_type, scroll_pct)
-    script: VecDeque<(&'static str, Option<u8>)>,
+    script: VecDeque<(&'static str, Option<f64>)>,
 }
 
 pub struct ReadingTraffic {
@@ -161,7 +162,9 @@ impl ReadingTraffic {
         let mut pct = 0u8;
         while pct < stop_at {
             pct = (pct + rng.random_range(4..16u8)).min(stop_at);
-            script.push_back(("scroll", Some(pct)));
+            // depths as a reader's app sends them: not always whole percents
+            let shown = f64::from(pct) - f64::from(rng.random_range(0..4u8)) * 0.25;
+            script.push_back(("scroll", Some(shown.max(0.0))));
         }
         if completes {
             script.push_back(("complete", None));
@@ -169,7 +172,7 @@ impl ReadingTraffic {
             script.push_back(("exit", None));
             if rng.random_bool(self.base.spec.disorder_share) {
                 // a scroll that arrives after the exit: an order error to count
-                script.push_back(("scroll", Some(pct.saturating_add(5).min(100))));
+                script.push_back(("scroll", Some(f64::from(pct.saturating_add(5).min(100)))));
             }
         }
         Session {

@@ -70,16 +70,34 @@ pub struct Session {
     /// The `enter`'s event time, else the earliest event's.
     pub start: u64,
     pub dwell_ms: u64,
-    pub max_scroll_pct: u8,
+    pub max_scroll: Depth,
     pub scroll_events: u64,
     pub state: SessionState,
-    /// Events before the `enter` or after the `complete`/`exit`: (hour, count).
+    /// Events before the `enter`, after the `complete`/`exit`, or after the session went
+    /// quiet for the timeout: (hour, count).
     pub out_of_order: Vec<(u64, u64)>,
+    /// Events of a reader whose country has no known zone and that name none: (hour, count).
+    pub unzoned: Vec<(u64, u64)>,
+}
+
+/// Adds `n` to `hour`'s count.
+fn count_in(hours: &mut Vec<(u64, u64)>, ts: u64, n: u64) {
+    let hour = ts - ts % HOUR;
+    match hours.iter_mut().find(|(h, _)| *h == hour) {
+        Some((_, c)) => *c += n,
+        None => hours.push((hour, n)),
+    }
 }
 
 impl Session {
-    /// The session its pieces define, or `None` when no event is left.
-    pub(super) fn of(id: &SessionId, pieces: &[(&Piece, isize)]) -> Option<Session> {
+    /// The session its pieces define, or `None` when no event is left. `timeout` ends it:
+    /// an event at or after the previous one's timeout (by event time) is not part of it.
+    /// Long: the definition of DESIGN §5.2 in one place (start, span, terminal, state, counts).
+    pub(super) fn of(
+        id: &SessionId,
+        pieces: &[(&Piece, isize)],
+        timeout: Window,
+    ) -> Option<Session> {
         let mut events: Vec<(u64, Action, u64)> = Vec::new();
         let (mut alive, mut reader, mut had) = (false, None::<&Reader>, 0);
         for (piece, n) in pieces {
@@ -97,17 +115,28 @@ impl Session {
             return None;
         }
         let reader = reader?.clone();
+        events.sort();
         let enter = events
             .iter()
             .filter(|(_, a, _)| *a == Action::Enter)
             .map(|(ts, _, _)| *ts)
             .min();
-        let start = enter.or_else(|| events.iter().map(|(ts, _, _)| *ts).min())?;
-        // the first terminal event at or after the enter ends the session; complete wins
-        // a tie
+        let start = enter.or_else(|| events.first().map(|(ts, _, _)| *ts))?;
+        // the session's events run from the start to the first silence of the timeout
+        let mut last = start;
+        let mut quiet = false;
+        for &(ts, _, _) in events.iter().filter(|(ts, _, _)| *ts >= start) {
+            if ts >= timeout.expiry(last) {
+                quiet = true;
+                break;
+            }
+            last = ts;
+        }
+        let within = |ts: u64| ts >= start && ts <= last;
+        // the first terminal event in it ends the session; complete wins a tie
         let terminal = events
             .iter()
-            .filter(|(ts, _, _)| enter.is_none_or(|e| *ts >= e))
+            .filter(|(ts, _, _)| within(*ts))
             .filter_map(|(ts, a, _)| match a {
                 Action::Complete => Some((*ts, 0, *a)),
                 Action::Exit => Some((*ts, 1, *a)),
@@ -115,14 +144,11 @@ impl Session {
             })
             .min()
             .map(|(ts, _, a)| (ts, a));
-        let end = match terminal {
-            Some((ts, _)) => ts,
-            None => events.iter().map(|(ts, _, _)| *ts).max().unwrap_or(start),
-        };
+        let end = terminal.map_or(last, |(ts, _)| ts);
         let state = match terminal {
             Some((_, Action::Complete)) => SessionState::Completed,
             Some(_) => SessionState::Exited,
-            None if alive => SessionState::Active,
+            None if alive && !quiet => SessionState::Active,
             None => SessionState::TimedOut,
         };
         let mut session = Session {
@@ -130,32 +156,32 @@ impl Session {
             reader,
             start,
             dwell_ms: end.saturating_sub(start),
-            max_scroll_pct: 0,
+            max_scroll: Depth::default(),
             scroll_events: 0,
             state,
             out_of_order: Vec::new(),
+            unzoned: Vec::new(),
         };
         for &(ts, action, n) in &events {
+            if session.reader.tz.is_none() {
+                count_in(&mut session.unzoned, ts, n);
+            }
             // the terminal event itself (one copy) is the session's end
             let copies = n - u64::from(terminal == Some((ts, action)));
             if copies == 0 {
                 continue;
             }
             let ends = matches!(action, Action::Complete | Action::Exit);
-            let before = enter.is_some_and(|e| ts < e);
             let after = terminal.is_some() && (ts > end || ends);
-            if before || after {
-                let hour = ts - ts % HOUR;
-                match session.out_of_order.iter_mut().find(|(h, _)| *h == hour) {
-                    Some((_, c)) => *c += copies,
-                    None => session.out_of_order.push((hour, copies)),
-                }
-            } else if let Action::Scroll(pct) = action {
-                session.max_scroll_pct = session.max_scroll_pct.max(pct);
+            if !within(ts) || after {
+                count_in(&mut session.out_of_order, ts, copies);
+            } else if let Action::Scroll(depth) = action {
+                session.max_scroll = session.max_scroll.max(depth);
                 session.scroll_events += copies;
             }
         }
         session.out_of_order.sort();
+        session.unzoned.sort();
         Some(session)
     }
 
@@ -166,7 +192,11 @@ impl Session {
         Session {
             id: SessionId(String::new()),
             dwell_ms: if finished { self.dwell_ms } else { 0 },
-            max_scroll_pct: if finished { self.max_scroll_pct } else { 0 },
+            max_scroll: if finished {
+                self.max_scroll
+            } else {
+                Depth::default()
+            },
             scroll_events: 0,
             ..self.clone()
         }
@@ -182,7 +212,7 @@ impl Session {
                 Value::Text(self.state.as_str().into()),
                 Value::Int(self.start as i64),
                 Value::Int(self.dwell_ms as i64),
-                Value::Int(self.max_scroll_pct as i64),
+                Value::float(self.max_scroll.pct()),
                 Value::Int(self.scroll_events as i64),
             ],
         }
@@ -223,7 +253,7 @@ impl Reading {
             ]
         });
         pieces.reduce_named("Sessions", move |id, pieces, out| {
-            if let Some(s) = Session::of(id, pieces) {
+            if let Some(s) = Session::of(id, pieces, timeout) {
                 out.push((s, 1));
             }
         })

@@ -9,10 +9,10 @@ use crate::contract::time::{Span, Tick, WINDOW_30D};
 
 use super::*;
 
-/// Local time of day of an instant in a zone: night 0–6, morning 6–12, afternoon 12–18,
-/// evening 18–24.
-pub fn time_of_day(ts: u64, tz: &str) -> &'static str {
-    let zone: chrono_tz::Tz = tz.parse().unwrap_or(chrono_tz::UTC);
+/// Local time of day of an instant in a zone (UTC when none is known): night 0–6, morning
+/// 6–12, afternoon 12–18, evening 18–24.
+pub fn time_of_day(ts: u64, tz: Option<&str>) -> &'static str {
+    let zone: chrono_tz::Tz = tz.and_then(|z| z.parse().ok()).unwrap_or(chrono_tz::UTC);
     let utc = chrono::DateTime::from_timestamp_millis(ts as i64).unwrap_or_default();
     let offset = zone.offset_from_utc_datetime(&utc.naive_utc()).fix();
     match utc.with_timezone(&offset).hour() {
@@ -23,38 +23,17 @@ pub fn time_of_day(ts: u64, tz: &str) -> &'static str {
     }
 }
 
-/// The main zone of a country (ISO 3166 alpha-2) when an event names none.
-pub fn country_zone(country: &str) -> &'static str {
-    match country {
-        "KR" => "Asia/Seoul",
-        "JP" => "Asia/Tokyo",
-        "TW" => "Asia/Taipei",
-        "TH" => "Asia/Bangkok",
-        "ID" => "Asia/Jakarta",
-        "VN" => "Asia/Ho_Chi_Minh",
-        "PH" => "Asia/Manila",
-        "CN" => "Asia/Shanghai",
-        "IN" => "Asia/Kolkata",
-        "US" => "America/New_York",
-        "CA" => "America/Toronto",
-        "MX" => "America/Mexico_City",
-        "BR" => "America/Sao_Paulo",
-        "GB" => "Europe/London",
-        "FR" => "Europe/Paris",
-        "DE" => "Europe/Berlin",
-        "ES" => "Europe/Madrid",
-        "IT" => "Europe/Rome",
-        "AU" => "Australia/Sydney",
-        _ => "UTC",
-    }
-}
-
 /// `YYYY-MM-DDTHH` (UTC) of the hour `ts` falls in.
 pub fn hour_key(hour_start: u64) -> String {
     chrono::DateTime::from_timestamp_millis(hour_start as i64)
         .unwrap_or_default()
         .format("%Y-%m-%dT%H")
         .to_string()
+}
+
+/// The exit-depth decile of a depth: `d` holds `10d ≤ depth < 10d + 10`, 100 in the last.
+pub fn exit_decile(depth: Depth) -> u8 {
+    (depth.0 / 10_000).min(9) as u8
 }
 
 /// An episode's metadata row.
@@ -85,13 +64,15 @@ pub enum Measure {
     Sessions(Span),
     Finished(Span),
     Completed(Span),
+    /// Exits (the `exit` event) below the early-exit depth.
     EarlyExits(Span),
+    /// Exits and timeouts.
+    Abandoned(Span),
     DepthSum(Span),
     DwellSum(Span),
     /// One per (window, episode) a user read: their number is `distinct_episodes`.
     Read(Span, EpisodeId),
     GenreSessions(String),
-    Abandoned,
     ExitDepthSum,
     ExitDecile(u8),
     Meta(EpisodeMeta),
@@ -102,6 +83,8 @@ pub enum Measure {
     OutOfOrder,
     OutOfRange,
     Malformed,
+    /// Events whose country has no known zone and that name none.
+    Unzoned,
 }
 
 const SPANS: [Span; 2] = [Span::D7, Span::D30];
@@ -117,12 +100,14 @@ impl Reading {
         let r = &s.reader;
         let user = Entity::User(r.user.clone());
         let episode = Entity::Episode(r.episode.clone());
-        let tod = time_of_day(s.start, &r.tz);
+        let tod = time_of_day(s.start, r.tz.as_deref());
         let segment = Entity::Segment(r.country.clone(), genre.clone(), tod.to_string());
         let finished = s.state.finished() as isize;
         let completed = (s.state == SessionState::Completed) as isize;
-        let abandoned = s.state.abandoned();
-        let early = (abandoned && s.max_scroll_pct < self.config.early_exit_pct) as isize;
+        let abandoned = s.state.abandoned() as isize;
+        let early_depth = Depth::from_pct(self.config.early_exit_pct as f64);
+        let early = (s.state == SessionState::Exited && s.max_scroll < early_depth) as isize;
+        let depth = s.max_scroll.0 as isize;
         for span in SPANS {
             let until = Some(span.window().expiry(s.start));
             let mut add = |e: &Entity, m: Measure, w: isize| {
@@ -134,7 +119,8 @@ impl Reading {
             add(&user, Finished(span), finished);
             add(&user, Completed(span), completed);
             add(&user, EarlyExits(span), early);
-            add(&user, DepthSum(span), finished * s.max_scroll_pct as isize);
+            add(&user, Abandoned(span), abandoned);
+            add(&user, DepthSum(span), finished * depth);
             add(&user, DwellSum(span), finished * s.dwell_ms as isize);
             add(&user, Read(span, r.episode.clone()), 1);
             add(&episode, Sessions(span), 1);
@@ -145,11 +131,10 @@ impl Reading {
             add(&segment, Completed(span), completed);
             if span == Span::D30 {
                 add(&user, GenreSessions(genre.clone()), 1);
-                if abandoned {
-                    let depth = s.max_scroll_pct;
-                    add(&episode, Abandoned, 1);
-                    add(&episode, ExitDepthSum, depth as isize);
-                    add(&episode, ExitDecile((depth / 10).min(9)), 1);
+                if abandoned == 1 {
+                    add(&episode, Abandoned(span), 1);
+                    add(&episode, ExitDepthSum, depth);
+                    add(&episode, ExitDecile(exit_decile(s.max_scroll)), 1);
                 }
                 if let Some(arm) = &r.arm {
                     let e = Entity::Experiment(arm.experiment.clone());
@@ -158,12 +143,15 @@ impl Reading {
                 }
             }
         }
-        for (hour, n) in &s.out_of_order {
-            out.push((
-                (Entity::Quality(*hour), OutOfOrder),
-                *n as isize,
-                Some(WINDOW_30D.expiry(*hour)),
-            ));
+        let quality = [(OutOfOrder, &s.out_of_order), (Unzoned, &s.unzoned)];
+        for (m, hours) in quality {
+            for (hour, n) in hours {
+                out.push((
+                    (Entity::Quality(*hour), m.clone()),
+                    *n as isize,
+                    Some(WINDOW_30D.expiry(*hour)),
+                ));
+            }
         }
         out
     }
@@ -178,6 +166,14 @@ impl Reading {
                 .map_or(0, |(_, n)| *n as i64)
         };
         let ratio = |a: i64, b: i64| Value::float(if b > 0 { a as f64 / b as f64 } else { 0.0 });
+        // a mean of depths, kept in thousandths of a percent
+        let depth = |a: i64, b: i64| {
+            Value::float(if b > 0 {
+                a as f64 / b as f64 / 1000.0
+            } else {
+                0.0
+            })
+        };
         let windowed = sums.iter().any(|(m, n)| *n != 0 && !matches!(m, Meta(_)));
         if !windowed {
             return Vec::new();
@@ -195,7 +191,8 @@ impl Reading {
                         Value::Int(sum(&Sessions(span))),
                         ratio(sum(&Completed(span)), finished),
                         ratio(sum(&EarlyExits(span)), finished),
-                        ratio(sum(&DepthSum(span)), finished),
+                        ratio(sum(&Abandoned(span)), finished),
+                        depth(sum(&DepthSum(span)), finished),
                         ratio(sum(&DwellSum(span)), finished),
                         Value::Int(distinct as i64),
                     ]);
@@ -229,7 +226,7 @@ impl Reading {
                     values.push(Value::Int(sum(&Sessions(span))));
                     values.push(ratio(sum(&Completed(span)), sum(&Finished(span))));
                 }
-                values.push(ratio(sum(&ExitDepthSum), sum(&Abandoned)));
+                values.push(depth(sum(&ExitDepthSum), sum(&Abandoned(Span::D30))));
                 values.extend((0..10).map(|d| Value::Int(sum(&ExitDecile(d)))));
                 vec![FeatureRow {
                     table: EPISODE,
@@ -253,7 +250,7 @@ impl Reading {
             Entity::Quality(hour) => vec![FeatureRow {
                 table: QUALITY,
                 key: vec![hour_key(*hour)],
-                values: [Null, Duplicate, OutOfOrder, OutOfRange, Malformed]
+                values: [Null, Duplicate, OutOfOrder, OutOfRange, Malformed, Unzoned]
                     .iter()
                     .map(|m| Value::Int(sum(m)))
                     .collect(),
@@ -262,8 +259,7 @@ impl Reading {
     }
 
     /// Per group: finished sessions, completions, the rate, and against the control group
-    /// the difference of rates with its 95 % confidence interval (unpooled two-proportion
-    /// z: `d ± 1.96 · sqrt(p1(1−p1)/n1 + p0(1−p0)/n0)`).
+    /// the difference of rates with Newcombe's 95 % interval (see [`AbTest::of`]).
     pub(super) fn experiment_rows(&self, name: &str, sums: &[(Measure, isize)]) -> Vec<FeatureRow> {
         let mut groups: std::collections::BTreeMap<&str, (i64, i64)> = Default::default();
         for (m, n) in sums {
