@@ -463,6 +463,36 @@ pub fn freshness(
     let live = opts.config.clone();
     let engine = std::thread::spawn(move || crate::engine::run(opts, s));
     std::thread::sleep(Duration::from_secs(2));
+    let produced = produce_paced(&*family, &sender, &route, &topic, rate, seconds, seed);
+    shared.stop.store(true, Ordering::Relaxed);
+    let ran = engine
+        .join()
+        .map_err(|_| anyhow::anyhow!("engine panicked"));
+    // the live job hands its views back, so the next bench run finds them free (also
+    // when producing or the run failed; the run's own error is the one reported)
+    let released = if live.redis.url.is_some() || live.postgres.url.is_some() {
+        crate::sink::owners::release(&live).map(drop)
+    } else {
+        Ok(())
+    };
+    ran??;
+    produced?;
+    released?;
+    let h = shared.freshness.histogram.lock().expect("lock").take();
+    h.ok_or_else(|| anyhow::anyhow!("freshness: no samples"))
+}
+
+/// Produces `rate` generated events per second for `seconds` through `route`, then waits
+/// two seconds for the engine to take the last ones.
+fn produce_paced(
+    family: &dyn tidemark_dataflows::Family,
+    sender: &Sender,
+    route: &dyn Fn(&str) -> String,
+    topic: &str,
+    rate: u64,
+    seconds: u64,
+    seed: u64,
+) -> anyhow::Result<()> {
     eprintln!("producing {rate} events/s for {seconds} s to {topic} …");
     let spec = GenerateSpec {
         events: rate * seconds,
@@ -490,16 +520,7 @@ pub fn freshness(
     }
     sender.flush()?;
     std::thread::sleep(Duration::from_secs(2));
-    shared.stop.store(true, Ordering::Relaxed);
-    engine
-        .join()
-        .map_err(|_| anyhow::anyhow!("engine panicked"))??;
-    // the live job hands its views back, so the next bench run finds them free
-    if live.redis.url.is_some() || live.postgres.url.is_some() {
-        crate::sink::owners::release(&live)?;
-    }
-    let h = shared.freshness.histogram.lock().expect("lock").take();
-    h.ok_or_else(|| anyhow::anyhow!("freshness: no samples"))
+    Ok(())
 }
 
 fn given_first(cfg: &Config) -> String {

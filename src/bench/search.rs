@@ -89,8 +89,9 @@ fn end_to_end(a: &BenchArgs) -> anyhow::Result<()> {
     let secs = start.elapsed().as_secs_f64();
     // the live run below is another job on the same stores: hand this one's views back
     // first (also when the run failed, so the next bench run finds them free)
-    crate::sink::owners::release(&cfg_of_throughput)?;
+    let released = crate::sink::owners::release(&cfg_of_throughput);
     ran?;
+    released?;
     let consumed = shared.counters.consumed.load(Ordering::Relaxed) as f64;
     let throughput = consumed / secs;
     println!("end to end, span {}, Kafka → {} worker(s) → Redis + Postgres: {throughput:.0} events/s ({consumed} events in {secs:.1} s, including start-up)", span_label(span), a.e2e_workers);

@@ -497,7 +497,8 @@ impl RecordSource for KafkaSource {
                 b.fetch_sub(n as i64, std::sync::atomic::Ordering::Relaxed);
             }
         }
-        if n == max {
+        // held records offered again may alone pass `max`
+        if n >= max {
             Poll::Busy
         } else if self.at_end() {
             Poll::Finished

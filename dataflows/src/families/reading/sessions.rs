@@ -186,7 +186,8 @@ impl Session {
     }
 
     /// What the windowed views read of a session. A scroll in an active session changes
-    /// nothing here, so it costs the views nothing: only a new or a finished session does.
+    /// nothing here, so it costs the views nothing: only a new or a finished session does
+    /// (and, for the quality view, an event out of order or without a zone).
     pub(super) fn summary(&self) -> Session {
         let finished = self.state.finished();
         Session {
