@@ -108,12 +108,7 @@ fn run(
         let mut tick = start;
         events.advance_to(tick);
         for batch in &input[index] {
-            tick = batch
-                .iter()
-                .map(|e| e.ts)
-                .max()
-                .unwrap_or(tick)
-                .max(tick + 1);
+            tick = batch_tick(batch, tick);
             events.advance_to(tick);
             batch.iter().for_each(|e| events.insert(e.clone()));
             events.flush();
@@ -180,18 +175,24 @@ fn recount(inserted: &[(Ev, Tick)], at: Tick) -> BTreeMap<String, Vec<Value>> {
         .collect()
 }
 
+/// The tick a batch goes in at after `previous`: its latest event time, and later than
+/// `previous`.
+fn batch_tick(batch: &[Ev], previous: Tick) -> Tick {
+    batch
+        .iter()
+        .map(|e| e.ts)
+        .max()
+        .unwrap_or(previous)
+        .max(previous + 1)
+}
+
 /// The insertion tick of each event, as `run` inserts them.
 fn inserted(per_worker: &[Vec<Vec<Ev>>], start: Tick) -> Vec<(Ev, Tick)> {
     let mut out = Vec::new();
     for batches in per_worker {
         let mut tick = start;
         for batch in batches {
-            tick = batch
-                .iter()
-                .map(|e| e.ts)
-                .max()
-                .unwrap_or(tick)
-                .max(tick + 1);
+            tick = batch_tick(batch, tick);
             out.extend(batch.iter().map(|e| (e.clone(), tick)));
         }
     }

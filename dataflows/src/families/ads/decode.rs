@@ -140,27 +140,33 @@ fn identity(raw: &RawAd<'_>, ts: u64, fields: &[IdField], payload: &[u8]) -> Eve
     if fields.is_empty() || raw.event_id.as_deref().is_some_and(|id| !id.is_empty()) {
         return id_or_bytes(&raw.event_id, payload);
     }
-    let text = |v: &Option<Cow<'_, str>>| v.as_deref().unwrap_or_default().to_string();
-    let number = |v: Option<f64>| v.map_or(String::new(), |x| x.to_string());
-    let mut key = String::from("fields");
-    for f in fields {
-        let part = match f {
-            IdField::EventType => text(&raw.event_type),
-            IdField::Timestamp => ts.to_string(),
-            IdField::DeviceId => text(&raw.device_id),
-            IdField::AdId => text(&raw.ad_id),
-            IdField::CampaignId => text(&raw.campaign_id),
-            IdField::AdvertiserId => text(&raw.advertiser_id),
-            IdField::Placement => text(&raw.placement),
-            IdField::Category => text(&raw.category),
-            IdField::ActualPrice => number(raw.actual_price),
-            IdField::RevenueAmount => number(raw.revenue_amount),
-        };
-        // a separator no JSON string of these fields needs to hold
-        key.push('\u{1f}');
-        key.push_str(&part);
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(b"fields");
+    // each part with its length: no two lists of parts hash the same bytes, whatever the
+    // strings hold; an amount as its parsed value (1200 and 1200.0 are one amount)
+    let mut put = |part: &[u8]| {
+        h.update(&(part.len() as u64).to_le_bytes());
+        h.update(part);
+    };
+    fn text<'a>(v: &'a Option<Cow<'_, str>>) -> &'a [u8] {
+        v.as_deref().unwrap_or_default().as_bytes()
     }
-    EventId(xxhash_rust::xxh3::xxh3_128(key.as_bytes()))
+    let amount = |v: Option<f64>| v.map(|x| x.to_bits().to_le_bytes());
+    for f in fields {
+        match f {
+            IdField::EventType => put(text(&raw.event_type)),
+            IdField::Timestamp => put(&ts.to_le_bytes()),
+            IdField::DeviceId => put(text(&raw.device_id)),
+            IdField::AdId => put(text(&raw.ad_id)),
+            IdField::CampaignId => put(text(&raw.campaign_id)),
+            IdField::AdvertiserId => put(text(&raw.advertiser_id)),
+            IdField::Placement => put(text(&raw.placement)),
+            IdField::Category => put(text(&raw.category)),
+            IdField::ActualPrice => put(amount(raw.actual_price).as_ref().map_or(&[], |b| b)),
+            IdField::RevenueAmount => put(amount(raw.revenue_amount).as_ref().map_or(&[], |b| b)),
+        }
+    }
+    EventId(h.digest128())
 }
 
 pub fn decode(payload: &[u8], identity_fields: &[IdField]) -> Result<Timed<AdEvent>, DecodeError> {
@@ -352,6 +358,14 @@ mod tests {
         // an event_id still wins
         let with_id = retried.replace("{", r#"{"event_id":"x1","#);
         assert_eq!(id(&with_id, &fields), EventId::of("x1"));
+        // parts are length-prefixed: moving a character across two fields is another event
+        let split = |d: &str, a: &str| {
+            let json = retried
+                .replace("device_12345", d)
+                .replace("ad_001", a);
+            id(&json, &fields)
+        };
+        assert_ne!(split("x\\u001fy", "z"), split("x", "y\\u001fz"));
         assert_eq!(IdField::parse("colour"), None);
     }
 }
