@@ -13,8 +13,8 @@ use common::ads::model::{
     BUDGET, BUDGET_EVENTS, BUDGET_SPEND, CAMPAIGN, PERFORMANCE, PERFORMANCE_HISTORY, PRODUCT,
 };
 use common::ads::{
-    assert_same_rows, budgets, expected, model_input, pg_rows, redis_rows, topic_rows,
-    without_ticks, Rows,
+    assert_alert_versions, assert_same_rows, budgets, expected, model_input, pg_rows, redis_rows,
+    topic_rows, without_ticks, without_versions, Rows,
 };
 use common::reading::assert_views;
 use common::*;
@@ -151,7 +151,7 @@ fn assert_same_outputs(what: &str, got: &Outputs, want: &Outputs) {
         ("performance-metrics", &got.metrics, &want.metrics),
         ("budget-management", &got.budget, &want.budget),
     ] {
-        let rows = |t: &str| without_ticks(&topic_rows(t).0);
+        let rows = |t: &str| without_versions(&without_ticks(&topic_rows(t).0));
         assert_same_rows(&format!("{topic} {what}"), &rows(g), &rows(w));
     }
     for (table, keys) in [
@@ -285,7 +285,12 @@ fn kafka_to_topics_redis_and_postgres_matches_the_model_and_a_replay_repeats_it(
         "a late event re-emitted a closed window"
     );
     let (budget, _) = topic_rows(&first.budget);
+    let budget = without_versions(&budget);
     assert_rows("budget-management", &budget, want.get(&BUDGET_EVENTS));
+    // each alert once, a correction as the next version naming what it corrects (late
+    // clicks, hours late, move some crossings)
+    let corrected = assert_alert_versions(&first.budget);
+    assert!(corrected > 0, "no alert was corrected");
     // every invalid record is in the DLQ
     assert_eq!(dead_letters(&format!("{ads}-dlq-ads1")).len(), invalid);
 
@@ -324,4 +329,6 @@ fn a_restart_from_a_checkpoint_gives_the_same_records() {
         run_ads_on(&ads3, &quality3, "ads3", &third, &first.pg, workers);
     }
     assert_same_outputs("after a restart", &third, &first);
+    // the restart re-sent no alert as a new version
+    assert_alert_versions(&third.budget);
 }

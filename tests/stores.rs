@@ -1,6 +1,6 @@
 //! The stores on their own, against real Redis and Postgres: what a restart's rollback
-//! sends when a worker's restored rows are all of tables a store does not hold, and a
-//! column an older version created with another type.
+//! sends when a worker's restored rows are all of tables a store does not hold, a
+//! column an older version created with another type, and a value that becomes null.
 
 mod common;
 
@@ -13,6 +13,7 @@ use tidemark::sink::{Store, Writer};
 use tidemark_dataflows::contract::table::{
     int, EntityChange, SinkKind, TableSpec, TickChanges, Value,
 };
+use tidemark_dataflows::Tick;
 
 fn tables() -> Arc<Vec<TableSpec>> {
     Arc::new(vec![
@@ -129,4 +130,81 @@ fn a_bigint_column_of_a_float_feature_is_widened_in_place() {
     };
     let (old, new) = (depth("old"), depth("new"));
     assert_eq!((old, new), (42.0, 89.75));
+}
+
+/// A field that becomes null (ads' campaign view once its latest window is no longer
+/// shown; a campaign without a budget) leaves the Redis hash and is `NULL` in Postgres,
+/// whether written as a change or as a restart's rewrite; it comes back with a value.
+#[test]
+fn a_null_value_is_absent_from_redis_and_null_in_postgres() {
+    let tables = Arc::new(vec![TableSpec {
+        ns: "nullable",
+        keys: vec!["k"],
+        fields: vec![
+            int("n"),
+            tidemark_dataflows::contract::table::text("window_start"),
+        ],
+        version: 1,
+        sink: SinkKind::Store,
+    }]);
+    let writer = Writer {
+        job: "nulls".into(),
+        worker: 0,
+        peers: 1,
+        tables,
+    };
+    let (redis, pg) = (fresh_redis(13), fresh_pg("tm_nulls"));
+    let mut r = RedisStore::open(&redis, writer.clone(), None).unwrap();
+    let mut p = PostgresStore::open(&pg, writer).unwrap();
+    let change = |tick: Tick, k: &str, start: Value, changed: Vec<usize>| {
+        Arc::new(TickChanges {
+            tick,
+            changes: vec![EntityChange {
+                table: 0,
+                key: vec![k.into()],
+                after: Some(vec![Value::Int(tick as i64), start]),
+                changed,
+            }],
+        })
+    };
+    let shown = change(
+        5,
+        "a",
+        Value::Text("2026-01-01T00:00:00Z".into()),
+        vec![0, 1],
+    );
+    let hidden = change(6, "a", Value::Null, vec![0, 1]);
+    let born_null = change(6, "b", Value::Null, vec![0, 1]);
+    for (tick, write) in [(5, vec![shown.clone()]), (6, vec![hidden, born_null])] {
+        assert!(r.write(&write, Some(tick + 1)).unwrap().is_empty());
+        assert!(p.write(&write, Some(tick + 1)).unwrap().is_empty());
+    }
+    let hash = redis_get_hash(&redis, "feat:nullable:a");
+    assert_eq!(hash.get("n").map(String::as_str), Some("6"));
+    assert_eq!(hash.get("window_start"), None, "{hash:?}");
+    assert!(!redis_get_hash(&redis, "feat:nullable:b").contains_key("window_start"));
+    let mut c = postgres::Client::connect(&pg, postgres::NoTls).unwrap();
+    let mut start = |k: &str| -> Option<String> {
+        c.query_one("SELECT window_start FROM feat_nullable WHERE k = $1", &[&k])
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!((start("a"), start("b")), (None, None));
+    // a restart's rewrite of a null leaves it out too, and a value comes back
+    let rewritten = change(7, "b", Value::Null, vec![0, 1]);
+    assert!(r.rewrite(&rewritten, 6, 8).unwrap().is_empty());
+    assert!(!redis_get_hash(&redis, "feat:nullable:b").contains_key("window_start"));
+    let back = change(
+        9,
+        "a",
+        Value::Text("2026-01-02T00:00:00Z".into()),
+        vec![0, 1],
+    );
+    assert!(r.write(std::slice::from_ref(&back), Some(10)).unwrap().is_empty());
+    assert!(p.write(&[back], Some(10)).unwrap().is_empty());
+    assert_eq!(
+        redis_get_hash(&redis, "feat:nullable:a")["window_start"],
+        "2026-01-02T00:00:00Z"
+    );
+    assert_eq!(start("a").as_deref(), Some("2026-01-02T00:00:00Z"));
 }

@@ -74,6 +74,7 @@ impl Ev {
                 category: CATEGORIES[ad].into(),
                 device: format!("d{device}"),
                 ad: format!("a{ad}"),
+                advertiser: format!("adv{ad}"),
             },
             id,
         }
@@ -96,7 +97,7 @@ impl Ev {
             return on_topic(QUALITY_TOPIC, &serde_json::to_vec(&v).unwrap());
         }
         let mut v = json!({"event_id": self.id, "timestamp": iso(r.ts), "device_id": r.device,
-            "ad_id": r.ad, "campaign_id": r.campaign, "advertiser_id": "adv",
+            "ad_id": r.ad, "campaign_id": r.campaign, "advertiser_id": r.advertiser,
             "product_id": "p", "placement": r.placement, "category": r.category, "bid_price": 1500});
         let o = v.as_object_mut().unwrap();
         let t = match r.act {
@@ -194,6 +195,20 @@ fn checkpoints(events: &[(AdRead, Tick)]) -> BTreeSet<Tick> {
         at.insert(last + 40 * DAY);
     }
     at
+}
+
+/// The model's state at every checkpoint, in order, its alerts stamped with their versions.
+fn recounts(events: &[(AdRead, Tick)]) -> Vec<(Tick, common::ads_model::State)> {
+    let mut versions = Versions::default();
+    let ticks = checkpoints(events);
+    ticks
+        .into_iter()
+        .map(|at| {
+            let mut want = recount(events, &budgets(), at);
+            versions.stamp(&mut want);
+            (at, want)
+        })
+        .collect()
 }
 
 fn placement() -> impl Strategy<Value = &'static str> {
@@ -300,8 +315,8 @@ proptest! {
     fn one_worker_matches_the_recount_at_every_tick(batches in stream(0)) {
         let changes = run(vec![common::payloads(&batches)]);
         let events = accepted(&batches);
-        for at in checkpoints(&events) {
-            ORACLE.check(&state_at(&changes, at), &recount(&events, &budgets(), at), at)?;
+        for (at, want) in recounts(&events) {
+            ORACLE.check(&state_at(&changes, at), &want, at)?;
         }
     }
 
@@ -310,8 +325,8 @@ proptest! {
         let changes = run(vec![common::payloads(&a), common::payloads(&b)]);
         let mut events = accepted(&a);
         events.extend(accepted(&b));
-        for at in checkpoints(&events) {
-            ORACLE.check(&state_at(&changes, at), &recount(&events, &budgets(), at), at)?;
+        for (at, want) in recounts(&events) {
+            ORACLE.check(&state_at(&changes, at), &want, at)?;
         }
     }
 }
@@ -341,7 +356,9 @@ proptest! {
         let last_batch = events.iter().find(|(e, _)| last_ids.contains(&e.id)).map(|(_, t)| *t);
         let mut switched = false;
         for at in checkpoints(&events) {
-            let got = state_at(&changes, at);
+            // which tick the new table reached decides which versions the alerts went out
+            // with: the contents are compared here, the versions by the tests above
+            let got = unversioned(state_at(&changes, at));
             let (was, now) = (recount(&events, &old, at), recount(&events, &new, at));
             let (is_old, is_new) = (ORACLE.agrees(&got, &was), ORACLE.agrees(&got, &now));
             prop_assert!(is_old || is_new, "at {at}: neither budget table: {got:?}\nold {was:?}\nnew {now:?}");
@@ -351,6 +368,17 @@ proptest! {
             switched |= is_new && !is_old;
         }
     }
+}
+
+/// `state` with the alerts' versions taken off, as `recount` leaves them.
+fn unversioned(mut state: common::ads_model::State) -> common::ads_model::State {
+    for ((table, _), values) in state.iter_mut() {
+        if matches!(*table, BUDGET_EVENTS | BUDGET_HISTORY) {
+            let n = values.len() - VERSION_FIELDS;
+            values[n..].fill(Value::Null);
+        }
+    }
+    state
 }
 
 fn click(id: &str, ts: u64, device: usize, ad: usize, placement: &str, price: i64) -> Item {
@@ -420,8 +448,8 @@ fn attribution_edges_and_a_late_click_re_emits_the_window() {
     let events = accepted(&batches);
     let last = events.iter().map(|(_, t)| *t).max().unwrap();
     // the model agrees at every tick
-    for at in checkpoints(&events) {
-        let (got, want) = (state_at(&changes, at), recount(&events, &budgets(), at));
+    for (at, want) in recounts(&events) {
+        let got = state_at(&changes, at);
         assert!(ORACLE.agrees(&got, &want), "at {at}: {got:?} vs {want:?}");
     }
     let window = |placement: &str, at: Tick| {
@@ -487,8 +515,8 @@ fn budget_thresholds_cross_once_per_campaign_day_in_its_zone() {
     }
     let changes = run(vec![common::payloads(&batches)]);
     let events = accepted(&batches);
-    for at in checkpoints(&events) {
-        let (got, want) = (state_at(&changes, at), recount(&events, &budgets(), at));
+    for (at, want) in recounts(&events) {
+        let got = state_at(&changes, at);
         assert!(ORACLE.agrees(&got, &want), "at {at}: {got:?} vs {want:?}");
     }
     let end = events.iter().map(|(_, t)| *t).max().unwrap();
@@ -518,6 +546,77 @@ fn budget_thresholds_cross_once_per_campaign_day_in_its_zone() {
         }
     }
     assert!(emitted.values().all(|n| *n == 1), "{emitted:?}");
+}
+
+/// An alert goes out once; a late click that moves its crossing sends version 2, naming
+/// the `timestamp` it corrects; a late click after the crossing, and the same clicks
+/// delivered again, send nothing. A campaign without a budget row shows no budget.
+#[test]
+fn an_alert_is_sent_once_and_a_correction_says_what_it_corrects() {
+    let t = BASE + 2 * HOUR;
+    let batches = vec![
+        // c0's budget is 3,000: crossed (all three thresholds) by k2
+        vec![
+            click("k1", t + 10 * MINUTE, 0, 0, "HOME", 1_500),
+            click("k2", t + 20 * MINUTE, 0, 0, "HOME", 1_500),
+        ],
+        vec![Item::Event(Ev::new(
+            "i1".into(),
+            t + HOUR,
+            Act::Impression,
+            0,
+            0,
+            "HOME",
+        ))],
+        // late, before the crossing: it moves to k1
+        vec![click("k0", t + 5 * MINUTE, 1, 0, "HOME", 1_500)],
+        // late, after the crossing: the crossing stays
+        vec![click("k3", t + 30 * MINUTE, 1, 0, "HOME", 100)],
+        // the same clicks again
+        vec![
+            click("k0", t + 5 * MINUTE, 1, 0, "HOME", 1_500),
+            click("k1", t + 10 * MINUTE, 0, 0, "HOME", 1_500),
+        ],
+        // c2 has no budget row
+        vec![click("n1", t + 2 * HOUR, 2, 2, "HOME", 700)],
+    ];
+    let changes = run(vec![common::payloads(&batches)]);
+    let events = accepted(&batches);
+    for (at, want) in recounts(&events) {
+        let got = state_at(&changes, at);
+        assert!(ORACLE.agrees(&got, &want), "at {at}: {got:?} vs {want:?}");
+    }
+    let sent: Vec<Vec<Value>> = changes
+        .iter()
+        .flat_map(|t| &t.changes)
+        .filter(|c| c.table == BUDGET_EVENTS && c.key[2] == "EXHAUSTED")
+        .filter_map(|c| c.after.clone())
+        .collect();
+    let fields = |v: &Vec<Value>| (v[1].clone(), v[9].clone(), v[10].clone());
+    let text = |ms: u64| Value::Text(iso(ms));
+    assert_eq!(
+        sent.iter().map(fields).collect::<Vec<_>>(),
+        vec![
+            (text(t + 20 * MINUTE), Value::Int(1), Value::Null),
+            (text(t + 10 * MINUTE), Value::Int(2), text(t + 20 * MINUTE)),
+        ]
+    );
+    let end = events.iter().map(|(_, t)| *t).max().unwrap();
+    let budget = table(&changes, BUDGET, end);
+    let (_, unbudgeted) = budget.iter().find(|(k, _)| k[0] == "c2").unwrap();
+    // advertiser, daily_budget, spent_amount, remaining_budget, spent_ratio, clicks, paused
+    assert_eq!(
+        unbudgeted,
+        &vec![
+            Value::Text("adv2".into()),
+            Value::Null,
+            Value::Int(700),
+            Value::Null,
+            Value::Null,
+            Value::Int(1),
+            Value::Int(0),
+        ]
+    );
 }
 
 impl common::Payload for Ev {

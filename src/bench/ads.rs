@@ -4,7 +4,7 @@
 
 use tidemark_dataflows::contract::event::{EventId, Timed};
 use tidemark_dataflows::families::ads::{
-    generate, AdEvent, Ads, AdsConfig, CampaignId, DeviceAd, Placement, Slot,
+    generate, AdEvent, Ads, AdsConfig, AdvertiserId, CampaignId, DeviceAd, Placement, Slot,
 };
 use tidemark_dataflows::{Dataflow, GenerateSpec};
 
@@ -77,6 +77,7 @@ fn open_clicks(n: u64) -> anyhow::Result<()> {
                 },
                 pair: DeviceAd::of(&format!("device_{i}"), &format!("ad_{c}")),
                 price: 100,
+                advertiser: AdvertiserId(format!("advertiser_{c}")),
             },
         }]
     };

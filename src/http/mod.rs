@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use tidemark_dataflows::contract::table::TableSpec;
+use tidemark_dataflows::contract::table::{self, TableSpec};
 use tidemark_dataflows::Family;
 
 use crate::clock::now_ms;
@@ -92,6 +92,8 @@ impl Api {
                                     .fields
                                     .iter()
                                     .zip(values)
+                                    // absent, as Redis holds it
+                                    .filter(|(_, v)| !matches!(v, table::Value::Null))
                                     .map(|(f, v)| (f.name.to_string(), v.to_json()))
                                     .collect();
                                 m.insert("_tick".into(), (*tick).into());

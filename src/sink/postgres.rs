@@ -223,6 +223,7 @@ impl Column {
         match (self, v) {
             (Column::Int(c), Value::Int(i)) => c.push(Some(*i)),
             (Column::Float(c), v) => c.push(v.as_f64()),
+            (Column::Text(c), Value::Null) => c.push(None),
             (Column::Text(c), v) => c.push(Some(v.to_string())),
             (Column::Int(c), _) => c.push(None),
         }

@@ -33,12 +33,16 @@ static GUARDED_WRITE_SHA: std::sync::LazyLock<String> =
 
 /// Writes one entity unless the hash already holds a newer tick (monotonic visibility
 /// across restarts and replays, DESIGN §4). KEYS: the hash; ARGV: tick, version, ttl
-/// (0 = none), then field/value pairs — none means the entity is gone.
+/// (0 = none), then the number `n` of fields that became null and those `n` fields
+/// (deleted from the hash), then field/value pairs — nothing after the ttl means the
+/// entity is gone.
 const GUARDED_WRITE: &str = r#"
 local stored = tonumber(redis.call('HGET', KEYS[1], '_tick') or '-1')
 if stored > tonumber(ARGV[1]) then return 0 end
 if #ARGV == 3 then redis.call('DEL', KEYS[1]) return 1 end
-redis.call('HSET', KEYS[1], '_tick', ARGV[1], '_v', ARGV[2], unpack(ARGV, 4))
+local pairs_at = 5 + tonumber(ARGV[4])
+if pairs_at > 5 then redis.call('HDEL', KEYS[1], unpack(ARGV, 5, pairs_at - 1)) end
+redis.call('HSET', KEYS[1], '_tick', ARGV[1], '_v', ARGV[2], unpack(ARGV, pairs_at))
 if ARGV[3] ~= '0' then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
 return 1
 "#;
@@ -287,7 +291,12 @@ impl Store for RedisStore {
                 .arg(spec.version)
                 .arg(self.ttl_secs.unwrap_or(0));
             if let Some(values) = &c.after {
-                for &i in n.changed.iter() {
+                let null = |i: &&usize| values[**i] == Value::Null;
+                cmd.arg(n.changed.iter().filter(null).count());
+                for &i in n.changed.iter().filter(null) {
+                    cmd.arg(spec.fields[i].name);
+                }
+                for &i in n.changed.iter().filter(|i| !null(i)) {
                     cmd.arg(spec.fields[i].name).arg(values[i].to_string());
                 }
             }
@@ -388,7 +397,9 @@ fn rewrite(
                 .arg(spec.version)
                 .arg(ttl.unwrap_or(0));
             for (f, v) in spec.fields.iter().zip(values) {
-                cmd.arg(f.name).arg(v.to_string());
+                if *v != Value::Null {
+                    cmd.arg(f.name).arg(v.to_string());
+                }
             }
             owners.push(Some((key, at)));
         }

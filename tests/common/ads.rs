@@ -8,6 +8,7 @@ pub mod model;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use model::{Act, AdRead, BudgetRow};
+use tidemark_dataflows::contract::table::Value;
 use tidemark_dataflows::families::ads::{decode, AdEvent, Ads};
 use tidemark_dataflows::Dataflow;
 
@@ -35,9 +36,18 @@ pub fn model_input(text: &str) -> (Vec<(AdRead, u64)>, usize) {
         if model::too_late(e.ts, stream_time) || !seen.insert(e.id) {
             continue;
         }
+        let mut advertiser = String::new();
         let (act, slot, pair) = match e.event {
             AdEvent::Impression(slot) => (Act::Impression, Some(slot), None),
-            AdEvent::Click { slot, pair, price } => (Act::Click { price }, Some(slot), Some(pair)),
+            AdEvent::Click {
+                slot,
+                pair,
+                price,
+                advertiser: a,
+            } => {
+                advertiser = a.0;
+                (Act::Click { price }, Some(slot), Some(pair))
+            }
             AdEvent::Conversion {
                 slot,
                 pair,
@@ -72,6 +82,7 @@ pub fn model_input(text: &str) -> (Vec<(AdRead, u64)>, usize) {
                 category: slot.map(|s| s.category).unwrap_or_default(),
                 device: pair.map(|p| p.device.to_string()).unwrap_or_default(),
                 ad: pair.map(|p| p.ad.to_string()).unwrap_or_default(),
+                advertiser,
             },
             0,
         ));
@@ -106,6 +117,8 @@ pub fn expected(events: &[(AdRead, u64)], budgets: &[BudgetRow], at: u64) -> BTr
             .fields
             .iter()
             .zip(values)
+            // a null is absent: from a Redis hash, a topic record and a Postgres row alike
+            .filter(|(_, v)| *v != Value::Null)
             .map(|(f, v)| (f.name.to_string(), v.to_string()))
             .collect();
         out.entry(t).or_default().insert(key.join("|"), fields);
@@ -145,7 +158,11 @@ pub fn pg_rows(url: &str, table: &str, keys: &[&str]) -> Rows {
             let v: serde_json::Value = serde_json::from_str(r.get::<_, &str>(0)).unwrap();
             let o = v.as_object().unwrap();
             let key: Vec<String> = keys.iter().map(|k| text_of(&o[*k])).collect();
-            let fields = o.iter().map(|(k, v)| (k.clone(), text_of(v))).collect();
+            let fields = o
+                .iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), text_of(v)))
+                .collect();
             (key.join("|"), fields)
         })
         .collect()
@@ -161,7 +178,10 @@ pub fn topic_rows(topic: &str) -> (Rows, BTreeMap<String, usize>) {
             Some(serde_json::Value::Object(o)) => {
                 latest.insert(
                     key,
-                    o.iter().map(|(k, v)| (k.clone(), text_of(v))).collect(),
+                    o.iter()
+                        .filter(|(_, v)| !v.is_null())
+                        .map(|(k, v)| (k.clone(), text_of(v)))
+                        .collect(),
                 );
             }
             _ => {
@@ -221,4 +241,68 @@ pub fn assert_same_rows(what: &str, got: &Rows, want: &Rows) {
         want.len(),
         shown.join("\n")
     );
+}
+
+/// `rows` without the alerts' `version` and `previous_timestamp`: which versions went out
+/// depends on how the events were batched (see [`assert_alert_versions`]).
+pub fn without_versions(rows: &Rows) -> Rows {
+    rows.iter()
+        .map(|(k, f)| {
+            let mut f = f.clone();
+            f.remove("version");
+            f.remove("previous_timestamp");
+            (k.clone(), f)
+        })
+        .collect()
+}
+
+/// The alert records on `topic` keep their contract (#18), key by key in topic order: a
+/// version seen before comes again only as the same record but for `_tick` (a re-send); a new one is the
+/// next number, its content differs from the last one's and names that one's `timestamp`
+/// in `previous_timestamp` (none on version 1). Returns how many keys had corrections.
+pub fn assert_alert_versions(topic: &str) -> usize {
+    let mut sent: BTreeMap<String, Vec<serde_json::Map<String, serde_json::Value>>> =
+        BTreeMap::new();
+    for (key, value) in super::topic_records(topic) {
+        let Some(serde_json::Value::Object(mut record)) = value else {
+            continue; // a tombstone: a retracted alert or a retired day
+        };
+        // the tick it went out at is the engine's, not the alert's
+        record.remove("_tick");
+        if record["event_type"] == "BUDGET_SYNC" {
+            assert!(record["version"].is_null(), "{key}: a sync has no version");
+            continue;
+        }
+        let versions = sent.entry(key.clone()).or_default();
+        let v = record["version"].as_u64().unwrap_or(0) as usize;
+        assert!(v >= 1, "{key}: version {:?}", record["version"]);
+        if v <= versions.len() {
+            assert_eq!(
+                record,
+                versions[v - 1],
+                "{key}: version {v} sent again, changed"
+            );
+            continue;
+        }
+        assert_eq!(v, versions.len() + 1, "{key}: a version skipped");
+        let content = |r: &serde_json::Map<String, serde_json::Value>| {
+            let mut r = r.clone();
+            r.remove("version");
+            r.remove("previous_timestamp");
+            r
+        };
+        match versions.last() {
+            None => assert!(record["previous_timestamp"].is_null(), "{key}: {record:?}"),
+            Some(last) => {
+                assert_ne!(
+                    content(last),
+                    content(&record),
+                    "{key}: a version without a change"
+                );
+                assert_eq!(record["previous_timestamp"], last["timestamp"], "{key}");
+            }
+        }
+        versions.push(record);
+    }
+    sent.values().filter(|v| v.len() > 1).count()
 }

@@ -364,7 +364,7 @@ pub fn pg_features(
                 .collect();
             let fields = o
                 .iter()
-                .filter(|(k, _)| !keys.contains(&k.as_str()))
+                .filter(|(k, v)| !keys.contains(&k.as_str()) && !v.is_null())
                 .map(|(k, v)| {
                     (
                         k.clone(),

@@ -14,6 +14,10 @@ pub enum Value {
     Int(i64),
     Float(OrderedFloat<f64>),
     Text(String),
+    /// No value: the field is absent from a Redis hash and from the read API, `NULL` in
+    /// Postgres and `null` in a topic record (a campaign without a budget has no
+    /// `daily_budget`, not a budget of 0).
+    Null,
 }
 
 impl Value {
@@ -24,7 +28,7 @@ impl Value {
         match self {
             Value::Int(i) => Some(*i as f64),
             Value::Float(f) => Some(f.0),
-            Value::Text(_) => None,
+            Value::Text(_) | Value::Null => None,
         }
     }
 }
@@ -36,6 +40,7 @@ impl Value {
             Value::Int(i) => (*i).into(),
             Value::Float(f) => f.0.into(),
             Value::Text(t) => t.clone().into(),
+            Value::Null => serde_json::Value::Null,
         }
     }
 }
@@ -46,6 +51,7 @@ impl std::fmt::Display for Value {
             Value::Int(i) => write!(f, "{i}"),
             Value::Float(x) => write!(f, "{}", x.0),
             Value::Text(s) => f.write_str(s),
+            Value::Null => Ok(()),
         }
     }
 }

@@ -13,8 +13,8 @@ use tidemark_dataflows::Tick;
 pub type State = BTreeMap<(u8, Vec<String>), Vec<Value>>;
 /// Counts (impressions, clicks, conversions) per (campaign, placement), per (category, start).
 type Windows = BTreeMap<(String, u64), BTreeMap<(String, String), [i64; 3]>>;
-/// Clicks (ts, id, price) per (campaign, date).
-type Days = BTreeMap<(String, String), Vec<(u64, u128, i64)>>;
+/// Clicks (ts, id, price, advertiser) per (campaign, date).
+type Days = BTreeMap<(String, String), Vec<(u64, u128, i64, String)>>;
 
 pub const SECOND: u64 = 1_000;
 pub const MINUTE: u64 = 60 * SECOND;
@@ -90,6 +90,8 @@ pub struct AdRead {
     pub category: String,
     pub device: String,
     pub ad: String,
+    /// `advertiser_id` (read from clicks: a campaign without a budget row shows it).
+    pub advertiser: String,
 }
 
 /// A `campaign_budgets` row.
@@ -295,14 +297,7 @@ pub fn recount(events: &[(AdRead, Tick)], budgets: &[BudgetRow], at: Tick) -> St
                     Value::float(rate(*v, *c)),
                 ]
             }
-            None => vec![
-                Value::Text(String::new()),
-                Value::Int(0),
-                Value::Int(0),
-                Value::Int(0),
-                Value::float(0.0),
-                Value::float(0.0),
-            ],
+            None => vec![Value::Null; 6],
         };
         for (length, resolution) in [(HOUR, SECOND), (DAY, MINUTE)] {
             let live = |ts: u64| at < ceil(ts + length, resolution);
@@ -362,28 +357,38 @@ pub fn recount(events: &[(AdRead, Tick)], budgets: &[BudgetRow], at: Tick) -> St
         let zone = row.map_or("UTC", |b| b.zone.as_str());
         let (date, end) = local_day(e.ts, zone);
         if at < end + DAY {
-            days.entry((e.campaign.clone(), date))
-                .or_default()
-                .push((e.ts, e.id, price));
+            days.entry((e.campaign.clone(), date)).or_default().push((
+                e.ts,
+                e.id,
+                price,
+                e.advertiser.clone(),
+            ));
         }
     }
     for ((campaign, date), mut clicks) in days {
         clicks.sort();
         let row = budgets.iter().find(|b| b.campaign == campaign);
-        let (advertiser, daily) =
-            row.map_or((String::new(), 0), |b| (b.advertiser.clone(), b.daily));
+        // no budget row: no budget (null), and the advertiser its clicks carry (of several,
+        // the greatest)
+        let advertiser = row.map_or_else(
+            || clicks.iter().map(|c| c.3.clone()).max().unwrap_or_default(),
+            |b| b.advertiser.clone(),
+        );
+        let daily = row.map(|b| b.daily);
+        let budget = || daily.map_or(Value::Null, Value::Int);
+        let remaining = |spent: i64| daily.map_or(Value::Null, |d| Value::Int((d - spent).max(0)));
         let spent: i64 = clicks.iter().map(|c| c.2).sum();
         let key = vec![campaign.clone(), date.clone()];
         out.insert(
             (BUDGET, key.clone()),
             vec![
                 Value::Text(advertiser.clone()),
-                Value::Int(daily),
+                budget(),
                 Value::Int(spent),
-                Value::Int((daily - spent).max(0)),
-                Value::float(rate(spent, daily)),
+                remaining(spent),
+                daily.map_or(Value::Null, |d| Value::float(rate(spent, d))),
                 Value::Int(clicks.len() as i64),
-                Value::Int((daily > 0 && spent >= daily) as i64),
+                Value::Int(daily.is_some_and(|d| d > 0 && spent >= d) as i64),
             ],
         );
         let record =
@@ -397,17 +402,21 @@ pub fn recount(events: &[(AdRead, Tick)], budgets: &[BudgetRow], at: Tick) -> St
                         Value::Text(event_type.into()),
                         Value::Text(iso(ts)),
                         Value::Text(advertiser.clone()),
-                        Value::Int(daily),
+                        budget(),
                         Value::Int(amount),
-                        Value::Int((daily - amount).max(0)),
+                        remaining(amount),
                         Value::Text(alert.into()),
                         // seed 002's enum: the spend is the Redis budget counter's
                         Value::Text("REDIS_COUNTER".into()),
                         Value::Text(action.into()),
+                        // `version`, `previous_timestamp`: an alert's are stamped by
+                        // `Versions` from the records before it; a sync has none
+                        Value::Null,
+                        Value::Null,
                     ],
                 )
             };
-        if daily > 0 {
+        if let Some(daily) = daily.filter(|d| *d > 0) {
             for (pct, alert, event_type, action) in [
                 (90, "90_PERCENT", "BUDGET_ALERT", "NOTIFY"),
                 (95, "95_PERCENT", "BUDGET_ALERT", "NOTIFY"),
@@ -415,7 +424,7 @@ pub fn recount(events: &[(AdRead, Tick)], budgets: &[BudgetRow], at: Tick) -> St
             ] {
                 // clicks of one millisecond count together
                 let mut cumulative = 0;
-                for (i, (ts, _, price)) in clicks.iter().enumerate() {
+                for (i, (ts, _, price, _)) in clicks.iter().enumerate() {
                     cumulative += price;
                     let instant_ends = clicks.get(i + 1).is_none_or(|next| next.0 != *ts);
                     if instant_ends && cumulative * 100 >= daily * pct {
@@ -431,7 +440,7 @@ pub fn recount(events: &[(AdRead, Tick)], budgets: &[BudgetRow], at: Tick) -> St
         // synced on the 10-minute boundaries of stream time
         let synced: Vec<(u64, i64)> = clicks
             .iter()
-            .map(|(ts, _, price)| (ceil(ts + 1, SYNC), *price))
+            .map(|(ts, _, price, _)| (ceil(ts + 1, SYNC), *price))
             .filter(|(boundary, _)| *boundary <= at)
             .collect();
         if let Some(last) = synced.iter().map(|s| s.0).max() {
@@ -443,7 +452,7 @@ pub fn recount(events: &[(AdRead, Tick)], budgets: &[BudgetRow], at: Tick) -> St
                 (BUDGET_SPEND, vec![campaign.clone(), date.clone()]),
                 vec![
                     Value::Text(advertiser.clone()),
-                    Value::Int(daily),
+                    budget(),
                     Value::Int(amount),
                     Value::Text(iso(last)),
                     Value::Int(last as i64),
@@ -506,4 +515,45 @@ pub fn recount(events: &[(AdRead, Tick)], budgets: &[BudgetRow], at: Tick) -> St
         );
     }
     out
+}
+
+/// The fields an alert's version adds to its record: `version`, `previous_timestamp`.
+pub const VERSION_FIELDS: usize = 2;
+
+/// The versions of the alert records (#18), stamped on the recounts of successive ticks:
+/// an alert's first content is version 1; each tick at which its content differs from the
+/// last one stamped is one more, naming the `timestamp` it replaces; the same content
+/// keeps its version. Call `stamp` on every tick at which an output may change, in order.
+#[derive(Default)]
+pub struct Versions {
+    /// Per alert key: the content last stamped, its version and what it replaced.
+    last: BTreeMap<Vec<String>, (Vec<Value>, i64, Value)>,
+}
+
+impl Versions {
+    pub fn stamp(&mut self, state: &mut State) {
+        for ((table, key), values) in state.iter_mut() {
+            if !matches!(*table, BUDGET_EVENTS | BUDGET_HISTORY) || key[2] == "SYNC" {
+                continue;
+            }
+            let n = values.len() - VERSION_FIELDS;
+            let content = values[..n].to_vec();
+            let entry = self.last.entry(key.clone());
+            let (_, version, replaced) = match entry {
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert((content, 1, Value::Null))
+                }
+                std::collections::btree_map::Entry::Occupied(o) => {
+                    let last = o.into_mut();
+                    if last.0 != content {
+                        let previous = last.0[1].clone();
+                        *last = (content, last.1 + 1, previous);
+                    }
+                    last
+                }
+            };
+            values[n] = Value::Int(*version);
+            values[n + 1] = replaced.clone();
+        }
+    }
 }

@@ -2,15 +2,15 @@
 //! sync (DESIGN §5.3).
 
 use chrono::{NaiveDate, TimeZone};
-use differential_dataflow::{AsCollection, VecCollection};
+use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
-use timely::dataflow::operators::Exchange;
 use timely::dataflow::Stream;
 
 use crate::contract::dimension::DimRow;
 use crate::contract::state::State;
 use crate::contract::table::{FeatureRow, Value};
 use crate::contract::time::{ceil_to, Tick, DAY, HOUR, MINUTE};
+use crate::operators::versions::versions;
 use crate::operators::windowed::{derived_intervals, intervals};
 
 use super::crossings::Paid;
@@ -48,10 +48,12 @@ pub struct Budget {
 /// ([`crossings`]).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum BudgetPiece {
-    /// The campaign's name and budget, if it has one.
+    /// The campaign's name and budget, if it has one, and its advertiser: the budget's,
+    /// else its clicks' (of several, the greatest piece wins).
     Campaign {
         name: CampaignId,
         budget: Option<Budget>,
+        advertiser: String,
     },
     /// Spend in a minute (`ts / MINUTE`; the weight is the amount). Sorts by minute.
     SpentIn(u64),
@@ -88,6 +90,9 @@ pub(super) enum DayOutput {
     Row(FeatureRow),
     Crossed(DayMinute, Crossing),
 }
+
+/// The index of `timestamp` among a `budget-management` record's fields.
+const TIMESTAMP: usize = 1;
 
 /// `sync_source` of every `budget-management` record: seed 002's one value (the spend is
 /// the Redis `budget:` counter's).
@@ -200,14 +205,20 @@ impl Ads {
     ) -> Vec<DayOutput> {
         let mut name: Option<&CampaignId> = None;
         let mut budget: Option<&Budget> = None;
+        let mut advertiser = "";
         let (mut spent, mut clicks, mut synced, mut synced_at) = (0i64, 0i64, 0i64, None);
         let mut crossed: Vec<(DayMinute, usize, i64)> = Vec::new();
         for (piece, n) in pieces {
             let n = *n as i64;
             match piece {
-                BudgetPiece::Campaign { name: n, budget: b } => {
+                BudgetPiece::Campaign {
+                    name: n,
+                    budget: b,
+                    advertiser: a,
+                } => {
                     name = Some(n);
                     budget = b.as_ref();
+                    advertiser = a;
                 }
                 BudgetPiece::SpentIn(minute) => {
                     let before = spent;
@@ -234,7 +245,10 @@ impl Ads {
             // the campaign's name comes with its first click
             return Vec::new();
         };
-        let (advertiser, daily) = budget.map_or(("", 0), |b| (b.advertiser.as_str(), b.daily));
+        // a campaign without a budget row has no budget (null), not a budget of 0
+        let daily = budget.map(|b| b.daily);
+        let remaining = |spent: i64| daily.map_or(Value::Null, |d| Value::Int((d - spent).max(0)));
+        let daily_value = daily.map_or(Value::Null, Value::Int);
         let date = day.date.to_string();
         let key = vec![name.0.clone(), date.clone()];
         let mut out: Vec<DayOutput> = crossed
@@ -245,7 +259,7 @@ impl Ads {
                     Crossing {
                         threshold,
                         spent_before,
-                        daily,
+                        daily: daily.unwrap_or_default(),
                         name: name.clone(),
                         advertiser: advertiser.to_string(),
                     },
@@ -253,16 +267,16 @@ impl Ads {
             })
             .collect();
         if clicks > 0 {
-            let exhausted = daily > 0 && spent >= daily;
+            let exhausted = daily.is_some_and(|d| d > 0 && spent >= d);
             out.push(DayOutput::Row(FeatureRow {
                 table: table::BUDGET,
                 key: key.clone(),
                 values: vec![
                     Value::Text(advertiser.to_string()),
-                    Value::Int(daily),
+                    daily_value.clone(),
                     Value::Int(spent),
-                    Value::Int((daily - spent).max(0)),
-                    Value::float(rate(spent, daily)),
+                    remaining(spent),
+                    daily.map_or(Value::Null, |d| Value::float(rate(spent, d))),
                     Value::Int(clicks),
                     Value::Int(exhausted as i64),
                 ],
@@ -277,14 +291,17 @@ impl Ads {
                     Value::Text("BUDGET_SYNC".into()),
                     Value::Text(iso(at)),
                     Value::Text(advertiser.to_string()),
-                    Value::Int(daily),
+                    daily_value.clone(),
                     Value::Int(synced),
-                    Value::Int((daily - synced).max(0)),
+                    remaining(synced),
                     Value::Text(String::new()),
                     // seed 002's enums: the spend is the Redis budget counter's; a sync
                     // asks for no action (its `action` is one of NOTIFY, PAUSE_CAMPAIGN)
                     Value::Text(SYNC_SOURCE.into()),
                     Value::Text(String::new()),
+                    // a sync is state, not a notification: no version
+                    Value::Null,
+                    Value::Null,
                 ],
             )));
             out.push(DayOutput::Row(FeatureRow {
@@ -292,7 +309,7 @@ impl Ads {
                 key,
                 values: vec![
                     Value::Text(advertiser.to_string()),
-                    Value::Int(daily),
+                    daily_value,
                     Value::Int(synced),
                     Value::Text(iso(at)),
                     Value::Int(at as i64),
@@ -335,6 +352,7 @@ impl Ads {
         &self,
         tallies: VecCollection<'s, Tick, Tally>,
         paid: Stream<'s, Tick, Vec<(Paid, Tick, isize)>>,
+        advertised: VecCollection<'s, Tick, Advertised>,
         table: VecCollection<'s, Tick, DimRow>,
         state: &State,
     ) -> VecCollection<'s, Tick, FeatureRow> {
@@ -350,24 +368,32 @@ impl Ads {
             (t.measure != Measure::Impressions)
                 .then(|| ((campaign, (t.measure, at)), 1, 0, Some(this.spend_kept(at))))
         });
-        // the clicked campaigns' names (kept as long as their clicks) with their budgets,
-        // and their zones (the budget's, or the default)
+        // the clicked campaigns' names and their clicks' advertisers (kept as long as their
+        // clicks) with their budgets, and their zones (the budget's, or the default)
         let this = self.clone();
-        let names = intervals(state, tallies, move |t: &Tally| {
-            let at = class_of(t.at, MINUTE);
-            let name = (CampaignKey::of(&t.slot.campaign), t.slot.campaign.clone());
-            (t.measure == Measure::Clicks).then(|| (name, 1, 0, Some(this.spend_kept(at))))
+        let names = intervals(state, advertised, move |a: &Advertised| {
+            let name = (a.campaign.clone(), a.advertiser.0.clone());
+            let until = Some(this.spend_kept(a.at));
+            [((CampaignKey::of(&a.campaign), name), 1, 0, until)]
         })
         .distinct();
         let budgeted = budgets.clone().map(|(k, _)| k).distinct();
         let campaigns = names
             .clone()
-            .join_map(budgets, |k, name, b| (*k, (name.clone(), Some(b.clone()))))
-            .concat(names.antijoin(budgeted).map(|(k, name)| (k, (name, None))));
+            .join_map(budgets, |k, (name, _), b| {
+                (*k, (name.clone(), b.advertiser.clone(), Some(b.clone())))
+            })
+            .concat(
+                names
+                    .antijoin(budgeted)
+                    .map(|(k, (name, advertiser))| (k, (name, advertiser, None))),
+            )
+            .distinct();
         let default_zone = self.config.default_timezone.clone();
         let zone_of = campaigns
             .clone()
-            .map(move |(k, (_, b))| (k, b.map_or_else(|| default_zone.clone(), |b| b.timezone)));
+            .map(move |(k, (_, _, b))| (k, b.map_or_else(|| default_zone.clone(), |b| b.timezone)))
+            .distinct();
         let zoned = spend.join_map(zone_of, |k, (measure, at), zone| {
             (*k, *measure, *at, zone.clone())
         });
@@ -397,7 +423,7 @@ impl Ads {
             .clone()
             .map(|(day, _)| (day.campaign, day.date))
             .distinct()
-            .join_map(campaigns, |campaign, date, (name, budget)| {
+            .join_map(campaigns, |campaign, date, (name, advertiser, budget)| {
                 (
                     CampaignDay {
                         campaign: *campaign,
@@ -406,6 +432,7 @@ impl Ads {
                     BudgetPiece::Campaign {
                         name: name.clone(),
                         budget: budget.clone(),
+                        advertiser: advertiser.clone(),
                     },
                 )
             });
@@ -429,20 +456,22 @@ impl Ads {
             paid,
             crossed,
             move |ts, now| this.spend_kept(ts) > now,
-            move |at, c, ts, spent| that.alert_row(at, c, ts, spent),
-        )
-        // a crossing that moves to another minute may move to another worker: the row's
-        // retraction and its new value must reach the sink of one worker
-        .inner
-        .exchange(|(row, _, _): &(FeatureRow, Tick, isize)| {
-            let mut h = xxhash_rust::xxh3::Xxh3::new();
-            for part in &row.key {
-                h.update(part.as_bytes());
-                h.update(&[0]);
-            }
-            h.digest()
-        })
-        .as_collection();
+            // an alert's version is remembered as long as its day can change
+            move |at, c, ts, spent| (that.alert_row(at, c, ts, spent), that.spend_kept(ts)),
+        );
+        let alerts = versions(
+            state,
+            "alert versions",
+            alerts,
+            |content, version, replaced| {
+                let mut record = content.clone();
+                record.values.push(Value::Int(version.into()));
+                record
+                    .values
+                    .push(replaced.map_or(Value::Null, |r| r.values[TIMESTAMP].clone()));
+                record
+            },
+        );
         day_outputs
             .flat_map(|o| match o {
                 DayOutput::Row(row) => Some(row),

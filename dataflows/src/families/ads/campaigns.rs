@@ -124,14 +124,18 @@ impl Ads {
                 CampaignMeasure::Unattributed => unattributed += n,
             }
         }
-        let mut values = vec![
-            Value::Text(latest.map(iso).unwrap_or_default()),
-            Value::Int(closed[0]),
-            Value::Int(closed[1]),
-            Value::Int(closed[2]),
-            Value::float(rate(closed[1], closed[0])),
-            Value::float(rate(closed[2], closed[1])),
-        ];
+        let mut values = match latest {
+            Some(start) => vec![
+                Value::Text(iso(start)),
+                Value::Int(closed[0]),
+                Value::Int(closed[1]),
+                Value::Int(closed[2]),
+                Value::float(rate(closed[1], closed[0])),
+                Value::float(rate(closed[2], closed[1])),
+            ],
+            // no window shown: its fields are absent, not an empty window
+            None => vec![Value::Null; 6],
+        };
         for s in sums {
             values.extend([
                 Value::Int(s[0]),

@@ -9,6 +9,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use differential_dataflow::Data;
 use differential_dataflow::{AsCollection, VecCollection};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
@@ -18,7 +19,6 @@ use timely::dataflow::Stream;
 
 use super::{CampaignKey, Crossing, DayMinute};
 use crate::contract::state::{Split, State};
-use crate::contract::table::FeatureRow;
 use crate::contract::time::{Tick, HOUR, MINUTE};
 use crate::operators::ticks::{Arrived, ByTick};
 
@@ -83,23 +83,31 @@ impl Spend {
 }
 
 /// What is known of a campaign-minute's crossings, and the alerts last emitted for it.
-#[derive(Default)]
-struct Crossed {
+struct Crossed<D> {
     crossings: Vec<((DayMinute, Crossing), isize)>,
-    shown: Vec<FeatureRow>,
+    shown: Vec<D>,
+}
+
+impl<D> Default for Crossed<D> {
+    fn default() -> Self {
+        Crossed {
+            crossings: Vec::new(),
+            shown: Vec::new(),
+        }
+    }
 }
 
 /// The alert rows of the crossings: `alert(at, crossing, ts, spent)` at the first instant
 /// of the crossing minute whose spend reaches the threshold. `paid` carries each click's
 /// price once; an instant is dropped once `kept(ts, now)` is false.
 /// Long: an operator is one closure holding its state and frontier logic (as differential's `operators/count.rs`).
-pub fn alerts<'s>(
+pub fn alerts<'s, D: Data>(
     state: &State,
     paid: Stream<'s, Tick, Vec<(Paid, Tick, isize)>>,
     crossings: VecCollection<'s, Tick, (DayMinute, Crossing)>,
     kept: impl Fn(u64, Tick) -> bool + 'static,
-    alert: impl Fn(&DayMinute, &Crossing, u64, i64) -> FeatureRow + 'static,
-) -> VecCollection<'s, Tick, FeatureRow> {
+    alert: impl Fn(&DayMinute, &Crossing, u64, i64) -> D + 'static,
+) -> VecCollection<'s, Tick, D> {
     let store: Rc<RefCell<Spend>> = Rc::default();
     let (me, peers) = (state.worker() as u64, state.peers() as u64);
     for part in state.register("spend instants", Split::ByKey, store.clone()) {
@@ -122,7 +130,7 @@ pub fn alerts<'s>(
         "BudgetAlerts",
         move |_, _| {
             let mut arrived = ByTick::default();
-            let mut crossed: FxHashMap<Minute, Crossed> = FxHashMap::default();
+            let mut crossed: FxHashMap<Minute, Crossed<D>> = FxHashMap::default();
             let mut next_sweep: Tick = 0;
             move |(paid, paid_frontier), (crossings, crossings_frontier), output| {
                 paid.for_each(|cap, data| arrived.left(&cap, data));
@@ -168,7 +176,7 @@ pub fn alerts<'s>(
                         let Some(entry) = crossed.get_mut(&minute) else {
                             continue;
                         };
-                        let mut rows: Vec<FeatureRow> = entry
+                        let mut rows: Vec<D> = entry
                             .crossings
                             .iter()
                             .filter_map(|((at, c), _)| {

@@ -11,7 +11,9 @@ use std::borrow::Cow;
 use ordered_float::OrderedFloat;
 use serde::Deserialize;
 
-use super::{AdEvent, CampaignId, DeviceAd, Placement, ProductId, QualityUpdate, Slot};
+use super::{
+    AdEvent, AdvertiserId, CampaignId, DeviceAd, Placement, ProductId, QualityUpdate, Slot,
+};
 use crate::contract::event::{EventId, Timed};
 use crate::contract::record::{
     diagnose, missing, required_owned as text, DecodeError, ErrorKind, Expect,
@@ -186,7 +188,7 @@ pub fn decode(payload: &[u8], identity_fields: &[IdField]) -> Result<Timed<AdEve
         })?,
         category: text(&raw.category, "category")?,
     };
-    text(&raw.advertiser_id, "advertiser_id")?;
+    let advertiser = AdvertiserId(text(&raw.advertiser_id, "advertiser_id")?);
     let pair = || -> Result<DeviceAd, DecodeError> {
         Ok(DeviceAd::of(
             &text(&raw.device_id, "device_id")?,
@@ -199,6 +201,7 @@ pub fn decode(payload: &[u8], identity_fields: &[IdField]) -> Result<Timed<AdEve
             pair: pair()?,
             price: amount(raw.actual_price, "actual_price")?,
             slot,
+            advertiser,
         },
         "CONVERSION" => AdEvent::Conversion {
             pair: pair()?,
@@ -360,9 +363,7 @@ mod tests {
         assert_eq!(id(&with_id, &fields), EventId::of("x1"));
         // parts are length-prefixed: moving a character across two fields is another event
         let split = |d: &str, a: &str| {
-            let json = retried
-                .replace("device_12345", d)
-                .replace("ad_001", a);
+            let json = retried.replace("device_12345", d).replace("ad_001", a);
             id(&json, &fields)
         };
         assert_ne!(split("x\\u001fy", "z"), split("x", "y\\u001fz"));

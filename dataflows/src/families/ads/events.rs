@@ -11,6 +11,10 @@ pub struct CampaignId(pub String);
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ProductId(pub String);
 
+/// `advertiser_id`: a campaign without a budget row is shown with its clicks' advertiser.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AdvertiserId(pub String);
+
 /// Where on the site an ad was shown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Placement {
@@ -83,6 +87,7 @@ pub enum AdEvent {
         slot: Slot,
         pair: DeviceAd,
         price: i64,
+        advertiser: AdvertiserId,
     },
     Conversion {
         slot: Slot,

@@ -222,7 +222,13 @@ impl Dataflow for Ads {
         let attribution = self.attribution(parts.clicks, parts.conversions, state);
         let windows = self.performance_windows(parts.tallies.clone(), attribution.clone(), state);
         let campaigns = self.campaigns(parts.tallies.clone(), attribution, state);
-        let budgets = self.budgets(parts.tallies, parts.paid, dimensions[0].clone(), state);
+        let budgets = self.budgets(
+            parts.tallies,
+            parts.paid,
+            parts.advertised,
+            dimensions[0].clone(),
+            state,
+        );
         let products = self.products(parts.quality, state);
         windows.concat(campaigns).concat(budgets).concat(products)
     }

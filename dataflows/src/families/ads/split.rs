@@ -12,7 +12,7 @@ use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::Stream;
 
 use crate::contract::event::Timed;
-use crate::contract::time::{Tick, SECOND};
+use crate::contract::time::{Tick, MINUTE, SECOND};
 use crate::operators::ticks::PerTick;
 
 use super::attribution::OpenClick;
@@ -37,6 +37,15 @@ pub struct Tally {
     pub at: u64,
 }
 
+/// Clicks of a campaign carrying `advertiser` in a minute class (the weight counts them):
+/// a campaign without a budget row is shown with its clicks' advertiser.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Advertised {
+    pub campaign: CampaignId,
+    pub advertiser: AdvertiserId,
+    pub at: u64,
+}
+
 /// The representative of `ts`'s class in steps of `unit`: `ts` itself on a step, else the
 /// step's first millisecond after it. Window starts (lengths are whole steps), expiries
 /// rounded up to a step or coarser, local days and sync boundaries are the same for every
@@ -56,6 +65,7 @@ enum Part {
     Tally(Tally),
     Click(OpenClick),
     Paid(Paid),
+    Advertised(Advertised),
     Conversion(DeviceAd, ConversionRef),
     Quality(Timed<QualityUpdate>),
 }
@@ -65,6 +75,7 @@ enum Part {
 struct Sums {
     tallies: FxHashMap<Tally, isize>,
     paid: FxHashMap<Paid, isize>,
+    advertised: FxHashMap<Advertised, isize>,
     passed: Vec<(Part, isize)>,
 }
 
@@ -76,7 +87,18 @@ impl Sums {
         };
         match e.event {
             AdEvent::Impression(slot) => tally(slot, Measure::Impressions, r),
-            AdEvent::Click { slot, pair, price } => {
+            AdEvent::Click {
+                slot,
+                pair,
+                price,
+                advertiser,
+            } => {
+                let advertised = Advertised {
+                    campaign: slot.campaign.clone(),
+                    advertiser,
+                    at: class_of(e.ts, MINUTE),
+                };
+                *self.advertised.entry(advertised).or_default() += r;
                 let click = ClickRef {
                     ts: e.ts,
                     id: (e.id.0 >> 64) as u64,
@@ -120,8 +142,10 @@ impl Sums {
     fn drain(self) -> impl Iterator<Item = (Part, isize)> {
         let tallies = self.tallies.into_iter().map(|(t, n)| (Part::Tally(t), n));
         let paid = self.paid.into_iter().map(|(p, n)| (Part::Paid(p), n));
+        let advertised = (self.advertised.into_iter()).map(|(a, n)| (Part::Advertised(a), n));
         tallies
             .chain(paid)
+            .chain(advertised)
             .filter(|(_, n)| *n != 0)
             .chain(self.passed)
     }
@@ -132,6 +156,7 @@ pub(super) struct Parts<'s> {
     pub tallies: VecCollection<'s, Tick, Tally>,
     pub clicks: Stream<'s, Tick, Vec<(OpenClick, Tick, isize)>>,
     pub paid: Stream<'s, Tick, Vec<(Paid, Tick, isize)>>,
+    pub advertised: VecCollection<'s, Tick, Advertised>,
     pub conversions: VecCollection<'s, Tick, (DeviceAd, ConversionRef)>,
     pub quality: VecCollection<'s, Tick, Timed<QualityUpdate>>,
 }
@@ -165,15 +190,16 @@ impl Ads {
                 Part::Tally(_) => 0,
                 Part::Click(_) => 1,
                 Part::Paid(_) => 2,
-                Part::Conversion(..) => 3,
-                Part::Quality(_) => 4,
+                Part::Advertised(_) => 3,
+                Part::Conversion(..) => 4,
+                Part::Quality(_) => 5,
             };
             (i, (p, t, r))
         };
         let mut parts = split
-            .partition::<CapacityContainerBuilder<Out>, _, _>(5, route)
+            .partition::<CapacityContainerBuilder<Out>, _, _>(6, route)
             .into_iter();
-        let mut next = || parts.next().expect("five parts");
+        let mut next = || parts.next().expect("six parts");
         macro_rules! part {
             ($variant:pat => $value:expr) => {
                 next().flat_map(|(p, t, r)| match p {
@@ -186,6 +212,7 @@ impl Ads {
             tallies: part!(Part::Tally(x) => x).as_collection(),
             clicks: part!(Part::Click(x) => x),
             paid: part!(Part::Paid(x) => x),
+            advertised: part!(Part::Advertised(x) => x).as_collection(),
             conversions: part!(Part::Conversion(pair, c) => (pair, c)).as_collection(),
             quality: part!(Part::Quality(q) => q).as_collection(),
         }

@@ -98,6 +98,10 @@ impl Ads {
             text("alert_type"),
             text("sync_source"),
             text("action"),
+            // an alert's version and the `timestamp` of the record it corrects (#18); null
+            // on a sync
+            int("version"),
+            text("previous_timestamp"),
         ];
         vec![
             spec("campaign", vec!["campaign_id"], campaign, SinkKind::Store),
