@@ -190,17 +190,33 @@ fn a_null_value_is_absent_from_redis_and_null_in_postgres() {
             .get(0)
     };
     assert_eq!((start("a"), start("b")), (None, None));
-    // a restart's rewrite of a null leaves it out too, and a value comes back
-    let rewritten = change(7, "b", Value::Null, vec![0, 1]);
-    assert!(r.rewrite(&rewritten, 6, 8).unwrap().is_empty());
-    assert!(!redis_get_hash(&redis, "feat:nullable:b").contains_key("window_start"));
+    // a restart's rewrite of an entity written after the checkpoint (tick 5) with a null
+    // restores it without the field, and a value comes back
+    let c = change(
+        7,
+        "c",
+        Value::Text("2026-01-01T00:00:00Z".into()),
+        vec![0, 1],
+    );
+    assert!(r.write(&[c], Some(8)).unwrap().is_empty());
+    assert!(redis_get_hash(&redis, "feat:nullable:c").contains_key("window_start"));
+    let restored = change(5, "c", Value::Null, vec![0, 1]);
+    assert!(r.rewrite(&restored, 5, 9).unwrap().is_empty());
+    let c = redis_get_hash(&redis, "feat:nullable:c");
+    assert_eq!(
+        (c.get("n"), c.get("window_start")),
+        (Some(&"5".to_string()), None)
+    );
     let back = change(
         9,
         "a",
         Value::Text("2026-01-02T00:00:00Z".into()),
         vec![0, 1],
     );
-    assert!(r.write(std::slice::from_ref(&back), Some(10)).unwrap().is_empty());
+    assert!(r
+        .write(std::slice::from_ref(&back), Some(10))
+        .unwrap()
+        .is_empty());
     assert!(p.write(&[back], Some(10)).unwrap().is_empty());
     assert_eq!(
         redis_get_hash(&redis, "feat:nullable:a")["window_start"],

@@ -63,7 +63,7 @@ return n
 
 /// Replaces one entity with its restored row unless it holds the checkpoint's value
 /// already (its tick is at or before the checkpoint) or a newer one. KEYS: the hash;
-/// ARGV: since, tick, version, ttl (0 = none), then every field/value pair.
+/// ARGV: since, tick, version, ttl (0 = none), then every field/value pair but the nulls.
 const REWRITE: &str = r#"
 local stored = redis.call('HGET', KEYS[1], '_tick')
 if stored and (tonumber(stored) <= tonumber(ARGV[1]) or tonumber(stored) > tonumber(ARGV[2])) then return 0 end

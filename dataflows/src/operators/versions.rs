@@ -5,8 +5,9 @@
 //!
 //! What was last sent for each key is checkpointed: after a restart the records the
 //! restored state shows again are the ones sent before, with their versions, and a replay
-//! of the same events sends nothing new. A key that leaves (a retracted alert) keeps its
-//! memory until `until`, so if it comes back its version continues.
+//! of the same events sends nothing new. A key that leaves (a retracted alert: a
+//! tombstone) keeps its memory until `until`; if it comes back, even with the same
+//! content, that is the next version (the tombstone told consumers it was gone).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -43,6 +44,8 @@ struct Sent {
     version: u32,
     /// Until when the memory is kept once the key has left.
     until: Tick,
+    /// Whether the record is shown (false once the key left).
+    live: bool,
 }
 
 /// Every key's last sent record: the checkpointed state.
@@ -56,12 +59,12 @@ pub trait Stamp: Fn(&FeatureRow, u32, Option<&FeatureRow>) -> FeatureRow + 'stat
 impl<F: Fn(&FeatureRow, u32, Option<&FeatureRow>) -> FeatureRow + 'static> Stamp for F {}
 
 impl Memory {
-    /// The record to show for `content` (one row per key): the one sent before if its
+    /// The record to show for `content` (one row per key): the one shown before if its
     /// content is the same, else the next version.
     fn stamped(&mut self, content: &FeatureRow, until: Tick, stamp: &impl Stamp) -> FeatureRow {
         let key = (content.table, content.key.clone());
         let sent = self.sent.get_mut(&key);
-        if let Some(s) = sent.as_ref().filter(|s| s.content == *content) {
+        if let Some(s) = sent.as_ref().filter(|s| s.live && s.content == *content) {
             return s.stamped.clone();
         }
         let (version, stamped) = match sent {
@@ -76,9 +79,17 @@ impl Memory {
             stamped: stamped.clone(),
             version,
             until,
+            live: true,
         };
         self.sent.insert(key, new);
         stamped
+    }
+
+    /// `key`'s record is no longer shown.
+    fn left(&mut self, key: &EntityKey) {
+        if let Some(s) = self.sent.get_mut(key) {
+            s.live = false;
+        }
     }
 }
 
@@ -151,6 +162,9 @@ pub fn versions<'s>(
                     for key in touched {
                         let now = (current.get(&key))
                             .map(|(content, until)| memory.stamped(content, *until, &stamp));
+                        if now.is_none() {
+                            memory.left(&key);
+                        }
                         let before = shown.remove(&key);
                         if before != now {
                             if let Some(b) = before {
@@ -203,7 +217,7 @@ mod tests {
             first.values,
             vec![Value::Int(10), Value::Int(1), Value::Null]
         );
-        // shown again (a restart, a retraction undone): the very same record
+        // shown again (the state a restart restores): the very same record
         assert_eq!(m.stamped(&row(10), 100, &stamp), first);
         let moved = m.stamped(&row(7), 100, &stamp);
         assert_eq!(
@@ -215,6 +229,13 @@ mod tests {
         assert_eq!(
             back.values,
             vec![Value::Int(10), Value::Int(3), Value::Int(7)]
+        );
+        // gone (a tombstone), then back with the same content: the next version
+        m.left(&(0, row(10).key));
+        let again = m.stamped(&row(10), 100, &stamp);
+        assert_eq!(
+            again.values,
+            vec![Value::Int(10), Value::Int(4), Value::Int(10)]
         );
     }
 

@@ -522,38 +522,41 @@ pub const VERSION_FIELDS: usize = 2;
 
 /// The versions of the alert records (#18), stamped on the recounts of successive ticks:
 /// an alert's first content is version 1; each tick at which its content differs from the
-/// last one stamped is one more, naming the `timestamp` it replaces; the same content
-/// keeps its version. Call `stamp` on every tick at which an output may change, in order.
+/// last one stamped, or at which it is back after being gone (a tombstone), is one more,
+/// naming the `timestamp` it replaces; the same content keeps its version. Call `stamp`
+/// on every tick at which an output may change, in order.
 #[derive(Default)]
 pub struct Versions {
-    /// Per alert key: the content last stamped, its version and what it replaced.
-    last: BTreeMap<Vec<String>, (Vec<Value>, i64, Value)>,
+    last: BTreeMap<(u8, Vec<String>), Stamped>,
 }
+
+/// An alert row's content last stamped, its version, what it replaced, and whether it was
+/// there at the last tick.
+type Stamped = (Vec<Value>, i64, Value, bool);
 
 impl Versions {
     pub fn stamp(&mut self, state: &mut State) {
+        for (key, last) in self.last.iter_mut() {
+            last.3 = state.contains_key(key);
+        }
         for ((table, key), values) in state.iter_mut() {
             if !matches!(*table, BUDGET_EVENTS | BUDGET_HISTORY) || key[2] == "SYNC" {
                 continue;
             }
             let n = values.len() - VERSION_FIELDS;
             let content = values[..n].to_vec();
-            let entry = self.last.entry(key.clone());
-            let (_, version, replaced) = match entry {
-                std::collections::btree_map::Entry::Vacant(v) => {
-                    v.insert((content, 1, Value::Null))
-                }
-                std::collections::btree_map::Entry::Occupied(o) => {
-                    let last = o.into_mut();
-                    if last.0 != content {
-                        let previous = last.0[1].clone();
-                        *last = (content, last.1 + 1, previous);
-                    }
-                    last
-                }
-            };
-            values[n] = Value::Int(*version);
-            values[n + 1] = replaced.clone();
+            let last = self
+                .last
+                .entry((*table, key.clone()))
+                .or_insert_with(|| (content.clone(), 0, Value::Null, false));
+            if last.1 == 0 {
+                *last = (content, 1, Value::Null, true);
+            } else if last.0 != content || !last.3 {
+                let previous = last.0[1].clone();
+                *last = (content, last.1 + 1, previous, true);
+            }
+            values[n] = Value::Int(last.1);
+            values[n + 1] = last.2.clone();
         }
     }
 }

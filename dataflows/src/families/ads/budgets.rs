@@ -48,12 +48,10 @@ pub struct Budget {
 /// ([`crossings`]).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum BudgetPiece {
-    /// The campaign's name and budget, if it has one, and its advertiser: the budget's,
-    /// else its clicks' (of several, the greatest piece wins).
+    /// The campaign's name and budget, if it has one.
     Campaign {
         name: CampaignId,
         budget: Option<Budget>,
-        advertiser: String,
     },
     /// Spend in a minute (`ts / MINUTE`; the weight is the amount). Sorts by minute.
     SpentIn(u64),
@@ -63,6 +61,9 @@ pub enum BudgetPiece {
     Synced,
     /// A sync boundary at which a click of the day was synced.
     SyncedAt(u64),
+    /// An `advertiser_id` the day's clicks carry: a campaign without a budget row shows
+    /// it (of several, the greatest).
+    Advertiser(String),
 }
 
 /// A minute of a campaign-day.
@@ -205,21 +206,18 @@ impl Ads {
     ) -> Vec<DayOutput> {
         let mut name: Option<&CampaignId> = None;
         let mut budget: Option<&Budget> = None;
-        let mut advertiser = "";
+        let mut advertised: Option<&str> = None;
         let (mut spent, mut clicks, mut synced, mut synced_at) = (0i64, 0i64, 0i64, None);
         let mut crossed: Vec<(DayMinute, usize, i64)> = Vec::new();
         for (piece, n) in pieces {
             let n = *n as i64;
             match piece {
-                BudgetPiece::Campaign {
-                    name: n,
-                    budget: b,
-                    advertiser: a,
-                } => {
+                BudgetPiece::Campaign { name: n, budget: b } => {
                     name = Some(n);
                     budget = b.as_ref();
-                    advertiser = a;
                 }
+                // pieces come sorted: the last is the greatest
+                BudgetPiece::Advertiser(a) => advertised = Some(a),
                 BudgetPiece::SpentIn(minute) => {
                     let before = spent;
                     spent = spent.saturating_add(n);
@@ -245,7 +243,9 @@ impl Ads {
             // the campaign's name comes with its first click
             return Vec::new();
         };
-        // a campaign without a budget row has no budget (null), not a budget of 0
+        // a campaign without a budget row has no budget (null), not a budget of 0, and the
+        // advertiser of its clicks
+        let advertiser = budget.map_or(advertised.unwrap_or_default(), |b| &b.advertiser);
         let daily = budget.map(|b| b.daily);
         let remaining = |spent: i64| daily.map_or(Value::Null, |d| Value::Int((d - spent).max(0)));
         let daily_value = daily.map_or(Value::Null, Value::Int);
@@ -368,35 +368,50 @@ impl Ads {
             (t.measure != Measure::Impressions)
                 .then(|| ((campaign, (t.measure, at)), 1, 0, Some(this.spend_kept(at))))
         });
-        // the clicked campaigns' names and their clicks' advertisers (kept as long as their
-        // clicks) with their budgets, and their zones (the budget's, or the default)
+        // the clicked campaigns' names and their clicks' advertisers per minute (kept as long
+        // as their clicks) with their budgets, and their zones (the budget's, or the default)
         let this = self.clone();
-        let names = intervals(state, advertised, move |a: &Advertised| {
-            let name = (a.campaign.clone(), a.advertiser.0.clone());
+        let advertised = intervals(state, advertised, move |a: &Advertised| {
+            let clicks = (a.campaign.clone(), a.advertiser.0.clone(), a.at);
             let until = Some(this.spend_kept(a.at));
-            [((CampaignKey::of(&a.campaign), name), 1, 0, until)]
-        })
-        .distinct();
+            [((CampaignKey::of(&a.campaign), clicks), 1, 0, until)]
+        });
+        let names = (advertised.clone())
+            .map(|(k, (name, _, _))| (k, name))
+            .distinct();
         let budgeted = budgets.clone().map(|(k, _)| k).distinct();
         let campaigns = names
             .clone()
-            .join_map(budgets, |k, (name, _), b| {
-                (*k, (name.clone(), b.advertiser.clone(), Some(b.clone())))
-            })
-            .concat(
-                names
-                    .antijoin(budgeted)
-                    .map(|(k, (name, advertiser))| (k, (name, advertiser, None))),
-            )
-            .distinct();
+            .join_map(budgets, |k, name, b| (*k, (name.clone(), Some(b.clone()))))
+            .concat(names.antijoin(budgeted).map(|(k, name)| (k, (name, None))));
         let default_zone = self.config.default_timezone.clone();
         let zone_of = campaigns
             .clone()
-            .map(move |(k, (_, _, b))| (k, b.map_or_else(|| default_zone.clone(), |b| b.timezone)))
-            .distinct();
-        let zoned = spend.join_map(zone_of, |k, (measure, at), zone| {
+            .map(move |(k, (_, b))| (k, b.map_or_else(|| default_zone.clone(), |b| b.timezone)));
+        let zoned = spend.join_map(zone_of.clone(), |k, (measure, at), zone| {
             (*k, *measure, *at, zone.clone())
         });
+        // each day's advertisers, in the campaign's zone
+        let this = self.clone();
+        let retention = self.budget_day_retention();
+        let day_advertisers = derived_intervals(
+            (advertised.map(|(k, (_, advertiser, at))| (k, (advertiser, at))))
+                .distinct()
+                .join_map(zone_of, |k, (advertiser, at), zone| {
+                    (*k, advertiser.clone(), *at, zone.clone())
+                }),
+            move |(campaign, advertiser, ts, zone)| {
+                let zone = zone.parse().unwrap_or_else(|_| this.default_zone());
+                let (date, end) = local_day(*ts, zone);
+                let day = CampaignDay {
+                    campaign: *campaign,
+                    date,
+                };
+                let piece = BudgetPiece::Advertiser(advertiser.clone());
+                [((day, piece), 1, 0, Some(end + retention))]
+            },
+        )
+        .distinct();
         let this = self.clone();
         let sync = self.config.budget_sync_interval_ms;
         let retention = self.budget_day_retention();
@@ -423,7 +438,7 @@ impl Ads {
             .clone()
             .map(|(day, _)| (day.campaign, day.date))
             .distinct()
-            .join_map(campaigns, |campaign, date, (name, advertiser, budget)| {
+            .join_map(campaigns, |campaign, date, (name, budget)| {
                 (
                     CampaignDay {
                         campaign: *campaign,
@@ -432,13 +447,13 @@ impl Ads {
                     BudgetPiece::Campaign {
                         name: name.clone(),
                         budget: budget.clone(),
-                        advertiser: advertiser.clone(),
                     },
                 )
             });
         let this = self.clone();
         let day_outputs = days
             .concat(day_budgets)
+            .concat(day_advertisers)
             .consolidate_stream()
             .reduce_named("Budgets", move |day, pieces, out| {
                 for o in this.budget_rows(day, pieces) {
@@ -456,8 +471,12 @@ impl Ads {
             paid,
             crossed,
             move |ts, now| this.spend_kept(ts) > now,
-            // an alert's version is remembered as long as its day can change
-            move |at, c, ts, spent| (that.alert_row(at, c, ts, spent), that.spend_kept(ts)),
+            // an alert's version is remembered as long as its day can change, with two days
+            // to spare for a budget row moved to a zone whose day ends later
+            move |at, c, ts, spent| {
+                let until = that.spend_kept(ts) + 2 * DAY;
+                (that.alert_row(at, c, ts, spent), until)
+            },
         );
         let alerts = versions(
             state,
