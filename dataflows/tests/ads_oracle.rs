@@ -74,7 +74,8 @@ impl Ev {
                 category: CATEGORIES[ad].into(),
                 device: format!("d{device}"),
                 ad: format!("a{ad}"),
-                advertiser: format!("adv{ad}"),
+                // two per campaign: one without a budget shows its day's greatest
+                advertiser: format!("adv{ad}-{}", device % 2),
             },
             id,
         }
@@ -608,7 +609,7 @@ fn an_alert_is_sent_once_and_a_correction_says_what_it_corrects() {
     assert_eq!(
         unbudgeted,
         &vec![
-            Value::Text("adv2".into()),
+            Value::Text("adv2-0".into()),
             Value::Null,
             Value::Int(700),
             Value::Null,
