@@ -464,9 +464,13 @@ fn demo(a: DemoArgs) -> anyhow::Result<()> {
         let mut top: Vec<(&Vec<String>, i64, f64)> = state
             .entities
             .iter()
-            .filter(|((t, _), _)| *t == 0)
-            .filter_map(|((_, k), (v, _))| match (&v[2], &v[4]) {
-                (Value::Int(clicks), ctr) => Some((k, *clicks, ctr.as_f64().unwrap_or(0.0))),
+            // search's documents: clicks_7d and ctr (another family's first table has
+            // other fields)
+            .filter(|((t, _), _)| *t == 0 && a.dataflow == "search")
+            .filter_map(|((_, k), (v, _))| match (v.get(2), v.get(4)) {
+                (Some(Value::Int(clicks)), Some(ctr)) => {
+                    Some((k, *clicks, ctr.as_f64().unwrap_or(0.0)))
+                }
                 _ => None,
             })
             .collect();

@@ -2,6 +2,7 @@
 //! them up in.
 
 pub mod ads;
+pub mod commerce;
 pub mod reading;
 pub mod search;
 
@@ -13,6 +14,7 @@ pub const REGISTRY: &[(&str, Constructor)] = &[
     (search::Search::NAME, construct::<search::Search>),
     (reading::Reading::NAME, construct::<reading::Reading>),
     (ads::Ads::NAME, construct::<ads::Ads>),
+    (commerce::Commerce::NAME, construct::<commerce::Commerce>),
 ];
 
 /// Looks a family up by name.

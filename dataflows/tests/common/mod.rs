@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod ads_model;
+pub mod commerce_model;
 pub mod reading_model;
 pub mod search_model;
 

@@ -1,0 +1,72 @@
+//! What the commerce topic carries, decoded: the events and the ids they name.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct UserId(pub String);
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ProductId(pub String);
+
+/// A price in hundredths of the currency unit (rounded to the nearest), so sums are exact.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Cents(pub i64);
+
+/// What a shopper did (seed 003's `event_type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Action {
+    View,
+    AddToCart,
+    RemoveFromCart,
+    Purchase,
+    Click,
+    Search,
+}
+
+impl Action {
+    pub const ALL: [Action; 6] = [
+        Action::View,
+        Action::AddToCart,
+        Action::RemoveFromCart,
+        Action::Purchase,
+        Action::Click,
+        Action::Search,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::View => "view",
+            Action::AddToCart => "add_to_cart",
+            Action::RemoveFromCart => "remove_from_cart",
+            Action::Purchase => "purchase",
+            Action::Click => "click",
+            Action::Search => "search",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+    /// Whether the event is about one product (`properties.product_id` and `price` required).
+    pub fn names_a_product(self) -> bool {
+        matches!(
+            self,
+            Action::View | Action::AddToCart | Action::RemoveFromCart | Action::Purchase
+        )
+    }
+}
+
+/// The product an event is about, and its price then.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Item {
+    pub product: ProductId,
+    pub price: Cents,
+}
+
+/// A storefront event, reduced to what the features read.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct CommerceEvent {
+    pub user: UserId,
+    pub action: Action,
+    /// Present exactly when the action names a product (a click or search may carry one
+    /// too: it is kept).
+    pub item: Option<Item>,
+}

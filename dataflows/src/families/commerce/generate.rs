@@ -1,0 +1,194 @@
+//! Synthetic storefront traffic in seed 003's schema: shoppers who browse within a
+//! category (Zipf-popular products at their own price levels), compare, add to cart,
+//! sometimes remove or buy, click and search; contexts varied; plus duplicates,
+//! out-of-order and malformed records on request.
+
+use rand::RngExt;
+use rand_distr::{Distribution, Zipf};
+use serde_json::json;
+
+use crate::contract::dataflow::{GenerateSpec, Produced};
+use crate::generate::{Base, Records, Traffic};
+
+pub const CATEGORIES: [&str; 8] = [
+    "shoes",
+    "outerwear",
+    "kitchen",
+    "books",
+    "toys",
+    "audio",
+    "beauty",
+    "garden",
+];
+const PRODUCTS: usize = 5_000;
+const SHOPPERS: u64 = 20_000;
+const DEVICES: [&str; 3] = ["mobile", "desktop", "tablet"];
+const REFERRERS: [&str; 4] = ["direct", "google.com", "instagram.com", "naver.com"];
+const SOURCES: [&str; 3] = ["instagram", "google", "newsletter"];
+
+/// A product's category and price (in hundredths), fixed per product.
+pub fn product(i: usize) -> (String, &'static str, i64) {
+    let category = CATEGORIES[i % CATEGORIES.len()];
+    let level = [990, 4_900, 19_900, 89_000][(i / CATEGORIES.len()) % 4];
+    (format!("prod_{i}"), category, level + (i as i64 % 97) * 10)
+}
+
+pub struct CommerceTraffic {
+    topic: String,
+    base: Base,
+    rank: Zipf<f64>,
+    clock_ms: f64,
+    /// The shopper being followed and the products they looked at.
+    shopper: Option<(String, String, Vec<usize>)>,
+}
+
+impl CommerceTraffic {
+    pub fn new(topic: String, spec: GenerateSpec) -> Traffic<Self> {
+        Traffic(CommerceTraffic {
+            topic,
+            rank: Zipf::new(PRODUCTS as f64, 1.05).expect("valid Zipf parameters"),
+            clock_ms: spec.start_ms as f64,
+            shopper: None,
+            base: Base::new(spec, 40),
+        })
+    }
+
+    /// The next (user, session, action, product) of the shopper being followed, who
+    /// browses one category and leaves now and then.
+    fn step(&mut self) -> (String, String, &'static str, Option<usize>) {
+        let rng = &mut self.base.rng;
+        if self.shopper.is_none() || rng.random_bool(0.08) {
+            let user = format!("user_{}", rng.random_range(0..SHOPPERS));
+            let session = format!("session_{}_{}", self.base.spec.seed, self.base.emitted);
+            self.shopper = Some((user, session, Vec::new()));
+        }
+        let (user, session, seen) = self.shopper.as_mut().expect("a shopper");
+        let p: f64 = rng.random();
+        let action = match p {
+            _ if seen.is_empty() || p < 0.55 => "view",
+            _ if p < 0.70 => "add_to_cart",
+            _ if p < 0.74 => "remove_from_cart",
+            _ if p < 0.80 => "purchase",
+            _ if p < 0.92 => "click",
+            _ => "search",
+        };
+        let product = match action {
+            "view" => {
+                // stay in the category of the last view most of the time
+                let rank = self.rank.sample(rng) as usize - 1;
+                let i = match seen.last() {
+                    Some(last) if rng.random_bool(0.7) => {
+                        (last % CATEGORIES.len() + rank * CATEGORIES.len()) % PRODUCTS
+                    }
+                    _ => rank,
+                };
+                seen.push(i);
+                Some(i)
+            }
+            "search" => None,
+            _ => Some(seen[rng.random_range(0..seen.len())]),
+        };
+        (user.clone(), session.clone(), action, product)
+    }
+}
+
+impl Records for CommerceTraffic {
+    fn base(&mut self) -> &mut Base {
+        &mut self.base
+    }
+    fn valid(&mut self) -> Produced {
+        let mean_gap = self.base.spec.mean_gap_ms();
+        self.clock_ms += -mean_gap * (1.0 - self.base.rng.random::<f64>()).ln();
+        let mut ts = self.clock_ms as u64;
+        if self.base.rng.random_bool(self.base.spec.disorder_share) {
+            ts = ts.saturating_sub(self.base.rng.random_range(1..900_000));
+        }
+        let (user, session, action, item) = self.step();
+        let rng = &mut self.base.rng;
+        let mut event = json!({
+            "event_id": format!("evt_{}_{}", self.base.spec.seed, self.base.emitted),
+            "user_id": user,
+            "session_id": session,
+            "event_type": action,
+            "timestamp": ts,
+            "context": {
+                "page": {"url": item.map_or("/search".to_string(), |i| format!("/products/prod_{i}")),
+                         "referrer": REFERRERS[rng.random_range(0..REFERRERS.len())]},
+                "device": {"type": DEVICES[rng.random_range(0..DEVICES.len())]},
+                "weather": {"status": "sunny", "temperature": rng.random_range(-50..350) as f64 / 10.0},
+                "temporal": {"time_of_day": "afternoon", "day_of_week": "saturday"},
+                "user": {"login_status": rng.random_bool(0.6), "segment": "returning_visitor"},
+                "campaign": {"utm_source": SOURCES[rng.random_range(0..SOURCES.len())], "utm_campaign": "summer_sale"},
+            },
+        });
+        if let Some(i) = item {
+            let (id, _, cents) = product(i);
+            let price = cents as f64 / 100.0;
+            event["properties"] = json!({"product_id": id, "price": price});
+        }
+        let payload = serde_json::to_vec(&event).expect("JSON");
+        Produced::new(&self.topic, payload, ts)
+    }
+    fn malformed(&mut self) -> Produced {
+        let ts = self.clock_ms as u64;
+        let head = format!(
+            r#""event_id":"bad_{}","user_id":"user_bad","session_id":"s","timestamp":{ts}"#,
+            self.base.emitted
+        );
+        let payload = match self.base.rng.random_range(0..5) {
+            0 => format!(r#"{{{head},"event_type":"wishlist"}}"#),
+            1 => format!(
+                r#"{{{head},"event_type":"view","properties":{{"product_id":"p","price":-3}}}}"#
+            ),
+            2 => format!(r#"{{{head},"event_type":"add_to_cart"}}"#),
+            3 => format!(
+                r#"{{{head},"event_type":"search","context":{{"user":{{"login_status":"yes"}}}}}}"#
+            ),
+            _ => "{\"event_id\":".to_string(),
+        };
+        Produced::new(&self.topic, payload.into_bytes(), ts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::families::commerce::decode::decode;
+
+    #[test]
+    fn traffic_decodes_in_realistic_shares_and_the_malformed_share_is_refused() {
+        let spec = GenerateSpec {
+            events: 20_000,
+            invalid_share: 0.01,
+            ..GenerateSpec::default()
+        };
+        let (mut actions, mut invalid) = (BTreeMap::<&str, u32>::new(), 0);
+        let mut products = std::collections::BTreeSet::new();
+        for p in CommerceTraffic::new("commerce-events".into(), spec) {
+            match decode(&p.payload) {
+                Ok(e) => {
+                    *actions.entry(e.event.action.as_str()).or_default() += 1;
+                    if let Some(item) = e.event.item {
+                        products.insert(item.product);
+                    }
+                }
+                Err(_) => invalid += 1,
+            }
+        }
+        assert!((120..320).contains(&invalid), "{invalid}");
+        let share = |a: &str| actions.get(a).copied().unwrap_or(0) as f64 / 20_000.0;
+        assert!(share("view") > 0.4 && share("view") < 0.75, "{actions:?}");
+        for a in [
+            "add_to_cart",
+            "remove_from_cart",
+            "purchase",
+            "click",
+            "search",
+        ] {
+            assert!(share(a) > 0.01, "{a}: {actions:?}");
+        }
+        assert!(products.len() > 500, "{}", products.len());
+    }
+}

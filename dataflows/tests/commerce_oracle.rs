@@ -1,0 +1,216 @@
+//! The commerce views, as the dataflow writes them, against a naive recount from the
+//! definitions (DESIGN §5.4, the README's commerce section) and the time rules of DESIGN
+//! §3, on random streams with duplicates, disorder, late, too-late and invalid records;
+//! on 1 and 2 workers.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+
+use proptest::prelude::*;
+use serde_json::json;
+use tidemark_dataflows::ingest::IngestOptions;
+use tidemark_dataflows::Tick;
+
+use common::commerce_model::{self as model, expiry, DAY, HOUR, MINUTE};
+use common::{run, state_at};
+
+const BASE: u64 = 1_767_225_600_000; // 2026-01-01
+const NOW: u64 = BASE + 10 * DAY;
+const USERS: [&str; 3] = ["u0", "u1", "u:2"];
+const PRODUCTS: [&str; 4] = ["p0", "p1", "p2", "p3"];
+const ACTIONS: [&str; 6] = [
+    "view",
+    "add_to_cart",
+    "remove_from_cart",
+    "purchase",
+    "click",
+    "search",
+];
+/// Prices as written (the model reads them in hundredths, rounded half up).
+const PRICES: [(&str, i64); 4] = [
+    ("19.995", 2_000),
+    ("0", 0),
+    ("89000", 8_900_000),
+    ("4.5", 450),
+];
+
+const ORACLE: common::Oracle = common::Oracle {
+    base: BASE,
+    tolerance: 1e-12,
+};
+
+#[derive(Clone, Debug)]
+struct Ev {
+    id: String,
+    read: model::Event,
+    price: &'static str,
+}
+
+impl common::Payload for Ev {
+    fn payload(&self) -> Vec<u8> {
+        let r = &self.read;
+        let mut v = json!({"event_id": self.id, "user_id": r.user, "session_id": "s",
+            "event_type": r.action, "timestamp": r.ts,
+            "context": {"device": {"type": "mobile"}, "user": {"login_status": true}}});
+        if let Some((product, _)) = &r.item {
+            let text = format!(r#"{{"product_id":"{product}","price":{}}}"#, self.price);
+            v["properties"] = serde_json::from_str(&text).unwrap();
+        }
+        serde_json::to_vec(&v).unwrap()
+    }
+}
+
+type Item = common::Item<Ev>;
+
+/// Insertion ticks, too-late and dedup, simulated per worker (one partition each), as in
+/// the search oracle: decided by the stream time at the record.
+fn accepted(batches: &[Vec<Item>]) -> Vec<(model::Event, Tick)> {
+    let (mut s, mut closed_at) = (0u64, None::<Tick>);
+    let mut at = 0u64;
+    let mut first: HashMap<String, Tick> = HashMap::new();
+    let mut out = Vec::new();
+    for batch in batches {
+        let valid: Vec<&Ev> = batch
+            .iter()
+            .filter_map(|i| match i {
+                Item::Event(e) if e.read.ts <= NOW + MINUTE => Some(e),
+                _ => None,
+            })
+            .collect();
+        if valid.is_empty() {
+            closed_at = Some(s);
+            continue;
+        }
+        let max_ts = valid.iter().map(|e| e.read.ts).max().unwrap();
+        let tick = s.max(max_ts).max(closed_at.map_or(0, |c| c + 1));
+        s = tick;
+        for e in valid {
+            at = at.max(e.read.ts);
+            // too late once its longest window (a day) has passed
+            if expiry(e.read.ts, DAY) <= at || first.contains_key(&e.id) {
+                continue;
+            }
+            first.insert(e.id.clone(), at);
+            out.push((e.read.clone(), tick));
+        }
+        closed_at = Some(s);
+    }
+    out
+}
+
+/// Every insertion tick, the ticks at and before each expiry, and after all expired.
+fn checkpoints(events: &[(model::Event, Tick)]) -> BTreeSet<Tick> {
+    let mut at: BTreeSet<Tick> = events.iter().map(|(_, t)| *t).collect();
+    for (e, _) in events {
+        for length in [10 * MINUTE, 30 * MINUTE, HOUR, DAY] {
+            at.insert(expiry(e.ts, length));
+            at.insert(expiry(e.ts, length) - 1);
+        }
+    }
+    if let Some(last) = at.iter().next_back().copied() {
+        at.insert(last + 2 * DAY);
+    }
+    at
+}
+
+fn recount(events: &[(model::Event, Tick)], at: Tick) -> common::State {
+    let inserted: Vec<&model::Event> = events
+        .iter()
+        .filter(|(_, t)| *t <= at)
+        .map(|(e, _)| e)
+        .collect();
+    model::features(&inserted, at)
+}
+
+/// Events in bursts over three days (so every window opens and expires), each possibly
+/// late by minutes, hours or more than a day (too late), some repeated; invalid records
+/// of each kind and one from the future.
+fn stream(worker: usize) -> impl Strategy<Value = Vec<Vec<Item>>> {
+    let event = (
+        0..ACTIONS.len(),
+        (0..USERS.len(), 0..PRODUCTS.len(), 0..PRICES.len()),
+        (0u64..3, 0u64..6, 0u64..2_400_000),
+        (0..8u8, any::<bool>()),
+    );
+    (
+        prop::collection::vec(event, 1..45),
+        prop::collection::vec(0..4usize, 0..3),
+        prop::collection::vec(1..6usize, 1..6),
+    )
+        .prop_map(move |(events, bad, cuts)| {
+            let mut timeline: Vec<(u64, Item)> = Vec::new();
+            for (i, (action, (user, product, price), (day, burst, ms), (late, dup))) in
+                events.into_iter().enumerate()
+            {
+                let ts = BASE + day * DAY + burst * 4 * HOUR + ms;
+                let action = ACTIONS[action];
+                let names_product = i % 5 != 0 || !matches!(action, "click" | "search");
+                let item = names_product.then(|| (PRODUCTS[product].to_string(), PRICES[price].1));
+                let ev = Ev {
+                    id: format!("w{worker}-{i}"),
+                    read: model::Event { user: USERS[user].into(), action, item, ts },
+                    price: PRICES[price].0,
+                };
+                let arrival = match late {
+                    0 => ts + 20 * MINUTE,
+                    1 => ts + 5 * HOUR,
+                    2 => ts + 30 * HOUR,
+                    _ => ts,
+                };
+                if dup {
+                    timeline.push((arrival + (i as u64 % 3) * HOUR, Item::Event(ev.clone())));
+                }
+                timeline.push((arrival, Item::Event(ev)));
+            }
+            for (j, kind) in bad.into_iter().enumerate() {
+                let ts = BASE + j as u64 * DAY;
+                let head = format!(r#""event_id":"bad-{worker}-{j}","user_id":"u0","session_id":"s","timestamp":{ts}"#);
+                let payload = match kind {
+                    0 => format!(r#"{{{head},"event_type":"wishlist"}}"#),
+                    1 => format!(r#"{{{head},"event_type":"view","properties":{{"product_id":"p0","price":-1}}}}"#),
+                    2 => format!(r#"{{{head},"event_type":"purchase"}}"#),
+                    _ => format!(r#"{{{head},"event_type":"search","context":{{"user":{{"login_status":"yes"}}}}}}"#),
+                };
+                timeline.push((ts, Item::Bad(payload.into_bytes())));
+            }
+            let future = Ev {
+                id: format!("w{worker}-future"),
+                read: model::Event { user: "u0".into(), action: "view", item: Some(("p0".into(), 450)), ts: NOW + 2 * MINUTE },
+                price: "4.5",
+            };
+            timeline.push((BASE + DAY, Item::Event(future)));
+            common::in_batches(timeline, &cuts)
+        })
+}
+
+fn options() -> IngestOptions {
+    IngestOptions {
+        dedup_horizon_ms: u64::MAX / 4,
+        ..IngestOptions::default()
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn one_worker_matches_the_recount_at_every_tick(batches in stream(0)) {
+        let (changes, counters) = run("commerce", vec![common::payloads(&batches)], NOW, options());
+        let events = accepted(&batches);
+        for at in checkpoints(&events) {
+            ORACLE.check(&state_at(&changes, at), &recount(&events, at), at)?;
+        }
+        prop_assert!(counters.invalid_total() >= 1, "the future-dated event is invalid");
+    }
+
+    #[test]
+    fn two_workers_match_the_recount_at_every_tick(a in stream(0), b in stream(1)) {
+        let (changes, _) = run("commerce", vec![common::payloads(&a), common::payloads(&b)], NOW, options());
+        let mut events = accepted(&a);
+        events.extend(accepted(&b));
+        for at in checkpoints(&events) {
+            ORACLE.check(&state_at(&changes, at), &recount(&events, at), at)?;
+        }
+    }
+}
