@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashSet};
 use common::*;
 use tidemark_dataflows::contract::table::Value;
 use tidemark_dataflows::families::commerce::decode::decode;
+use tidemark_dataflows::families::commerce::generate;
 
 type Rows = BTreeMap<String, BTreeMap<String, String>>;
 
@@ -72,6 +73,24 @@ fn kafka_to_redis_and_postgres_matches_the_model() {
     let (topic, file) = generated_stream("e2e-commerce", 20_000, 11, &["--dataflow", "commerce"]);
     let (events, invalid) = model_input(&std::fs::read_to_string(&file).unwrap());
     let (redis, pg) = (fresh_redis(12), fresh_pg("tm_commerce"));
+    // the catalog, as `generate` fills it
+    let out = tidemark(
+        &[
+            "generate",
+            "--dataflow",
+            "commerce",
+            "--events",
+            "0",
+            "--out",
+            "/dev/null",
+        ],
+        &[("TIDEMARK_PG", pg.as_str())],
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("filled products"));
+    let catalog: Vec<(String, String)> = generate::catalog()
+        .into_iter()
+        .map(|row| (row[0].clone(), row[1].clone()))
+        .collect();
     let dlq = format!("{topic}-dlq");
     let env = [
         ("TIDEMARK_REDIS", redis.as_str()),
@@ -91,12 +110,13 @@ fn kafka_to_redis_and_postgres_matches_the_model() {
         "stream time {at}, newest {newest}"
     );
     let inserted: Vec<&model::Event> = events.iter().collect();
-    let state = model::features(&inserted, at);
+    let state = model::features(&inserted, &catalog, at);
     let shopper = [
         "views_10m",
         "avg_view_price_10m",
         "carts_30m",
         "purchases_24h",
+        "top_category_30m",
     ];
     let product = [
         "views_1h",
@@ -123,6 +143,10 @@ fn kafka_to_redis_and_postgres_matches_the_model() {
     assert!(
         want.values().any(|r| !r.contains_key("avg_view_price_10m")),
         "a shopper without views in 10 minutes"
+    );
+    assert!(
+        want.values().any(|r| r.contains_key("top_category_30m")),
+        "shoppers with a top category"
     );
     let got = without_bookkeeping(redis_features(&redis));
     assert_eq!(got.len(), want.len(), "redis rows");

@@ -13,7 +13,7 @@ use tidemark_dataflows::ingest::IngestOptions;
 use tidemark_dataflows::Tick;
 
 use common::commerce_model::{self as model, expiry, DAY, HOUR, MINUTE};
-use common::{run, state_at};
+use common::{run_with_dimension, run_with_table_changes, state_at};
 
 const BASE: u64 = 1_767_225_600_000; // 2026-01-01
 const NOW: u64 = BASE + 10 * DAY;
@@ -34,6 +34,25 @@ const PRICES: [(&str, i64); 4] = [
     ("89000", 8_900_000),
     ("4.5", 450),
 ];
+
+/// The catalog: two categories, a tie possible, and `p3` unknown to it.
+const CATALOG: [(&str, &str); 3] = [("p0", "shoes"), ("p1", "books"), ("p2", "shoes")];
+
+fn catalog(rows: &[(&str, &str)]) -> Vec<(String, String)> {
+    rows.iter()
+        .map(|(p, c)| (p.to_string(), c.to_string()))
+        .collect()
+}
+
+fn table(rows: &[(&str, &str)]) -> Vec<Vec<String>> {
+    rows.iter()
+        .map(|(p, c)| vec![p.to_string(), c.to_string()])
+        .collect()
+}
+
+fn run(batches: Vec<Vec<Vec<Vec<u8>>>>) -> Vec<tidemark_dataflows::contract::table::TickChanges> {
+    run_with_dimension("commerce", batches, NOW, options(), Some(table(&CATALOG))).0
+}
 
 const ORACLE: common::Oracle = common::Oracle {
     base: BASE,
@@ -114,13 +133,17 @@ fn checkpoints(events: &[(model::Event, Tick)]) -> BTreeSet<Tick> {
     at
 }
 
-fn recount(events: &[(model::Event, Tick)], at: Tick) -> common::State {
+fn recount(
+    events: &[(model::Event, Tick)],
+    catalog: &[(String, String)],
+    at: Tick,
+) -> common::State {
     let inserted: Vec<&model::Event> = events
         .iter()
         .filter(|(_, t)| *t <= at)
         .map(|(e, _)| e)
         .collect();
-    model::features(&inserted, at)
+    model::features(&inserted, catalog, at)
 }
 
 /// Events in bursts over three days (so every window opens and expires), each possibly
@@ -196,21 +219,53 @@ proptest! {
 
     #[test]
     fn one_worker_matches_the_recount_at_every_tick(batches in stream(0)) {
-        let (changes, counters) = run("commerce", vec![common::payloads(&batches)], NOW, options());
+        let (changes, counters) = run_with_dimension("commerce", vec![common::payloads(&batches)], NOW, options(), Some(table(&CATALOG)));
         let events = accepted(&batches);
         for at in checkpoints(&events) {
-            ORACLE.check(&state_at(&changes, at), &recount(&events, at), at)?;
+            ORACLE.check(&state_at(&changes, at), &recount(&events, &catalog(&CATALOG), at), at)?;
         }
         prop_assert!(counters.invalid_total() >= 1, "the future-dated event is invalid");
     }
 
     #[test]
     fn two_workers_match_the_recount_at_every_tick(a in stream(0), b in stream(1)) {
-        let (changes, _) = run("commerce", vec![common::payloads(&a), common::payloads(&b)], NOW, options());
+        let changes = run(vec![common::payloads(&a), common::payloads(&b)]);
         let mut events = accepted(&a);
         events.extend(accepted(&b));
         for at in checkpoints(&events) {
-            ORACLE.check(&state_at(&changes, at), &recount(&events, at), at)?;
+            ORACLE.check(&state_at(&changes, at), &recount(&events, &catalog(&CATALOG), at), at)?;
+        }
+    }
+
+    /// A product re-categorised (and one added) while the stream runs: at every tick the
+    /// views agree with the old catalog or the new one, once new always new, and new from
+    /// the last batch on.
+    #[test]
+    fn a_recategorised_product_moves_its_interactions_at_once(batches in stream(0)) {
+        let new = [("p0", "shoes"), ("p1", "shoes"), ("p2", "shoes"), ("p3", "audio")];
+        let (changes, _) = run_with_table_changes(
+            "commerce", vec![common::payloads(&batches)], NOW, options(),
+            Some(vec![table(&CATALOG), table(&new)]),
+        );
+        let events = accepted(&batches);
+        let last_ids: BTreeSet<String> = batches.last().into_iter().flatten().filter_map(|i| match i {
+            Item::Event(e) => Some(e.id.clone()),
+            _ => None,
+        }).collect();
+        let last_batch = batches.last().and_then(|b| b.iter().find_map(|i| match i {
+            Item::Event(e) if last_ids.contains(&e.id) => events.iter().find(|(x, _)| x == &e.read).map(|(_, t)| *t),
+            _ => None,
+        }));
+        let mut switched = false;
+        for at in checkpoints(&events) {
+            let got = state_at(&changes, at);
+            let (was, now) = (recount(&events, &catalog(&CATALOG), at), recount(&events, &catalog(&new), at));
+            let (is_old, is_new) = (ORACLE.agrees(&got, &was), ORACLE.agrees(&got, &now));
+            prop_assert!(is_old || is_new, "at {}: neither catalog: {:?}", at, got);
+            if switched || last_batch.is_some_and(|t| at >= t) {
+                prop_assert!(is_new, "at {}: the new catalog holds", at);
+            }
+            switched |= is_new && !is_old;
         }
     }
 }

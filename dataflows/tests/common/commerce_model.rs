@@ -51,8 +51,9 @@ fn smoothed(hits: i64, trials: i64) -> f64 {
     (hits as f64 + ALPHA) / (trials as f64 + ALPHA + BETA)
 }
 
-/// Every row at tick `at`, from the events inserted by then.
-pub fn features(events: &[&Event], at: Tick) -> State {
+/// Every row at tick `at`, from the events inserted by then and the catalog
+/// `(product_id, category)` in force.
+pub fn features(events: &[&Event], catalog: &[(String, String)], at: Tick) -> State {
     let mut out = State::new();
     let count = |user: Option<&str>, product: Option<&str>, action: &str, length: u64| {
         events
@@ -76,7 +77,27 @@ pub fn features(events: &[&Event], at: Tick) -> State {
             .sum();
         let carts = count(Some(user), None, "add_to_cart", 30 * MINUTE);
         let purchases = count(Some(user), None, "purchase", DAY);
-        if views + carts + purchases == 0 {
+        // interactions (any event naming a product) per category in 30 minutes
+        let mut categories: BTreeMap<&str, i64> = BTreeMap::new();
+        for e in events
+            .iter()
+            .filter(|e| e.user == user && live(e.ts, 30 * MINUTE, at))
+        {
+            let Some((product, _)) = &e.item else {
+                continue;
+            };
+            if let Some((_, category)) = catalog.iter().find(|(p, _)| p == product) {
+                *categories.entry(category).or_default() += 1;
+            }
+        }
+        // the most; of a tie, the smallest name (the map is in name order)
+        let top = categories
+            .iter()
+            .fold(None::<(&str, i64)>, |best, (c, n)| match best {
+                Some((_, m)) if m >= *n => best,
+                _ => Some((c, *n)),
+            });
+        if views + carts + purchases == 0 && top.is_none() {
             continue;
         }
         let avg = match views {
@@ -90,6 +111,7 @@ pub fn features(events: &[&Event], at: Tick) -> State {
                 avg,
                 Value::Int(carts),
                 Value::Int(purchases),
+                top.map_or(Value::Null, |(c, _)| Value::Text(c.to_string())),
             ],
         );
     }

@@ -8,6 +8,10 @@ pub struct UserId(pub String);
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ProductId(pub String);
 
+/// A product's category, from the catalog (`products`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Category(pub String);
+
 /// A price in hundredths of the currency unit (rounded to the nearest), so sums are exact.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Cents(pub i64);

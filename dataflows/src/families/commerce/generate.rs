@@ -33,6 +33,16 @@ pub fn product(i: usize) -> (String, &'static str, i64) {
     (format!("prod_{i}"), category, level + (i as i64 % 97) * 10)
 }
 
+/// The catalog that goes with the traffic: `products(product_id, category)`.
+pub fn catalog() -> Vec<Vec<String>> {
+    (0..PRODUCTS)
+        .map(|i| {
+            let (id, category, _) = product(i);
+            vec![id, category.to_string()]
+        })
+        .collect()
+}
+
 pub struct CommerceTraffic {
     topic: String,
     base: Base,

@@ -2,11 +2,12 @@
 //! short-window shopper features and product statistics.
 //!
 //! This is the family's first part (#19): decoding seed 003's schema exactly (bad records
-//! to the DLQ), the shopper's 10-minute views and mean viewed price, 30-minute carts and
-//! 24-hour purchases, and each product's 1-hour and 24-hour views, carts and purchases
-//! with smoothed view→cart and cart→purchase rates — all windowed sums of
-//! `operators::window_sums`. The catalog join, the patterns, the recent-products list and
-//! the pattern topic are still to come (README, "What is not there yet").
+//! to the DLQ), the shopper's 10-minute views and mean viewed price, 30-minute carts,
+//! 24-hour purchases and the category of most interactions in 30 minutes (through the
+//! catalog, a live input), and each product's 1-hour and 24-hour views, carts and
+//! purchases with smoothed view→cart and cart→purchase rates — all windowed sums of
+//! `operators::window_sums`. The patterns, the recent-products list and the pattern topic
+//! are still to come (README, the commerce section).
 
 pub mod decode;
 mod events;
@@ -22,20 +23,22 @@ use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 
 use crate::contract::dataflow::{Dataflow, GenerateSpec, Produced};
-use crate::contract::dimension::DimRow;
+use crate::contract::dimension::{DimRow, DimensionSpec};
 use crate::contract::event::{Rejection, Timed};
 use crate::contract::record::{DecodeError, RecordRef};
 use crate::contract::state::State;
 use crate::contract::table::{FeatureRow, TableSpec};
 use crate::contract::time::{Tick, Window};
-use crate::operators::window_sums::{window_rows, Updates};
-use crate::operators::windowed::with_expiries;
+use crate::operators::window_sums::window_rows;
+use crate::operators::windowed::{intervals, with_expiries};
 
 /// `[dataflows.commerce]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CommerceConfig {
     pub topic: String,
+    /// The Postgres catalog `products(product_id, category, …)`, read as a live input.
+    pub catalog_table: String,
     /// Smoothing prior of the product rates: `(hits + alpha) / (trials + alpha + beta)`.
     pub alpha: f64,
     pub beta: f64,
@@ -45,6 +48,7 @@ impl Default for CommerceConfig {
     fn default() -> Self {
         CommerceConfig {
             topic: "commerce-events".into(),
+            catalog_table: "products".into(),
             alpha: 1.0,
             beta: 20.0,
         }
@@ -86,6 +90,19 @@ impl Dataflow for Commerce {
     fn horizon(&self) -> Window {
         ONE_DAY
     }
+    fn dimensions(&self) -> Vec<DimensionSpec> {
+        vec![DimensionSpec {
+            table: self.config.catalog_table.clone(),
+            columns: vec!["product_id".into(), "category".into()],
+            create: Some(format!(
+                "CREATE TABLE IF NOT EXISTS {} (product_id text PRIMARY KEY, category text NOT NULL)",
+                self.config.catalog_table
+            )),
+        }]
+    }
+    fn dimension_rows(&self, _spec: &GenerateSpec) -> Vec<(DimensionSpec, Vec<DimRow>)> {
+        vec![(self.dimensions().remove(0), generate::catalog())]
+    }
     fn decode(&self, record: &RecordRef<'_>) -> Result<Timed<CommerceEvent>, DecodeError> {
         decode::decode(record.payload)
     }
@@ -98,18 +115,27 @@ impl Dataflow for Commerce {
     fn build<'s>(
         &self,
         events: VecCollection<'s, Tick, Timed<CommerceEvent>>,
-        _dimensions: Vec<VecCollection<'s, Tick, DimRow>>,
+        dimensions: Vec<VecCollection<'s, Tick, DimRow>>,
         _rejected: VecCollection<'s, Tick, Rejection>,
         state: &State,
     ) -> VecCollection<'s, Tick, FeatureRow> {
-        let scope = events.inner.scope();
         let this = self.clone();
-        let durable = with_expiries(events, move |e| this.contributions_of(e));
-        // nothing is derived from other state yet
-        let derived = timely::dataflow::operators::generic::operator::empty::<
-            _,
-            Updates<Entity, Measure>,
-        >(scope);
+        let durable = with_expiries(events.clone(), move |e| this.contributions_of(e));
+        // every interaction with a product, kept for its 30 minutes (checkpointed), meets
+        // the catalog: a product re-categorised moves its interactions at once
+        let interactions = intervals(state, events, |e: &Timed<CommerceEvent>| {
+            let until = Some(THIRTY_MINUTES.expiry(e.ts));
+            let item = e.event.item.as_ref();
+            item.map(|i| ((i.product.clone(), e.event.user.clone()), 1, 0, until))
+        });
+        let catalog = dimensions[0]
+            .clone()
+            .map(|row| (ProductId(row[0].clone()), Category(row[1].clone())));
+        let categorised = interactions.join_map(catalog, |_, user, category| {
+            (user.clone(), category.clone())
+        });
+        let this = self.clone();
+        let derived = with_expiries(categorised, move |c| this.category_contribution(c));
         let this = self.clone();
         window_rows(
             "commerce",

@@ -1,6 +1,6 @@
 //! The commerce feature views (DESIGN §5.4).
 
-use crate::contract::table::{float, int, SinkKind, TableSpec};
+use crate::contract::table::{float, int, text, SinkKind, TableSpec};
 
 use super::Commerce;
 
@@ -28,6 +28,7 @@ impl Commerce {
                     float("avg_view_price_10m"),
                     int("carts_30m"),
                     int("purchases_24h"),
+                    text("top_category_30m"),
                 ],
             ),
             spec(

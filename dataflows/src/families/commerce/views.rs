@@ -43,13 +43,16 @@ impl Span {
 }
 
 /// What a contribution adds to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Measure {
     Views(Span),
     /// The viewed prices, in hundredths (10 minutes).
     ViewCents,
     Carts(Span),
     Purchases(Span),
+    /// Interactions with products of a category in the last 30 minutes, through the
+    /// catalog (derived: a re-categorised product moves them).
+    Category(Category),
 }
 
 /// `(hits + alpha) / (trials + alpha + beta)`, as the search family smooths its CTR.
@@ -60,6 +63,16 @@ pub fn smoothed(hits: i64, trials: i64, alpha: f64, beta: f64) -> f64 {
 type Contribution = ((Entity, Measure), isize, Option<Tick>);
 
 impl Commerce {
+    /// An interaction's contribution to its shopper's category count, while the
+    /// interaction is in its 30 minutes (the input retracts it then).
+    pub(super) fn category_contribution(
+        &self,
+        (user, category): &(UserId, Category),
+    ) -> Option<Contribution> {
+        let m = Measure::Category(category.clone());
+        Some(((Entity::Shopper(user.clone()), m), 1, None))
+    }
+
     /// What one event adds to which sums, for how long.
     pub(super) fn contributions_of(&self, e: &Timed<CommerceEvent>) -> Vec<Contribution> {
         let Some(item) = &e.event.item else {
@@ -105,6 +118,15 @@ impl Commerce {
                 .find(|(x, _)| *x == m)
                 .map_or(0, |(_, n)| *n as i64)
         };
+        // the most interactions; of a tie, the smallest name
+        let top = sums
+            .iter()
+            .filter_map(|(m, n)| match m {
+                Measure::Category(c) if *n > 0 => Some((*n, std::cmp::Reverse(c))),
+                _ => None,
+            })
+            .max()
+            .map_or(Value::Null, |(_, c)| Value::Text(c.0 .0.clone()));
         let (table, key, values) = match entity {
             Entity::Shopper(user) => {
                 let views = sum(Measure::Views(Span::M10));
@@ -117,6 +139,7 @@ impl Commerce {
                     avg,
                     Value::Int(sum(Measure::Carts(Span::M30))),
                     Value::Int(sum(Measure::Purchases(Span::H24))),
+                    top,
                 ];
                 (table::SHOPPER, &user.0, values)
             }
