@@ -1,5 +1,6 @@
 //! The commerce family end to end: `generate --dataflow commerce` (1 % invalid, duplicates,
-//! disorder) → a real 4-partition topic → `run --exit-at-end` on 2 workers → real Redis and
+//! disorder, 83 minutes of event time) → a real 4-partition topic → `run --exit-at-end` on
+//! 2 workers → real Redis and
 //! Postgres hold exactly the model's rows (`dataflows/tests/common/commerce_model.rs`),
 //! and every invalid record is in the DLQ.
 
@@ -68,10 +69,43 @@ fn without_bookkeeping(rows: Rows) -> Rows {
         .collect()
 }
 
+/// 20,000 generated records at 4 per second of event time (83 minutes: the 10-minute,
+/// 30-minute and 1-hour windows expire within the run) in a fresh 4-partition topic, and
+/// the same records as JSON lines.
+fn commerce_stream() -> (String, String) {
+    let topic = fresh_topic("e2e-commerce", 4);
+    let file = std::env::temp_dir().join(format!("tidemark-commerce-{}.jsonl", std::process::id()));
+    let gen = [
+        "generate",
+        "--dataflow",
+        "commerce",
+        "--events",
+        "20000",
+        "--seed",
+        "11",
+        "--rate",
+        "4",
+        "--invalid",
+        "0.01",
+    ];
+    tidemark(
+        &[&gen[..], &["--out", file.to_str().unwrap()]].concat(),
+        &[],
+    );
+    tidemark(&[&gen[..], &["--topic", &topic]].concat(), &[]);
+    (topic, std::fs::read_to_string(&file).unwrap())
+}
+
 #[test]
 fn kafka_to_redis_and_postgres_matches_the_model() {
-    let (topic, file) = generated_stream("e2e-commerce", 20_000, 11, &["--dataflow", "commerce"]);
-    let (events, invalid) = model_input(&std::fs::read_to_string(&file).unwrap());
+    let (topic, text) = commerce_stream();
+    let (events, invalid) = model_input(&text);
+    let span =
+        events.iter().map(|e| e.ts).max().unwrap() - events.iter().map(|e| e.ts).min().unwrap();
+    assert!(
+        span > 65 * 60_000,
+        "the traffic spans more than an hour: {span} ms"
+    );
     let (redis, pg) = (fresh_redis(12), fresh_pg("tm_commerce"));
     // the catalog, as `generate` fills it
     let out = tidemark(

@@ -63,7 +63,8 @@ const ORACLE: common::Oracle = common::Oracle {
 struct Ev {
     id: String,
     read: model::Event,
-    price: &'static str,
+    /// The price as written; none on some clicks and searches that name a product.
+    price: Option<&'static str>,
 }
 
 impl common::Payload for Ev {
@@ -73,7 +74,10 @@ impl common::Payload for Ev {
             "event_type": r.action, "timestamp": r.ts,
             "context": {"device": {"type": "mobile"}, "user": {"login_status": true}}});
         if let Some((product, _)) = &r.item {
-            let text = format!(r#"{{"product_id":"{product}","price":{}}}"#, self.price);
+            let text = match self.price {
+                Some(price) => format!(r#"{{"product_id":"{product}","price":{price}}}"#),
+                None => format!(r#"{{"product_id":"{product}"}}"#),
+            };
             v["properties"] = serde_json::from_str(&text).unwrap();
         }
         serde_json::to_vec(&v).unwrap()
@@ -158,7 +162,7 @@ fn stream(worker: usize) -> impl Strategy<Value = Vec<Vec<Item>>> {
     );
     (
         prop::collection::vec(event, 1..45),
-        prop::collection::vec(0..4usize, 0..3),
+        prop::collection::vec(0..5usize, 0..4),
         prop::collection::vec(1..6usize, 1..6),
     )
         .prop_map(move |(events, bad, cuts)| {
@@ -168,12 +172,16 @@ fn stream(worker: usize) -> impl Strategy<Value = Vec<Vec<Item>>> {
             {
                 let ts = BASE + day * DAY + burst * 4 * HOUR + ms;
                 let action = ACTIONS[action];
-                let names_product = i % 5 != 0 || !matches!(action, "click" | "search");
-                let item = names_product.then(|| (PRODUCTS[product].to_string(), PRICES[price].1));
+                let optional = matches!(action, "click" | "search");
+                let names_product = i % 5 != 0 || !optional;
+                // a click or search naming a product without a price interacts with it
+                let priced = !optional || i % 3 != 0;
+                let cents = if priced { PRICES[price].1 } else { 0 };
+                let item = names_product.then(|| (PRODUCTS[product].to_string(), cents));
                 let ev = Ev {
                     id: format!("w{worker}-{i}"),
                     read: model::Event { user: USERS[user].into(), action, item, ts },
-                    price: PRICES[price].0,
+                    price: priced.then_some(PRICES[price].0),
                 };
                 let arrival = match late {
                     0 => ts + 20 * MINUTE,
@@ -193,14 +201,15 @@ fn stream(worker: usize) -> impl Strategy<Value = Vec<Vec<Item>>> {
                     0 => format!(r#"{{{head},"event_type":"wishlist"}}"#),
                     1 => format!(r#"{{{head},"event_type":"view","properties":{{"product_id":"p0","price":-1}}}}"#),
                     2 => format!(r#"{{{head},"event_type":"purchase"}}"#),
-                    _ => format!(r#"{{{head},"event_type":"search","context":{{"user":{{"login_status":"yes"}}}}}}"#),
+                    3 => format!(r#"{{{head},"event_type":"search","context":{{"user":{{"login_status":"yes"}}}}}}"#),
+                    _ => format!(r#"{{{head},"event_type":"view","properties":{{"#),
                 };
                 timeline.push((ts, Item::Bad(payload.into_bytes())));
             }
             let future = Ev {
                 id: format!("w{worker}-future"),
                 read: model::Event { user: "u0".into(), action: "view", item: Some(("p0".into(), 450)), ts: NOW + 2 * MINUTE },
-                price: "4.5",
+                price: Some("4.5"),
             };
             timeline.push((BASE + DAY, Item::Event(future)));
             common::in_batches(timeline, &cuts)

@@ -14,8 +14,9 @@ use crate::contract::record::{
     diagnose, epoch_ms, missing, required as text, DecodeError, ErrorKind, Expect,
 };
 
-/// The largest price taken (a typo of many digits is not a price).
-const MAX_PRICE: f64 = 1e12;
+/// The largest price taken (a typo of many digits is not a price); a shopper's prices
+/// summed in hundredths stay far from overflowing.
+const MAX_PRICE: f64 = 1e10;
 
 #[derive(Deserialize)]
 struct Raw<'a> {
@@ -166,7 +167,13 @@ pub fn decode(payload: &[u8]) -> Result<Timed<CommerceEvent>, DecodeError> {
         }),
         (None, _) if action.names_a_product() => return Err(missing("properties.product_id")),
         (_, None) if action.names_a_product() => return Err(missing("properties.price")),
-        _ => None,
+        // a click or search naming a product is an interaction with it; its price, if
+        // any, is not read
+        (Some(product), None) => Some(Item {
+            product: ProductId(product),
+            price: Cents(0),
+        }),
+        (None, _) => None,
     };
     Ok(Timed {
         id: EventId::of(event_id),
@@ -245,6 +252,11 @@ mod tests {
             "",
         );
         assert_eq!(decode(search.as_bytes()).unwrap().event.item, None);
+        let click = SEED
+            .replace("add_to_cart", "click")
+            .replace(r#","price":89000"#, "");
+        let item = decode(click.as_bytes()).unwrap().event.item.unwrap();
+        assert_eq!(item.product, ProductId("prod_123".into()));
         let view = SEED
             .replace("add_to_cart", "view")
             .replace("89000", "19.995");

@@ -25,6 +25,9 @@ const SHOPPERS: u64 = 20_000;
 const DEVICES: [&str; 3] = ["mobile", "desktop", "tablet"];
 const REFERRERS: [&str; 4] = ["direct", "google.com", "instagram.com", "naver.com"];
 const SOURCES: [&str; 3] = ["instagram", "google", "newsletter"];
+const WEATHER: [&str; 3] = ["sunny", "rainy", "cloudy"];
+const SEGMENTS: [&str; 2] = ["new_visitor", "returning_visitor"];
+const CAMPAIGNS: [&str; 2] = ["summer_sale", "new_arrivals"];
 
 /// A product's category and price (in hundredths), fixed per product.
 pub fn product(i: usize) -> (String, &'static str, i64) {
@@ -43,13 +46,26 @@ pub fn catalog() -> Vec<Vec<String>> {
         .collect()
 }
 
+/// Shoppers browsing at once: their events interleave, so a shopper's events are spread
+/// over minutes of event time at realistic rates.
+const CONCURRENT: usize = 48;
+
+/// A shopper being followed: what they looked at and what is in their cart.
+struct Shopper {
+    user: String,
+    session: String,
+    seen: Vec<usize>,
+    cart: Vec<usize>,
+    left: u32,
+}
+
 pub struct CommerceTraffic {
     topic: String,
     base: Base,
     rank: Zipf<f64>,
     clock_ms: f64,
-    /// The shopper being followed and the products they looked at.
-    shopper: Option<(String, String, Vec<usize>)>,
+    shoppers: Vec<Shopper>,
+    serial: u64,
 }
 
 impl CommerceTraffic {
@@ -58,48 +74,97 @@ impl CommerceTraffic {
             topic,
             rank: Zipf::new(PRODUCTS as f64, 1.05).expect("valid Zipf parameters"),
             clock_ms: spec.start_ms as f64,
-            shopper: None,
+            shoppers: Vec::new(),
+            serial: 0,
             base: Base::new(spec, 40),
         })
     }
 
-    /// The next (user, session, action, product) of the shopper being followed, who
-    /// browses one category and leaves now and then.
-    fn step(&mut self) -> (String, String, &'static str, Option<usize>) {
-        let rng = &mut self.base.rng;
-        if self.shopper.is_none() || rng.random_bool(0.08) {
-            let user = format!("user_{}", rng.random_range(0..SHOPPERS));
-            let session = format!("session_{}_{}", self.base.spec.seed, self.base.emitted);
-            self.shopper = Some((user, session, Vec::new()));
+    /// A product to view: mostly in the category of the shopper's last view.
+    fn browse(&mut self, last: Option<usize>) -> usize {
+        let rank = self.rank.sample(&mut self.base.rng) as usize - 1;
+        match last {
+            Some(last) if self.base.rng.random_bool(0.7) => {
+                (last % CATEGORIES.len() + rank * CATEGORIES.len()) % PRODUCTS
+            }
+            _ => rank,
         }
-        let (user, session, seen) = self.shopper.as_mut().expect("a shopper");
-        let p: f64 = rng.random();
+    }
+
+    /// The next (user, session, action, product) of one of the shoppers browsing: views
+    /// within a category, carts of what they saw, removals and purchases of what is in the
+    /// cart (a purchase empties that line), clicks and searches.
+    fn step(&mut self) -> (String, String, &'static str, Option<usize>) {
+        while self.shoppers.len() < CONCURRENT {
+            self.serial += 1;
+            let rng = &mut self.base.rng;
+            self.shoppers.push(Shopper {
+                user: format!("user_{}", rng.random_range(0..SHOPPERS)),
+                session: format!("session_{}_{}", self.base.spec.seed, self.serial),
+                seen: Vec::new(),
+                cart: Vec::new(),
+                left: rng.random_range(4..40),
+            });
+        }
+        let i = self.base.rng.random_range(0..self.shoppers.len());
+        let p: f64 = self.base.rng.random();
+        let (seen, cart) = (
+            !self.shoppers[i].seen.is_empty(),
+            !self.shoppers[i].cart.is_empty(),
+        );
         let action = match p {
-            _ if seen.is_empty() || p < 0.55 => "view",
-            _ if p < 0.70 => "add_to_cart",
-            _ if p < 0.74 => "remove_from_cart",
-            _ if p < 0.80 => "purchase",
-            _ if p < 0.92 => "click",
+            _ if !seen => ["view", "search"][usize::from(p < 0.2)],
+            _ if p < 0.50 => "view",
+            _ if p < 0.65 => "add_to_cart",
+            _ if p < 0.69 && cart => "remove_from_cart",
+            _ if p < 0.76 && cart => "purchase",
+            _ if p < 0.90 => "click",
             _ => "search",
         };
+        let pick =
+            |rng: &mut rand::rngs::StdRng, from: &[usize]| from[rng.random_range(0..from.len())];
         let product = match action {
             "view" => {
-                // stay in the category of the last view most of the time
-                let rank = self.rank.sample(rng) as usize - 1;
-                let i = match seen.last() {
-                    Some(last) if rng.random_bool(0.7) => {
-                        (last % CATEGORIES.len() + rank * CATEGORIES.len()) % PRODUCTS
-                    }
-                    _ => rank,
-                };
-                seen.push(i);
-                Some(i)
+                let last = self.shoppers[i].seen.last().copied();
+                let p = self.browse(last);
+                self.shoppers[i].seen.push(p);
+                Some(p)
             }
-            "search" => None,
-            _ => Some(seen[rng.random_range(0..seen.len())]),
+            "add_to_cart" | "click" => {
+                let p = pick(&mut self.base.rng, &self.shoppers[i].seen);
+                if action == "add_to_cart" {
+                    self.shoppers[i].cart.push(p);
+                }
+                Some(p)
+            }
+            "remove_from_cart" | "purchase" => {
+                let s = &mut self.shoppers[i];
+                let at = self.base.rng.random_range(0..s.cart.len());
+                Some(s.cart.swap_remove(at))
+            }
+            _ => None,
         };
-        (user.clone(), session.clone(), action, product)
+        let s = &mut self.shoppers[i];
+        let (user, session) = (s.user.clone(), s.session.clone());
+        s.left -= 1;
+        if s.left == 0 {
+            self.shoppers.swap_remove(i);
+        }
+        (user, session, action, product)
     }
+}
+
+/// `temporal.time_of_day` and `temporal.day_of_week` of an instant (UTC).
+fn temporal(ts: u64) -> (&'static str, String) {
+    use chrono::{Datelike, Timelike};
+    let t = chrono::DateTime::from_timestamp_millis(ts as i64).unwrap_or_default();
+    let part = match t.hour() {
+        6..=11 => "morning",
+        12..=17 => "afternoon",
+        18..=21 => "evening",
+        _ => "night",
+    };
+    (part, t.weekday().to_string().to_lowercase())
 }
 
 impl Records for CommerceTraffic {
@@ -114,6 +179,7 @@ impl Records for CommerceTraffic {
             ts = ts.saturating_sub(self.base.rng.random_range(1..900_000));
         }
         let (user, session, action, item) = self.step();
+        let (time_of_day, day_of_week) = temporal(ts);
         let rng = &mut self.base.rng;
         let mut event = json!({
             "event_id": format!("evt_{}_{}", self.base.spec.seed, self.base.emitted),
@@ -125,10 +191,13 @@ impl Records for CommerceTraffic {
                 "page": {"url": item.map_or("/search".to_string(), |i| format!("/products/prod_{i}")),
                          "referrer": REFERRERS[rng.random_range(0..REFERRERS.len())]},
                 "device": {"type": DEVICES[rng.random_range(0..DEVICES.len())]},
-                "weather": {"status": "sunny", "temperature": rng.random_range(-50..350) as f64 / 10.0},
-                "temporal": {"time_of_day": "afternoon", "day_of_week": "saturday"},
-                "user": {"login_status": rng.random_bool(0.6), "segment": "returning_visitor"},
-                "campaign": {"utm_source": SOURCES[rng.random_range(0..SOURCES.len())], "utm_campaign": "summer_sale"},
+                "weather": {"status": WEATHER[rng.random_range(0..WEATHER.len())],
+                            "temperature": rng.random_range(-50..350) as f64 / 10.0},
+                "temporal": {"time_of_day": time_of_day, "day_of_week": day_of_week},
+                "user": {"login_status": rng.random_bool(0.6),
+                         "segment": SEGMENTS[rng.random_range(0..SEGMENTS.len())]},
+                "campaign": {"utm_source": SOURCES[rng.random_range(0..SOURCES.len())],
+                             "utm_campaign": CAMPAIGNS[rng.random_range(0..CAMPAIGNS.len())]},
             },
         });
         if let Some(i) = item {

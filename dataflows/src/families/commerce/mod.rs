@@ -128,14 +128,18 @@ impl Dataflow for Commerce {
             let item = e.event.item.as_ref();
             item.map(|i| ((i.product.clone(), e.event.user.clone()), 1, 0, until))
         });
+        // a row without a category (NULL, read as "") puts its product in none
         let catalog = dimensions[0]
             .clone()
+            .filter(|row| !row[1].is_empty())
             .map(|row| (ProductId(row[0].clone()), Category(row[1].clone())));
-        let categorised = interactions.join_map(catalog, |_, user, category| {
-            (user.clone(), category.clone())
-        });
-        let this = self.clone();
-        let derived = with_expiries(categorised, move |c| this.category_contribution(c));
+        // each categorised interaction counts while it is there: its input retracts it
+        let derived = interactions
+            .join_map(catalog, |_, user, category| {
+                let m = Measure::Category(category.clone());
+                (Entity::Shopper(user.clone()), m)
+            })
+            .inner;
         let this = self.clone();
         window_rows(
             "commerce",

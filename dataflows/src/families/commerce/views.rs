@@ -63,16 +63,6 @@ pub fn smoothed(hits: i64, trials: i64, alpha: f64, beta: f64) -> f64 {
 type Contribution = ((Entity, Measure), isize, Option<Tick>);
 
 impl Commerce {
-    /// An interaction's contribution to its shopper's category count, while the
-    /// interaction is in its 30 minutes (the input retracts it then).
-    pub(super) fn category_contribution(
-        &self,
-        (user, category): &(UserId, Category),
-    ) -> Option<Contribution> {
-        let m = Measure::Category(category.clone());
-        Some(((Entity::Shopper(user.clone()), m), 1, None))
-    }
-
     /// What one event adds to which sums, for how long.
     pub(super) fn contributions_of(&self, e: &Timed<CommerceEvent>) -> Vec<Contribution> {
         let Some(item) = &e.event.item else {
