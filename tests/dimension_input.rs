@@ -51,6 +51,7 @@ impl Dataflow for CountryVisits {
             fields: vec![int("visits_1d")],
             version: 1,
             sink: SinkKind::Store,
+            redis_prefix: None,
         }]
     }
     fn horizon(&self) -> Window {

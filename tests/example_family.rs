@@ -80,6 +80,7 @@ impl Dataflow for Pages {
             fields: vec![int("views_10m")],
             version: 1,
             sink: SinkKind::Store,
+            redis_prefix: None,
         }]
     }
     fn horizon(&self) -> Window {

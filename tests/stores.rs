@@ -23,6 +23,7 @@ fn tables() -> Arc<Vec<TableSpec>> {
             fields: vec![int("n")],
             version: 1,
             sink: SinkKind::PgTable,
+            redis_prefix: None,
         },
         TableSpec {
             ns: "redis_only",
@@ -30,6 +31,7 @@ fn tables() -> Arc<Vec<TableSpec>> {
             fields: vec![int("n")],
             version: 1,
             sink: SinkKind::RedisHash,
+            redis_prefix: None,
         },
     ])
 }
@@ -96,6 +98,7 @@ fn a_bigint_column_of_a_float_feature_is_widened_in_place() {
         fields: vec![tidemark_dataflows::contract::table::float("depth")],
         version: 2,
         sink: SinkKind::Store,
+        redis_prefix: None,
     }]);
     let writer = Writer {
         job: "widen".into(),
@@ -146,6 +149,7 @@ fn a_null_value_is_absent_from_redis_and_null_in_postgres() {
         ],
         version: 1,
         sink: SinkKind::Store,
+        redis_prefix: None,
     }]);
     let writer = Writer {
         job: "nulls".into(),

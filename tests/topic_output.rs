@@ -55,6 +55,7 @@ impl Dataflow for Visits {
                 fields: vec![int("visits_1d")],
                 version: 1,
                 sink: SinkKind::Topic(self.0.output.clone()),
+                redis_prefix: None,
             },
             TableSpec {
                 ns: "visitors",
@@ -62,6 +63,7 @@ impl Dataflow for Visits {
                 fields: vec![text("users")],
                 version: 1,
                 sink: SinkKind::List,
+                redis_prefix: None,
             },
         ]
     }

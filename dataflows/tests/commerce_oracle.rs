@@ -9,6 +9,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use proptest::prelude::*;
 use serde_json::json;
+use tidemark_dataflows::contract::event::EventId;
 use tidemark_dataflows::ingest::IngestOptions;
 use tidemark_dataflows::Tick;
 
@@ -70,9 +71,14 @@ struct Ev {
 impl common::Payload for Ev {
     fn payload(&self) -> Vec<u8> {
         let r = &self.read;
+        let [device, referrer, utm] = &r.context;
         let mut v = json!({"event_id": self.id, "user_id": r.user, "session_id": "s",
             "event_type": r.action, "timestamp": r.ts,
-            "context": {"device": {"type": "mobile"}, "user": {"login_status": true}}});
+            "context": {"device": {"type": device}, "user": {"login_status": true},
+                "page": {"referrer": referrer}}});
+        if let Some(utm) = utm {
+            v["context"]["campaign"] = json!({"utm_source": utm});
+        }
         if let Some((product, _)) = &r.item {
             let text = match self.price {
                 Some(price) => format!(r#"{{"product_id":"{product}","price":{price}}}"#),
@@ -126,6 +132,7 @@ fn accepted(batches: &[Vec<Item>]) -> Vec<(model::Event, Tick)> {
 fn checkpoints(events: &[(model::Event, Tick)]) -> BTreeSet<Tick> {
     let mut at: BTreeSet<Tick> = events.iter().map(|(_, t)| *t).collect();
     for (e, _) in events {
+        // every expiry, and the 10-minute mark of a cart
         for length in [10 * MINUTE, 30 * MINUTE, HOUR, DAY] {
             at.insert(expiry(e.ts, length));
             at.insert(expiry(e.ts, length) - 1);
@@ -154,18 +161,40 @@ fn recount(
 /// late by minutes, hours or more than a day (too late), some repeated; invalid records
 /// of each kind and one from the future.
 fn stream(worker: usize) -> impl Strategy<Value = Vec<Vec<Item>>> {
+    // views and carts most often, so runs of views, carts and their marks are common
     let event = (
-        0..ACTIONS.len(),
+        prop::sample::select(vec![0usize, 0, 0, 0, 1, 1, 1, 2, 3, 3, 4, 5]),
         (0..USERS.len(), 0..PRODUCTS.len(), 0..PRICES.len()),
         (0u64..3, 0u64..6, 0u64..2_400_000),
         (0..8u8, any::<bool>()),
+    );
+    // a comparison's makings: views of shoes (and one of books or of an uncategorised
+    // product, which may break the run) and two carts, by one shopper, in minutes
+    let comparing = (
+        0..USERS.len(),
+        (0u64..3, 0u64..6, 0u64..2_000_000),
+        0..4usize,
+        0..8u8,
     );
     (
         prop::collection::vec(event, 1..45),
         prop::collection::vec(0..5usize, 0..4),
         prop::collection::vec(1..6usize, 1..6),
+        prop::collection::vec(comparing, 0..3),
     )
-        .prop_map(move |(events, bad, cuts)| {
+        .prop_map(move |(mut events, bad, cuts, comparing)| {
+            for (user, (day, burst, ms), odd, late) in comparing {
+                // view, view, (odd one,) view, cart, cart: actions of `ACTIONS`
+                let mut script = vec![(0, 0), (0, 2)];
+                if odd > 1 {
+                    script.push((0, odd - 1));
+                }
+                script.extend([(0, 0), (1, 0), (1, 2)]);
+                for (k, (action, product)) in script.into_iter().enumerate() {
+                    let ms = ms + k as u64 * 40_000;
+                    events.push((action, (user, product, 3), (day, burst, ms), (late, false)));
+                }
+            }
             let mut timeline: Vec<(u64, Item)> = Vec::new();
             for (i, (action, (user, product, price), (day, burst, ms), (late, dup))) in
                 events.into_iter().enumerate()
@@ -178,11 +207,17 @@ fn stream(worker: usize) -> impl Strategy<Value = Vec<Vec<Item>>> {
                 let priced = !optional || i % 3 != 0;
                 let cents = if priced { PRICES[price].1 } else { 0 };
                 let item = names_product.then(|| (PRODUCTS[product].to_string(), cents));
-                let ev = Ev {
-                    id: format!("w{worker}-{i}"),
-                    read: model::Event { user: USERS[user].into(), action, item, ts },
-                    price: priced.then_some(PRICES[price].0),
+                let id = format!("w{worker}-{i}");
+                let context = [
+                    ["mobile", "desktop"].get(i % 3).map(|d| d.to_string()),
+                    (i % 4 != 0).then(|| format!("ref{}.com", i % 2)),
+                    (i % 2 == 0).then(|| "instagram".to_string()),
+                ];
+                let read = model::Event {
+                    user: USERS[user].into(), action, item, ts,
+                    id: EventId::of(&id).0, context,
                 };
+                let ev = Ev { id, read, price: priced.then_some(PRICES[price].0) };
                 let arrival = match late {
                     0 => ts + 20 * MINUTE,
                     1 => ts + 5 * HOUR,
@@ -206,9 +241,13 @@ fn stream(worker: usize) -> impl Strategy<Value = Vec<Vec<Item>>> {
                 };
                 timeline.push((ts, Item::Bad(payload.into_bytes())));
             }
+            let id = format!("w{worker}-future");
             let future = Ev {
-                id: format!("w{worker}-future"),
-                read: model::Event { user: "u0".into(), action: "view", item: Some(("p0".into(), 450)), ts: NOW + 2 * MINUTE },
+                read: model::Event {
+                    user: "u0".into(), action: "view", item: Some(("p0".into(), 450)),
+                    ts: NOW + 2 * MINUTE, id: EventId::of(&id).0, context: Default::default(),
+                },
+                id,
                 price: Some("4.5"),
             };
             timeline.push((BASE + DAY, Item::Event(future)));
@@ -277,4 +316,150 @@ proptest! {
             switched |= is_new && !is_old;
         }
     }
+}
+
+fn ev(id: &str, user: &str, action: &'static str, product: &str, ts: u64) -> Item {
+    let read = model::Event {
+        user: user.into(),
+        action,
+        item: Some((product.into(), 450)),
+        ts,
+        id: EventId::of(id).0,
+        context: [Some("tablet".into()), None, Some(format!("utm-{id}"))],
+    };
+    Item::Event(Ev {
+        id: id.into(),
+        read,
+        price: Some("4.5"),
+    })
+}
+
+/// A comparison (three shoe views, two of them carted), a cart whose 10-minute mark
+/// passes while no event of its shopper arrives (only time moves), and a purchase that
+/// arrives after the mark with an event time before it and clears the risk: the topic's
+/// record goes (a tombstone) and `pattern_detected` follows, at every tick as the model.
+#[test]
+fn a_risk_set_at_its_mark_is_cleared_by_a_late_purchase_and_a_comparison_is_seen() {
+    let t = BASE + DAY + 7 * HOUR;
+    let batches = vec![
+        vec![
+            ev("a", "u0", "view", "p0", t),
+            ev("b", "u0", "view", "p2", t + MINUTE),
+            ev("c", "u0", "view", "p0", t + 2 * MINUTE),
+            ev("d", "u0", "add_to_cart", "p0", t + 3 * MINUTE),
+            ev("e", "u0", "add_to_cart", "p2", t + 4 * MINUTE),
+            ev("f", "u0", "add_to_cart", "p1", t + 5 * MINUTE),
+            ev("g", "u0", "purchase", "p0", t + 6 * MINUTE),
+            ev("h", "u0", "remove_from_cart", "p2", t + 7 * MINUTE),
+        ],
+        vec![ev("i", "u1", "view", "p3", t + 20 * MINUTE)],
+        vec![ev("j", "u0", "purchase", "p1", t + 12 * MINUTE)],
+    ];
+    let (changes, _) = run_with_dimension(
+        "commerce",
+        vec![common::payloads(&batches)],
+        NOW,
+        options(),
+        Some(table(&CATALOG)),
+    );
+    let events = accepted(&batches);
+    assert_eq!(events.len(), 10);
+    for at in checkpoints(&events) {
+        ORACLE
+            .check(
+                &state_at(&changes, at),
+                &recount(&events, &catalog(&CATALOG), at),
+                at,
+            )
+            .unwrap();
+    }
+    let shopper = |at: Tick| state_at(&changes, at)[&(model::SHOPPER, vec!["u0".into()])].clone();
+    // the tick of the last batch (later ones only expire)
+    let last = events.iter().map(|(_, t)| *t).max().unwrap();
+    let risk_key = |at: Tick| {
+        let mark = (t + 15 * MINUTE).to_string();
+        let key = vec![
+            "u0".into(),
+            "cart_abandonment_risk".into(),
+            "p1".into(),
+            mark,
+        ];
+        state_at(&changes, at).get(&(model::PATTERNS, key)).cloned()
+    };
+    let detected = |at: Tick| shopper(at)[9].clone();
+    let text = |s: &str| tidemark_dataflows::contract::table::Value::Text(s.into());
+    assert_eq!(detected(t + 7 * MINUTE), text("comparing_products"));
+    assert_eq!(risk_key(t + 15 * MINUTE - 1), None, "not before its mark");
+    assert!(
+        risk_key(t + 15 * MINUTE).is_some(),
+        "set at its mark, by time alone"
+    );
+    assert_eq!(
+        detected(t + 15 * MINUTE),
+        text("cart_abandonment_risk,comparing_products")
+    );
+    assert_eq!(risk_key(last), None, "the late purchase cleared it");
+    assert_eq!(detected(last), text("comparing_products"));
+    let comparison = vec![
+        "u0".into(),
+        "comparing_products".into(),
+        "p0".into(),
+        t.to_string(),
+    ];
+    let record = &state_at(&changes, last)[&(model::PATTERNS, comparison)];
+    assert_eq!(record[1], text("shoes"));
+    assert_eq!(record[2], text(r#"["p0","p2"]"#));
+    assert_eq!(
+        shopper(last)[5],
+        tidemark_dataflows::contract::table::Value::Int((t + 12 * MINUTE) as i64)
+    );
+    assert_eq!(
+        shopper(last)[8],
+        text("utm-j"),
+        "the latest event's utm_source"
+    );
+    let recent = &state_at(&changes, last)[&(model::USER_RECENT, vec!["u0".into()])];
+    assert_eq!(recent[0], text(r#"["p1","p2","p0"]"#));
+}
+
+/// The random streams do show what the definitions are about: risks set and cleared
+/// after their mark, comparisons, recent lists of several products.
+#[test]
+fn the_random_streams_reach_every_pattern() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    let (mut risks, mut cleared_late, mut comparisons, mut long_lists) = (0, 0, 0, 0);
+    for _ in 0..48 {
+        let batches = stream(0).new_tree(&mut runner).unwrap().current();
+        let events = accepted(&batches);
+        let mut risky = BTreeSet::new();
+        for at in checkpoints(&events) {
+            let state = recount(&events, &catalog(&CATALOG), at);
+            for ((table, key), values) in &state {
+                match (*table, key.get(1).map(String::as_str)) {
+                    (model::PATTERNS, Some("cart_abandonment_risk")) => {
+                        risks += 1;
+                        risky.insert(key.clone());
+                    }
+                    (model::PATTERNS, _) => comparisons += 1,
+                    (model::USER_RECENT, _) if values[0].to_string().matches(',').count() >= 2 => {
+                        long_lists += 1
+                    }
+                    _ => {}
+                }
+            }
+            // a risk gone before its cart left the day: a purchase or removal cleared it
+            risky.retain(|key: &Vec<String>| {
+                let mark: u64 = key[3].parse().unwrap();
+                let gone = !state.contains_key(&(model::PATTERNS, key.clone()));
+                if gone && at < mark - 10 * MINUTE + DAY {
+                    cleared_late += 1;
+                }
+                !gone
+            });
+        }
+    }
+    assert!(risks > 0 && cleared_late > 0 && comparisons > 0 && long_lists > 0,
+        "risks {risks}, cleared after the mark {cleared_late}, comparisons {comparisons}, lists {long_lists}");
 }

@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use tidemark_dataflows::contract::table::{self, TableSpec};
+use tidemark_dataflows::contract::table::{self, SinkKind, TableSpec};
 use tidemark_dataflows::Family;
 
 use crate::clock::now_ms;
@@ -94,12 +94,28 @@ impl Api {
                                     .zip(values)
                                     // absent, as Redis holds it
                                     .filter(|(_, v)| !matches!(v, table::Value::Null))
-                                    .map(|(f, v)| (f.name.to_string(), v.to_json()))
+                                    .map(|(f, v)| (f.name.to_string(), f.json(v)))
                                     .collect();
                                 m.insert("_tick".into(), (*tick).into());
                                 m.insert("_v".into(), spec.version.into());
                                 m
                             })
+                    })
+                    .collect())
+            }
+            Reader::Redis(conn) if spec.sink == SinkKind::List => {
+                // a list view is a Redis list: its one field, the items in order
+                let mut pipe = redis::pipe();
+                for key in keys {
+                    pipe.lrange(crate::sink::entity_key(spec, key), 0, -1);
+                }
+                let mut conn = conn.clone();
+                let lists: Vec<Vec<String>> = pipe.query_async(&mut conn).await?;
+                let field = spec.fields[0].name;
+                Ok(lists
+                    .into_iter()
+                    .map(|items| {
+                        (!items.is_empty()).then(|| Row::from_iter([(field.into(), items.into())]))
                     })
                     .collect())
             }

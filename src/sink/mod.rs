@@ -420,14 +420,17 @@ fn entities_written(ticks: &[Arc<TickChanges>]) -> usize {
     }
 }
 
-/// `feat:{ns}:{key parts joined by ':'}` (`{ns}:…` for a plain Redis hash).
+/// `feat:{ns}:{key parts joined by ':'}` (`{ns}:…` for a plain Redis hash or a list;
+/// `{redis_prefix}:…` when the view's key is configured).
 pub fn entity_key(spec: &TableSpec, key: &[String]) -> String {
+    use tidemark_dataflows::contract::table::SinkKind;
+    let prefix = spec.redis_prefix.as_deref().unwrap_or(spec.ns);
     let mut k =
-        String::with_capacity(8 + spec.ns.len() + key.iter().map(|p| p.len() + 1).sum::<usize>());
-    if spec.sink != tidemark_dataflows::contract::table::SinkKind::RedisHash {
+        String::with_capacity(8 + prefix.len() + key.iter().map(|p| p.len() + 1).sum::<usize>());
+    if spec.redis_prefix.is_none() && !matches!(spec.sink, SinkKind::RedisHash | SinkKind::List) {
         k.push_str("feat:");
     }
-    k.push_str(spec.ns);
+    k.push_str(prefix);
     for part in key {
         k.push(':');
         k.push_str(part);

@@ -87,11 +87,7 @@ fn redis_views(tables: &[TableSpec]) -> Vec<String> {
     let mut v: Vec<String> = tables
         .iter()
         .filter(|t| t.sink.in_redis())
-        .map(|t| match t.sink {
-            // lists are `{ns}:{key…}`
-            tidemark_dataflows::contract::table::SinkKind::List => t.ns.to_string(),
-            _ => entity_key(t, &[]),
-        })
+        .map(|t| entity_key(t, &[]))
         .collect();
     v.sort();
     v.dedup();

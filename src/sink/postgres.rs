@@ -27,6 +27,7 @@ fn sql_type(t: FieldType) -> &'static str {
         FieldType::Int => "bigint",
         FieldType::Float => "double precision",
         FieldType::Text => "text",
+        FieldType::List => "text[]",
     }
 }
 
@@ -156,7 +157,7 @@ impl Columns {
                 .map(|f| match f.ty {
                     FieldType::Int => Column::Int(Vec::new()),
                     FieldType::Float => Column::Float(Vec::new()),
-                    FieldType::Text => Column::Text(Vec::new()),
+                    FieldType::Text | FieldType::List => Column::Text(Vec::new()),
                 })
                 .collect(),
             ticks: Vec::new(),
@@ -187,7 +188,8 @@ impl Columns {
 }
 
 /// Upserts a table's `Columns` (bound as arrays, expanded with `unnest`), updating a row
-/// that exists only `WHERE {guard}`.
+/// that exists only `WHERE {guard}`. A list travels as its JSON text and becomes a `text[]`
+/// in order.
 fn upsert_sql(spec: &TableSpec, guard: &str) -> String {
     let name = table_name(spec);
     let mut names: Vec<&str> = spec.keys.clone();
@@ -197,7 +199,7 @@ fn upsert_sql(spec: &TableSpec, guard: &str) -> String {
     types.extend(spec.fields.iter().map(|f| match f.ty {
         FieldType::Int => "bigint[]",
         FieldType::Float => "float8[]",
-        FieldType::Text => "text[]",
+        FieldType::Text | FieldType::List => "text[]",
     }));
     types.extend(["bigint[]", "int[]"]);
     let unnest: Vec<String> = types
@@ -205,14 +207,33 @@ fn upsert_sql(spec: &TableSpec, guard: &str) -> String {
         .enumerate()
         .map(|(i, t)| format!("${}::{t}", i + 1))
         .collect();
+    let columns: Vec<String> = (0..names.len()).map(|i| format!("c{i}")).collect();
+    let select: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let field = i
+                .checked_sub(spec.keys.len())
+                .and_then(|f| spec.fields.get(f));
+            match field.map(|f| f.ty) {
+                Some(FieldType::List) => format!(
+                    "ARRAY(SELECT e FROM jsonb_array_elements_text({c}::jsonb) \
+                     WITH ORDINALITY AS a(e, n) ORDER BY n)"
+                ),
+                _ => c.clone(),
+            }
+        })
+        .collect();
     let updates: Vec<String> = names[spec.keys.len()..]
         .iter()
         .map(|n| format!("{n} = excluded.{n}"))
         .collect();
     format!(
-        "INSERT INTO {name} ({}) SELECT * FROM unnest({}) ON CONFLICT ({}) DO UPDATE SET {} WHERE {guard}",
+        "INSERT INTO {name} ({}) SELECT {} FROM unnest({}) AS u({}) ON CONFLICT ({}) DO UPDATE SET {} WHERE {guard}",
         names.join(", "),
+        select.join(", "),
         unnest.join(", "),
+        columns.join(", "),
         spec.keys.join(", "),
         updates.join(", ")
     )

@@ -87,7 +87,7 @@ fn list_change(
     c: &EntityChange,
     ttl: Option<u64>,
 ) -> (String, usize) {
-    let key = format!("{}:{}", spec.ns, c.key.join(":"));
+    let key = entity_key(spec, &c.key);
     pipe.del(&key);
     let items: Vec<String> = match c.after.as_ref().and_then(|v| v.first()) {
         Some(Value::Text(json)) => serde_json::from_str(json).unwrap_or_default(),

@@ -57,7 +57,7 @@ impl Store for TopicStore {
                         o.insert(name.to_string(), k.clone().into());
                     }
                     for (f, v) in spec.fields.iter().zip(values) {
-                        o.insert(f.name.to_string(), v.to_json());
+                        o.insert(f.name.to_string(), f.json(v));
                     }
                     o.insert("_tick".into(), t.tick.into());
                     serde_json::to_vec(&o).expect("JSON")

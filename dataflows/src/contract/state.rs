@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::contract::time::Tick;
 
 /// Bumped whenever the layout of a snapshot changes; an older checkpoint is refused.
-pub const FORMAT: u32 = 5;
+pub const FORMAT: u32 = 6;
 
 /// One worker's part of a checkpoint.
 #[derive(Clone, Debug, Serialize, Deserialize)]

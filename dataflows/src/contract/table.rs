@@ -61,6 +61,9 @@ pub enum FieldType {
     Int,
     Float,
     Text,
+    /// Strings in order (commerce's `user_recent`): a JSON array of strings in the row's
+    /// `Value::Text`; a Postgres `text[]`, a JSON array in topic records and the read API.
+    List,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -85,6 +88,24 @@ pub const fn text(name: &'static str) -> FieldSpec {
     FieldSpec {
         name,
         ty: FieldType::Text,
+    }
+}
+pub const fn list(name: &'static str) -> FieldSpec {
+    FieldSpec {
+        name,
+        ty: FieldType::List,
+    }
+}
+
+impl FieldSpec {
+    /// A value of this field as JSON: a list as its array.
+    pub fn json(&self, v: &Value) -> serde_json::Value {
+        match (self.ty, v) {
+            (FieldType::List, Value::Text(t)) => {
+                serde_json::from_str(t).unwrap_or_else(|_| t.clone().into())
+            }
+            _ => v.to_json(),
+        }
     }
 }
 
@@ -138,6 +159,9 @@ pub struct TableSpec {
     /// Schema version, written as `_v`.
     pub version: u32,
     pub sink: SinkKind,
+    /// The Redis key before the key parts when it is not `feat:{ns}` (`{ns}` for a list
+    /// or a `RedisHash`): a configured key template, e.g. seed 003's `user_features`.
+    pub redis_prefix: Option<String>,
 }
 
 /// The state of one entity: all features of one key of one table.

@@ -41,6 +41,7 @@ impl Ads {
             fields,
             version: 1,
             sink,
+            redis_prefix: None,
         };
         let mut campaign = vec![
             text("window_start"),

@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Action, Cents, CommerceEvent, Item, ProductId, UserId};
+use super::{Action, Cents, CommerceEvent, Context, Item, ProductId, UserId};
 use crate::contract::event::{EventId, Timed};
 use crate::contract::record::{
     diagnose, epoch_ms, missing, required as text, DecodeError, ErrorKind, Expect,
@@ -156,9 +156,22 @@ pub fn decode(payload: &[u8]) -> Result<Timed<CommerceEvent>, DecodeError> {
             ),
         )
     })?;
-    if let Some(context) = raw.context.as_ref().filter(|c| !c.is_null()) {
-        check_context(context)?;
-    }
+    let context = match raw.context.as_ref().filter(|c| !c.is_null()) {
+        Some(context) => {
+            check_context(context)?;
+            // checked: each is a string when present
+            let text = |group: &str, field: &str| {
+                let v = context.get(group).and_then(|g| g.get(field));
+                v.and_then(Value::as_str).map(str::to_string)
+            };
+            Context {
+                device: text("device", "type"),
+                referrer: text("page", "referrer"),
+                utm_source: text("campaign", "utm_source"),
+            }
+        }
+        None => Context::default(),
+    };
     let (product, price) = item_of(raw.properties.as_ref())?;
     let item = match (product, price) {
         (Some(product), Some(price)) => Some(Item {
@@ -178,7 +191,12 @@ pub fn decode(payload: &[u8]) -> Result<Timed<CommerceEvent>, DecodeError> {
     Ok(Timed {
         id: EventId::of(event_id),
         ts,
-        event: CommerceEvent { user, action, item },
+        event: CommerceEvent {
+            user,
+            action,
+            item,
+            context,
+        },
     })
 }
 
@@ -211,6 +229,10 @@ mod tests {
                 price: Cents(8_900_000)
             })
         );
+        let context = &e.event.context;
+        assert_eq!(context.device.as_deref(), Some("mobile"));
+        assert_eq!(context.referrer.as_deref(), Some("instagram.com"));
+        assert_eq!(context.utm_source.as_deref(), Some("instagram"));
     }
 
     #[test]

@@ -65,6 +65,18 @@ pub struct Item {
     pub price: Cents,
 }
 
+/// The context fields a shopper's latest event shows (`device_type`, `last_referrer`,
+/// `utm_source`); each absent when the event did not carry it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Context {
+    /// `context.device.type`
+    pub device: Option<String>,
+    /// `context.page.referrer`
+    pub referrer: Option<String>,
+    /// `context.campaign.utm_source`
+    pub utm_source: Option<String>,
+}
+
 /// A storefront event, reduced to what the features read.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct CommerceEvent {
@@ -73,4 +85,5 @@ pub struct CommerceEvent {
     /// Present exactly when the action names a product (a click or search may carry one
     /// too: it is kept).
     pub item: Option<Item>,
+    pub context: Context,
 }

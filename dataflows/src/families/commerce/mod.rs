@@ -1,21 +1,26 @@
 //! E-commerce behaviour (DESIGN §5.4, seed 003): a storefront's click stream turned into
 //! short-window shopper features and product statistics.
 //!
-//! This is the family's first part (#19): decoding seed 003's schema exactly (bad records
-//! to the DLQ), the shopper's 10-minute views and mean viewed price, 30-minute carts,
-//! 24-hour purchases and the category of most interactions in 30 minutes (through the
-//! catalog, a live input), and each product's 1-hour and 24-hour views, carts and
-//! purchases with smoothed view→cart and cart→purchase rates — all windowed sums of
-//! `operators::window_sums`. The patterns, the recent-products list and the pattern topic
-//! are still to come (README, the commerce section).
+//! Seed 003's schema decoded exactly (bad records to the DLQ); the shopper's 10-minute
+//! views and mean viewed price, 30-minute carts, 24-hour purchases and the category of
+//! most interactions in 30 minutes (through the catalog, a live input), and each
+//! product's 1-hour and 24-hour views, carts and purchases with smoothed rates — windowed
+//! sums of `operators::window_sums` (`views`). The shopper's latest event, its recent
+//! products and its patterns come from one `reduce` per shopper over its last day
+//! (`shoppers`, `patterns`); they join the shopper's row as derived sums, and leave as
+//! the `user_recent` list and the pattern topic.
 
 pub mod decode;
 mod events;
 pub mod generate;
+mod patterns;
+mod shoppers;
 mod tables;
 mod views;
 
 pub use events::*;
+pub use patterns::{Pattern, PatternKind};
+pub use shoppers::{shown, Latest, Piece, Seen, Shown};
 pub use tables::*;
 pub use views::*;
 
@@ -27,10 +32,10 @@ use crate::contract::dimension::{DimRow, DimensionSpec};
 use crate::contract::event::{Rejection, Timed};
 use crate::contract::record::{DecodeError, RecordRef};
 use crate::contract::state::State;
-use crate::contract::table::{FeatureRow, TableSpec};
+use crate::contract::table::{FeatureRow, TableSpec, Value};
 use crate::contract::time::{Tick, Window};
 use crate::operators::window_sums::window_rows;
-use crate::operators::windowed::{intervals, with_expiries};
+use crate::operators::windowed::with_expiries;
 
 /// `[dataflows.commerce]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -42,6 +47,13 @@ pub struct CommerceConfig {
     /// Smoothing prior of the product rates: `(hits + alpha) / (trials + alpha + beta)`.
     pub alpha: f64,
     pub beta: f64,
+    /// The Kafka topic of the patterns (a changelog keyed `user|pattern|product|mark`).
+    pub patterns_topic: String,
+    /// How many distinct products `user_recent:{user_id}` holds (seed 003: 50).
+    pub recent_products: usize,
+    /// The Redis key of a shopper's hash: `<prefix>:{user_id}` (seed 003 reads
+    /// `user_features:{user_id}`).
+    pub shopper_key: String,
 }
 
 impl Default for CommerceConfig {
@@ -51,6 +63,9 @@ impl Default for CommerceConfig {
             catalog_table: "products".into(),
             alpha: 1.0,
             beta: 20.0,
+            patterns_topic: "commerce-patterns".into(),
+            recent_products: 50,
+            shopper_key: SHOPPER_KEY.into(),
         }
     }
 }
@@ -78,6 +93,16 @@ impl Dataflow for Commerce {
                 "dataflows.commerce.alpha = {} and beta = {}: both must be ≥ 0 and not both 0 (e.g. alpha = 1, beta = 20)",
                 c.alpha, c.beta
             ));
+        }
+        if c.recent_products == 0 || c.recent_products > 10_000 {
+            return Err(format!(
+                "dataflows.commerce.recent_products = {}: must be 1 to 10000 (seed 003 reads 50)",
+                c.recent_products
+            ));
+        }
+        self.check_shopper_key()?;
+        if c.patterns_topic.trim().is_empty() {
+            return Err("dataflows.commerce.patterns_topic is empty: name the Kafka topic of the patterns (e.g. commerce-patterns)".into());
         }
         Ok(())
     }
@@ -121,38 +146,70 @@ impl Dataflow for Commerce {
     ) -> VecCollection<'s, Tick, FeatureRow> {
         let this = self.clone();
         let durable = with_expiries(events.clone(), move |e| this.contributions_of(e));
-        // every interaction with a product, kept for its 30 minutes (checkpointed), meets
-        // the catalog: a product re-categorised moves its interactions at once
-        let interactions = intervals(state, events, |e: &Timed<CommerceEvent>| {
-            let until = Some(THIRTY_MINUTES.expiry(e.ts));
-            let item = e.event.item.as_ref();
-            item.map(|i| ((i.product.clone(), e.event.user.clone()), 1, 0, until))
-        });
         // a row without a category (NULL, read as "") puts its product in none
         let catalog = dimensions[0]
             .clone()
             .filter(|row| !row[1].is_empty())
             .map(|row| (ProductId(row[0].clone()), Category(row[1].clone())));
-        // each categorised interaction counts while it is there: its input retracts it
-        let derived = interactions
-            .join_map(catalog, |_, user, category| {
-                let m = Measure::Category(category.clone());
-                (Entity::Shopper(user.clone()), m)
-            })
-            .inner;
+        // every interaction of the last 30 minutes meets the catalog: a product
+        // re-categorised moves its interactions at once
+        let touches = shoppers::touches(state, events.clone());
+        let categories = touches.clone().join_map(catalog.clone(), |_, t, category| {
+            let m = Measure::Category(category.clone());
+            (Entity::Shopper(t.user.clone()), m)
+        });
+        let shown = self.shoppers(state, events, touches, catalog);
+        let per_shopper = shown.clone().flat_map(|(user, s)| match s {
+            Shown::Latest(l) => Some((Entity::Shopper(user), Measure::Latest(l))),
+            Shown::Pattern(p) => Some((Entity::Shopper(user), Measure::Pattern(p.kind))),
+            Shown::Recent(_) => None,
+        });
+        // each derived sum counts while it is there: its input retracts it
+        let derived = categories.concat(per_shopper).inner;
         let this = self.clone();
-        window_rows(
+        let rows = window_rows(
             "commerce",
             state,
             durable,
             derived,
             move |entity, sums, out| out.extend(this.row(entity, sums)),
-        )
+        );
+        rows.concat(shown.flat_map(|(user, s)| shown_row(user, s)))
     }
     fn generate(&self, spec: &GenerateSpec) -> Box<dyn Iterator<Item = Produced> + Send> {
         Box::new(generate::CommerceTraffic::new(
             self.config.topic.clone(),
             spec.clone(),
         ))
+    }
+}
+
+/// The `user_recent` list and the pattern records a shopper shows.
+fn shown_row(user: UserId, shown: Shown) -> Option<FeatureRow> {
+    let text = |products: &[ProductId]| {
+        let names: Vec<&str> = products.iter().map(|p| p.0.as_str()).collect();
+        Value::Text(serde_json::to_string(&names).expect("strings serialize"))
+    };
+    match shown {
+        Shown::Latest(_) => None,
+        Shown::Recent(products) => Some(FeatureRow {
+            table: table::USER_RECENT,
+            key: vec![user.0],
+            values: vec![text(&products)],
+        }),
+        Shown::Pattern(p) => Some(FeatureRow {
+            table: table::PATTERNS,
+            key: vec![
+                user.0,
+                p.kind.as_str().to_string(),
+                p.product.0.clone(),
+                p.mark.to_string(),
+            ],
+            values: vec![
+                Value::Int(p.started as i64),
+                p.category.map_or(Value::Null, |c| Value::Text(c.0)),
+                text(&p.products),
+            ],
+        }),
     }
 }

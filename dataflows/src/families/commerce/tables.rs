@@ -1,6 +1,6 @@
 //! The commerce feature views (DESIGN §5.4).
 
-use crate::contract::table::{float, int, text, SinkKind, TableSpec};
+use crate::contract::table::{float, int, list, text, SinkKind, TableSpec};
 
 use super::Commerce;
 
@@ -8,6 +8,8 @@ use super::Commerce;
 pub mod table {
     pub const SHOPPER: u8 = 0;
     pub const PRODUCT_STATS: u8 = 1;
+    pub const USER_RECENT: u8 = 2;
+    pub const PATTERNS: u8 = 3;
 }
 
 impl Commerce {
@@ -18,19 +20,27 @@ impl Commerce {
             fields,
             version: 1,
             sink: SinkKind::Store,
+            redis_prefix: None,
         };
+        let mut shopper = spec(
+            "shopper",
+            "user_id",
+            vec![
+                int("views_10m"),
+                float("avg_view_price_10m"),
+                int("carts_30m"),
+                int("purchases_24h"),
+                text("top_category_30m"),
+                int("last_event_ts"),
+                text("device_type"),
+                text("last_referrer"),
+                text("utm_source"),
+                text("pattern_detected"),
+            ],
+        );
+        shopper.redis_prefix = self.shopper_prefix();
         vec![
-            spec(
-                "shopper",
-                "user_id",
-                vec![
-                    int("views_10m"),
-                    float("avg_view_price_10m"),
-                    int("carts_30m"),
-                    int("purchases_24h"),
-                    text("top_category_30m"),
-                ],
-            ),
+            shopper,
             spec(
                 "product_stats",
                 "product_id",
@@ -45,6 +55,48 @@ impl Commerce {
                     float("cart_to_purchase_24h"),
                 ],
             ),
+            TableSpec {
+                ns: "user_recent",
+                keys: vec!["user_id"],
+                fields: vec![list("product_ids")],
+                version: 1,
+                sink: SinkKind::List,
+                redis_prefix: None,
+            },
+            TableSpec {
+                ns: "commerce_patterns",
+                keys: vec!["user_id", "pattern", "product_id", "mark"],
+                fields: vec![int("started_ts"), text("category"), list("product_ids")],
+                version: 1,
+                sink: SinkKind::Topic(self.config.patterns_topic.clone()),
+                redis_prefix: None,
+            },
         ]
+    }
+}
+
+/// The default `shopper_key`: the hash every store view has, `feat:{ns}:{key}`.
+pub const SHOPPER_KEY: &str = "feat:shopper:{user_id}";
+
+impl Commerce {
+    /// The Redis key of a shopper before `:{user_id}`, when `shopper_key` is not the
+    /// default.
+    fn shopper_prefix(&self) -> Option<String> {
+        let key = &self.config.shopper_key;
+        (key != SHOPPER_KEY).then(|| key.trim_end_matches(":{user_id}").to_string())
+    }
+
+    /// `shopper_key` is `<prefix>:{user_id}`, the prefix of letters, digits and `_-.:`.
+    pub(super) fn check_shopper_key(&self) -> Result<(), String> {
+        let key = &self.config.shopper_key;
+        let prefix = key.strip_suffix(":{user_id}").unwrap_or("");
+        let fine = |c: char| c.is_ascii_alphanumeric() || "_-.:".contains(c);
+        if prefix.is_empty() || !prefix.chars().all(fine) || prefix.ends_with(':') {
+            return Err(format!(
+                "dataflows.commerce.shopper_key = {key:?}: must be a prefix of letters, digits and _-.: \
+                 followed by :{{user_id}} (e.g. {SHOPPER_KEY:?}, or seed 003's \"user_features:{{user_id}}\")"
+            ));
+        }
+        Ok(())
     }
 }

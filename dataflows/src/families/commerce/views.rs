@@ -53,6 +53,10 @@ pub enum Measure {
     /// Interactions with products of a category in the last 30 minutes, through the
     /// catalog (derived: a re-categorised product moves them).
     Category(Category),
+    /// The latest event of the day (derived from the shopper `reduce`).
+    Latest(Latest),
+    /// A pattern the shopper shows, once per record of it (derived).
+    Pattern(PatternKind),
 }
 
 /// `(hits + alpha) / (trials + alpha + beta)`, as the search family smooths its CTR.
@@ -124,13 +128,15 @@ impl Commerce {
                     0 => Value::Null,
                     n => Value::float(sum(Measure::ViewCents) as f64 / 100.0 / n as f64),
                 };
-                let values = vec![
+                let mut values = vec![
                     Value::Int(views),
                     avg,
                     Value::Int(sum(Measure::Carts(Span::M30))),
                     Value::Int(sum(Measure::Purchases(Span::H24))),
                     top,
                 ];
+                values.extend(latest_fields(sums));
+                values.push(pattern_detected(sums));
                 (table::SHOPPER, &user.0, values)
             }
             Entity::Product(product) => {
@@ -159,4 +165,39 @@ impl Commerce {
             values,
         })
     }
+}
+
+/// `last_event_ts`, `device_type`, `last_referrer`, `utm_source` of the latest event.
+fn latest_fields(sums: &[(Measure, isize)]) -> [Value; 4] {
+    let latest = sums.iter().find_map(|(m, n)| match m {
+        Measure::Latest(l) if *n > 0 => Some(l),
+        _ => None,
+    });
+    let Some(l) = latest else {
+        return [Value::Null, Value::Null, Value::Null, Value::Null];
+    };
+    let text = |v: &Option<String>| v.clone().map_or(Value::Null, Value::Text);
+    [
+        Value::Int(l.ts as i64),
+        text(&l.context.device),
+        text(&l.context.referrer),
+        text(&l.context.utm_source),
+    ]
+}
+
+/// The patterns shown, each once, in [`PatternKind`] order, joined by commas; null when
+/// there are none.
+fn pattern_detected(sums: &[(Measure, isize)]) -> Value {
+    let kinds: std::collections::BTreeSet<PatternKind> = sums
+        .iter()
+        .filter_map(|(m, n)| match m {
+            Measure::Pattern(k) if *n > 0 => Some(*k),
+            _ => None,
+        })
+        .collect();
+    if kinds.is_empty() {
+        return Value::Null;
+    }
+    let names: Vec<&str> = kinds.into_iter().map(PatternKind::as_str).collect();
+    Value::Text(names.join(","))
 }

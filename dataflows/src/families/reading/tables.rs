@@ -27,6 +27,7 @@ impl Reading {
             // 2: fractional depths, abandon rates, finished_sessions_30d, unzoned_events
             version: 2,
             sink: SinkKind::Store,
+            redis_prefix: None,
         };
         let mut user = vec![
             int("sessions_7d"),

@@ -39,6 +39,7 @@ impl Search {
                 ],
                 version: 1,
                 sink: SinkKind::Store,
+                redis_prefix: None,
             },
             TableSpec {
                 ns: "qd",
@@ -46,6 +47,7 @@ impl Search {
                 fields: vec![int("impressions_7d"), int("clicks_7d"), float("ctr_qd")],
                 version: 1,
                 sink: SinkKind::Store,
+                redis_prefix: None,
             },
             TableSpec {
                 ns: "ac",
@@ -58,6 +60,7 @@ impl Search {
                 ],
                 version: 1,
                 sink: SinkKind::Store,
+                redis_prefix: None,
             },
         ]
     }
