@@ -1,6 +1,7 @@
 //! `tidemark bench`: throughput of the dataflow alone and of decoding.
 
 pub mod ads;
+pub mod commerce;
 pub mod reading;
 pub mod search;
 pub mod serve;
@@ -27,7 +28,8 @@ pub struct BenchArgs {
     /// What to measure: search (throughput, freshness), state (checkpoint figures) or
     /// serve (read API latency and throughput over Redis)
     pub dataflow: String,
-    /// `bench reading`: open sessions built for the memory figure.
+    /// `bench reading`: open sessions built for the memory figure (`bench commerce`:
+    /// active shoppers).
     #[arg(long, default_value_t = 200_000)]
     pub sessions: u64,
     /// `bench ads`: open clicks built for the memory figure.
@@ -371,6 +373,7 @@ const BENCHES: &[(&str, Bench)] = &[
     ("search", search::run),
     ("reading", reading::run),
     ("ads", ads::run),
+    ("commerce", commerce::run),
     ("state", |a| state::run(a.keys, a.events)),
     ("serve", |a| serve::run(a.entities, a.seconds)),
 ];
