@@ -41,9 +41,9 @@ fn a_cart_mark_passed_in_a_quiet_stream_sets_the_risk_and_a_purchase_clears_it()
     let patterns = format!("{topic}-patterns");
     let redis = fresh_redis(14);
     let pg = fresh_pg("tm_commerce_live");
-    // two carts whose marks come 12 s from now, once the engine is up (marks are whole
+    // two carts whose marks come 20 s from now, once the engine is up (marks are whole
     // seconds)
-    let cart_ts = now_ms() + 12_000 - 10 * 60_000;
+    let cart_ts = now_ms() + 20_000 - 10 * 60_000;
     let mark = (cart_ts + 10 * 60_000).div_ceil(1_000) * 1_000;
     let lines = [
         event("v1", "view", "prod_1", cart_ts - 1_000),

@@ -135,6 +135,53 @@ fn a_bigint_column_of_a_float_feature_is_widened_in_place() {
     assert_eq!((old, new), (42.0, 89.75));
 }
 
+/// A list field is a Postgres `text[]` in its order (items with commas, quotes and
+/// braces kept whole), and a text column an older version made for it becomes one, its
+/// JSON read as the array.
+#[test]
+fn a_list_is_a_postgres_array_in_order_and_a_text_column_becomes_one() {
+    let pg = fresh_pg("tm_lists");
+    let mut c = postgres::Client::connect(&pg, postgres::NoTls).unwrap();
+    c.batch_execute(
+        "CREATE TABLE feat_recent (k text NOT NULL, _tick bigint NOT NULL, _v int NOT NULL, \
+         items text, PRIMARY KEY (k)); INSERT INTO feat_recent VALUES ('old', 1, 1, '[\"b\",\"a\"]');",
+    )
+    .unwrap();
+    let tables = Arc::new(vec![TableSpec {
+        ns: "recent",
+        keys: vec!["k"],
+        fields: vec![tidemark_dataflows::contract::table::list("items")],
+        version: 1,
+        sink: SinkKind::List,
+        redis_prefix: None,
+    }]);
+    let writer = Writer {
+        job: "lists".into(),
+        worker: 0,
+        peers: 1,
+        tables,
+    };
+    let mut p = PostgresStore::open(&pg, writer).unwrap();
+    let items = r#"["z","a,b","q\"uote","{brace}","m"]"#;
+    let list = TickChanges {
+        tick: 5,
+        changes: vec![EntityChange {
+            table: 0,
+            key: vec!["new".into()],
+            after: Some(vec![Value::Text(items.into())]),
+            changed: vec![0],
+        }],
+    };
+    assert!(p.write(&[Arc::new(list)], Some(6)).unwrap().is_empty());
+    let mut read = |k: &str| -> Vec<String> {
+        c.query_one("SELECT items FROM feat_recent WHERE k = $1", &[&k])
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(read("old"), ["b", "a"]);
+    assert_eq!(read("new"), ["z", "a,b", "q\"uote", "{brace}", "m"]);
+}
+
 /// A field that becomes null (ads' campaign view once its latest window is no longer
 /// shown; a campaign without a budget) leaves the Redis hash and is `NULL` in Postgres,
 /// whether written as a change or as a restart's rewrite; it comes back with a value.

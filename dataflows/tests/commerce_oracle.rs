@@ -36,8 +36,15 @@ const PRICES: [(&str, i64); 4] = [
     ("4.5", 450),
 ];
 
-/// The catalog: two categories, a tie possible, and `p3` unknown to it.
-const CATALOG: [(&str, &str); 3] = [("p0", "shoes"), ("p1", "books"), ("p2", "shoes")];
+/// The catalog: two categories, a tie possible, `p1` in two rows (a table without its key:
+/// the smallest category counts) and `p3` in a row without a category (in none).
+const CATALOG: [(&str, &str); 5] = [
+    ("p0", "shoes"),
+    ("p1", "toys"),
+    ("p2", "shoes"),
+    ("p1", "books"),
+    ("p3", ""),
+];
 
 fn catalog(rows: &[(&str, &str)]) -> Vec<(String, String)> {
     rows.iter()

@@ -62,6 +62,20 @@ pub fn migrate(client: &mut Client, tables: &[TableSpec]) -> anyhow::Result<()> 
                 f.name,
                 sql_type(f.ty)
             );
+            if f.ty == FieldType::List {
+                // a list column an earlier version made as text (its JSON): an array now
+                ddl += &format!(
+                    "DO $$ BEGIN IF (SELECT data_type FROM information_schema.columns \
+                     WHERE table_schema = current_schema() AND table_name = '{name}' \
+                     AND column_name = '{col}') = 'text' THEN \
+                     ALTER TABLE {name} RENAME COLUMN {col} TO {col}_json; \
+                     ALTER TABLE {name} ADD COLUMN {col} text[]; \
+                     UPDATE {name} SET {col} = ARRAY(SELECT e FROM \
+                     jsonb_array_elements_text({col}_json::jsonb) WITH ORDINALITY AS a(e, n) ORDER BY n); \
+                     ALTER TABLE {name} DROP COLUMN {col}_json; END IF; END $$;\n",
+                    col = f.name
+                );
+            }
             if f.ty == FieldType::Float {
                 // a whole number that became a fraction (reading's `max_scroll_pct`): the
                 // column widens in place, every value kept

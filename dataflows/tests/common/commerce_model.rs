@@ -104,7 +104,7 @@ pub fn features(events: &[&Event], catalog: &[(String, String)], at: Tick) -> St
             let Some((product, _)) = &e.item else {
                 continue;
             };
-            if let Some((_, category)) = catalog.iter().find(|(p, _)| p == product) {
+            if let Some(category) = category_of(catalog, product) {
                 *categories.entry(category).or_default() += 1;
             }
         }
@@ -238,7 +238,7 @@ fn patterns(day: &[&Event], catalog: &[(String, String)], at: Tick) -> Patterns 
         .filter(|e| e.action == "add_to_cart")
         .filter_map(|e| e.product())
         .collect();
-    let category = |p: &str| catalog.iter().find(|(x, _)| x == p).map(|(_, c)| c.clone());
+    let category = |p: &str| category_of(catalog, p).map(str::to_string);
     let views: Vec<(&Event, Option<String>)> = day
         .iter()
         .filter(recent)
@@ -280,4 +280,14 @@ fn pattern_detected(patterns: &Patterns) -> Value {
         return Value::Null;
     }
     Value::Text(kinds.into_iter().collect::<Vec<_>>().join(","))
+}
+
+/// A product's category: of the catalog's rows for it with a category (an empty one is
+/// none), the smallest.
+fn category_of<'c>(catalog: &'c [(String, String)], product: &str) -> Option<&'c str> {
+    catalog
+        .iter()
+        .filter(|(p, c)| p == product && !c.is_empty())
+        .map(|(_, c)| c.as_str())
+        .min()
 }

@@ -142,7 +142,7 @@ fn cents(text: &str, x: f64) -> Cents {
 pub fn decode(payload: &[u8]) -> Result<Timed<CommerceEvent>, DecodeError> {
     let raw: Raw = serde_json::from_slice(payload).map_err(|e| diagnose(payload, e, expect))?;
     let event_id = text(&raw.event_id, "event_id")?;
-    let user = UserId(text(&raw.user_id, "user_id")?.to_string());
+    let user = UserId(no_bar(text(&raw.user_id, "user_id")?, "user_id")?.to_string());
     text(&raw.session_id, "session_id")?;
     let event_type = text(&raw.event_type, "event_type")?;
     let ts = epoch_ms(raw.timestamp, "timestamp")?;
@@ -173,6 +173,9 @@ pub fn decode(payload: &[u8]) -> Result<Timed<CommerceEvent>, DecodeError> {
         None => Context::default(),
     };
     let (product, price) = item_of(raw.properties.as_ref())?;
+    if let Some(p) = &product {
+        no_bar(p, "properties.product_id")?;
+    }
     let item = match (product, price) {
         (Some(product), Some(price)) => Some(Item {
             product: ProductId(product),
@@ -198,6 +201,18 @@ pub fn decode(payload: &[u8]) -> Result<Timed<CommerceEvent>, DecodeError> {
             context,
         },
     })
+}
+
+/// An id the pattern topic's keys (`user|pattern|product|mark`) hold: without `|`, so two
+/// patterns never share a key.
+fn no_bar<'a>(id: &'a str, field: &str) -> Result<&'a str, DecodeError> {
+    if id.contains('|') {
+        return Err(DecodeError::new(
+            ErrorKind::Range,
+            format!("{field} {id:?} contains '|', which separates the parts of a pattern's key"),
+        ));
+    }
+    Ok(id)
 }
 
 /// What each top-level field of a commerce event must hold.
@@ -265,6 +280,12 @@ mod tests {
             ErrorKind::WrongType
         );
         assert_eq!(decode(b"{not json").unwrap_err().kind, ErrorKind::Json);
+        let (kind, msg) = bad("00000dbacae5abe5", "a|b");
+        assert_eq!(kind, ErrorKind::Range);
+        assert!(msg.contains("user_id"), "{msg}");
+        let (kind, msg) = bad(r#""product_id":"prod_123""#, r#""product_id":"p|q""#);
+        assert_eq!(kind, ErrorKind::Range);
+        assert!(msg.contains("properties.product_id"), "{msg}");
     }
 
     #[test]

@@ -136,6 +136,18 @@ impl Dataflow for Commerce {
         if let Some(item) = &event.item {
             visit("product_id", &item.product.0);
         }
+        // kept with each event for a day and written to the shopper's hash: as bounded
+        // as a key
+        let c = &event.context;
+        for (field, value) in [
+            ("context.device.type", &c.device),
+            ("context.page.referrer", &c.referrer),
+            ("context.campaign.utm_source", &c.utm_source),
+        ] {
+            if let Some(v) = value {
+                visit(field, v);
+            }
+        }
     }
     fn build<'s>(
         &self,
@@ -146,11 +158,15 @@ impl Dataflow for Commerce {
     ) -> VecCollection<'s, Tick, FeatureRow> {
         let this = self.clone();
         let durable = with_expiries(events.clone(), move |e| this.contributions_of(e));
-        // a row without a category (NULL, read as "") puts its product in none
+        // a row without a category (NULL, read as "") puts its product in none; a product
+        // the table repeats (a view or a table without its key) is in its smallest category
         let catalog = dimensions[0]
             .clone()
             .filter(|row| !row[1].is_empty())
-            .map(|row| (ProductId(row[0].clone()), Category(row[1].clone())));
+            .map(|row| (ProductId(row[0].clone()), Category(row[1].clone())))
+            .reduce_named("Catalog", |_, categories, out| {
+                out.push((categories[0].0.clone(), 1))
+            });
         // every interaction of the last 30 minutes meets the catalog: a product
         // re-categorised moves its interactions at once
         let touches = shoppers::touches(state, events.clone());

@@ -57,16 +57,19 @@ pub fn patterns(pieces: &[&Piece], events: &[&Seen]) -> Vec<Pattern> {
         // carts of one product in one second share a mark: the earliest names it
         found.entry(key).or_insert(p);
     };
+    // each product's latest purchase or removal: a cart at or before it is cleared
+    let mut cleared_until: BTreeMap<&ProductId, u64> = BTreeMap::new();
+    for s in events {
+        if let (Action::Purchase | Action::RemoveFromCart, Some(p)) = (s.action, &s.product) {
+            let until = cleared_until.entry(p).or_insert(s.ts);
+            *until = (*until).max(s.ts);
+        }
+    }
     for piece in pieces {
         let Piece::Marked { ts, product, .. } = piece else {
             continue;
         };
-        let cleared = events.iter().any(|s| {
-            matches!(s.action, Action::Purchase | Action::RemoveFromCart)
-                && s.product.as_ref() == Some(product)
-                && s.ts >= *ts
-        });
-        if !cleared {
+        if cleared_until.get(product).is_none_or(|until| until < ts) {
             add(Pattern {
                 kind: PatternKind::CartAbandonmentRisk,
                 product: product.clone(),

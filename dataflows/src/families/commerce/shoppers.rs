@@ -210,3 +210,45 @@ fn recent(events: &[&Seen], length: usize) -> Vec<ProductId> {
         .map(|(_, p)| p.clone())
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(ts: u64, id: &str, product: &str) -> Piece {
+        Piece::Event(Seen {
+            ts,
+            id: EventId::of(id),
+            action: Action::View,
+            product: Some(ProductId(product.into())),
+            context: Context::default(),
+        })
+    }
+
+    fn recent_of(pieces: &[Piece], length: usize) -> Vec<String> {
+        let refs: Vec<&Piece> = pieces.iter().collect();
+        shown(&refs, length)
+            .into_iter()
+            .find_map(|s| match s {
+                Shown::Recent(list) => Some(list.into_iter().map(|p| p.0).collect()),
+                _ => None,
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn the_list_is_cut_and_a_late_event_lands_at_its_place() {
+        let mut pieces: Vec<Piece> = (0..5)
+            .map(|i| seen(1_000 * i, &format!("e{i}"), &format!("p{i}")))
+            .collect();
+        assert_eq!(recent_of(&pieces, 3), ["p4", "p3", "p2"]);
+        // late: older than the cut, it changes nothing; between, it takes its place
+        pieces.push(seen(500, "late-old", "p9"));
+        assert_eq!(recent_of(&pieces, 3), ["p4", "p3", "p2"]);
+        pieces.push(seen(3_500, "late", "p8"));
+        assert_eq!(recent_of(&pieces, 3), ["p4", "p8", "p3"]);
+        // a product seen again moves to its newest time, once
+        pieces.push(seen(2_500, "again", "p0"));
+        assert_eq!(recent_of(&pieces, 4), ["p4", "p8", "p3", "p0"]);
+    }
+}

@@ -86,11 +86,25 @@ impl Commerce {
         (key != SHOPPER_KEY).then(|| key.trim_end_matches(":{user_id}").to_string())
     }
 
-    /// `shopper_key` is `<prefix>:{user_id}`, the prefix of letters, digits and `_-.:`.
+    /// `shopper_key` is `<prefix>:{user_id}`, the prefix of letters, digits and `_-.:`, and
+    /// in no other view's key space: not the engine's bookkeeping (`tidemark…`), not
+    /// `feat…` but the default (every family's views), not this family's list.
     pub(super) fn check_shopper_key(&self) -> Result<(), String> {
         let key = &self.config.shopper_key;
+        if key == SHOPPER_KEY {
+            return Ok(());
+        }
         let prefix = key.strip_suffix(":{user_id}").unwrap_or("");
         let fine = |c: char| c.is_ascii_alphanumeric() || "_-.:".contains(c);
+        let first = prefix.split(':').next().unwrap_or("");
+        let taken =
+            ["tidemark", "feat", "user_recent"].contains(&first) || first.starts_with("tidemark");
+        if taken {
+            return Err(format!(
+                "dataflows.commerce.shopper_key = {key:?}: '{first}:' keys belong to other views \
+                 or to the engine; choose another prefix (e.g. seed 003's \"user_features:{{user_id}}\")"
+            ));
+        }
         if prefix.is_empty() || !prefix.chars().all(fine) || prefix.ends_with(':') {
             return Err(format!(
                 "dataflows.commerce.shopper_key = {key:?}: must be a prefix of letters, digits and _-.: \
@@ -98,5 +112,41 @@ impl Commerce {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::dataflow::Dataflow;
+    use crate::families::commerce::CommerceConfig;
+
+    fn with_key(key: &str) -> Result<(), String> {
+        let config = CommerceConfig {
+            shopper_key: key.into(),
+            ..CommerceConfig::default()
+        };
+        Commerce::new(config).check()
+    }
+
+    #[test]
+    fn a_shopper_key_outside_other_views_is_taken_and_others_are_named() {
+        assert!(with_key(SHOPPER_KEY).is_ok());
+        assert!(with_key("user_features:{user_id}").is_ok());
+        assert!(with_key("shop:v2:{user_id}").is_ok());
+        for bad in [
+            "tidemark:{user_id}",
+            "tidemark_x:{user_id}",
+            "feat:{user_id}",
+            "feat:product_stats:{user_id}",
+            "user_recent:{user_id}",
+            "user features:{user_id}",
+            "{user_id}",
+            "user_features:{id}",
+            "user_features::{user_id}",
+        ] {
+            let e = with_key(bad).unwrap_err();
+            assert!(e.contains("dataflows.commerce.shopper_key"), "{bad}: {e}");
+        }
     }
 }
