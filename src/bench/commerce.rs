@@ -1,7 +1,15 @@
 //! `tidemark bench commerce`: the commerce dataflow alone (pre-decoded events, 1 and N
 //! workers, a short span and one past the 24-hour window), memory per active shopper with
 //! a full 50-product list, and with `--kafka` freshness from Kafka append to the Postgres
-//! commit and the pattern topic's acks at a fixed rate.
+//! commit and the pattern topic's acks at a fixed rate, and how long after its 10-minute
+//! mark a cart's risk reaches the pattern topic.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message};
 
 use tidemark_dataflows::contract::event::{EventId, Timed};
 use tidemark_dataflows::families::commerce::{
@@ -44,14 +52,100 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
             &spec,
             &topics,
         )?;
-        let h = freshness(cfg, rate, a.freshness_seconds, stamp)?;
+        let brokers = cfg.kafka.brokers.clone();
+        let done = Arc::new(AtomicBool::new(false));
+        let probes = {
+            let (brokers, input, done) = (brokers.clone(), input.clone(), done.clone());
+            std::thread::spawn(move || abandoned_carts(&brokers, &input, &done))
+        };
+        let marks = {
+            let (patterns, done) = (patterns.clone(), done.clone());
+            std::thread::spawn(move || mark_delays(&brokers, &patterns, &done))
+        };
+        let h = freshness(cfg, rate, a.freshness_seconds, stamp);
+        done.store(true, Ordering::Relaxed);
+        let sent = probes
+            .join()
+            .map_err(|_| anyhow::anyhow!("probe producer panicked"))??;
+        let delays = marks
+            .join()
+            .map_err(|_| anyhow::anyhow!("pattern reader panicked"))??;
         report_freshness(
-            &h,
+            &h?,
             rate,
             "Kafka append → Postgres COMMIT and commerce-patterns acks",
         );
+        report_marks(&delays, sent);
     }
     Ok(())
+}
+
+/// Shoppers who put a product in the cart 9 min 57 s before now and buy nothing, one
+/// every 100 ms until `done`, into the input topic among the generated traffic: each
+/// cart's mark comes 3 s after it is sent. Returns how many were sent.
+fn abandoned_carts(brokers: &str, topic: &str, done: &AtomicBool) -> anyhow::Result<u64> {
+    let sender = crate::sink::producer::Sender::new(brokers)?;
+    // the engine starts within freshness()'s first two seconds
+    std::thread::sleep(Duration::from_secs(3));
+    let mut sent = 0;
+    while !done.load(Ordering::Relaxed) {
+        let ts = now_ms() + 3_000 - 600_000;
+        let payload = format!(
+            r#"{{"event_id":"probe-{sent}","user_id":"probe-{sent}","session_id":"probe","event_type":"add_to_cart","timestamp":{ts},"properties":{{"product_id":"prod_0","price":9.9}}}}"#
+        );
+        let user = format!("probe-{sent}");
+        sender.send(topic, Some(user.as_bytes()), payload.as_bytes(), None)?;
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    sender.flush()?;
+    Ok(sent)
+}
+
+/// For each probe shopper's risk on the pattern topic, the wall-clock ms from its mark to
+/// its arrival at a consumer, until `done` (and 3 s more for the last marks).
+fn mark_delays(brokers: &str, topic: &str, done: &AtomicBool) -> anyhow::Result<Vec<u64>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("{topic}-marks"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    consumer.subscribe(&[topic])?;
+    let mut delays = Vec::new();
+    let mut ended: Option<std::time::Instant> = None;
+    while ended.is_none_or(|e| e.elapsed() < Duration::from_secs(5)) {
+        if ended.is_none() && done.load(Ordering::Relaxed) {
+            ended = Some(std::time::Instant::now());
+        }
+        let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) else {
+            continue;
+        };
+        let at = now_ms();
+        let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+        let parts: Vec<&str> = key.split('|').collect();
+        if let ([user, "cart_abandonment_risk", _, mark], true) =
+            (parts.as_slice(), m.payload().is_some())
+        {
+            if let (true, Ok(mark)) = (user.starts_with("probe-"), mark.parse::<u64>()) {
+                delays.push(at.saturating_sub(mark));
+            }
+        }
+    }
+    Ok(delays)
+}
+
+fn report_marks(delays: &[u64], sent: u64) {
+    let mut d = delays.to_vec();
+    d.sort_unstable();
+    let at = |q: f64| d.get(((d.len() as f64 * q) as usize).min(d.len().saturating_sub(1)));
+    match (at(0.5), at(0.99), d.last()) {
+        (Some(p50), Some(p99), Some(max)) => println!(
+            "10-minute mark → pattern topic consumer: p50 {p50} ms, p99 {p99} ms, max {max} ms over {} of {sent} abandoned carts",
+            d.len()
+        ),
+        _ => println!("10-minute mark → pattern topic consumer: no risk seen ({sent} abandoned carts sent)"),
+    }
 }
 
 /// Resident memory per active shopper: `n` shoppers of [`EVENTS_PER_SHOPPER`] events each,

@@ -371,7 +371,8 @@ fn rewrite(
     let mut refused = Vec::new();
     for chunk in rows.changes.chunks(RESTART_BATCH) {
         let mut pipe = redis::pipe();
-        pipe.ignore_errors();
+        // one transaction: a reader never sees a list between its `DEL` and `RPUSH`
+        pipe.atomic().ignore_errors();
         let mut owners: Vec<Option<(String, Tick)>> = Vec::new();
         for c in chunk {
             let spec = &tables[c.table as usize];
