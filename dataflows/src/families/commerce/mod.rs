@@ -170,11 +170,14 @@ impl Dataflow for Commerce {
         // every interaction of the last 30 minutes meets the catalog: a product
         // re-categorised moves its interactions at once
         let touches = shoppers::touches(state, events.clone());
-        let categories = touches.clone().join_map(catalog.clone(), |_, t, category| {
-            let m = Measure::Category(category.clone());
-            (Entity::Shopper(t.user.clone()), m)
-        });
-        let shown = self.shoppers(state, events, touches, catalog);
+        // one join: every piece through the catalog comes from it
+        let touched = touches
+            .clone()
+            .join_map(catalog, |p, t, c| (p.clone(), t.clone(), c.clone()));
+        let categories = touched
+            .clone()
+            .map(|(_, t, category)| (Entity::Shopper(t.user), Measure::Category(category)));
+        let shown = self.shoppers(state, events, touches, touched);
         let per_shopper = shown.clone().flat_map(|(user, s)| match s {
             Shown::Latest(l) => Some((Entity::Shopper(user), Measure::Latest(l))),
             Shown::Pattern(p) => Some((Entity::Shopper(user), Measure::Pattern(p.kind))),

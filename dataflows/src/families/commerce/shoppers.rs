@@ -102,7 +102,7 @@ fn pieces<'s>(
     state: &State,
     events: VecCollection<'s, Tick, Timed<CommerceEvent>>,
     touches: VecCollection<'s, Tick, (ProductId, Touch)>,
-    catalog: VecCollection<'s, Tick, (ProductId, Category)>,
+    touched: VecCollection<'s, Tick, (ProductId, Touch, Category)>,
 ) -> VecCollection<'s, Tick, (UserId, Piece)> {
     let day = intervals(state, events, |e: &Timed<CommerceEvent>| {
         let until = Some(ONE_DAY.expiry(e.ts));
@@ -134,12 +134,15 @@ fn pieces<'s>(
         };
         (t.user.clone(), piece)
     };
-    let categorised = views
+    // the catalog gives a product one category at most (its smallest): each view joins
+    // once or not at all, so the uncategorised views are all views less the joined ones
+    let joined = touched.filter(|(_, t, _)| t.action == Action::View);
+    let categorised = joined
         .clone()
-        .join_map(catalog.clone(), move |p, t, c| viewed(t, p, Some(c)));
+        .map(move |(p, t, c)| viewed(&t, &p, Some(&c)));
     let uncategorised = views
-        .antijoin(catalog.map(|(p, _)| p))
-        .map(move |(p, t)| viewed(&t, &p, None));
+        .map(move |(p, t)| viewed(&t, &p, None))
+        .concat(joined.map(move |(p, t, _)| viewed(&t, &p, None)).negate());
     let carted = touches
         .filter(|(_, t)| t.action == Action::AddToCart)
         .map(|(p, t)| (t.user, Piece::Carted(p)));
@@ -153,10 +156,10 @@ impl Commerce {
         state: &State,
         events: VecCollection<'s, Tick, Timed<CommerceEvent>>,
         touches: VecCollection<'s, Tick, (ProductId, Touch)>,
-        catalog: VecCollection<'s, Tick, (ProductId, Category)>,
+        touched: VecCollection<'s, Tick, (ProductId, Touch, Category)>,
     ) -> VecCollection<'s, Tick, (UserId, Shown)> {
         let length = self.config.recent_products;
-        pieces(state, events, touches, catalog).reduce_named("Shoppers", move |_, input, out| {
+        pieces(state, events, touches, touched).reduce_named("Shoppers", move |_, input, out| {
             let pieces: Vec<&Piece> = input
                 .iter()
                 .filter(|(_, n)| *n > 0)
