@@ -5,14 +5,16 @@
 //! views and mean viewed price, 30-minute carts, 24-hour purchases and the category of
 //! most interactions in 30 minutes (through the catalog, a live input), and each
 //! product's 1-hour and 24-hour views, carts and purchases with smoothed rates — windowed
-//! sums of `operators::window_sums` (`views`). The shopper's latest event, its recent
-//! products and its patterns come from one `reduce` per shopper over its last day
-//! (`shoppers`, `patterns`); they join the shopper's row as derived sums, and leave as
-//! the `user_recent` list and the pattern topic.
+//! sums of `operators::window_sums` (`views`). The shopper's latest event, recent
+//! products, top category and patterns come from the shopper operator (`operator`), which
+//! keeps each shopper as a few compact parts (`shoppers`, `patterns`); they join the
+//! shopper's row as derived sums, and leave as the `user_recent` list and the pattern
+//! topic.
 
 pub mod decode;
 mod events;
 pub mod generate;
+mod operator;
 mod patterns;
 mod shoppers;
 mod tables;
@@ -20,19 +22,20 @@ mod views;
 
 pub use events::*;
 pub use patterns::{Pattern, PatternKind};
-pub use shoppers::{shown, Latest, Piece, Seen, Shown};
+pub use shoppers::{Counts, Latest, Shopper, Shown};
 pub use tables::*;
 pub use views::*;
 
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
+use timely::dataflow::operators::vec::Filter;
 
 use crate::contract::dataflow::{Dataflow, GenerateSpec, Produced};
 use crate::contract::dimension::{DimRow, DimensionSpec};
 use crate::contract::event::{Rejection, Timed};
 use crate::contract::record::{DecodeError, RecordRef};
 use crate::contract::state::State;
-use crate::contract::table::{FeatureRow, TableSpec, Value};
+use crate::contract::table::{FeatureRow, TableSpec};
 use crate::contract::time::{Tick, Window};
 use crate::operators::window_sums::window_rows;
 use crate::operators::windowed::with_expiries;
@@ -167,68 +170,24 @@ impl Dataflow for Commerce {
             .reduce_named("Catalog", |_, categories, out| {
                 out.push((categories[0].0.clone(), 1))
             });
-        // every interaction of the last 30 minutes meets the catalog: a product
-        // re-categorised moves its interactions at once
-        let touches = shoppers::touches(state, events.clone());
-        // one join: every piece through the catalog comes from it
-        let touched = touches
-            .clone()
-            .join_map(catalog, |p, t, c| (p.clone(), t.clone(), c.clone()));
-        let categories = touched
-            .clone()
-            .map(|(_, t, category)| (Entity::Shopper(t.user), Measure::Category(category)));
-        let shown = self.shoppers(state, events, touches, touched);
-        let per_shopper = shown.clone().flat_map(|(user, s)| match s {
-            Shown::Latest(l) => Some((Entity::Shopper(user), Measure::Latest(l))),
-            Shown::Pattern(p) => Some((Entity::Shopper(user), Measure::Pattern(p.kind))),
-            Shown::Recent(_) => None,
-        });
-        // each derived sum counts while it is there: its input retracts it
-        let derived = categories.concat(per_shopper).inner;
+        let length = self.config.recent_products;
+        let shoppers = operator::shoppers(state, events, catalog, length, Box::new(shopper_rows));
         let this = self.clone();
-        let rows = window_rows(
+        // the products' windowed counts; the shoppers' come from the shopper operator
+        let products = window_rows(
             "commerce",
             state,
-            durable,
-            derived,
-            move |entity, sums, out| out.extend(this.row(entity, sums)),
+            durable.clone(),
+            // nothing derived: a stream that carries nothing
+            Filter::filter(durable, |_| false),
+            move |product, sums, out| out.extend(this.product_row(product, sums)),
         );
-        rows.concat(shown.flat_map(|(user, s)| shown_row(user, s)))
+        products.concat(shoppers)
     }
     fn generate(&self, spec: &GenerateSpec) -> Box<dyn Iterator<Item = Produced> + Send> {
         Box::new(generate::CommerceTraffic::new(
             self.config.topic.clone(),
             spec.clone(),
         ))
-    }
-}
-
-/// The `user_recent` list and the pattern records a shopper shows.
-fn shown_row(user: UserId, shown: Shown) -> Option<FeatureRow> {
-    let text = |products: &[ProductId]| {
-        let names: Vec<&str> = products.iter().map(|p| p.0.as_str()).collect();
-        Value::Text(serde_json::to_string(&names).expect("strings serialize"))
-    };
-    match shown {
-        Shown::Latest(_) => None,
-        Shown::Recent(products) => Some(FeatureRow {
-            table: table::USER_RECENT,
-            key: vec![user.0],
-            values: vec![text(&products)],
-        }),
-        Shown::Pattern(p) => Some(FeatureRow {
-            table: table::PATTERNS,
-            key: vec![
-                user.0,
-                p.kind.as_str().to_string(),
-                p.product.0.clone(),
-                p.mark.to_string(),
-            ],
-            values: vec![
-                Value::Int(p.started as i64),
-                p.category.map_or(Value::Null, |c| Value::Text(c.0)),
-                text(&p.products),
-            ],
-        }),
     }
 }

@@ -1,4 +1,4 @@
-//! A shopper's behaviour patterns (DESIGN §5.4), from the pieces it holds:
+//! A shopper's behaviour patterns (DESIGN §5.4), from the parts it keeps:
 //!
 //! * `cart_abandonment_risk`: an `add_to_cart` whose 10-minute mark stream time has
 //!   passed, with no `purchase` or `remove_from_cart` of that product by the shopper at or
@@ -13,8 +13,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::shoppers::{Piece, Seen};
+use super::shoppers::{At, Catalog, Touch};
 use super::*;
+use crate::contract::time::Tick;
 
 /// The patterns, in the order `pattern_detected` lists them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -49,82 +50,71 @@ pub struct Pattern {
     pub products: Vec<ProductId>,
 }
 
-/// Every pattern a shopper's pieces show, one per key; `events` are its `Piece::Event`s.
-pub fn patterns(pieces: &[&Piece], events: &[&Seen]) -> Vec<Pattern> {
+/// Every pattern a shopper shows at tick `t`, one per key, from its live carts of the day
+/// and interactions of the last 30 minutes (both in time order); `cleared(product)` is
+/// the time of the product's latest live purchase or removal.
+pub fn patterns(
+    t: Tick,
+    carts: &[&(At, ProductId)],
+    cleared: impl Fn(&ProductId) -> Option<u64>,
+    touches: &[&Touch],
+    catalog: &Catalog,
+) -> Vec<Pattern> {
     let mut found: BTreeMap<(PatternKind, ProductId, u64), Pattern> = BTreeMap::new();
     let mut add = |p: Pattern| {
         let key = (p.kind, p.product.clone(), p.mark);
         // carts of one product in one second share a mark: the earliest names it
         found.entry(key).or_insert(p);
     };
-    // each product's latest purchase or removal: a cart at or before it is cleared
-    let mut cleared_until: BTreeMap<&ProductId, u64> = BTreeMap::new();
-    for s in events {
-        if let (Action::Purchase | Action::RemoveFromCart, Some(p)) = (s.action, &s.product) {
-            let until = cleared_until.entry(p).or_insert(s.ts);
-            *until = (*until).max(s.ts);
-        }
-    }
-    for piece in pieces {
-        let Piece::Marked { ts, product, .. } = piece else {
-            continue;
-        };
-        if cleared_until.get(product).is_none_or(|until| until < ts) {
+    for ((ts, _), product) in carts {
+        let mark = TEN_MINUTES.expiry(*ts);
+        if mark <= t && cleared(product).is_none_or(|until| until < *ts) {
             add(Pattern {
                 kind: PatternKind::CartAbandonmentRisk,
                 product: product.clone(),
-                mark: TEN_MINUTES.expiry(*ts),
+                mark,
                 started: *ts,
                 category: None,
                 products: vec![product.clone()],
             });
         }
     }
-    for p in comparisons(pieces) {
+    for p in comparisons(touches, catalog) {
         add(p);
     }
     found.into_values().collect()
 }
 
 /// The runs of ≥ 3 consecutive views in one category with ≥ 2 of their products carted.
-fn comparisons(pieces: &[&Piece]) -> Vec<Pattern> {
-    let carted: BTreeSet<&ProductId> = pieces
+fn comparisons(touches: &[&Touch], catalog: &Catalog) -> Vec<Pattern> {
+    let carted: BTreeSet<&ProductId> = touches
         .iter()
-        .filter_map(|p| match p {
-            Piece::Carted(product) => Some(product),
-            _ => None,
-        })
+        .filter(|x| x.action == Action::AddToCart)
+        .map(|x| &x.product)
         .collect();
-    let mut views: Vec<(u64, EventIdOrd, &ProductId, Option<&Category>)> = pieces
+    let views: Vec<(&Touch, Option<&Category>)> = touches
         .iter()
-        .filter_map(|p| match p {
-            Piece::Viewed {
-                ts,
-                id,
-                product,
-                category,
-            } => Some((*ts, id.0, product, category.as_ref())),
-            _ => None,
-        })
+        .filter(|x| x.action == Action::View)
+        .map(|x| (*x, catalog.get(&x.product)))
         .collect();
-    views.sort();
     let mut out = Vec::new();
-    for run in views.chunk_by(|a, b| a.3.is_some() && a.3 == b.3) {
-        let Some(category) = run[0].3 else { continue };
+    for run in views.chunk_by(|a, b| a.1.is_some() && a.1 == b.1) {
+        let Some(category) = run[0].1 else { continue };
         if run.len() < 3 {
             continue;
         }
         let products: BTreeSet<&ProductId> = run
             .iter()
-            .map(|v| v.2)
+            .map(|(x, _)| &x.product)
             .filter(|p| carted.contains(p))
             .collect();
         if products.len() >= 2 {
+            let first = run[0].0;
             out.push(Pattern {
                 kind: PatternKind::ComparingProducts,
-                product: run[0].2.clone(),
-                mark: run[0].0,
-                started: run[0].0,
+                product: first.product.clone(),
+                mark: first.at.0,
+                started: first.at.0,
                 category: Some(category.clone()),
                 products: products.into_iter().cloned().collect(),
             });
@@ -132,6 +122,3 @@ fn comparisons(pieces: &[&Piece]) -> Vec<Pattern> {
     }
     out
 }
-
-/// An event id's hash, which orders views of one millisecond.
-type EventIdOrd = u128;

@@ -1,55 +1,29 @@
-//! A shopper's last day as one function of its events (DESIGN §5.4): the latest event's
-//! context, the most recent products, and the patterns. One `reduce` per shopper reads the
-//! events the shopper still holds, so each is a function of the events — a late purchase
-//! clears a risk after its mark, a late view lands at its place in time — and never of
-//! their arrival order or batching. Time reaches the `reduce` as pieces that appear and
-//! leave on their own ticks: a cart's 10-minute mark is a piece starting at the mark, so
-//! the risk is set when stream time passes it, in a quiet period too.
+//! A shopper as a few compact parts (DESIGN §5.4) and what it shows at a tick: its
+//! windowed counts, its latest event, its most recent products, its category of most
+//! interactions in 30 minutes and its patterns.
+//!
+//! Everything a shopper shows is a function of its events alive at the tick (each for its
+//! window after its event time), so it never depends on arrival order or batching. Only
+//! what can still be shown is kept:
+//!
+//! * the latest event: the greatest `(timestamp, event id hash)`; every other event
+//!   leaves the day no later than it does;
+//! * at most `recent_products` distinct products, each at its latest event: a product cut
+//!   from the list is older than every product on it, so it leaves the day first and
+//!   could never come back into the list (events only arrive; none is retracted);
+//! * the interactions with a product of the last 30 minutes (counts, category, views,
+//!   carts);
+//! * the day's carts, and per product the latest purchase or removal that clears them;
+//! * the times of the day's purchases.
 
-use differential_dataflow::VecCollection;
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::contract::event::{EventId, Timed};
-use crate::contract::state::State;
 use crate::contract::time::Tick;
-use crate::operators::windowed::intervals;
 
 use super::patterns::{patterns, Pattern};
 use super::*;
-
-/// An event of the shopper's last day, reduced to what the `reduce` reads.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Seen {
-    pub ts: u64,
-    pub id: EventId,
-    pub action: Action,
-    pub product: Option<ProductId>,
-    pub context: Context,
-}
-
-/// What the shopper `reduce` reads, each present for its own interval of stream time.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum Piece {
-    /// An event, for a day after its event time (the family's horizon).
-    Event(Seen),
-    /// An `add_to_cart` whose 10-minute mark has passed: from the mark until the cart
-    /// leaves the day.
-    Marked {
-        ts: u64,
-        id: EventId,
-        product: ProductId,
-    },
-    /// A view of the last 30 minutes and its product's category (none when the catalog
-    /// has none): derived through the catalog, so a re-categorised product moves it.
-    Viewed {
-        ts: u64,
-        id: EventId,
-        product: ProductId,
-        category: Option<Category>,
-    },
-    /// An `add_to_cart` of the last 30 minutes.
-    Carted(ProductId),
-}
 
 /// A shopper's latest event of the last day: greatest `(timestamp, event id hash)`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -58,179 +32,283 @@ pub struct Latest {
     pub context: Context,
 }
 
-/// What the `reduce` shows of a shopper.
+/// A shopper's windowed counts.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Counts {
+    pub views_10m: i64,
+    /// The viewed prices of the last 10 minutes, in hundredths.
+    pub view_cents_10m: i64,
+    pub carts_30m: i64,
+    pub purchases_24h: i64,
+}
+
+/// What a shopper shows at a tick.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Shown {
+    Counts(Counts),
     Latest(Latest),
+    /// The category with most interactions in 30 minutes; of a tie, the smallest name.
+    Top(Category),
     Pattern(Pattern),
     /// The most recent distinct products, newest first.
     Recent(Vec<ProductId>),
 }
 
-/// An interaction with a product in the last 30 minutes, keyed by the product so that it
-/// meets the catalog.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// An event at its place in time: `(timestamp, event id hash)`.
+pub type At = (u64, EventId);
+
+/// An interaction with a product in the last 30 minutes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Touch {
-    pub user: UserId,
-    pub ts: u64,
-    pub id: EventId,
+    pub at: At,
     pub action: Action,
+    pub product: ProductId,
+    pub cents: i64,
 }
 
-/// Every interaction with a product, kept for its 30 minutes (checkpointed).
-pub(super) fn touches<'s>(
-    state: &State,
-    events: VecCollection<'s, Tick, Timed<CommerceEvent>>,
-) -> VecCollection<'s, Tick, (ProductId, Touch)> {
-    intervals(state, events, |e: &Timed<CommerceEvent>| {
-        let until = Some(THIRTY_MINUTES.expiry(e.ts));
-        e.event.item.as_ref().map(|i| {
+/// The product categories in force (the catalog, one category per product).
+pub type Catalog = FxHashMap<ProductId, Category>;
+
+/// What a shopper keeps: see the module doc. Lists are in time order unless said.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Shopper {
+    latest: Option<(At, Context)>,
+    /// Distinct products at their latest event, newest first.
+    recent: Vec<(At, ProductId)>,
+    touches: Vec<Touch>,
+    /// The day's `add_to_cart`s.
+    carts: Vec<(At, ProductId)>,
+    /// Per product, the latest purchase or removal of the day.
+    cleared: Vec<(ProductId, u64)>,
+    /// The times of the day's purchases.
+    purchases: Vec<u64>,
+}
+
+fn day_live(ts: u64, t: Tick) -> bool {
+    ONE_DAY.live_at(ts, t)
+}
+
+fn recent_live(ts: u64, t: Tick) -> bool {
+    THIRTY_MINUTES.live_at(ts, t)
+}
+
+impl Shopper {
+    /// Takes an event inserted at tick `now`; what has already left its window is not kept.
+    pub fn insert(&mut self, e: &Timed<CommerceEvent>, now: Tick, length: usize) {
+        if !day_live(e.ts, now) {
+            return;
+        }
+        let at: At = (e.ts, e.id);
+        if self.latest.as_ref().is_none_or(|(l, _)| *l < at) {
+            self.latest = Some((at, e.event.context.clone()));
+        }
+        let Some(item) = &e.event.item else {
+            return;
+        };
+        let product = &item.product;
+        self.remember(at, product, length);
+        match e.event.action {
+            Action::AddToCart => {
+                let i = self.carts.partition_point(|(c, _)| *c < at);
+                self.carts.insert(i, (at, product.clone()));
+            }
+            Action::Purchase | Action::RemoveFromCart => {
+                if e.event.action == Action::Purchase {
+                    let i = self.purchases.partition_point(|ts| *ts < e.ts);
+                    self.purchases.insert(i, e.ts);
+                }
+                match self.cleared.iter_mut().find(|(p, _)| p == product) {
+                    Some((_, ts)) => *ts = (*ts).max(e.ts),
+                    None => self.cleared.push((product.clone(), e.ts)),
+                }
+            }
+            _ => {}
+        }
+        if recent_live(e.ts, now) {
+            let i = self.touches.partition_point(|t| t.at < at);
             let touch = Touch {
-                user: e.event.user.clone(),
-                ts: e.ts,
-                id: e.id,
+                at,
                 action: e.event.action,
+                product: product.clone(),
+                cents: item.price.0,
             };
-            ((i.product.clone(), touch), 1, 0, until)
-        })
-    })
-}
-
-/// The day's events and their marks (checkpointed), and the 30-minute views and carts
-/// through the catalog: every piece of every shopper.
-fn pieces<'s>(
-    state: &State,
-    events: VecCollection<'s, Tick, Timed<CommerceEvent>>,
-    touches: VecCollection<'s, Tick, (ProductId, Touch)>,
-    touched: VecCollection<'s, Tick, (ProductId, Touch, Category)>,
-) -> VecCollection<'s, Tick, (UserId, Piece)> {
-    let day = intervals(state, events, |e: &Timed<CommerceEvent>| {
-        let until = Some(ONE_DAY.expiry(e.ts));
-        let user = || e.event.user.clone();
-        let product = e.event.item.as_ref().map(|i| i.product.clone());
-        let mut out = Vec::with_capacity(2);
-        if let (Action::AddToCart, Some(product)) = (e.event.action, &product) {
-            let mark = TEN_MINUTES.expiry(e.ts);
-            let (ts, id, product) = (e.ts, e.id, product.clone());
-            out.push(((user(), Piece::Marked { ts, id, product }), 1, mark, until));
+            self.touches.insert(i, touch);
         }
-        let seen = Seen {
-            ts: e.ts,
-            id: e.id,
-            action: e.event.action,
-            product,
-            context: e.event.context.clone(),
-        };
-        out.push(((user(), Piece::Event(seen)), 1, 0, until));
-        out
-    });
-    let views = touches.clone().filter(|(_, t)| t.action == Action::View);
-    let viewed = |t: &Touch, product: &ProductId, category: Option<&Category>| {
-        let piece = Piece::Viewed {
-            ts: t.ts,
-            id: t.id,
-            product: product.clone(),
-            category: category.cloned(),
-        };
-        (t.user.clone(), piece)
-    };
-    // the catalog gives a product one category at most (its smallest): each view joins
-    // once or not at all, so the uncategorised views are all views less the joined ones
-    let joined = touched.filter(|(_, t, _)| t.action == Action::View);
-    let categorised = joined
-        .clone()
-        .map(move |(p, t, c)| viewed(&t, &p, Some(&c)));
-    let uncategorised = views
-        .map(move |(p, t)| viewed(&t, &p, None))
-        .concat(joined.map(move |(p, t, _)| viewed(&t, &p, None)).negate());
-    let carted = touches
-        .filter(|(_, t)| t.action == Action::AddToCart)
-        .map(|(p, t)| (t.user, Piece::Carted(p)));
-    day.concat(categorised).concat(uncategorised).concat(carted)
-}
+    }
 
-impl Commerce {
-    /// What each shopper shows: its latest event, its recent products and its patterns.
-    pub(super) fn shoppers<'s>(
-        &self,
-        state: &State,
-        events: VecCollection<'s, Tick, Timed<CommerceEvent>>,
-        touches: VecCollection<'s, Tick, (ProductId, Touch)>,
-        touched: VecCollection<'s, Tick, (ProductId, Touch, Category)>,
-    ) -> VecCollection<'s, Tick, (UserId, Shown)> {
-        let length = self.config.recent_products;
-        pieces(state, events, touches, touched).reduce_named("Shoppers", move |_, input, out| {
-            let pieces: Vec<&Piece> = input
+    /// Moves `product` to its latest event in the list, which keeps `length` products.
+    fn remember(&mut self, at: At, product: &ProductId, length: usize) {
+        if let Some(i) = self.recent.iter().position(|(_, p)| p == product) {
+            if self.recent[i].0 >= at {
+                return;
+            }
+            self.recent.remove(i);
+        }
+        let i = self.recent.partition_point(|(a, _)| *a > at);
+        if i < length {
+            self.recent.insert(i, (at, product.clone()));
+            self.recent.truncate(length);
+        }
+    }
+
+    /// Drops what has left its window by tick `t`.
+    pub fn expire(&mut self, t: Tick) {
+        if self
+            .latest
+            .as_ref()
+            .is_some_and(|((ts, _), _)| !day_live(*ts, t))
+        {
+            self.latest = None;
+        }
+        self.recent.retain(|((ts, _), _)| day_live(*ts, t));
+        self.touches.retain(|x| recent_live(x.at.0, t));
+        self.carts.retain(|((ts, _), _)| day_live(*ts, t));
+        self.cleared.retain(|(_, ts)| day_live(*ts, t));
+        self.purchases.retain(|ts| day_live(*ts, t));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.latest.is_none()
+    }
+
+    /// Whether a live interaction names one of `products` (a catalog change moves it).
+    pub fn touches_any(&self, products: &[ProductId], t: Tick) -> bool {
+        self.touches
+            .iter()
+            .any(|x| recent_live(x.at.0, t) && products.contains(&x.product))
+    }
+
+    /// The next tick after `t` at which what the shopper shows can change with no event:
+    /// a part leaving its window, a view leaving the 10 minutes, a cart's 10-minute mark.
+    /// Call it after [`Shopper::expire`] of `t`: each list's first part is its next to go.
+    pub fn next_change(&self, t: Tick) -> Option<Tick> {
+        let day = |ts: u64| ONE_DAY.expiry(ts);
+        let view_ends = self
+            .touches
+            .iter()
+            .filter(|x| x.action == Action::View)
+            .map(|x| TEN_MINUTES.expiry(x.at.0))
+            .find(|end| *end > t);
+        let ends = [
+            self.latest.as_ref().map(|((ts, _), _)| day(*ts)),
+            self.recent.last().map(|((ts, _), _)| day(*ts)),
+            self.touches.first().map(|x| THIRTY_MINUTES.expiry(x.at.0)),
+            view_ends,
+            self.carts.first().map(|((ts, _), _)| day(*ts)),
+            self.purchases.first().map(|ts| day(*ts)),
+        ];
+        let marks = self
+            .carts
+            .iter()
+            .map(|((ts, _), _)| TEN_MINUTES.expiry(*ts))
+            .filter(|m| *m > t);
+        ends.into_iter()
+            .flatten()
+            .chain(marks)
+            .filter(|x| *x > t)
+            .min()
+    }
+
+    /// Everything the shopper shows at tick `t` (parts that left their window by then are
+    /// skipped, kept or not), in [`Shown`] order.
+    pub fn shown(&self, t: Tick, catalog: &Catalog) -> Vec<Shown> {
+        let mut out = Vec::new();
+        if let Some(((ts, _), context)) =
+            self.latest.as_ref().filter(|((ts, _), _)| day_live(*ts, t))
+        {
+            out.push(Shown::Latest(Latest {
+                ts: *ts,
+                context: context.clone(),
+            }));
+        }
+        let touches: Vec<&Touch> = self
+            .touches
+            .iter()
+            .filter(|x| recent_live(x.at.0, t))
+            .collect();
+        let views = touches
+            .iter()
+            .filter(|x| x.action == Action::View && TEN_MINUTES.live_at(x.at.0, t));
+        let counts = Counts {
+            views_10m: views.clone().count() as i64,
+            view_cents_10m: views.map(|x| x.cents).sum(),
+            carts_30m: touches
                 .iter()
-                .filter(|(_, n)| *n > 0)
-                .map(|(p, _)| *p)
-                .collect();
-            out.extend(shown(&pieces, length).into_iter().map(|s| (s, 1)));
-        })
+                .filter(|x| x.action == Action::AddToCart)
+                .count() as i64,
+            purchases_24h: self.purchases.iter().filter(|ts| day_live(**ts, t)).count() as i64,
+        };
+        if counts != Counts::default() {
+            out.push(Shown::Counts(counts));
+        }
+        if let Some(top) = top_category(&touches, catalog) {
+            out.push(Shown::Top(top.clone()));
+        }
+        let carts: Vec<&(At, ProductId)> = self
+            .carts
+            .iter()
+            .filter(|((ts, _), _)| day_live(*ts, t))
+            .collect();
+        let cleared = |product: &ProductId| {
+            self.cleared
+                .iter()
+                .filter(|(_, ts)| day_live(*ts, t))
+                .find_map(|(p, ts)| (p == product).then_some(*ts))
+        };
+        let found = patterns(t, &carts, cleared, &touches, catalog);
+        out.extend(found.into_iter().map(Shown::Pattern));
+        let recent: Vec<ProductId> = self
+            .recent
+            .iter()
+            .filter(|((ts, _), _)| day_live(*ts, t))
+            .map(|(_, p)| p.clone())
+            .collect();
+        if !recent.is_empty() {
+            out.push(Shown::Recent(recent));
+        }
+        out
     }
 }
 
-/// Everything a shopper shows, from the pieces it holds (in piece order: events by time).
-pub fn shown(pieces: &[&Piece], length: usize) -> Vec<Shown> {
-    let events: Vec<&Seen> = pieces
-        .iter()
-        .filter_map(|p| match p {
-            Piece::Event(seen) => Some(seen),
-            _ => None,
-        })
-        .collect();
-    let mut out = Vec::new();
-    if let Some(last) = events.iter().max_by_key(|s| (s.ts, s.id)) {
-        out.push(Shown::Latest(Latest {
-            ts: last.ts,
-            context: last.context.clone(),
-        }));
-    }
-    let recent = recent(&events, length);
-    if !recent.is_empty() {
-        out.push(Shown::Recent(recent));
-    }
-    out.extend(patterns(pieces, &events).into_iter().map(Shown::Pattern));
-    out
-}
-
-/// The `length` most recent distinct products, newest first: each at its latest
-/// `(timestamp, event id hash)`.
-fn recent(events: &[&Seen], length: usize) -> Vec<ProductId> {
-    let mut newest: std::collections::BTreeMap<&ProductId, (u64, EventId)> = Default::default();
-    for s in events {
-        if let Some(p) = &s.product {
-            let at = newest.entry(p).or_insert((s.ts, s.id));
-            *at = (*at).max((s.ts, s.id));
+/// The category with most interactions through the catalog; of a tie, the smallest name.
+fn top_category<'c>(touches: &[&Touch], catalog: &'c Catalog) -> Option<&'c Category> {
+    let mut counts: FxHashMap<&Category, usize> = FxHashMap::default();
+    for x in touches {
+        if let Some(c) = catalog.get(&x.product) {
+            *counts.entry(c).or_default() += 1;
         }
     }
-    let mut order: Vec<((u64, EventId), &ProductId)> =
-        newest.into_iter().map(|(p, at)| (at, p)).collect();
-    order.sort_unstable_by(|a, b| b.cmp(a));
-    order
+    counts
         .into_iter()
-        .take(length)
-        .map(|(_, p)| p.clone())
-        .collect()
+        .max_by(|(a, m), (b, n)| m.cmp(n).then_with(|| b.cmp(a)))
+        .map(|(c, _)| c)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::contract::time::{DAY, MINUTE};
 
-    fn seen(ts: u64, id: &str, product: &str) -> Piece {
-        Piece::Event(Seen {
-            ts,
+    fn event(ts: u64, id: &str, action: Action, product: &str) -> Timed<CommerceEvent> {
+        Timed {
             id: EventId::of(id),
-            action: Action::View,
-            product: Some(ProductId(product.into())),
-            context: Context::default(),
-        })
+            ts,
+            event: CommerceEvent {
+                user: UserId("u".into()),
+                action,
+                item: Some(Item {
+                    product: ProductId(product.into()),
+                    price: Cents(100),
+                }),
+                context: Context::default(),
+            },
+        }
     }
 
-    fn recent_of(pieces: &[Piece], length: usize) -> Vec<String> {
-        let refs: Vec<&Piece> = pieces.iter().collect();
-        shown(&refs, length)
+    fn recent_of(s: &Shopper, t: Tick) -> Vec<String> {
+        s.shown(t, &Catalog::default())
             .into_iter()
             .find_map(|s| match s {
                 Shown::Recent(list) => Some(list.into_iter().map(|p| p.0).collect()),
@@ -241,17 +319,39 @@ mod tests {
 
     #[test]
     fn the_list_is_cut_and_a_late_event_lands_at_its_place() {
-        let mut pieces: Vec<Piece> = (0..5)
-            .map(|i| seen(1_000 * i, &format!("e{i}"), &format!("p{i}")))
-            .collect();
-        assert_eq!(recent_of(&pieces, 3), ["p4", "p3", "p2"]);
+        let mut s = Shopper::default();
+        let now = 10_000;
+        for i in 0..5 {
+            s.insert(
+                &event(1_000 * i, &format!("e{i}"), Action::View, &format!("p{i}")),
+                now,
+                3,
+            );
+        }
+        assert_eq!(recent_of(&s, now), ["p4", "p3", "p2"]);
         // late: older than the cut, it changes nothing; between, it takes its place
-        pieces.push(seen(500, "late-old", "p9"));
-        assert_eq!(recent_of(&pieces, 3), ["p4", "p3", "p2"]);
-        pieces.push(seen(3_500, "late", "p8"));
-        assert_eq!(recent_of(&pieces, 3), ["p4", "p8", "p3"]);
+        s.insert(&event(500, "late-old", Action::View, "p9"), now, 3);
+        assert_eq!(recent_of(&s, now), ["p4", "p3", "p2"]);
+        s.insert(&event(3_500, "late", Action::View, "p8"), now, 3);
+        assert_eq!(recent_of(&s, now), ["p4", "p8", "p3"]);
         // a product seen again moves to its newest time, once
-        pieces.push(seen(2_500, "again", "p0"));
-        assert_eq!(recent_of(&pieces, 4), ["p4", "p8", "p3", "p0"]);
+        s.insert(&event(4_500, "again", Action::View, "p3"), now, 3);
+        assert_eq!(recent_of(&s, now), ["p3", "p4", "p8"]);
+        // the list leaves with the day (all of these at the end of its first minute)
+        assert_eq!(recent_of(&s, DAY + MINUTE - 1), ["p3", "p4", "p8"]);
+        assert_eq!(recent_of(&s, DAY + MINUTE), Vec::<String>::new());
+    }
+
+    #[test]
+    fn changes_come_at_marks_and_window_ends() {
+        let mut s = Shopper::default();
+        s.insert(&event(1_000, "c", Action::AddToCart, "p"), 1_000, 50);
+        // the 30-minute touch, the 10-minute mark, the day's end, in turn
+        assert_eq!(s.next_change(1_000), Some(601_000));
+        assert_eq!(s.next_change(601_000), Some(1_801_000));
+        assert_eq!(s.next_change(1_801_000), Some(DAY + MINUTE));
+        s.expire(DAY + MINUTE);
+        assert!(s.is_empty());
+        assert_eq!(s.next_change(DAY + MINUTE), None);
     }
 }
