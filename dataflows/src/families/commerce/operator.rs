@@ -120,9 +120,10 @@ pub(super) fn shoppers<'s>(
                             });
                             // events only arrive: a retraction would be a bug upstream
                             debug_assert!(r > 0);
-                            for _ in 0..r {
+                            for _ in 1..r {
                                 a.events.push(e.clone());
                             }
+                            a.events.push(e);
                         }
                     });
                     input2.for_each(|cap, data| {
@@ -222,7 +223,7 @@ impl Tick_<'_> {
         let (events, catalog) = input.map_or((Vec::new(), Vec::new()), |a| (a.events, a.catalog));
         // who may change: woken (and still due now), given events, or touching a product
         // the catalog moves
-        let mut users: BTreeSet<UserId> = woken
+        let mut users: Vec<UserId> = woken
             .into_iter()
             .filter(|u| self.kept.by_user.get(u).is_some_and(|k| k.wake == Some(t)))
             .collect();
@@ -237,16 +238,18 @@ impl Tick_<'_> {
                 .map(|(u, _)| u.clone());
             users.extend(touching.collect::<Vec<_>>());
         }
-        let before: Vec<(&UserId, Vec<FeatureRow>)> = users
+        users.sort_unstable();
+        users.dedup();
+        let before: Vec<(&UserId, Vec<Shown>)> = users
             .iter()
             .map(|u| {
-                let rows = match self.kept.by_user.get(u) {
+                let shown = match self.kept.by_user.get(u) {
                     Some(k) if !self.fresh.contains(u) => {
-                        (self.rows)(u, k.shopper.shown(t.saturating_sub(1), self.catalog))
+                        k.shopper.shown(t.saturating_sub(1), self.catalog)
                     }
                     _ => Vec::new(),
                 };
-                (u, rows)
+                (u, shown)
             })
             .collect();
         // retractions first: a product moving category retracts its old row
@@ -271,8 +274,10 @@ impl Tick_<'_> {
                 continue;
             };
             k.shopper.expire(t);
-            let new = (self.rows)(user, k.shopper.shown(t, self.catalog));
-            differences(old, new, t, &mut out);
+            let new = k.shopper.shown(t, self.catalog);
+            if new != old {
+                differences((self.rows)(user, old), (self.rows)(user, new), t, &mut out);
+            }
             let next = k.shopper.next_change(t);
             if k.shopper.is_empty() {
                 self.kept.by_user.remove(user);

@@ -52,8 +52,9 @@ pub enum Shown {
     /// The category with most interactions in 30 minutes; of a tie, the smallest name.
     Top(Category),
     Pattern(Pattern),
-    /// The most recent distinct products, newest first.
-    Recent(Vec<ProductId>),
+    /// The most recent distinct products, newest first, as a JSON array (what the list
+    /// row holds: built once from the parts, no product copied).
+    Recent(String),
 }
 
 /// An event at its place in time: `(timestamp, event id hash)`.
@@ -259,14 +260,15 @@ impl Shopper {
         };
         let found = patterns(t, &carts, cleared, &touches, catalog);
         out.extend(found.into_iter().map(Shown::Pattern));
-        let recent: Vec<ProductId> = self
+        let recent: Vec<&str> = self
             .recent
             .iter()
             .filter(|((ts, _), _)| day_live(*ts, t))
-            .map(|(_, p)| p.clone())
+            .map(|(_, p)| p.0.as_str())
             .collect();
         if !recent.is_empty() {
-            out.push(Shown::Recent(recent));
+            let json = serde_json::to_string(&recent).expect("strings serialize");
+            out.push(Shown::Recent(json));
         }
         out
     }
@@ -311,7 +313,7 @@ mod tests {
         s.shown(t, &Catalog::default())
             .into_iter()
             .find_map(|s| match s {
-                Shown::Recent(list) => Some(list.into_iter().map(|p| p.0).collect()),
+                Shown::Recent(json) => Some(serde_json::from_str(&json).unwrap()),
                 _ => None,
             })
             .unwrap_or_default()

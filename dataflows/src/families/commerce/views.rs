@@ -122,10 +122,10 @@ pub fn shopper_rows(user: &UserId, shown: Vec<Shown>) -> Vec<FeatureRow> {
             Shown::Counts(c) => counts = c,
             Shown::Top(c) => top = Value::Text(c.0),
             Shown::Latest(l) => latest = Some(l),
-            Shown::Recent(products) => out.push(FeatureRow {
+            Shown::Recent(json) => out.push(FeatureRow {
                 table: table::USER_RECENT,
                 key: vec![user.0.clone()],
-                values: vec![list(&products)],
+                values: vec![Value::Text(json)],
             }),
             Shown::Pattern(p) => {
                 kinds.insert(p.kind);
