@@ -23,7 +23,7 @@ use std::hash::{Hash, Hasher};
 use std::rc::Rc;
 
 use differential_dataflow::{AsCollection, VecCollection};
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::operator::Operator;
@@ -229,7 +229,7 @@ impl Tick_<'_> {
             .collect();
         users.extend(events.iter().map(|e| e.event.user.clone()));
         if !catalog.is_empty() {
-            let moved: Vec<ProductId> = catalog.iter().map(|((p, _), _)| p.clone()).collect();
+            let moved: FxHashSet<&ProductId> = catalog.iter().map(|((p, _), _)| p).collect();
             let touching = self
                 .kept
                 .by_user

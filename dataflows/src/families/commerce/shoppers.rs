@@ -16,7 +16,7 @@
 //! * the day's carts, and per product the latest purchase or removal that clears them;
 //! * the times of the day's purchases.
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::contract::event::{EventId, Timed};
@@ -175,7 +175,7 @@ impl Shopper {
     }
 
     /// Whether a live interaction names one of `products` (a catalog change moves it).
-    pub fn touches_any(&self, products: &[ProductId], t: Tick) -> bool {
+    pub fn touches_any(&self, products: &FxHashSet<&ProductId>, t: Tick) -> bool {
         self.touches
             .iter()
             .any(|x| recent_live(x.at.0, t) && products.contains(&x.product))
