@@ -152,6 +152,12 @@ impl State {
         self.inner.error.borrow_mut().get_or_insert(message);
     }
 
+    /// Refuses the restore with `message`: a registered state that cannot be used as it
+    /// was restored (a setting it depends on changed since the checkpoint).
+    pub fn refuse(&self, message: String) {
+        self.fail(message);
+    }
+
     /// Why the checkpoint could not be restored, if it could not.
     pub fn error(&self) -> Option<String> {
         let stages = self.inner.stages.borrow().len();

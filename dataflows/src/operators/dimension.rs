@@ -20,10 +20,13 @@ use crate::contract::time::Tick;
 /// (`follow`'s frontier), so the dimension never holds the dataflow back: the operator
 /// runs as soon as that frontier moves, and every `poll` for new rows when it does not.
 ///
-/// The rows are checkpointed. A restore puts the checkpoint's rows in at time 0, so the
-/// restored tick's features are the checkpoint's; what the table holds now goes in as a
-/// change at `not_before` (the restart's first tick), so a change made while the engine
-/// was stopped reaches every dependent feature like one made while it runs.
+/// The rows are checkpointed as of the ticks the frontier has passed: a change read while
+/// the sources are paused for a checkpoint at `T` goes in at `T + 1`, so the snapshot of
+/// `T` must not hold it (else a restore would show it at `T`, which is never written
+/// again, and never write it at all). A restore puts the checkpoint's rows in at time 0,
+/// so the restored tick's features are the checkpoint's; what the table holds now goes in
+/// as a change at `not_before` (the restart's first tick), so a change made while the
+/// engine was stopped reaches every dependent feature like one made while it runs.
 pub fn dimension<'s, D: Clone + 'static>(
     follow: &Stream<'s, Tick, Vec<D>>,
     table: Option<Box<dyn TableSource>>,
@@ -46,6 +49,10 @@ pub fn dimension<'s, D: Clone + 'static>(
             let mut table = table;
             let mut cap = table.is_some().then_some(cap);
             let mut restored = restoring.then_some(restored);
+            // every row given so far (what the next read is compared with), and the
+            // changes given at ticks the frontier has not passed yet
+            let mut given: BTreeSet<DimRow> = BTreeSet::new();
+            let mut ahead: Vec<(Tick, DimRow, isize)> = Vec::new();
             move |(input, frontier), output| {
                 // only the frontier matters
                 input.for_each(|_, _| {});
@@ -56,6 +63,7 @@ pub fn dimension<'s, D: Clone + 'static>(
                     output
                         .session(&*held)
                         .give_iterator(old.iter().map(|r| (r.clone(), 0, 1)));
+                    given = old.clone();
                     *rows.borrow_mut() = old;
                     if *held.time() < not_before {
                         held.downgrade(&not_before);
@@ -64,17 +72,30 @@ pub fn dimension<'s, D: Clone + 'static>(
                 if let Some(snapshot) = table.snapshot() {
                     let next: BTreeSet<DimRow> = snapshot.into_iter().collect();
                     let t = *held.time();
-                    let mut current = rows.borrow_mut();
                     let mut session = output.session(&*held);
-                    for gone in current.difference(&next) {
+                    for gone in given.difference(&next) {
                         session.give((gone.clone(), t, -1));
+                        ahead.push((t, gone.clone(), -1));
                     }
-                    for new in next.difference(&current) {
+                    for new in next.difference(&given) {
                         session.give((new.clone(), t, 1));
+                        ahead.push((t, new.clone(), 1));
                     }
-                    *current = next;
+                    given = next;
                 }
-                match frontier.frontier().iter().next().copied() {
+                let reached = frontier.frontier().iter().next().copied();
+                // the checkpointed rows take the changes of the ticks the frontier passed
+                let passed = |t: &Tick| reached.is_none_or(|f| *t < f);
+                if ahead.iter().any(|(t, _, _)| passed(t)) {
+                    let mut current = rows.borrow_mut();
+                    for (_, row, r) in ahead.extract_if(.., |(t, _, _)| passed(t)) {
+                        match r > 0 {
+                            true => current.insert(row),
+                            false => current.remove(&row),
+                        };
+                    }
+                }
+                match reached {
                     None => cap = None,
                     Some(f) if f > *held.time() => held.downgrade(&f),
                     Some(_) => {}

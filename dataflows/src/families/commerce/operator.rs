@@ -45,9 +45,10 @@ fn route(user: &UserId) -> u64 {
     h.finish() >> 32
 }
 
-/// A worker's shoppers: what a checkpoint holds, by user.
+/// A worker's shoppers: what a checkpoint holds, by user, with the list length they keep.
 #[derive(Default, Serialize, Deserialize)]
 struct Shoppers {
+    length: usize,
     by_user: FxHashMap<UserId, Kept>,
 }
 
@@ -77,10 +78,21 @@ pub(super) fn shoppers<'s>(
     length: usize,
     rows: RowsOf,
 ) -> VecCollection<'s, Tick, FeatureRow> {
-    let kept: Rc<RefCell<Shoppers>> = Rc::default();
+    let kept = Rc::new(RefCell::new(Shoppers {
+        length,
+        ..Shoppers::default()
+    }));
     let (me, peers) = (state.worker() as u64, state.peers() as u64);
     let restored = state.register("shoppers", Split::ByKey, kept.clone());
     let restore_at = state.restore().map(|r| r.tick);
+    // a list kept shorter than asked cannot be lengthened: its products are gone
+    if let Some(old) = restored.iter().map(|p| p.length).find(|old| *old < length) {
+        state.refuse(format!(
+            "dataflows.commerce.recent_products is {length}, but the checkpoint kept {old} \
+             products per list: restart with recent_products = {old}, or start over with a \
+             new group (--group-id) to fill the longer lists"
+        ));
+    }
     let by_user =
         Exchange::new(|(e, _, _): &(Timed<CommerceEvent>, Tick, isize)| route(&e.event.user));
     events
@@ -102,6 +114,11 @@ pub(super) fn shoppers<'s>(
                         .into_iter()
                         .flat_map(|part| part.by_user)
                         .filter(|(user, _)| route(user) % peers == me)
+                        .map(|(user, mut k)| {
+                            // a shorter list than the checkpoint's is its start
+                            k.shopper.cut(length);
+                            (user, k)
+                        })
                         .collect();
                     restoring = Some((at, mine));
                     wakes.insert(at, Vec::new());
@@ -118,8 +135,8 @@ pub(super) fn shoppers<'s>(
                                 events: Vec::new(),
                                 catalog: Vec::new(),
                             });
-                            // events only arrive: a retraction would be a bug upstream
-                            debug_assert!(r > 0);
+                            // ingest only inserts events: a retraction is a bug upstream
+                            assert!(r > 0, "a retracted event reached the shopper operator");
                             for _ in 1..r {
                                 a.events.push(e.clone());
                             }
@@ -168,7 +185,7 @@ pub(super) fn shoppers<'s>(
                                 .expect("a capability is held while wake-ups are pending")
                                 .delayed(&t),
                         };
-                        let mut tick = Tick_ {
+                        let mut tick = OneTick {
                             t,
                             kept: &mut kept,
                             catalog: &mut categories,
@@ -201,7 +218,7 @@ pub(super) fn shoppers<'s>(
 }
 
 /// One tick of the operator.
-struct Tick_<'a> {
+struct OneTick<'a> {
     t: Tick,
     kept: &'a mut Shoppers,
     catalog: &'a mut Catalog,
@@ -211,7 +228,7 @@ struct Tick_<'a> {
     rows: &'a RowsOf,
 }
 
-impl Tick_<'_> {
+impl OneTick<'_> {
     /// Applies the tick's catalog updates and events and returns the changes of what the
     /// woken shoppers show.
     fn run(

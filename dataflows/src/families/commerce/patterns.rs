@@ -66,7 +66,7 @@ pub fn patterns(
         // carts of one product in one second share a mark: the earliest names it
         found.entry(key).or_insert(p);
     };
-    for ((ts, _), product) in carts {
+    for (At { ts, .. }, product) in carts {
         let mark = TEN_MINUTES.expiry(*ts);
         if mark <= t && cleared(product).is_none_or(|until| until < *ts) {
             add(Pattern {
@@ -113,8 +113,8 @@ fn comparisons(touches: &[&Touch], catalog: &Catalog) -> Vec<Pattern> {
             out.push(Pattern {
                 kind: PatternKind::ComparingProducts,
                 product: first.product.clone(),
-                mark: first.at.0,
-                started: first.at.0,
+                mark: first.at.ts,
+                started: first.at.ts,
                 category: Some(category.clone()),
                 products: products.into_iter().cloned().collect(),
             });

@@ -57,8 +57,22 @@ pub enum Shown {
     Recent(String),
 }
 
-/// An event at its place in time: `(timestamp, event id hash)`.
-pub type At = (u64, EventId);
+/// An event at its place in time: ordered by (timestamp, event id hash). The hash is kept
+/// in two halves, so an `At` is 24 bytes (a `u128` field would align it to 32).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct At {
+    pub ts: u64,
+    id: [u64; 2],
+}
+
+impl At {
+    pub fn of(ts: u64, id: EventId) -> Self {
+        At {
+            ts,
+            id: [(id.0 >> 64) as u64, id.0 as u64],
+        }
+    }
+}
 
 /// An interaction with a product in the last 30 minutes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,7 +96,7 @@ pub struct Shopper {
     /// The day's `add_to_cart`s.
     carts: Vec<(At, ProductId)>,
     /// Per product, the latest purchase or removal of the day.
-    cleared: Vec<(ProductId, u64)>,
+    cleared: FxHashMap<ProductId, u64>,
     /// The times of the day's purchases.
     purchases: Vec<u64>,
 }
@@ -101,7 +115,7 @@ impl Shopper {
         if !day_live(e.ts, now) {
             return;
         }
-        let at: At = (e.ts, e.id);
+        let at = At::of(e.ts, e.id);
         if self.latest.as_ref().is_none_or(|(l, _)| *l < at) {
             self.latest = Some((at, e.event.context.clone()));
         }
@@ -120,10 +134,8 @@ impl Shopper {
                     let i = self.purchases.partition_point(|ts| *ts < e.ts);
                     self.purchases.insert(i, e.ts);
                 }
-                match self.cleared.iter_mut().find(|(p, _)| p == product) {
-                    Some((_, ts)) => *ts = (*ts).max(e.ts),
-                    None => self.cleared.push((product.clone(), e.ts)),
-                }
+                let until = self.cleared.entry(product.clone()).or_insert(e.ts);
+                *until = (*until).max(e.ts);
             }
             _ => {}
         }
@@ -154,19 +166,24 @@ impl Shopper {
         }
     }
 
+    /// Keeps the `length` most recent products (a restore with a shorter list).
+    pub fn cut(&mut self, length: usize) {
+        self.recent.truncate(length);
+    }
+
     /// Drops what has left its window by tick `t`.
     pub fn expire(&mut self, t: Tick) {
         if self
             .latest
             .as_ref()
-            .is_some_and(|((ts, _), _)| !day_live(*ts, t))
+            .is_some_and(|(At { ts, .. }, _)| !day_live(*ts, t))
         {
             self.latest = None;
         }
-        self.recent.retain(|((ts, _), _)| day_live(*ts, t));
-        self.touches.retain(|x| recent_live(x.at.0, t));
-        self.carts.retain(|((ts, _), _)| day_live(*ts, t));
-        self.cleared.retain(|(_, ts)| day_live(*ts, t));
+        self.recent.retain(|(At { ts, .. }, _)| day_live(*ts, t));
+        self.touches.retain(|x| recent_live(x.at.ts, t));
+        self.carts.retain(|(At { ts, .. }, _)| day_live(*ts, t));
+        self.cleared.retain(|_, ts| day_live(*ts, t));
         self.purchases.retain(|ts| day_live(*ts, t));
     }
 
@@ -178,7 +195,7 @@ impl Shopper {
     pub fn touches_any(&self, products: &FxHashSet<&ProductId>, t: Tick) -> bool {
         self.touches
             .iter()
-            .any(|x| recent_live(x.at.0, t) && products.contains(&x.product))
+            .any(|x| recent_live(x.at.ts, t) && products.contains(&x.product))
     }
 
     /// The next tick after `t` at which what the shopper shows can change with no event:
@@ -190,20 +207,20 @@ impl Shopper {
             .touches
             .iter()
             .filter(|x| x.action == Action::View)
-            .map(|x| TEN_MINUTES.expiry(x.at.0))
+            .map(|x| TEN_MINUTES.expiry(x.at.ts))
             .find(|end| *end > t);
         let ends = [
-            self.latest.as_ref().map(|((ts, _), _)| day(*ts)),
-            self.recent.last().map(|((ts, _), _)| day(*ts)),
-            self.touches.first().map(|x| THIRTY_MINUTES.expiry(x.at.0)),
+            self.latest.as_ref().map(|(At { ts, .. }, _)| day(*ts)),
+            self.recent.last().map(|(At { ts, .. }, _)| day(*ts)),
+            self.touches.first().map(|x| THIRTY_MINUTES.expiry(x.at.ts)),
             view_ends,
-            self.carts.first().map(|((ts, _), _)| day(*ts)),
+            self.carts.first().map(|(At { ts, .. }, _)| day(*ts)),
             self.purchases.first().map(|ts| day(*ts)),
         ];
         let marks = self
             .carts
             .iter()
-            .map(|((ts, _), _)| TEN_MINUTES.expiry(*ts))
+            .map(|(At { ts, .. }, _)| TEN_MINUTES.expiry(*ts))
             .filter(|m| *m > t);
         ends.into_iter()
             .flatten()
@@ -213,11 +230,13 @@ impl Shopper {
     }
 
     /// Everything the shopper shows at tick `t` (parts that left their window by then are
-    /// skipped, kept or not), in [`Shown`] order.
+    /// skipped, kept or not); both sides of a comparison are built alike.
     pub fn shown(&self, t: Tick, catalog: &Catalog) -> Vec<Shown> {
         let mut out = Vec::new();
-        if let Some(((ts, _), context)) =
-            self.latest.as_ref().filter(|((ts, _), _)| day_live(*ts, t))
+        if let Some((At { ts, .. }, context)) = self
+            .latest
+            .as_ref()
+            .filter(|(At { ts, .. }, _)| day_live(*ts, t))
         {
             out.push(Shown::Latest(Latest {
                 ts: *ts,
@@ -227,11 +246,11 @@ impl Shopper {
         let touches: Vec<&Touch> = self
             .touches
             .iter()
-            .filter(|x| recent_live(x.at.0, t))
+            .filter(|x| recent_live(x.at.ts, t))
             .collect();
         let views = touches
             .iter()
-            .filter(|x| x.action == Action::View && TEN_MINUTES.live_at(x.at.0, t));
+            .filter(|x| x.action == Action::View && TEN_MINUTES.live_at(x.at.ts, t));
         let counts = Counts {
             views_10m: views.clone().count() as i64,
             view_cents_10m: views.map(|x| x.cents).sum(),
@@ -250,20 +269,20 @@ impl Shopper {
         let carts: Vec<&(At, ProductId)> = self
             .carts
             .iter()
-            .filter(|((ts, _), _)| day_live(*ts, t))
+            .filter(|(At { ts, .. }, _)| day_live(*ts, t))
             .collect();
         let cleared = |product: &ProductId| {
             self.cleared
-                .iter()
-                .filter(|(_, ts)| day_live(*ts, t))
-                .find_map(|(p, ts)| (p == product).then_some(*ts))
+                .get(product)
+                .copied()
+                .filter(|ts| day_live(*ts, t))
         };
         let found = patterns(t, &carts, cleared, &touches, catalog);
         out.extend(found.into_iter().map(Shown::Pattern));
         let recent: Vec<&str> = self
             .recent
             .iter()
-            .filter(|((ts, _), _)| day_live(*ts, t))
+            .filter(|(At { ts, .. }, _)| day_live(*ts, t))
             .map(|(_, p)| p.0.as_str())
             .collect();
         if !recent.is_empty() {
@@ -342,6 +361,13 @@ mod tests {
         // the list leaves with the day (all of these at the end of its first minute)
         assert_eq!(recent_of(&s, DAY + MINUTE - 1), ["p3", "p4", "p8"]);
         assert_eq!(recent_of(&s, DAY + MINUTE), Vec::<String>::new());
+    }
+
+    #[test]
+    fn at_orders_by_time_then_the_whole_hash_in_24_bytes() {
+        assert!(At::of(5, EventId(1 << 64)) > At::of(5, EventId(u64::MAX as u128)));
+        assert!(At::of(4, EventId(u128::MAX)) < At::of(5, EventId(0)));
+        assert_eq!(std::mem::size_of::<At>(), 24);
     }
 
     #[test]
