@@ -21,6 +21,10 @@ pub(super) enum News {
     /// It paused for checkpoint `epoch` having inserted nothing after `at`; `last` if its
     /// runtime is stopping (then the checkpoint is every worker's last).
     Pause { epoch: u64, at: Tick, last: bool },
+    /// It took its snapshot of checkpoint `epoch`: no source reads past the pause before
+    /// every worker has (a record read after it could reach a worker still to snapshot,
+    /// and be in that worker's part of the checkpoint but not in the reader's positions).
+    Snapshotted { epoch: u64 },
     /// The position of worker `from`'s slowest partition, and whether it has records to
     /// come: a partition of another worker may not run ahead of it by more than the skew.
     Clock {
@@ -35,6 +39,8 @@ pub(super) enum News {
 pub(super) struct Heard {
     /// Per checkpoint epoch, the ticks proposed and whether each proposer is stopping.
     pub proposals: BTreeMap<u64, Vec<(Tick, bool)>>,
+    /// Per checkpoint epoch, how many workers have taken their snapshot of it.
+    pub snapshotted: BTreeMap<u64, usize>,
     /// The stream times at which the sources finished (`exit_at_end`).
     pub ends: Vec<Tick>,
     /// Per worker, its slowest partition's position and whether it has records to come.
@@ -95,6 +101,9 @@ pub(super) fn hear_peers<'s>(
                         News::End(at) => heard.ends.push(at),
                         News::Pause { epoch, at, last } => {
                             heard.proposals.entry(epoch).or_default().push((at, last))
+                        }
+                        News::Snapshotted { epoch } => {
+                            *heard.snapshotted.entry(epoch).or_default() += 1
                         }
                         News::Clock { from, at, pending } => {
                             heard.clocks.insert(from, (at, pending));

@@ -88,6 +88,8 @@ pub(super) struct Reader<E, D> {
     epoch: u64,
     pausing: Option<u64>,
     paused: bool,
+    /// The peers were told this source's snapshot of the pause is taken.
+    snapshot_told: bool,
 }
 
 impl<E, D> Reader<E, D>
@@ -124,6 +126,7 @@ where
             epoch: 0,
             pausing: None,
             paused: false,
+            snapshot_told: false,
         }
     }
 
@@ -134,7 +137,7 @@ where
         }
         self.w.records.tend();
         if self.paused {
-            if !self.w.control.take_resume() {
+            if !self.resume_agreed(output) {
                 self.activator.activate_after(Duration::from_millis(1));
                 return;
             }
@@ -200,6 +203,31 @@ where
         *self.w.recorded_times.borrow_mut() = self.aligner.times();
         self.w.records.paused(at);
         self.w.control.set_paused(at, last);
+    }
+
+    /// Whether the paused source may read again: once its own snapshot is taken it tells
+    /// the peers, and it goes on only when every worker has taken its snapshot — a record
+    /// read earlier could reach a worker still to take its own, and be counted in that
+    /// worker's part of the checkpoint while this one's positions read it again.
+    fn resume_agreed(&mut self, output: &mut Output<'_, E>) -> bool {
+        if !self.snapshot_told && self.w.control.take_resume() {
+            let news = News::Snapshotted { epoch: self.epoch };
+            let held = self.cap.as_ref().expect("held");
+            output
+                .session(held)
+                .give_iterator(Ingest::to_all(self.w.peers, news));
+            self.snapshot_told = true;
+        }
+        if !self.snapshot_told {
+            return false;
+        }
+        let mut heard = self.w.heard.borrow_mut();
+        if heard.snapshotted.get(&self.epoch).copied().unwrap_or(0) < self.w.peers {
+            return false;
+        }
+        heard.snapshotted.remove(&self.epoch);
+        self.snapshot_told = false;
+        true
     }
 
     /// Whether the runtime or a peer asked for a checkpoint this source has not joined.
