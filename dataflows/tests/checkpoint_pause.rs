@@ -5,7 +5,8 @@
 //! a restore counted it on one side and dropped it as a duplicate on the other: whole
 //! entities went missing after a crash, `tests/jobs.rs` about once in twenty runs.)
 
-use std::collections::VecDeque;
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,37 +19,26 @@ use tidemark_dataflows::{GenerateSpec, Tick};
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::dataflow::operators::Probe;
 
+use common::VecSource;
+
 const BASE: u64 = 1_767_225_600_000; // 2026-01-01
 
-/// One batch of records per poll, counting the batches worker `me` was handed.
+/// [`VecSource`]'s batches, counting those worker `me` was handed.
 struct Counted {
-    batches: VecDeque<Vec<Vec<u8>>>,
+    inner: VecSource,
     handed: Arc<[AtomicUsize; 2]>,
     me: usize,
-    offset: i64,
 }
 
 impl RecordSource for Counted {
-    fn poll(&mut self, _max: usize, visit: &mut dyn FnMut(RecordRef<'_>) -> Visit) -> Poll {
-        let Some(batch) = self.batches.pop_front() else {
-            return Poll::Finished;
-        };
-        self.handed[self.me].fetch_add(1, SeqCst);
-        for payload in &batch {
-            self.offset += 1;
-            visit(RecordRef {
-                topic: "search-events",
-                partition: 0,
-                offset: self.offset,
-                append_ms: 0,
-                key: None,
-                payload,
-            });
+    fn poll(&mut self, max: usize, visit: &mut dyn FnMut(RecordRef<'_>) -> Visit) -> Poll {
+        if !self.inner.batches.is_empty() {
+            self.handed[self.me].fetch_add(1, SeqCst);
         }
-        Poll::Caught { idle: false }
+        self.inner.poll(max, visit)
     }
     fn now_ms(&self) -> u64 {
-        BASE + 3_600_000
+        self.inner.now_ms()
     }
 }
 
@@ -61,7 +51,10 @@ fn no_source_reads_past_a_pause_before_every_worker_took_its_snapshot() {
         start_ms: BASE,
         ..Default::default()
     };
-    let payloads: Vec<Vec<u8>> = family.generate(&spec).map(|p| p.payload).collect();
+    let payloads: Vec<Vec<u8>> = family
+        .generate(&spec)
+        .map(|p| common::on_topic(&p.topic, &p.payload))
+        .collect();
     // each worker's source: batches of 20 records, many more than read before the pause
     let per_worker: Vec<Vec<Vec<Vec<u8>>>> = (0..2)
         .map(|w| {
@@ -80,10 +73,14 @@ fn no_source_reads_past_a_pause_before_every_worker_took_its_snapshot() {
         let state = State::none(me, 2);
         let handed = h.clone();
         let source = Counted {
-            batches: per_worker[me].clone().into(),
+            inner: VecSource {
+                batches: per_worker[me].clone().into(),
+                now_ms: BASE + 3_600_000,
+                offset: 0,
+                gate: None,
+            },
             handed: handed.clone(),
             me,
-            offset: 0,
         };
         let probe = ProbeHandle::new();
         worker.dataflow::<Tick, _, _>(|scope| {
