@@ -33,6 +33,8 @@ pub struct Checkpointer {
     /// Stopping: the snapshot taken last does not resume the source.
     pub draining: bool,
     drained_at: Option<Tick>,
+    /// The last pause whose snapshot failed: not taken again.
+    failed_at: Option<Tick>,
     status: Arc<Status>,
     /// When the checkpoint being taken was asked for.
     asked: Instant,
@@ -86,6 +88,7 @@ impl Checkpointer {
             saved: 0,
             draining: false,
             drained_at: None,
+            failed_at: None,
             status,
             asked: Instant::now(),
         })
@@ -105,7 +108,8 @@ impl Checkpointer {
             self.requested = true;
             self.asked = Instant::now();
         }
-        if let Some(at) = self.state.paused_at().filter(|_| self.drained_at.is_none()) {
+        let taken = self.drained_at.is_some() || self.failed_at.is_some();
+        if let Some(at) = self.state.paused_at().filter(|_| !taken) {
             if !processed.less_equal(&at) {
                 self.snapshot(at);
             }
@@ -143,7 +147,20 @@ impl Checkpointer {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "snapshot failed");
-                self.state.resume();
+                self.status
+                    .checkpoint_failed(format!("snapshot of tick {at}: {e}"));
+                self.requested = false;
+                self.due = Instant::now() + self.interval;
+                if self.state.paused_last() {
+                    // every peer took this pause as its last and stays paused, so this
+                    // source may not go on alone (it would wait for their snapshots): the
+                    // worker stops without its last checkpoint, which the drain deadline
+                    // reports, and a restart resumes from the checkpoint before
+                    self.draining = true;
+                    self.failed_at = Some(at);
+                } else {
+                    self.state.resume();
+                }
                 return;
             }
         };

@@ -27,6 +27,10 @@ use crate::contract::time::Tick;
 /// so the restored tick's features are the checkpoint's; what the table holds now goes in
 /// as a change at `not_before` (the restart's first tick), so a change made while the
 /// engine was stopped reaches every dependent feature like one made while it runs.
+///
+/// Downstream, a checkpointed operator must not take these rows into its saved state
+/// before the frontier passes their tick: the rows of a pause's `T + 1` reach every worker
+/// while a slower one may still be taking its snapshot of `T`.
 pub fn dimension<'s, D: Clone + 'static>(
     follow: &Stream<'s, Tick, Vec<D>>,
     table: Option<Box<dyn TableSource>>,
