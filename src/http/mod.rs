@@ -224,6 +224,36 @@ async fn status(State(api): State<Arc<Api>>) -> Response {
 }
 
 /// Answers 503 for a request not done within `limit` (a slow body, a slow store).
+/// Refuses a body whose `Content-Length` is over the limit before reading any of it: the
+/// client gets its 413 at once (and the connection is closed, as the body is not read)
+/// instead of the server reading up to the limit first. A body without a length is cut
+/// at the limit by `DefaultBodyLimit`.
+async fn announced_within(
+    limit: usize,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let announced = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match announced {
+        Some(n) if n > limit as u64 => {
+            let mut r = error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("a request body of {n} bytes; at most {limit} (serve.max_request_bytes)"),
+            );
+            r.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+            r
+        }
+        _ => next.run(req).await,
+    }
+}
+
 async fn within(
     limit: Duration,
     req: axum::extract::Request,
@@ -347,6 +377,7 @@ pub fn serve(
     });
     let limits = api.config.serve.clone();
     let request_timeout = Duration::from_millis(limits.request_timeout_ms);
+    let max_request_bytes = limits.max_request_bytes;
     let app = Router::new()
         .route("/features/{entity}/{id}", get(features))
         .route("/get-online-features", post(online_features))
@@ -357,6 +388,9 @@ pub fn serve(
         .layer(axum::extract::DefaultBodyLimit::max(
             limits.max_request_bytes,
         ))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            announced_within(max_request_bytes, req, next)
+        }))
         .layer(axum::middleware::from_fn(move |req, next| {
             within(request_timeout, req, next)
         }))
