@@ -55,20 +55,22 @@ fn a_cart_mark_passed_in_a_quiet_stream_sets_the_risk_and_a_purchase_clears_it()
         &lines.iter().map(String::as_str).collect::<Vec<_>>(),
     );
     let http = free_port();
-    let mut child = engine_command()
-        .args(live_args(&topic, "commerce-live"))
-        .args([
-            "--dataflow",
-            "commerce",
-            "--http",
-            &format!("127.0.0.1:{http}"),
-        ])
-        .env("TIDEMARK_REDIS", &redis)
-        .env("TIDEMARK_PG", &pg)
-        .env("TIDEMARK_KAFKA__IDLE_TIMEOUT_MS", "500")
-        .env("TIDEMARK_DATAFLOWS__COMMERCE__PATTERNS_TOPIC", &patterns)
-        .spawn()
-        .unwrap();
+    let child = common::services::KillOnDrop(
+        engine_command()
+            .args(live_args(&topic, "commerce-live"))
+            .args([
+                "--dataflow",
+                "commerce",
+                "--http",
+                &format!("127.0.0.1:{http}"),
+            ])
+            .env("TIDEMARK_REDIS", &redis)
+            .env("TIDEMARK_PG", &pg)
+            .env("TIDEMARK_KAFKA__IDLE_TIMEOUT_MS", "500")
+            .env("TIDEMARK_DATAFLOWS__COMMERCE__PATTERNS_TOPIC", &patterns)
+            .spawn()
+            .unwrap(),
+    );
     // before the mark: the carts are there, the risk is not
     let until_mark = Duration::from_millis(mark.saturating_sub(now_ms() + 1_000));
     std::thread::sleep(until_mark);
@@ -110,8 +112,8 @@ fn a_cart_mark_passed_in_a_quiet_stream_sets_the_risk_and_a_purchase_clears_it()
             Duration::from_secs(5),
         ),
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    // killed when the test ends, also when it fails
+    drop(child);
     let of = |k: String| {
         records
             .iter()

@@ -37,21 +37,23 @@ fn idle_connections_and_huge_requests_cannot_starve_the_engine() {
     let redis = fresh_redis(3);
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let mut child = engine_command()
-        .args(live_args(&topic, "httplimits"))
-        .args(["--http", &format!("127.0.0.1:{port}")])
-        .env("TIDEMARK_REDIS", &redis)
-        .env("TIDEMARK_CHECKPOINT__INTERVAL_MS", "300")
-        .env("TIDEMARK_SERVE__MAX_CONNECTIONS", "16")
-        .env("TIDEMARK_SERVE__HEADER_TIMEOUT_MS", "1500")
-        .spawn()
-        .unwrap();
+    let child = common::services::KillOnDrop(
+        engine_command()
+            .args(live_args(&topic, "httplimits"))
+            .args(["--http", &format!("127.0.0.1:{port}")])
+            .env("TIDEMARK_REDIS", &redis)
+            .env("TIDEMARK_CHECKPOINT__INTERVAL_MS", "300")
+            .env("TIDEMARK_SERVE__MAX_CONNECTIONS", "16")
+            .env("TIDEMARK_SERVE__HEADER_TIMEOUT_MS", "1500")
+            .spawn()
+            .unwrap(),
+    );
     let until = Instant::now() + Duration::from_secs(60);
     while get(&format!("{base}/readyz")).is_none_or(|(s, _)| s != 200) {
         assert!(Instant::now() < until, "ready within 60 s");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let before = open_fds(child.id());
+    let before = open_fds(child.0.id());
     let (saved_before, _) = checkpoints_saved(&base);
 
     // 200 connections that never send a byte (more than the listen queue holds)
@@ -60,7 +62,7 @@ fn idle_connections_and_huge_requests_cannot_starve_the_engine() {
         .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok())
         .collect();
     std::thread::sleep(Duration::from_millis(500));
-    let during = open_fds(child.id());
+    let during = open_fds(child.0.id());
     assert!(
         during <= before + 16 + 8,
         "the engine holds {during} descriptors with 200 idle clients (before: {before})"
@@ -127,6 +129,6 @@ fn idle_connections_and_huge_requests_cannot_starve_the_engine() {
     let mut rest = String::new();
     let _ = raw.read_to_string(&mut rest);
     assert!(rest.contains("serve.max_request_bytes"), "{rest}");
-    let _ = child.kill();
-    let _ = child.wait();
+    // killed when the test ends, also when it fails
+    drop(child);
 }

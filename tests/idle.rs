@@ -38,15 +38,17 @@ fn an_idle_engine_writes_nothing_but_its_progress_once_per_checkpoint() {
     let (topic, _) = generated_stream("idle", 2_000, 41, &[]);
     let redis = fresh_redis(11);
     let pg = fresh_pg("tm_idle");
-    let mut child = engine_command()
-        .args(live_args(&topic, "idle"))
-        .args(["--workers", "2"])
-        .env("TIDEMARK_REDIS", &redis)
-        .env("TIDEMARK_PG", &pg)
-        .env("TIDEMARK_CHECKPOINT__INTERVAL_MS", "3000")
-        .env("TIDEMARK_KAFKA__IDLE_TIMEOUT_MS", "500")
-        .spawn()
-        .unwrap();
+    let child = common::services::KillOnDrop(
+        engine_command()
+            .args(live_args(&topic, "idle"))
+            .args(["--workers", "2"])
+            .env("TIDEMARK_REDIS", &redis)
+            .env("TIDEMARK_PG", &pg)
+            .env("TIDEMARK_CHECKPOINT__INTERVAL_MS", "3000")
+            .env("TIDEMARK_KAFKA__IDLE_TIMEOUT_MS", "500")
+            .spawn()
+            .unwrap(),
+    );
     // read everything, then idle (stream time follows the clock)
     std::thread::sleep(Duration::from_secs(8));
     let (execs, commits) = (redis_execs(&redis), pg_commits(&pg, "tm_idle"));
@@ -55,8 +57,8 @@ fn an_idle_engine_writes_nothing_but_its_progress_once_per_checkpoint() {
         redis_execs(&redis) - execs,
         pg_commits(&pg, "tm_idle") - commits,
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    // killed when the test ends, also when it fails
+    drop(child);
     // 9 s hold three checkpoint pauses at most: one progress write per worker each, in
     // Redis and in Postgres (where the health check's SELECT 1 commits once a second too)
     assert!(execs <= 8, "{execs} Redis transactions in 9 idle seconds");
