@@ -1,5 +1,11 @@
 //! The Kafka source: one per worker, over manually assigned partitions, with offsets
 //! committed only behind the durable frontier.
+//!
+//! Each partition is read from its own librdkafka queue (`split_partition_queue`), so a
+//! partition that runs ahead of the others (partition alignment) is simply not read: its
+//! records wait in its fetch queue, which librdkafka bounds per partition
+//! (`queued.max.messages.kbytes`) by no longer fetching it, and refills as soon as it is
+//! read again. The source keeps at most the one record the dataflow refused per partition.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering as AtomicOrdering;
@@ -7,7 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, DefaultConsumerContext};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tidemark_dataflows::contract::record::{Poll, RecordRef, RecordSource, Visit};
 use tidemark_dataflows::Tick;
@@ -35,8 +42,8 @@ pub struct Ledger {
 
 type Partition = (String, i32);
 
-/// Records a partition may hold back before its fetching stops.
-const HELD_BEFORE_PAUSE: usize = 20_000;
+/// A partition's own fetch queue (see the module doc).
+type PartitionQueue = rdkafka::consumer::base_consumer::PartitionQueue<DefaultConsumerContext>;
 
 /// A record the dataflow held back (its partition ran ahead), kept until it is taken.
 struct HeldRecord {
@@ -56,10 +63,9 @@ struct Lane {
     end: i64,
     /// When it last handed out a record.
     read_at: Option<Instant>,
-    /// Records held back, oldest first.
+    /// Records held back, oldest first: the one the dataflow refused (and, in principle,
+    /// records the consumer's main queue delivered before the partition's queue was split).
     held: VecDeque<HeldRecord>,
-    /// Fetching stopped: too many records are held back.
-    paused: bool,
     /// Records taken in this poll, not yet added to the consumed counter.
     taken: u64,
     consumed: metrics::Counter,
@@ -68,12 +74,6 @@ struct Lane {
 impl Lane {
     fn is(&self, topic: &str, partition: i32) -> bool {
         self.partition == partition && self.topic == topic
-    }
-
-    fn tpl(&self) -> TopicPartitionList {
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&self.topic, self.partition);
-        tpl
     }
 }
 
@@ -114,7 +114,9 @@ impl Lanes {
 }
 
 pub struct KafkaSource {
-    consumer: BaseConsumer,
+    consumer: Arc<BaseConsumer>,
+    /// Each lane's own fetch queue, by lane index.
+    queues: Vec<PartitionQueue>,
     lanes: Lanes,
     exit_at_end: bool,
     /// Records read per inserted tick, until the tick is durable: reading stops while
@@ -146,6 +148,10 @@ fn consumer_config(cfg: &Config, group: &str) -> ClientConfig {
         .set("enable.partition.eof", "false")
         .set("fetch.wait.max.ms", "5")
         .set("queued.min.messages", "200000")
+        // per partition, as each has its own queue: a partition ahead of the others waits
+        // in it, at most this much, and fetching resumes soon after it is read again
+        .set("queued.max.messages.kbytes", "16384")
+        .set("fetch.queue.backoff.ms", "20")
         .set("fetch.min.bytes", "1");
     c
 }
@@ -192,9 +198,11 @@ impl KafkaSource {
     /// Long: the consumer's set-up in order (assignment, start positions from the checkpoint or `kafka.from`, lanes), each step depending on the one before.
     pub fn new(cfg: &Config, topics: &[String], start: SourceStart<'_>) -> anyhow::Result<Self> {
         let group = group_of(cfg);
-        let consumer: BaseConsumer = consumer_config(cfg, &group)
-            .create()
-            .context("creating the kafka consumer")?;
+        let consumer: Arc<BaseConsumer> = Arc::new(
+            consumer_config(cfg, &group)
+                .create()
+                .context("creating the kafka consumer")?,
+        );
         let timeout = Duration::from_secs(10);
         let mut all: Vec<Partition> = Vec::new();
         for topic in topics {
@@ -268,12 +276,21 @@ impl KafkaSource {
                 next,
                 read_at: None,
                 held: VecDeque::new(),
-                paused: false,
                 taken: 0,
             })
-            .collect();
+            .collect::<Vec<Lane>>();
+        // before the first poll, so no record of a lane comes through the main queue
+        let queues = all
+            .iter()
+            .map(|l| {
+                consumer
+                    .split_partition_queue(&l.topic, l.partition)
+                    .with_context(|| format!("a fetch queue of {}/{}", l.topic, l.partition))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(KafkaSource {
             consumer,
+            queues,
             lanes: Lanes {
                 all,
                 last: 0,
@@ -320,8 +337,7 @@ impl KafkaSource {
 
     /// Offers the held records again, oldest first per partition, until a pass takes none
     /// (a partition taking records lets the others run further ahead: one pass would move
-    /// them a skew per poll); a partition whose held records are all taken is resumed.
-    /// Returns how many were taken.
+    /// them a skew per poll). Returns how many were taken.
     fn offer_held(&mut self, visit: &mut dyn FnMut(RecordRef<'_>) -> Visit, now: Instant) -> usize {
         let mut n = 0;
         loop {
@@ -361,14 +377,65 @@ impl KafkaSource {
                 self.lanes.took(i, h.offset, h.append_ms, now);
                 n += 1;
             }
-            let lane = &mut self.lanes.all[i];
-            if lane.held.is_empty() && std::mem::take(&mut lane.paused) {
-                if let Err(e) = self.consumer.resume(&lane.tpl()) {
-                    tracing::warn!(error = %e, "resuming a partition failed");
+        }
+        n
+    }
+
+    /// Offers a fresh record of lane `i`: taken, or held (also when a record of its lane
+    /// is held already: records of a partition go in in order). Returns whether it was taken.
+    fn offer(
+        lanes: &mut Lanes,
+        i: usize,
+        m: &BorrowedMessage<'_>,
+        visit: &mut dyn FnMut(RecordRef<'_>) -> Visit,
+        now: Instant,
+    ) -> bool {
+        let append_ms = m.timestamp().to_millis().unwrap_or(0);
+        let record = RecordRef {
+            topic: m.topic(),
+            partition: m.partition(),
+            offset: m.offset(),
+            append_ms,
+            key: m.key(),
+            payload: m.payload().unwrap_or(&[]),
+        };
+        if lanes.all[i].held.is_empty() && visit(record) == Visit::Taken {
+            lanes.took(i, m.offset(), append_ms, now);
+            return true;
+        }
+        lanes.all[i].held.push_back(HeldRecord {
+            offset: m.offset(),
+            append_ms,
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().unwrap_or(&[]).to_vec(),
+        });
+        false
+    }
+
+    /// Reads lane `i`'s own queue while the dataflow takes its records and fewer than `max`
+    /// were taken in all (`n` so far); a refused record stays held and ends the lane's turn.
+    fn read_lane(
+        &mut self,
+        i: usize,
+        n: &mut usize,
+        max: usize,
+        visit: &mut dyn FnMut(RecordRef<'_>) -> Visit,
+        now: Instant,
+    ) {
+        while *n < max && self.lanes.all[i].held.is_empty() {
+            match self.queues[i].poll(Duration::ZERO) {
+                None => return,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "kafka poll error");
+                    return;
+                }
+                Some(Ok(m)) => {
+                    if Self::offer(&mut self.lanes, i, &m, visit, now) {
+                        *n += 1;
+                    }
                 }
             }
         }
-        n
     }
 
     /// Forgets what is durable, records freshness, and commits the newest checkpoint's
@@ -444,47 +511,30 @@ impl RecordSource for KafkaSource {
             return Poll::Caught { idle: false };
         }
         let now = Instant::now();
-        let mut n = self.offer_held(visit, now);
-        while n < max {
-            match self.consumer.poll(Duration::ZERO) {
-                None => break,
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "kafka poll error");
-                    break;
-                }
-                Some(Ok(m)) => {
+        // the main queue serves callbacks and errors; records of assigned partitions come
+        // through their own queues (any fetched before the split are offered here)
+        let mut n = 0;
+        while let Some(polled) = self.consumer.poll(Duration::ZERO) {
+            match polled {
+                Err(e) => tracing::warn!(error = %e, "kafka poll error"),
+                Ok(m) => {
                     let i = self.lanes.find(m.topic(), m.partition());
-                    let append_ms = m.timestamp().to_millis().unwrap_or(0);
-                    let record = RecordRef {
-                        topic: m.topic(),
-                        partition: m.partition(),
-                        offset: m.offset(),
-                        append_ms,
-                        key: m.key(),
-                        payload: m.payload().unwrap_or(&[]),
-                    };
-                    // behind a held record, a record waits too
-                    let lane = &mut self.lanes.all[i];
-                    if lane.held.is_empty() && visit(record) == Visit::Taken {
+                    if Self::offer(&mut self.lanes, i, &m, visit, now) {
                         n += 1;
-                        self.lanes.took(i, m.offset(), append_ms, now);
-                        continue;
                     }
-                    // a resumed fetch takes the broker about a second: hold records here,
-                    // and stop fetching only when many wait
-                    if lane.held.len() >= HELD_BEFORE_PAUSE && !lane.paused {
-                        lane.paused = true;
-                        if let Err(e) = self.consumer.pause(&lane.tpl()) {
-                            tracing::warn!(error = %e, "pausing a partition failed");
-                        }
-                    }
-                    self.lanes.all[i].held.push_back(HeldRecord {
-                        offset: m.offset(),
-                        append_ms,
-                        key: m.key().map(<[u8]>::to_vec),
-                        payload: m.payload().unwrap_or(&[]).to_vec(),
-                    });
                 }
+            }
+        }
+        // each partition in turn, as long as one moves: a partition that takes records
+        // lets the others run further ahead
+        loop {
+            let before = n;
+            n += self.offer_held(visit, now);
+            for i in 0..self.lanes.all.len() {
+                self.read_lane(i, &mut n, max, visit, now);
+            }
+            if n == before || n >= max {
+                break;
             }
         }
         for lane in &mut self.lanes.all {
