@@ -140,6 +140,7 @@ pub fn spawn_writer(
                 idle,
                 recorded: 0,
                 recorded_at: std::time::Instant::now(),
+                wrote_at: std::time::Instant::now(),
             };
             if let Err(e) = w.run(rx) {
                 tracing::error!(sink = name, error = %e, "a sink write failed with an error retrying cannot fix: the run ends (nothing is committed past it)");
@@ -167,7 +168,19 @@ struct WriteLoop<'a> {
     /// The progress the store holds (every tick before it is written), and since when.
     recorded: Tick,
     recorded_at: std::time::Instant,
+    /// When the last write ended.
+    wrote_at: std::time::Instant,
 }
+
+/// A writer whose ticks are this far behind the clock is catching up (a replay, a restart
+/// after an outage): nobody waits for each tick, and ticks come a minute of event time
+/// apart (each window's expiries), so it gathers them for up to [`CATCH_UP_PACK`] after
+/// its last write and writes each entity once for all of them. Live ticks (seconds behind
+/// the clock at most) are written at once, and a pack that a checkpoint or the end of the
+/// input waits for goes without waiting.
+const CATCH_UP_LAG: Duration = Duration::from_secs(60);
+/// See [`CATCH_UP_LAG`].
+const CATCH_UP_PACK: Duration = Duration::from_millis(200);
 
 impl WriteLoop<'_> {
     /// Writes until the worker hangs up; an error retrying cannot fix ends it.
@@ -209,6 +222,9 @@ impl WriteLoop<'_> {
                 }
                 if ticks.len() < MAX_TICKS_PER_WRITE {
                     next = rx.try_recv().ok();
+                    if next.is_none() && !persist && self.catching_up(&ticks) {
+                        next = rx.recv_timeout(self.pack_left()).ok();
+                    }
                 }
             }
             if ticks.is_empty() {
@@ -228,6 +244,19 @@ impl WriteLoop<'_> {
             let progress = progress.map_or(last, |p| p.max(last));
             self.write(&ticks, progress)?;
         }
+    }
+
+    /// Whether the pack's newest tick is far behind the clock (a replay, a catch-up).
+    fn catching_up(&self, ticks: &[Arc<TickChanges>]) -> bool {
+        ticks.last().is_some_and(|t| {
+            crate::clock::now_ms().saturating_sub(t.tick) > CATCH_UP_LAG.as_millis() as u64
+        })
+    }
+
+    /// How long a pack being caught up may still gather ticks: until [`CATCH_UP_PACK`] has
+    /// passed since the last write ended.
+    fn pack_left(&self) -> Duration {
+        CATCH_UP_PACK.saturating_sub(self.wrote_at.elapsed())
     }
 
     fn ack(&self, p: Tick) {
@@ -273,6 +302,7 @@ impl WriteLoop<'_> {
             .fetch_add(entities_written(ticks) as u64, Ordering::Relaxed);
         self.recorded = self.recorded.max(progress);
         self.recorded_at = std::time::Instant::now();
+        self.wrote_at = self.recorded_at;
         self.ack(progress);
         Ok(())
     }
@@ -503,5 +533,68 @@ mod tests {
         );
         let updates: usize = pack.iter().map(|t| t.changes.len()).sum();
         assert_eq!((updates, merged.len()), (8, 3));
+    }
+
+    /// A store that records the ticks of each write.
+    struct Recording(Arc<Mutex<Vec<Vec<Tick>>>>);
+
+    impl Store for Recording {
+        fn name(&self) -> &'static str {
+            "recording"
+        }
+        fn write(
+            &mut self,
+            ticks: &[Arc<TickChanges>],
+            _progress: Option<Tick>,
+        ) -> anyhow::Result<Vec<Unstorable>> {
+            if !ticks.is_empty() {
+                self.0
+                    .lock()
+                    .unwrap()
+                    .push(ticks.iter().map(|t| t.tick).collect());
+            }
+            Ok(Vec::new())
+        }
+    }
+
+    /// The writes of ticks `first + i · step` (i < 5), sent 20 ms apart.
+    fn writes_of_ticks_sent_apart(first: Tick, step: Tick) -> Vec<Vec<Tick>> {
+        let writes = Arc::new(Mutex::new(Vec::new()));
+        let store = Box::new(Recording(writes.clone()));
+        let handle = spawn_writer(store, Arc::default(), None, Duration::from_secs(60));
+        for i in 0..5 {
+            handle.send(Msg::Changes(tick(
+                first + i * step,
+                vec![change("hot", Some(&[i as i64]), &[0])],
+            )));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(handle);
+        // the writer ends once it has written what it was sent
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while writes.lock().unwrap().iter().flatten().count() < 5 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not all ticks written"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let w = writes.lock().unwrap().clone();
+        w
+    }
+
+    #[test]
+    fn a_writer_catching_up_gathers_ticks_into_one_pack_and_a_live_one_writes_each() {
+        // a replay: ticks a minute of event time apart, hours behind the clock
+        let old = crate::clock::now_ms() - 10 * 3_600_000;
+        assert_eq!(
+            writes_of_ticks_sent_apart(old, 60_000),
+            vec![(0..5).map(|i| old + i * 60_000).collect::<Vec<_>>()],
+            "ticks 20 ms apart go in one pack while catching up"
+        );
+        // live: each tick goes at once
+        let now = crate::clock::now_ms();
+        let live = writes_of_ticks_sent_apart(now, 1);
+        assert_eq!(live.len(), 5, "{live:?}");
     }
 }
