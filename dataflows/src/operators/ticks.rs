@@ -72,10 +72,23 @@ impl<S> Default for PerTick<S> {
 impl<S: Default> PerTick<S> {
     /// The sum of tick `t`, read under `cap`.
     pub fn at(&mut self, cap: &InputCapability<Tick>, t: Tick) -> &mut S {
+        self.at_or(cap, t, S::default)
+    }
+}
+
+impl<S> PerTick<S> {
+    /// The sum of tick `t`, read under `cap`, started with `empty()` if new (e.g. a map
+    /// kept from an earlier activation, whose allocation is reused).
+    pub fn at_or(
+        &mut self,
+        cap: &InputCapability<Tick>,
+        t: Tick,
+        empty: impl FnOnce() -> S,
+    ) -> &mut S {
         let i = match self.ticks.iter().position(|(c, _)| *c.time() == t) {
             Some(i) => i,
             None => {
-                self.ticks.push((cap.delayed(&t, 0), S::default()));
+                self.ticks.push((cap.delayed(&t, 0), empty()));
                 self.ticks.len() - 1
             }
         };

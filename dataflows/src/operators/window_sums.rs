@@ -366,7 +366,9 @@ fn add<M: Ord + Clone>(sums: &mut Vec<(M, isize)>, m: &M, r: isize) {
 /// Merges the updates of one (slot, measure); every update merged away or summed to zero
 /// names its slot in `freed`.
 fn merge<M: Ord>(updates: &mut Vec<(u32, M, isize)>, freed: &mut Vec<u32>) {
-    updates.sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    // stable: the part merged last is one sorted run, which the stable sort finds and
+    // merges with the new part instead of sorting it all again
+    updates.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
     let mut out: Vec<(u32, M, isize)> = Vec::with_capacity(updates.len());
     for (slot, m, r) in updates.drain(..) {
         match out.last_mut() {

@@ -1,6 +1,7 @@
 //! The `search-events` wire format: JSON objects with `event_id, event_type, ts (epoch ms),
 //! user_id, session_id` and the fields of each event type.
 
+use compact_str::CompactString;
 use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
@@ -89,9 +90,10 @@ pub fn decode(payload: &[u8]) -> Result<Timed<SearchEvent>, DecodeError> {
     let ts = epoch_ms(raw.ts, "ts")?;
     text(&raw.user_id, "user_id")?;
     let session = SessionId(text(&raw.session_id, "session_id")?.to_string());
-    let doc = |raw: &Raw| text(&raw.doc_id, "doc_id").map(|d| DocId(d.to_string()));
+    let doc = |raw: &Raw| text(&raw.doc_id, "doc_id").map(|d| DocId(d.into()));
     let query = |raw: &Raw| text(&raw.query, "query").map(QueryHash::of);
-    let prefix = |raw: &Raw| text(&raw.prefix, "prefix").map(|p| Prefix(super::normalize_query(p)));
+    let prefix =
+        |raw: &Raw| text(&raw.prefix, "prefix").map(|p| Prefix(super::normalize_query(p).into()));
     let event = match event_type {
         "search_impression" => {
             let query = query(&raw)?;
@@ -99,7 +101,7 @@ pub fn decode(payload: &[u8]) -> Result<Timed<SearchEvent>, DecodeError> {
             if docs.iter().any(|d| d.is_empty()) {
                 return Err(DecodeError::new(ErrorKind::Range, "doc_ids holds an empty id"));
             }
-            SearchEvent::Impression { query, docs: docs.iter().map(|d| DocId(d.to_string())).collect() }
+            SearchEvent::Impression { query, docs: docs.iter().map(|d| DocId(CompactString::from(d.as_ref()))).collect() }
         }
         "click" => SearchEvent::Click { session, query: query(&raw)?, doc: doc(&raw)? },
         "dwell" => {

@@ -1,14 +1,18 @@
 //! What the search topic carries, decoded: the events and the ids they name.
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use super::*;
 
+/// A document id. Kept inline up to 24 bytes: an event's contributions name its documents
+/// a dozen times over, and a heap copy each time was a fifth of the dataflow's time.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct DocId(pub String);
+pub struct DocId(pub CompactString);
 
+/// An autocomplete prefix, inline like [`DocId`].
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Prefix(pub String);
+pub struct Prefix(pub CompactString);
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct SessionId(pub String);

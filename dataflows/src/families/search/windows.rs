@@ -144,7 +144,7 @@ impl Search {
                     Value::float(decay.impressions),
                     Value::Int(decay.landmark_ms as i64),
                 ];
-                (DOC, vec![doc.0.clone()], values)
+                (DOC, vec![doc.0.to_string()], values)
             }
             Entity::QueryDoc(query, doc) => {
                 let (imp, clk) = (sum(Impressions(Span::D7)), sum(Clicks(Span::D7)));
@@ -153,7 +153,7 @@ impl Search {
                     Value::Int(clk),
                     Value::float(smoothed(clk, imp, c.alpha, c.beta)),
                 ];
-                (QD, vec![query.to_string(), doc.0.clone()], values)
+                (QD, vec![query.to_string(), doc.0.to_string()], values)
             }
             Entity::Prefix(prefix) => {
                 let (imp, sel, assisted) =
@@ -169,7 +169,7 @@ impl Search {
                     Value::float(smoothed(sel, imp, c.alpha, c.beta)),
                     Value::float(assist_click_rate),
                 ];
-                (AC, vec![prefix.0.clone()], values)
+                (AC, vec![prefix.0.to_string()], values)
             }
         };
         Some(FeatureRow { table, key, values })
