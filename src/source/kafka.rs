@@ -150,7 +150,7 @@ fn consumer_config(cfg: &Config, group: &str) -> ClientConfig {
         .set("queued.min.messages", "200000")
         // per partition, as each has its own queue: a partition ahead of the others waits
         // in it, at most this much, and fetching resumes soon after it is read again
-        .set("queued.max.messages.kbytes", "16384")
+        .set("queued.max.messages.kbytes", "4096")
         .set("fetch.queue.backoff.ms", "20")
         .set("fetch.min.bytes", "1");
     c
