@@ -223,7 +223,6 @@ async fn status(State(api): State<Arc<Api>>) -> Response {
     .into_response()
 }
 
-/// Answers 503 for a request not done within `limit` (a slow body, a slow store).
 /// Refuses a body whose `Content-Length` is over the limit before reading any of it: the
 /// client gets its 413 at once (and the connection is closed, as the body is not read)
 /// instead of the server reading up to the limit first. A body without a length is cut
@@ -254,6 +253,7 @@ async fn announced_within(
     }
 }
 
+/// Answers 503 for a request not done within `limit` (a slow body, a slow store).
 async fn within(
     limit: Duration,
     req: axum::extract::Request,
