@@ -48,15 +48,15 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
 fn open_sessions(n: u64) -> anyhow::Result<()> {
     let sessions = |i: u64, tick: Tick| {
         let reader = Reader {
-            user: UserId(format!("user-{}", i % 50_000)),
-            episode: EpisodeId(format!("ep-{}-{}", i % 60, i % 20)),
+            user: UserId(format!("user-{}", i % 50_000).into()),
+            episode: EpisodeId(format!("ep-{}-{}", i % 60, i % 20).into()),
             country: "KR".into(),
             device: "phone".into(),
             platform: "ios".into(),
             tz: Some("Asia/Seoul".into()),
             arm: None,
         };
-        let session = SessionId(format!("rs-{i}"));
+        let session = SessionId(format!("rs-{i}").into());
         let steps = [
             Action::Enter,
             Action::Scroll(Depth(20_000)),

@@ -66,12 +66,31 @@ pub fn window_rows<'s, K, M, F>(
     state: &State,
     durable: Stream<'s, Tick, Updates<K, M>>,
     derived: Stream<'s, Tick, Updates<K, M>>,
-    mut rows: F,
+    rows: F,
 ) -> VecCollection<'s, Tick, FeatureRow>
 where
     K: ExchangeData + Hash,
     M: ExchangeData,
     F: FnMut(&K, &[(M, isize)], &mut Vec<FeatureRow>) + 'static,
+{
+    window_map(name, state, durable, derived, rows)
+}
+
+/// [`window_rows`] for any record an entity's sums make, not only feature rows: e.g. the
+/// reading family's sessions, each a function of its pieces (events, markers) while they
+/// are kept.
+pub fn window_map<'s, K, M, D, F>(
+    name: &str,
+    state: &State,
+    durable: Stream<'s, Tick, Updates<K, M>>,
+    derived: Stream<'s, Tick, Updates<K, M>>,
+    mut rows: F,
+) -> VecCollection<'s, Tick, D>
+where
+    K: ExchangeData + Hash,
+    M: ExchangeData,
+    D: Clone + PartialEq + 'static,
+    F: FnMut(&K, &[(M, isize)], &mut Vec<D>) + 'static,
 {
     let core: Rc<RefCell<Core<K, M>>> = Rc::default();
     let restored = state.register(name, Split::ByKey, core.clone());
@@ -100,8 +119,8 @@ where
                     }
                     held = Some(cap.delayed(&at));
                 }
-                let mut before: Vec<FeatureRow> = Vec::new();
-                let mut after: Vec<FeatureRow> = Vec::new();
+                let mut before: Vec<D> = Vec::new();
+                let mut after: Vec<D> = Vec::new();
                 move |(input1, frontier1), (input2, frontier2), output| {
                     let mut core = core.borrow_mut();
                     let core = &mut *core;

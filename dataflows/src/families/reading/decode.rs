@@ -83,24 +83,24 @@ pub fn decode(payload: &[u8]) -> Result<Timed<ReadingEvent>, DecodeError> {
     let arm = match (&raw.experiment_name, &raw.experiment_group) {
         (None, None) => None,
         _ => Some(Arm {
-            experiment: text(&raw.experiment_name, "experiment_name")?,
-            group: text(&raw.experiment_group, "experiment_group")?,
+            experiment: text(&raw.experiment_name, "experiment_name")?.into(),
+            group: text(&raw.experiment_group, "experiment_group")?.into(),
         }),
     };
     let reader = Reader {
-        user: UserId(text(&raw.user_id, "user_id")?),
-        episode: EpisodeId(text(&raw.episode_id, "episode_id")?),
-        country,
-        device: text(&raw.device, "device")?,
-        platform: text(&raw.platform, "platform")?,
-        tz,
+        user: UserId(text(&raw.user_id, "user_id")?.into()),
+        episode: EpisodeId(text(&raw.episode_id, "episode_id")?.into()),
+        country: country.into(),
+        device: text(&raw.device, "device")?.into(),
+        platform: text(&raw.platform, "platform")?.into(),
+        tz: tz.map(Into::into),
         arm,
     };
     Ok(Timed {
         id: EventId::of(&event_id),
         ts,
         event: ReadingEvent {
-            session: SessionId(text(&raw.session_id, "session_id")?),
+            session: SessionId(text(&raw.session_id, "session_id")?.into()),
             action,
             reader,
         },

@@ -1,15 +1,16 @@
 //! What the reading topic carries, decoded.
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct SessionId(pub String);
+pub struct SessionId(pub CompactString);
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct UserId(pub String);
+pub struct UserId(pub CompactString);
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct EpisodeId(pub String);
+pub struct EpisodeId(pub CompactString);
 
 /// A scroll depth in thousandths of a percent (0..=100,000): `scroll_pct` as given, to
 /// three decimals (rounded to the nearest). Whole numbers sum exactly in the windows.
@@ -42,21 +43,23 @@ pub enum Action {
 /// An A/B experiment and the group the reader is in.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Arm {
-    pub experiment: String,
-    pub group: String,
+    pub experiment: CompactString,
+    pub group: CompactString,
 }
 
-/// Who reads what, where: the same on every event of a session.
+/// Who reads what, where: the same on every event of a session. Its ids are inline up to
+/// 24 bytes (`CompactString`): a session's pieces and the views' contributions copy them
+/// dozens of times per event, and a heap copy each time was a third of the dataflow.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Reader {
     pub user: UserId,
     pub episode: EpisodeId,
-    pub country: String,
-    pub device: String,
-    pub platform: String,
+    pub country: CompactString,
+    pub device: CompactString,
+    pub platform: CompactString,
     /// IANA zone: the event's `tz`, else the country's main zone; `None` when the country
     /// has no known zone (its local time is read in UTC, and counted as `unzoned_events`).
-    pub tz: Option<String>,
+    pub tz: Option<CompactString>,
     pub arm: Option<Arm>,
 }
 

@@ -271,7 +271,9 @@ mod tests {
                 Ok(e) => {
                     valid += 1;
                     let group = e.event.reader.arm.map(|a| a.group).unwrap_or_default();
-                    let c = ends.entry((group, e.event.session.0)).or_default();
+                    let c = ends
+                        .entry((group.to_string(), e.event.session.0.to_string()))
+                        .or_default();
                     match e.event.action {
                         crate::families::reading::Action::Complete => c.0 = 1,
                         crate::families::reading::Action::Exit => c.1 = 1,

@@ -133,7 +133,7 @@ impl Dataflow for Reading {
                 title: row[1].clone(),
                 genre: row[2].clone(),
             };
-            (EpisodeId(row[0].clone()), meta)
+            (EpisodeId(row[0].as_str().into()), meta)
         });
         let by_episode = sessions.map(|(_, s)| (s.reader.episode.clone(), s.summary()));
         let known = by_episode.clone().join_map(metadata.clone(), |_, s, meta| {

@@ -8,7 +8,9 @@ use crate::contract::event::Timed;
 use crate::contract::state::State;
 use crate::contract::table::{FeatureRow, Value};
 use crate::contract::time::{Tick, Window, HOUR};
-use crate::operators::windowed::contributions;
+use crate::operators::window_sums::window_map;
+use crate::operators::windowed::with_expiries;
+use timely::dataflow::operators::generic::operator::empty;
 
 use super::*;
 
@@ -56,7 +58,9 @@ pub(super) enum Piece {
         ts: u64,
         action: Action,
     },
-    Reader(Reader),
+    /// Boxed: every piece of every pending update is as large as the largest variant, and
+    /// the buckets' merges move them (a reader inline made each piece ~240 bytes).
+    Reader(Box<Reader>),
     Alive,
     /// One per event, outliving it: more of these than events means one has expired.
     Had,
@@ -105,7 +109,7 @@ impl Session {
                 Piece::Event { ts, action } if *n > 0 => events.push((*ts, *action, *n as u64)),
                 Piece::Had => had += *n,
                 // a session's events agree on their reader; if not, the least one wins
-                Piece::Reader(r) if *n > 0 => reader = Some(reader.map_or(r, |x| x.min(r))),
+                Piece::Reader(r) if *n > 0 => reader = Some(reader.map_or(&**r, |x| x.min(&**r))),
                 Piece::Alive if *n > 0 => alive = true,
                 _ => {}
             }
@@ -191,7 +195,7 @@ impl Session {
     pub(super) fn summary(&self) -> Session {
         let finished = self.state.finished();
         Session {
-            id: SessionId(String::new()),
+            id: SessionId(Default::default()),
             dwell_ms: if finished { self.dwell_ms } else { 0 },
             max_scroll: if finished {
                 self.max_scroll
@@ -206,10 +210,10 @@ impl Session {
     pub(super) fn row(&self) -> FeatureRow {
         FeatureRow {
             table: SESSION,
-            key: vec![self.id.0.clone()],
+            key: vec![self.id.0.to_string()],
             values: vec![
-                Value::Text(self.reader.user.0.clone()),
-                Value::Text(self.reader.episode.0.clone()),
+                Value::Text(self.reader.user.0.to_string()),
+                Value::Text(self.reader.episode.0.to_string()),
                 Value::Text(self.state.as_str().into()),
                 Value::Int(self.start as i64),
                 Value::Int(self.dwell_ms as i64),
@@ -221,7 +225,10 @@ impl Session {
 }
 
 impl Reading {
-    /// Each session, rebuilt from the events it holds by one `reduce` per session id.
+    /// Each session as a function of the pieces its events leave while they are kept:
+    /// the pieces are summed per session by [`window_map`] (a slot per session, updates
+    /// in buckets per due tick), and a session is rebuilt only at a tick that changes one
+    /// of its pieces, from its few summed pieces rather than from its history.
     pub(super) fn sessions<'s>(
         &self,
         events: VecCollection<'s, Tick, Timed<ReadingEvent>>,
@@ -230,7 +237,7 @@ impl Reading {
         let timeout = Window {
             length_ms: self.config.session_timeout_ms,
         };
-        let pieces = contributions(state, events, move |e: &Timed<ReadingEvent>| {
+        let pieces = with_expiries(events, move |e: &Timed<ReadingEvent>| {
             let (s, kept) = (&e.event.session, Some(SESSION_RETENTION.expiry(e.ts)));
             [
                 (
@@ -244,7 +251,11 @@ impl Reading {
                     1,
                     kept,
                 ),
-                ((s.clone(), Piece::Reader(e.event.reader.clone())), 1, kept),
+                (
+                    (s.clone(), Piece::Reader(Box::new(e.event.reader.clone()))),
+                    1,
+                    kept,
+                ),
                 ((s.clone(), Piece::Alive), 1, Some(timeout.expiry(e.ts))),
                 (
                     (s.clone(), Piece::Had),
@@ -253,9 +264,12 @@ impl Reading {
                 ),
             ]
         });
-        pieces.reduce_named("Sessions", move |id, pieces, out| {
-            if let Some(s) = Session::of(id, pieces, timeout) {
-                out.push((s, 1));
+        // sessions have no pieces derived from other state
+        let none = empty(pieces.scope());
+        window_map("sessions", state, pieces, none, move |id, pieces, out| {
+            let view: Vec<(&Piece, isize)> = pieces.iter().map(|(p, n)| (p, *n)).collect();
+            if let Some(s) = Session::of(id, &view, timeout) {
+                out.push((id.clone(), s));
             }
         })
     }

@@ -2,6 +2,7 @@
 //! of day) and experiment sums over 7 and 30 days, and the rows they make.
 
 use chrono::{Offset, TimeZone, Timelike};
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use crate::contract::table::{FeatureRow, Value};
@@ -52,8 +53,8 @@ pub enum Entity {
     User(UserId),
     Episode(EpisodeId),
     /// country, genre, local time of day
-    Segment(String, String, String),
-    Experiment(String),
+    Segment(CompactString, CompactString, CompactString),
+    Experiment(CompactString),
     /// The start of an hour (UTC, epoch ms).
     Quality(u64),
 }
@@ -72,12 +73,12 @@ pub enum Measure {
     DwellSum(Span),
     /// One per (window, episode) a user read: their number is `distinct_episodes`.
     Read(Span, EpisodeId),
-    GenreSessions(String),
+    GenreSessions(CompactString),
     ExitDepthSum,
     ExitDecile(u8),
     Meta(EpisodeMeta),
-    GroupFinished(String),
-    GroupCompleted(String),
+    GroupFinished(CompactString),
+    GroupCompleted(CompactString),
     Null,
     Duplicate,
     OutOfOrder,
@@ -101,7 +102,7 @@ impl Reading {
         let user = Entity::User(r.user.clone());
         let episode = Entity::Episode(r.episode.clone());
         let tod = time_of_day(s.start, r.tz.as_deref());
-        let segment = Entity::Segment(r.country.clone(), genre.clone(), tod.to_string());
+        let segment = Entity::Segment(r.country.clone(), genre.as_str().into(), tod.into());
         let finished = s.state.finished() as isize;
         let completed = (s.state == SessionState::Completed) as isize;
         let abandoned = s.state.abandoned() as isize;
@@ -130,7 +131,7 @@ impl Reading {
             add(&segment, Finished(span), finished);
             add(&segment, Completed(span), completed);
             if span == Span::D30 {
-                add(&user, GenreSessions(genre.clone()), 1);
+                add(&user, GenreSessions(genre.as_str().into()), 1);
                 if abandoned == 1 {
                     add(&episode, Abandoned(span), 1);
                     add(&episode, ExitDepthSum, depth);
@@ -205,11 +206,11 @@ impl Reading {
                         _ => None,
                     })
                     .min()
-                    .map_or(String::new(), |(_, g)| g.clone());
+                    .map_or(String::new(), |(_, g)| g.to_string());
                 values.push(Value::Text(top));
                 vec![FeatureRow {
                     table: USER,
-                    key: vec![user.0.clone()],
+                    key: vec![user.0.to_string()],
                     values,
                 }]
             }
@@ -230,7 +231,7 @@ impl Reading {
                 values.extend((0..10).map(|d| Value::Int(sum(&ExitDecile(d)))));
                 vec![FeatureRow {
                     table: EPISODE,
-                    key: vec![episode.0.clone()],
+                    key: vec![episode.0.to_string()],
                     values,
                 }]
             }
@@ -242,7 +243,7 @@ impl Reading {
                 }
                 vec![FeatureRow {
                     table: SEGMENT,
-                    key: vec![country.clone(), genre.clone(), tod.clone()],
+                    key: vec![country.to_string(), genre.to_string(), tod.to_string()],
                     values,
                 }]
             }
