@@ -36,9 +36,9 @@ fn model_input(text: &str) -> (Vec<model::Event>, usize) {
         }
         let c = e.event.context;
         events.push(model::Event {
-            user: e.event.user.0,
+            user: e.event.user.0.into(),
             action: e.event.action.as_str(),
-            item: e.event.item.map(|i| (i.product.0, i.price.0)),
+            item: e.event.item.map(|i| (i.product.0.into(), i.price.0)),
             ts: e.ts,
             id: e.id.0,
             context: [c.device, c.referrer, c.utm_source],

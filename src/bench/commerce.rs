@@ -229,7 +229,7 @@ fn report_marks(from: &str, delays: &[u64], sent: u64) {
 fn active_shoppers(n: u64) -> anyhow::Result<()> {
     let products = generate::catalog();
     let shopper = move |i: u64, tick: Tick| {
-        let user = UserId(format!("user_{i:08}"));
+        let user = UserId(format!("user_{i:08}").into());
         (0..EVENTS_PER_SHOPPER)
             .map(|k| {
                 let action = if k < 50 {
@@ -245,7 +245,7 @@ fn active_shoppers(n: u64) -> anyhow::Result<()> {
                         user: user.clone(),
                         action,
                         item: Some(Item {
-                            product: ProductId(products[p][0].clone()),
+                            product: ProductId(products[p][0].as_str().into()),
                             price: Cents(4_900),
                         }),
                         context: Context {

@@ -142,7 +142,7 @@ fn cents(text: &str, x: f64) -> Cents {
 pub fn decode(payload: &[u8]) -> Result<Timed<CommerceEvent>, DecodeError> {
     let raw: Raw = serde_json::from_slice(payload).map_err(|e| diagnose(payload, e, expect))?;
     let event_id = text(&raw.event_id, "event_id")?;
-    let user = UserId(no_bar(text(&raw.user_id, "user_id")?, "user_id")?.to_string());
+    let user = UserId(no_bar(text(&raw.user_id, "user_id")?, "user_id")?.into());
     text(&raw.session_id, "session_id")?;
     let event_type = text(&raw.event_type, "event_type")?;
     let ts = epoch_ms(raw.timestamp, "timestamp")?;
@@ -178,7 +178,7 @@ pub fn decode(payload: &[u8]) -> Result<Timed<CommerceEvent>, DecodeError> {
     }
     let item = match (product, price) {
         (Some(product), Some(price)) => Some(Item {
-            product: ProductId(product),
+            product: ProductId(product.into()),
             price,
         }),
         (None, _) if action.names_a_product() => return Err(missing("properties.product_id")),
@@ -186,7 +186,7 @@ pub fn decode(payload: &[u8]) -> Result<Timed<CommerceEvent>, DecodeError> {
         // a click or search naming a product is an interaction with it; its price, if
         // any, is not read
         (Some(product), None) => Some(Item {
-            product: ProductId(product),
+            product: ProductId(product.into()),
             price: Cents(0),
         }),
         (None, _) => None,

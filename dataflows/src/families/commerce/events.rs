@@ -1,16 +1,20 @@
 //! What the commerce topic carries, decoded: the events and the ids they name.
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
+/// A shopper. Ids are inline up to 24 bytes (`CompactString`): a shopper holds up to 50
+/// recent products and its touches and carts, each naming a product, and a heap copy per
+/// id was most of a shopper's memory.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct UserId(pub String);
+pub struct UserId(pub CompactString);
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct ProductId(pub String);
+pub struct ProductId(pub CompactString);
 
 /// A product's category, from the catalog (`products`).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Category(pub String);
+pub struct Category(pub CompactString);
 
 /// A price in hundredths of the currency unit (rounded to the nearest), so sums are exact.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -166,7 +166,12 @@ impl Dataflow for Commerce {
         let catalog = dimensions[0]
             .clone()
             .filter(|row| !row[1].is_empty())
-            .map(|row| (ProductId(row[0].clone()), Category(row[1].clone())))
+            .map(|row| {
+                (
+                    ProductId(row[0].as_str().into()),
+                    Category(row[1].as_str().into()),
+                )
+            })
             .reduce_named("Catalog", |_, categories, out| {
                 out.push((categories[0].0.clone(), 1))
             });

@@ -98,7 +98,7 @@ impl Commerce {
         values.push(Value::float(smoothed(buys, carts, a, b)));
         Some(FeatureRow {
             table: table::PRODUCT_STATS,
-            key: vec![product.0.clone()],
+            key: vec![product.0.to_string()],
             values,
         })
     }
@@ -120,11 +120,11 @@ pub fn shopper_rows(user: &UserId, shown: Vec<Shown>) -> Vec<FeatureRow> {
     for s in shown {
         match s {
             Shown::Counts(c) => counts = c,
-            Shown::Top(c) => top = Value::Text(c.0),
+            Shown::Top(c) => top = Value::Text(c.0.into()),
             Shown::Latest(l) => latest = Some(l),
             Shown::Recent(json) => out.push(FeatureRow {
                 table: table::USER_RECENT,
-                key: vec![user.0.clone()],
+                key: vec![user.0.to_string()],
                 values: vec![Value::Text(json)],
             }),
             Shown::Pattern(p) => {
@@ -132,14 +132,14 @@ pub fn shopper_rows(user: &UserId, shown: Vec<Shown>) -> Vec<FeatureRow> {
                 out.push(FeatureRow {
                     table: table::PATTERNS,
                     key: vec![
-                        user.0.clone(),
+                        user.0.to_string(),
                         p.kind.as_str().to_string(),
-                        p.product.0.clone(),
+                        p.product.0.to_string(),
                         p.mark.to_string(),
                     ],
                     values: vec![
                         Value::Int(p.started as i64),
-                        p.category.map_or(Value::Null, |c| Value::Text(c.0)),
+                        p.category.map_or(Value::Null, |c| Value::Text(c.0.into())),
                         list(&p.products),
                     ],
                 });
@@ -162,7 +162,7 @@ pub fn shopper_rows(user: &UserId, shown: Vec<Shown>) -> Vec<FeatureRow> {
     let c = &latest.context;
     out.push(FeatureRow {
         table: table::SHOPPER,
-        key: vec![user.0.clone()],
+        key: vec![user.0.to_string()],
         values: vec![
             Value::Int(counts.views_10m),
             avg,
