@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// A shopper. Ids are inline up to 24 bytes (`CompactString`): a shopper holds up to 50
 /// recent products and its touches and carts, each naming a product, and a heap copy per
-/// id was most of a shopper's memory.
+/// id was about a fifth of a shopper's memory (13,800 → 10,900 B in `bench commerce`).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct UserId(pub CompactString);
 

@@ -49,7 +49,7 @@ pub struct Arm {
 
 /// Who reads what, where: the same on every event of a session. Its ids are inline up to
 /// 24 bytes (`CompactString`): a session's pieces and the views' contributions copy them
-/// dozens of times per event, and a heap copy each time was a third of the dataflow.
+/// dozens of times per event, and each copy was a heap allocation.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Reader {
     pub user: UserId,

@@ -99,7 +99,7 @@ impl Session {
     /// Long: the definition of DESIGN §5.2 in one place (start, span, terminal, state, counts).
     pub(super) fn of(
         id: &SessionId,
-        pieces: &[(&Piece, isize)],
+        pieces: &[(Piece, isize)],
         timeout: Window,
     ) -> Option<Session> {
         let mut events: Vec<(u64, Action, u64)> = Vec::new();
@@ -267,8 +267,7 @@ impl Reading {
         // sessions have no pieces derived from other state
         let none = empty(pieces.scope());
         window_map("sessions", state, pieces, none, move |id, pieces, out| {
-            let view: Vec<(&Piece, isize)> = pieces.iter().map(|(p, n)| (p, *n)).collect();
-            if let Some(s) = Session::of(id, &view, timeout) {
+            if let Some(s) = Session::of(id, pieces, timeout) {
                 out.push((id.clone(), s));
             }
         })
