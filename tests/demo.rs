@@ -9,7 +9,7 @@ use common::*;
 
 #[test]
 fn the_demo_of_every_family_runs_and_stops() {
-    for family in ["search", "reading", "ads", "commerce"] {
+    for family in ["search", "reading", "ads", "commerce", "watch"] {
         let mut cmd = engine_command();
         cmd.args(["demo", "--dataflow", family, "--seconds", "3"])
             .args(["--http", "127.0.0.1:0", "--rate", "2000"]);

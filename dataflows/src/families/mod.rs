@@ -5,6 +5,7 @@ pub mod ads;
 pub mod commerce;
 pub mod reading;
 pub mod search;
+pub mod watch;
 
 use crate::contract::dataflow::Dataflow;
 use crate::install::{construct, Constructor, Family};
@@ -15,6 +16,7 @@ pub const REGISTRY: &[(&str, Constructor)] = &[
     (reading::Reading::NAME, construct::<reading::Reading>),
     (ads::Ads::NAME, construct::<ads::Ads>),
     (commerce::Commerce::NAME, construct::<commerce::Commerce>),
+    (watch::Watches::NAME, construct::<watch::Watches>),
 ];
 
 /// Looks a family up by name.

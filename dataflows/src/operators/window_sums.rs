@@ -89,7 +89,7 @@ pub fn window_map<'s, K, M, D, F>(
 where
     K: ExchangeData + Hash,
     M: ExchangeData,
-    D: Clone + PartialEq + 'static,
+    D: Clone + Ord + 'static,
     F: FnMut(&K, &[(M, isize)], &mut Vec<D>) + 'static,
 {
     let core: Rc<RefCell<Core<K, M>>> = Rc::default();
@@ -155,8 +155,9 @@ where
                             rows(key, old, &mut before);
                             rows(key, new, &mut after);
                             if before != after {
-                                session.give_iterator(before.drain(..).map(|r| (r, t, -1)));
-                                session.give_iterator(after.drain(..).map(|r| (r, t, 1)));
+                                differences(&mut before, &mut after, |r, d| {
+                                    session.give((r, t, d))
+                                });
                             }
                         });
                     }
@@ -175,6 +176,35 @@ where
             },
         )
         .as_collection()
+}
+
+/// What leaves for an entity whose records went from `before` to `after`: only the records
+/// that differ (an entity with many records, e.g. a viewer's co-visited pairs, changes few
+/// of them at a tick). Both are drained.
+fn differences<D: Ord>(before: &mut Vec<D>, after: &mut Vec<D>, mut give: impl FnMut(D, isize)) {
+    if before.len() <= 1 && after.len() <= 1 {
+        before.drain(..).for_each(|r| give(r, -1));
+        after.drain(..).for_each(|r| give(r, 1));
+        return;
+    }
+    before.sort_unstable();
+    after.sort_unstable();
+    let (mut old, mut new) = (before.drain(..).peekable(), after.drain(..).peekable());
+    loop {
+        match (old.peek(), new.peek()) {
+            (Some(a), Some(b)) => match a.cmp(b) {
+                std::cmp::Ordering::Less => give(old.next().expect("peeked"), -1),
+                std::cmp::Ordering::Greater => give(new.next().expect("peeked"), 1),
+                std::cmp::Ordering::Equal => {
+                    old.next();
+                    new.next();
+                }
+            },
+            (Some(_), None) => give(old.next().expect("peeked"), -1),
+            (None, Some(_)) => give(new.next().expect("peeked"), 1),
+            (None, None) => return,
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -491,6 +521,19 @@ mod tests {
         assert_eq!(core.table.len(), 0);
         // the slot is reused
         assert_eq!(core.intern("other".to_string()), k);
+    }
+
+    #[test]
+    fn only_the_records_that_differ_leave() {
+        let mut got = Vec::new();
+        differences(&mut vec![3, 1, 2, 2], &mut vec![2, 4, 1, 3], |r, d| {
+            got.push((r, d))
+        });
+        got.sort();
+        assert_eq!(got, vec![(2, -1), (4, 1)]);
+        let mut got = Vec::new();
+        differences(&mut vec![5], &mut vec![], |r, d| got.push((r, d)));
+        assert_eq!(got, vec![(5, -1)]);
     }
 
     #[test]

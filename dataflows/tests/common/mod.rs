@@ -6,6 +6,7 @@ pub mod ads_model;
 pub mod commerce_model;
 pub mod reading_model;
 pub mod search_model;
+pub mod watch_model;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
@@ -248,6 +249,18 @@ pub fn run_with_table_changes(
     opts: IngestOptions,
     snapshots: Option<Vec<Vec<DimRow>>>,
 ) -> (Vec<TickChanges>, Arc<Counters>) {
+    run_configured(name, None, per_worker, now_ms, opts, snapshots)
+}
+
+/// `run_with_table_changes` with the family's config section (`None`: the defaults).
+pub fn run_configured(
+    name: &'static str,
+    section: Option<serde_json::Value>,
+    per_worker: Vec<Vec<Vec<Vec<u8>>>>,
+    now_ms: u64,
+    opts: IngestOptions,
+    snapshots: Option<Vec<Vec<DimRow>>>,
+) -> (Vec<TickChanges>, Arc<Counters>) {
     let done = Arc::new(AtomicBool::new(false));
     let gated = snapshots.as_ref().is_some_and(|s| s.len() > 1);
     let workers = per_worker.len();
@@ -256,7 +269,8 @@ pub fn run_with_table_changes(
     let input = Arc::new(per_worker);
     let (out, c) = (seen.clone(), counters.clone());
     timely::execute(timely::Config::process(workers), move |worker| {
-        let family = tidemark_dataflows::family(name, None).expect("a registered family");
+        let family =
+            tidemark_dataflows::family(name, section.clone()).expect("a registered family");
         let source = VecSource {
             batches: input[worker.index()].clone().into(),
             now_ms,
