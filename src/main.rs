@@ -453,7 +453,14 @@ fn demo(a: DemoArgs) -> anyhow::Result<()> {
         "Tidemark demo: {} dataflow, {} workers, {} events/s, embedded store",
         a.dataflow, a.workers, a.rate
     );
-    println!("read API: curl http://{bound}/features/doc/doc-0 · status: http://{bound}/status · metrics: http://{bound}/metrics   (Ctrl-C to stop)");
+    // the family's first feature view, e.g. /features/doc/<doc_id>
+    let view = tables
+        .iter()
+        .find(|t| t.sink == tidemark_dataflows::contract::table::SinkKind::Store)
+        .map_or("doc/<doc_id>".to_string(), |t| {
+            format!("{}/<{}>", t.ns, t.keys.join(":"))
+        });
+    println!("read API: curl http://{bound}/features/{view} · status: http://{bound}/status · metrics: http://{bound}/metrics   (Ctrl-C to stop)");
     let s = shared.clone();
     let runner = std::thread::spawn(move || engine::run(opts, s));
     let started = std::time::Instant::now();
