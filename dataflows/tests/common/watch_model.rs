@@ -2,7 +2,7 @@
 //! a tick, from the events inserted by then: the oracle of the property tests. Every
 //! feature is recounted from its definition by scanning all events.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::collections::BTreeMap;
 
