@@ -36,3 +36,52 @@ fn the_demo_of_every_family_runs_and_stops() {
         );
     }
 }
+
+/// Seed 004's worker status: `GET /stream/worker` answers `/status`'s document, whose
+/// watch dataflow carries `feature_loop` with the watches that updated features, the
+/// duplicate watches and the history's size.
+#[test]
+fn the_watch_demo_reports_seed_004s_feature_loop() {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = engine_command()
+        .args(["demo", "--dataflow", "watch", "--seconds", "20"])
+        .args(["--http", &addr, "--rate", "3000"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn the demo");
+    let started = std::time::Instant::now();
+    let mut seen = None;
+    while started.elapsed() < Duration::from_secs(60) {
+        let got = http_get(
+            &format!("http://{addr}/stream/worker"),
+            Duration::from_secs(2),
+        );
+        if let Some((200, body)) = got {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let fl = v["dataflows"]["watch"]["feature_loop"].clone();
+            if fl["watch_feature_updates"].as_u64().unwrap_or(0) > 100
+                && fl["watch_duplicates"].as_u64().unwrap_or(0) > 0
+            {
+                seen = Some(fl);
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, status) = http_get(&format!("http://{addr}/status"), Duration::from_secs(2))
+        .expect("/status answers");
+    let _ = child.kill();
+    let _ = child.wait();
+    let fl = seen.expect("watches and duplicate watches counted within a minute");
+    assert_eq!(fl["history_size"], 20, "{fl}");
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert!(
+        status["dataflows"]["watch"]["feature_loop"]["watch_feature_updates"]
+            .as_u64()
+            .unwrap()
+            >= fl["watch_feature_updates"].as_u64().unwrap(),
+        "/status carries the same, moving on"
+    );
+}

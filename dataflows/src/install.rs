@@ -40,6 +40,8 @@ pub trait Family: Send + Sync {
         now_ms: u64,
     );
     fn read_time_features(&self, table: &str) -> Vec<&'static str>;
+    /// See [`Dataflow::feature_loop`].
+    fn feature_loop(&self, counters: &Counters) -> Option<serde_json::Value>;
     fn dimension_rows(&self, spec: &GenerateSpec) -> Vec<(DimensionSpec, Vec<DimRow>)>;
     /// `tables` holds one entry per dimension: a source on the worker that reads it.
     fn install<'s>(
@@ -83,6 +85,9 @@ impl<D: Dataflow + Clone> Family for D {
     fn dimension_rows(&self, spec: &GenerateSpec) -> Vec<(DimensionSpec, Vec<DimRow>)> {
         Dataflow::dimension_rows(self, spec)
     }
+    fn feature_loop(&self, counters: &Counters) -> Option<serde_json::Value> {
+        Dataflow::feature_loop(self, counters)
+    }
     fn dimensions(&self) -> Vec<DimensionSpec> {
         Dataflow::dimensions(self)
     }
@@ -114,6 +119,10 @@ impl<D: Dataflow + Clone> Family for D {
             Dataflow::horizon(self),
             opts,
             counters,
+            {
+                let this = self.clone();
+                move |e: &D::Event| this.kind(e)
+            },
         );
         // the invalid records' stream moves with the events' frontier and carries little
         let dimensions = tables

@@ -339,6 +339,34 @@ fn a_late_watch_takes_its_place_in_the_history_by_event_time() {
     assert_eq!(after.len(), 3, "one raw row per watch");
 }
 
+/// A copy read more than the dedup horizon (stream time) after its first: DESIGN §3 counts
+/// it again, and when both copies fall in one tick the raw table still gets one row of
+/// the event (the run does not stop on it).
+#[test]
+fn a_copy_beyond_the_dedup_horizon_counts_again_and_stores_one_raw_row() {
+    let t = BASE + 2 * DAY;
+    let batches = vec![vec![
+        watch("a", "u0", "v1", t, 100.0),
+        watch("b", "u1", "v2", t + 2 * HOUR, 10.0),
+        watch("a", "u0", "v1", t, 100.0),
+    ]];
+    let opts = IngestOptions {
+        dedup_horizon_ms: HOUR,
+        ..IngestOptions::default()
+    };
+    let payloads = vec![common::payloads(&batches)];
+    let changes = run_configured("watch", None, payloads, NOW, opts, None).0;
+    let state = state_at(&changes, t + 2 * HOUR);
+    let int = tidemark_dataflows::contract::table::Value::Int;
+    assert_eq!(
+        state[&(model::ITEM, vec!["v1".into()])][2],
+        int(2),
+        "a counts twice"
+    );
+    let raw: Vec<_> = state.keys().filter(|(t, _)| *t == model::WATCHES).collect();
+    assert_eq!(raw.len(), 2, "one raw row per event id: {raw:?}");
+}
+
 /// The random streams do show what the definitions are about: histories cut to their
 /// size, neighbour lists cut, pairs that expire, late watches before others.
 #[test]

@@ -16,6 +16,7 @@ use super::Shared;
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::telemetry::*;
+use tidemark_dataflows::Family;
 
 /// Why the process is not ready; empty when it is.
 pub fn not_ready(shared: &Shared) -> Vec<String> {
@@ -210,7 +211,8 @@ pub fn render(shared: &Shared) -> String {
 
 /// The `/status` document.
 /// Long: it builds one JSON document, section by section, as README "Endpoints" lists them.
-pub fn status(shared: &Shared, cfg: &Config, family: &str) -> Value {
+pub fn status(shared: &Shared, cfg: &Config, family: &dyn Family) -> Value {
+    let (name, feature_loop) = (family.name(), family.feature_loop(&shared.counters));
     let c = &shared.counters;
     let s = &shared.status;
     let partitions: Vec<Value> = s
@@ -282,14 +284,14 @@ pub fn status(shared: &Shared, cfg: &Config, family: &str) -> Value {
     json!({
         "job": cfg.job,
         "group": crate::config::group_of(cfg),
-        "dataflow": family,
+        "dataflow": name,
         "ready": why.is_empty(),
         "not_ready": why,
         "draining": shared.drain.load(Relaxed),
         "uptime_ms": now_ms().saturating_sub(s.started_ms.load(Relaxed)),
         "sources": partitions,
         "dataflows": {
-            family: {
+            name: {
                 "consumed": c.consumed.load(Relaxed),
                 "accepted": c.accepted.load(Relaxed),
                 "duplicates": c.duplicates.load(Relaxed),
@@ -300,6 +302,7 @@ pub fn status(shared: &Shared, cfg: &Config, family: &str) -> Value {
                 "dlq_failed": s.dlq.get().map(|d| d.failed()),
                 "dlq_refused": s.dlq.get().map(|d| d.refused()),
                 "events_per_second": s.rate(),
+                "feature_loop": feature_loop,
             }
         },
         "workers": workers,

@@ -218,7 +218,7 @@ async fn status(State(api): State<Arc<Api>>) -> Response {
     Json(crate::engine::health::status(
         &api.shared,
         &api.config,
-        api.family.name(),
+        &*api.family,
     ))
     .into_response()
 }
@@ -385,6 +385,8 @@ pub fn serve(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/status", get(status))
+        // seed 004's worker status, the same document
+        .route("/stream/worker", get(status))
         .layer(axum::extract::DefaultBodyLimit::max(
             limits.max_request_bytes,
         ))

@@ -13,7 +13,14 @@ pub struct Counters {
     /// Records offered and held back because their partition ran ahead (each offer counts).
     pub held_back: AtomicU64,
     invalid: [AtomicU64; 6],
+    /// Accepted and duplicate events per kind (`Dataflow::kind`: e.g. watch's impressions
+    /// and watches), for a family's own status fields.
+    accepted_by_kind: [AtomicU64; KINDS],
+    duplicates_by_kind: [AtomicU64; KINDS],
 }
+
+/// How many kinds of event a family may count apart.
+pub const KINDS: usize = 4;
 
 impl Counters {
     pub fn invalid(&self, kind: &ErrorKind) -> &AtomicU64 {
@@ -37,6 +44,23 @@ impl Counters {
     }
     pub fn invalid_total(&self) -> u64 {
         self.invalid.iter().map(|c| c.load(Relaxed)).sum()
+    }
+    /// Counts one accepted (`duplicate = false`) or duplicate event of `kind`.
+    pub fn count_kind(&self, kind: usize, duplicate: bool) {
+        let by = if duplicate {
+            &self.duplicates_by_kind
+        } else {
+            &self.accepted_by_kind
+        };
+        by[kind.min(KINDS - 1)].fetch_add(1, Relaxed);
+    }
+    /// Accepted and duplicate events of `kind` so far.
+    pub fn of_kind(&self, kind: usize) -> (u64, u64) {
+        let k = kind.min(KINDS - 1);
+        (
+            self.accepted_by_kind[k].load(Relaxed),
+            self.duplicates_by_kind[k].load(Relaxed),
+        )
     }
     pub fn add(counter: &AtomicU64, n: u64) {
         if n > 0 {

@@ -111,6 +111,19 @@ pub trait Dataflow: Send + Sync + 'static {
     /// ingest turns an event away whose keys exceed `max_key_bytes` or whose lists exceed
     /// `max_items_per_event` (DLQ, oversized).
     fn keys(&self, _event: &Self::Event, _visit: &mut dyn FnMut(&'static str, &str)) {}
+    /// Which kind of event this is (below `counters::KINDS`), when a family counts its
+    /// kinds apart in [`Dataflow::feature_loop`] (watch: impressions 0, watches 1).
+    fn kind(&self, _event: &Self::Event) -> usize {
+        0
+    }
+    /// The family's own fields of `/status` (its `dataflows.{name}.feature_loop`), e.g.
+    /// seed 004's watch counts; `None` for none.
+    fn feature_loop(
+        &self,
+        _counters: &crate::contract::counters::Counters,
+    ) -> Option<serde_json::Value> {
+        None
+    }
     /// Tables read as live inputs; `build` gets one collection per spec, in this order.
     fn dimensions(&self) -> Vec<DimensionSpec> {
         Vec::new()

@@ -57,6 +57,7 @@ pub(super) fn dedup<'s, E>(
     horizon: u64,
     heard: Rc<RefCell<Heard>>,
     counters: Arc<Counters>,
+    kind: impl Fn(&E) -> usize + 'static,
 ) -> (
     Stream<'s, Tick, Vec<(Timed<E>, Tick, isize)>>,
     Stream<'s, Tick, Vec<(Rejection, Tick, isize)>>,
@@ -112,6 +113,7 @@ where
                                 }
                                 Some(s) => at <= s.saturating_add(horizon),
                             };
+                            counters.count_kind(kind(&ev.event), duplicate);
                             if duplicate {
                                 dups += 1;
                                 let reason = Rejected::Duplicate;

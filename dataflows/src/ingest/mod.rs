@@ -101,6 +101,9 @@ pub struct Ingested<'s, E: Clone + 'static> {
 /// For a checkpoint (see [`crate::contract::state`]) the sources pause: each proposes the tick it
 /// reached, all move to one past the largest and wait until the runtime resumes them.
 /// Long: the stages' wiring (restore, source, split, peers, dedup, rejections) in one place, each a few lines.
+/// Eight arguments: what a family gives (decode, horizon, kind) and what the runtime gives
+/// (scope, state, records, options, counters), none of which belong together.
+#[allow(clippy::too_many_arguments)]
 pub fn ingest<'s, E, D>(
     scope: Scope<'s, Tick>,
     state: &State,
@@ -109,6 +112,7 @@ pub fn ingest<'s, E, D>(
     horizon: Window,
     opts: IngestOptions,
     counters: Arc<Counters>,
+    kind: impl Fn(&E) -> usize + 'static,
 ) -> Ingested<'s, E>
 where
     E: timely::ExchangeData + differential_dataflow::Data,
@@ -168,7 +172,8 @@ where
         Ingest::Event(..) => unreachable!("events were split off"),
     });
     hear_peers(news, peers, heard.clone(), final_tick.clone());
-    let (events, duplicates) = dedup::dedup(state, events, opts.dedup_horizon_ms, heard, counters);
+    let (events, duplicates) =
+        dedup::dedup(state, events, opts.dedup_horizon_ms, heard, counters, kind);
     let rejected = invalid
         .clone()
         .unary::<CapacityContainerBuilder<Vec<(Rejection, Tick, isize)>>, _, _, _>(

@@ -112,7 +112,10 @@ fn change_of(updates: &mut [(FeatureRow, isize)]) -> Option<EntityChange> {
         match *r {
             1 if after.is_none() => after = Some(values),
             -1 if before.is_none() => before = Some(values),
-            r => panic!("an entity row has multiplicity {r}: its reduce must emit one row per key"),
+            r => panic!(
+                "an entity row has multiplicity {r} (table {}, key {:?}, {values:?}): its operator must emit one row per key",
+                row.table, row.key
+            ),
         }
     }
     let changed = match (&before, &after) {

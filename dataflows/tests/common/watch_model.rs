@@ -10,7 +10,8 @@ use tidemark_dataflows::contract::table::Value;
 pub use tidemark_dataflows::contract::time::{DAY, HOUR, MINUTE, SECOND};
 use tidemark_dataflows::Tick;
 
-pub use super::State;
+/// Rows by (table, key).
+pub type State = BTreeMap<(u8, Vec<String>), Vec<Value>>;
 
 // table indices
 pub const ITEM: u8 = 0;

@@ -22,6 +22,7 @@ use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 use timely::dataflow::operators::vec::Map;
 
+use crate::contract::counters::Counters;
 use crate::contract::dataflow::{Dataflow, GenerateSpec, Produced};
 use crate::contract::dimension::DimRow;
 use crate::contract::event::{Rejection, Timed};
@@ -29,6 +30,7 @@ use crate::contract::record::{DecodeError, RecordRef};
 use crate::contract::state::State;
 use crate::contract::table::{FeatureRow, TableSpec};
 use crate::contract::time::{Tick, Window, DAY, WINDOW_30D};
+use crate::operators::once_per_key::once_per_key;
 use crate::operators::window_sums::window_rows;
 use crate::operators::windowed::with_expiries;
 
@@ -220,6 +222,25 @@ impl Dataflow for Watches {
             }
         }
     }
+    fn kind(&self, event: &WatchEvent) -> usize {
+        match event {
+            WatchEvent::Impression(_) => 0,
+            WatchEvent::Watch(_) => 1,
+        }
+    }
+    /// Seed 004's worker status: watches that updated features (accepted, not duplicates),
+    /// duplicate watches, and the history's configured size.
+    fn feature_loop(&self, counters: &Counters) -> Option<serde_json::Value> {
+        let (watches, duplicates) = counters.of_kind(1);
+        let (impressions, impression_duplicates) = counters.of_kind(0);
+        Some(serde_json::json!({
+            "watch_feature_updates": watches,
+            "watch_duplicates": duplicates,
+            "history_size": self.config.history_size,
+            "impressions": impressions,
+            "impression_duplicates": impression_duplicates,
+        }))
+    }
     fn build<'s>(
         &self,
         events: VecCollection<'s, Tick, Timed<WatchEvent>>,
@@ -269,7 +290,8 @@ impl Dataflow for Watches {
             this.item_rows(e, sums, out)
         });
         let this = self.clone();
-        let raw = events.flat_map(move |e| this.raw_rows(&e));
+        // one row per key and tick even when a copy beyond the dedup horizon comes along
+        let raw = once_per_key(events.flat_map(move |e| this.raw_rows(&e)));
         items.concat(rows).concat(raw)
     }
     fn generate(&self, spec: &GenerateSpec) -> Box<dyn Iterator<Item = Produced> + Send> {
