@@ -6,6 +6,7 @@ pub mod reading;
 pub mod search;
 pub mod serve;
 pub mod state;
+pub mod watch;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -32,6 +33,9 @@ pub struct BenchArgs {
     /// active shoppers).
     #[arg(long, default_value_t = 200_000)]
     pub sessions: u64,
+    /// `bench watch`: viewers built for the memory figure (210 co-visited pairs each).
+    #[arg(long, default_value_t = 5_000)]
+    pub viewers: u64,
     /// `bench ads`: open clicks built for the memory figure.
     #[arg(long, default_value_t = 2_000_000)]
     pub clicks: u64,
@@ -374,6 +378,7 @@ const BENCHES: &[(&str, Bench)] = &[
     ("reading", reading::run),
     ("ads", ads::run),
     ("commerce", commerce::run),
+    ("watch", watch::run),
     ("state", |a| state::run(a.keys, a.events)),
     ("serve", |a| serve::run(a.entities, a.seconds)),
 ];

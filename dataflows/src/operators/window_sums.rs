@@ -92,6 +92,36 @@ where
     D: Clone + Ord + 'static,
     F: FnMut(&K, &[(M, isize)], &mut Vec<D>) + 'static,
 {
+    let (mut before, mut after): (Vec<D>, Vec<D>) = Default::default();
+    window_diff(name, state, durable, derived, move |key, old, new, give| {
+        before.clear();
+        after.clear();
+        rows(key, old, &mut before);
+        rows(key, new, &mut after);
+        if before != after {
+            differences(&mut before, &mut after, &mut *give);
+        }
+    })
+}
+
+/// [`window_map`] for an entity whose function finds its own difference:
+/// `diff(key, sums before, sums after, give)` calls `give(record, -1)` for each record that
+/// leaves and `give(record, 1)` for each that enters. An entity with many records, each
+/// depending on a few of its pieces (a viewer's co-visited pairs), changes few of them at
+/// a tick, and building them all twice would cost what the entity holds.
+pub fn window_diff<'s, K, M, D, F>(
+    name: &str,
+    state: &State,
+    durable: Stream<'s, Tick, Updates<K, M>>,
+    derived: Stream<'s, Tick, Updates<K, M>>,
+    mut diff: F,
+) -> VecCollection<'s, Tick, D>
+where
+    K: ExchangeData + Hash,
+    M: ExchangeData,
+    D: Clone + 'static,
+    F: FnMut(&K, &[(M, isize)], &[(M, isize)], &mut dyn FnMut(D, isize)) + 'static,
+{
     let core: Rc<RefCell<Core<K, M>>> = Rc::default();
     let restored = state.register(name, Split::ByKey, core.clone());
     let restore_at = state.restore().map(|r| r.tick);
@@ -119,8 +149,6 @@ where
                     }
                     held = Some(cap.delayed(&at));
                 }
-                let mut before: Vec<D> = Vec::new();
-                let mut after: Vec<D> = Vec::new();
                 move |(input1, frontier1), (input2, frontier2), output| {
                     let mut core = core.borrow_mut();
                     let core = &mut *core;
@@ -150,15 +178,7 @@ where
                             .delayed(&t);
                         let mut session = output.session(&cap);
                         core.apply_due(t, |key, old, new| {
-                            before.clear();
-                            after.clear();
-                            rows(key, old, &mut before);
-                            rows(key, new, &mut after);
-                            if before != after {
-                                differences(&mut before, &mut after, |r, d| {
-                                    session.give((r, t, d))
-                                });
-                            }
+                            diff(key, old, new, &mut |r, d| session.give((r, t, d)))
                         });
                     }
                     // input messages bring their own capabilities: hold one only for what is due
