@@ -15,7 +15,7 @@ mod tables;
 
 pub use events::*;
 pub use history::{Seen, ViewerOut};
-pub use items::{smoothed, Entity, Measure};
+pub use items::{smoothed, Entity, Measure, Neighbour};
 pub use tables::*;
 
 use differential_dataflow::VecCollection;
@@ -268,16 +268,10 @@ impl Dataflow for Watches {
             } else {
                 Entity::Pair(earlier.clone(), item.clone())
             };
+            let neighbour = |i: &ItemId| Measure::Neighbour(Neighbour::of(i.clone()));
             vec![
-                (
-                    (
-                        Entity::Item(item.clone()),
-                        Measure::Neighbour(earlier.clone()),
-                    ),
-                    t,
-                    r,
-                ),
-                ((Entity::Item(earlier), Measure::Neighbour(item)), t, r),
+                ((Entity::Item(item.clone()), neighbour(&earlier)), t, r),
+                ((Entity::Item(earlier), neighbour(&item)), t, r),
                 ((pair, Measure::Score), t, r),
             ]
         });
