@@ -37,7 +37,8 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
             stamp,
             a.e2e_workers,
             &[&impressions, &watches],
-            serde_json::json!({}),
+            // the family tells the topics apart by these names
+            serde_json::json!({"impressions_topic": impressions, "watches_topic": watches}),
             &GenerateSpec::default(),
             &[(&impressions, 4), (&watches, 4)],
         )?;
