@@ -92,6 +92,8 @@ fn slate(items: Option<&Value>) -> Result<Vec<Shown>, DecodeError> {
         Some(other) => return Err(wrong("items", "an array of {item_id, position}", other)),
     };
     let mut out: Vec<Shown> = Vec::with_capacity(items.len());
+    // a hash set, not a scan: a slate of thousands of items must not take quadratic time
+    let mut used = rustc_hash::FxHashSet::default();
     for (i, entry) in items.iter().enumerate() {
         let Some(obj) = entry.as_object() else {
             return Err(wrong(&format!("items[{i}]"), "an object", entry));
@@ -118,7 +120,7 @@ fn slate(items: Option<&Value>) -> Result<Vec<Shown>, DecodeError> {
             }
             Some(other) => return Err(wrong(&format!("items[{i}].position"), "an integer", other)),
         };
-        if out.iter().any(|s| s.position == position) {
+        if !used.insert(position) {
             return Err(range(format!(
                 "items[{i}].position {position} appears twice: (event_id, position) keys one shown item"
             )));
