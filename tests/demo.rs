@@ -72,11 +72,26 @@ fn the_watch_demo_reports_seed_004s_feature_loop() {
     }
     let (_, status) = http_get(&format!("http://{addr}/status"), Duration::from_secs(2))
         .expect("/status answers");
+    let worker = http_get(
+        &format!("http://{addr}/stream/worker"),
+        Duration::from_secs(2),
+    );
     let _ = child.kill();
     let _ = child.wait();
     let fl = seen.expect("watches and duplicate watches counted within a minute");
     assert_eq!(fl["history_size"], 20, "{fl}");
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let (_, worker) = worker.expect("/stream/worker answers");
+    let worker: serde_json::Value = serde_json::from_str(&worker).unwrap();
+    let keys = |v: &serde_json::Value| {
+        v.as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect::<Vec<String>>()
+    };
+    assert_eq!(keys(&status), keys(&worker), "the same document");
+    assert_eq!(status["job"], worker["job"]);
     assert!(
         status["dataflows"]["watch"]["feature_loop"]["watch_feature_updates"]
             .as_u64()

@@ -340,12 +340,14 @@ fn a_late_watch_takes_its_place_in_the_history_by_event_time() {
 }
 
 /// A copy read more than the dedup horizon (stream time) after its first: DESIGN §3 counts
-/// it again, and when both copies fall in one tick the raw table still gets one row of
+/// it again — it pairs with the history before it once more, as its first did, not with
+/// its first — and when both copies fall in one tick the raw table still gets one row of
 /// the event (the run does not stop on it).
 #[test]
 fn a_copy_beyond_the_dedup_horizon_counts_again_and_stores_one_raw_row() {
     let t = BASE + 2 * DAY;
     let batches = vec![vec![
+        watch("c", "u0", "v0", t - HOUR, 10.0),
         watch("a", "u0", "v1", t, 100.0),
         watch("b", "u1", "v2", t + 2 * HOUR, 10.0),
         watch("a", "u0", "v1", t, 100.0),
@@ -356,47 +358,91 @@ fn a_copy_beyond_the_dedup_horizon_counts_again_and_stores_one_raw_row() {
     };
     let payloads = vec![common::payloads(&batches)];
     let changes = run_configured("watch", None, payloads, NOW, opts, None).0;
-    let state = state_at(&changes, t + 2 * HOUR);
+    // every copy taken, each with its offset, all at the batch's tick
+    let tick = t + 2 * HOUR;
+    let events: Vec<(model::Event, Tick)> = batches[0]
+        .iter()
+        .enumerate()
+        .map(|(k, item)| match item {
+            Item::Event(Ev(e)) => (
+                model::Event {
+                    offset: k as i64 + 1,
+                    ..e.clone()
+                },
+                tick,
+            ),
+            Item::Bad(_) => unreachable!("all valid"),
+        })
+        .collect();
+    let s = Settings::default();
+    for at in checkpoints(&events, &s) {
+        ORACLE
+            .check(&state_at(&changes, at), &recount(&events, at, &s), at)
+            .unwrap();
+    }
+    let state = state_at(&changes, tick);
     let int = tidemark_dataflows::contract::table::Value::Int;
     assert_eq!(
         state[&(model::ITEM, vec!["v1".into()])][2],
         int(2),
         "a counts twice"
     );
+    let pair = &state[&(model::CO_VISITATION, vec!["v0".into(), "v1".into()])];
+    assert_eq!(
+        pair[0],
+        int(20),
+        "both copies pair with v0 (weight 10 each)"
+    );
     let raw: Vec<_> = state.keys().filter(|(t, _)| *t == model::WATCHES).collect();
-    assert_eq!(raw.len(), 2, "one raw row per event id: {raw:?}");
+    assert_eq!(raw.len(), 3, "one raw row per event id: {raw:?}");
 }
 
-/// The random streams do show what the definitions are about: histories cut to their
-/// size, neighbour lists cut, pairs that expire, late watches before others.
+/// The random streams do show what the definitions are about: histories and neighbour
+/// lists longer than their size (so cut), pairs that expire, watches inserted after a
+/// later watch of the same viewer (late ones, which change later watches' pairs).
 #[test]
 fn the_random_streams_reach_every_case() {
     use proptest::strategy::ValueTree;
     use proptest::test_runner::TestRunner;
     let mut runner = TestRunner::deterministic();
     let (s, _) = settings();
-    let (mut full_histories, mut cut_lists, mut pairs_gone) = (0, 0, 0);
+    let (mut cut_histories, mut cut_lists, mut pairs_gone, mut late) = (0, 0, 0, 0);
     for _ in 0..48 {
         let batches = stream(0).new_tree(&mut runner).unwrap().current();
         let events = accepted(&batches, 30 * DAY);
+        for (e, tick) in &events {
+            let later_first = events.iter().any(|(o, t)| {
+                o.user == e.user
+                    && matches!(o.kind, Kind::Watch(..))
+                    && matches!(e.kind, Kind::Watch(..))
+                    && o.ts > e.ts
+                    && t < tick
+            });
+            late += usize::from(later_first);
+        }
         let mut pairs_before = 0;
         for at in checkpoints(&events, &s) {
-            let state = recount(&events, at, &s);
-            let mut pairs = 0;
-            for ((table, _), values) in &state {
-                match *table {
-                    model::VIEWER
-                        if values[0] == tidemark_dataflows::contract::table::Value::Int(3) =>
-                    {
-                        full_histories += 1
+            // distinct items per viewer in the window, co-visited items per item
+            let mut items: std::collections::BTreeMap<&str, BTreeSet<&str>> = Default::default();
+            for (e, t) in events.iter().filter(|(_, t)| *t <= at) {
+                if let Kind::Watch(item, ..) = &e.kind {
+                    if expiry(e.ts, s.window) > at && *t <= at {
+                        items.entry(&e.user).or_default().insert(item);
                     }
-                    model::CO_VISIT if values[0].to_string().matches(',').count() == 1 => {
-                        cut_lists += 1
-                    }
-                    model::CO_VISITATION => pairs += 1,
-                    _ => {}
                 }
             }
+            cut_histories += items.values().filter(|i| i.len() > s.history_size).count();
+            let state = recount(&events, at, &s);
+            let mut neighbours: std::collections::BTreeMap<&str, usize> = Default::default();
+            let mut pairs = 0;
+            for (table, key) in state.keys() {
+                if *table == model::CO_VISITATION {
+                    pairs += 1;
+                    *neighbours.entry(&key[0]).or_default() += 1;
+                    *neighbours.entry(&key[1]).or_default() += 1;
+                }
+            }
+            cut_lists += neighbours.values().filter(|n| **n > s.neighbours).count();
             if pairs < pairs_before {
                 pairs_gone += 1;
             }
@@ -404,7 +450,7 @@ fn the_random_streams_reach_every_case() {
         }
     }
     assert!(
-        full_histories > 0 && cut_lists > 0 && pairs_gone > 0,
-        "full histories {full_histories}, cut neighbour lists {cut_lists}, pairs gone {pairs_gone}"
+        cut_histories > 0 && cut_lists > 0 && pairs_gone > 0 && late > 0,
+        "cut histories {cut_histories}, cut neighbour lists {cut_lists}, pairs gone {pairs_gone}, late watches {late}"
     );
 }

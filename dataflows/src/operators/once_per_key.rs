@@ -79,6 +79,8 @@ mod tests {
             input.send((row("a", 7), 5, 1));
             input.send((row("b", 1), 5, 1));
             input.send((row("a", 9), 5, 1));
+            // tick 5 completes while tick 6 is still open
+            input.advance_to(6);
             input.send((row("a", 3), 6, 1));
             input.advance_to(10);
             captured

@@ -162,10 +162,15 @@ fn viewers(events: &[&Event], at: Tick, s: &Settings, state: &mut State) {
     let mut scores: BTreeMap<(String, String), i64> = BTreeMap::new();
     for (user, mut watches) in by_user {
         watches.sort();
-        for (i, (_, _, item, weight)) in watches.iter().enumerate() {
-            // the distinct items most recently watched before it, newest first
+        for (i, (ts, id, item, weight)) in watches.iter().enumerate() {
+            // the distinct items most recently watched before it, newest first (strictly
+            // before: a copy counted twice sees the same history as its first)
             let mut history: Vec<&str> = Vec::new();
-            for (_, _, earlier, _) in watches[..i].iter().rev() {
+            let before = watches[..i]
+                .iter()
+                .rev()
+                .filter(|w| (w.0, w.1) != (*ts, *id));
+            for (_, _, earlier, _) in before {
                 if !history.contains(earlier) {
                     history.push(earlier);
                 }

@@ -85,8 +85,10 @@ impl Watches {
     /// in event-time order). The two are walked together; where they differ, each side's
     /// history is found by looking back to its last `history_size` distinct items, and the
     /// pairs of each watch are compared until both histories agree again at a watch both
-    /// hold. So a watch at the end, or one leaving at the start, costs about the history's
-    /// size, not the viewer's watches.
+    /// hold. So the pairs built and compared for a watch at the end, or one leaving at the
+    /// start, are about the history's size; the walk itself still compares the viewer's
+    /// watches once (as `window_sums` copies them), which a viewer with thousands of
+    /// watches in the window pays at each tick that changes them.
     fn viewer_diff(
         &self,
         user: &UserId,

@@ -130,9 +130,10 @@ impl Dataflow for Watches {
     }
     fn check(&self) -> Result<(), String> {
         let c = &self.config;
-        if !(c.alpha >= 0.0 && c.beta >= 0.0 && c.alpha + c.beta > 0.0) {
+        let finite = c.alpha.is_finite() && c.beta.is_finite();
+        if !(finite && c.alpha >= 0.0 && c.beta >= 0.0 && c.alpha + c.beta > 0.0) {
             return Err(format!(
-                "dataflows.watch.alpha = {} and beta = {}: both must be ≥ 0 and not both 0 (e.g. alpha = 1, beta = 20)",
+                "dataflows.watch.alpha = {} and beta = {}: both must be finite, ≥ 0 and not both 0 (e.g. alpha = 1, beta = 20)",
                 c.alpha, c.beta
             ));
         }
