@@ -203,6 +203,7 @@ fn main() {
     // SAFETY: sets a process-wide option before any thread is started
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 1_000) };
     let cli = Cli::parse();
+    tidemark::crash::abort_on_pipeline_panics();
     http::raise_fd_limit();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,postgres=warn,tokio_postgres=warn".into());

@@ -202,3 +202,25 @@ fn a_store_error_retrying_cannot_fix_ends_the_run_naming_it() {
         "the error names the table and why the run ended: {stderr}"
     );
 }
+
+/// A bug that panics one dataflow worker (a crash point that panics instead of aborting,
+/// on worker thread or checkpointer) ends the process, non-zero and naming the thread,
+/// instead of leaving the other workers waiting for it forever (a `run --exit-at-end`
+/// once spun for an hour that way).
+#[test]
+fn a_worker_that_panics_ends_the_process() {
+    let (topic, _) = generated_stream("stuck-panic", 20_000, 3, &[]);
+    let mut cmd = engine_command();
+    cmd.args(replay_args(&topic, "panics"))
+        .args(["--workers", "2"])
+        .env("TIDEMARK_CRASH_AT", "snapshot:1:panic")
+        .env("TIDEMARK_CHECKPOINT__INTERVAL_MS", "200")
+        .env("TIDEMARK_KAFKA__POLL_BATCH", "100");
+    let out = output_within(&mut cmd, Duration::from_secs(90));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the run failed: {}", out.status);
+    assert!(
+        log.contains("crash point snapshot reached: panicking") && log.contains("aborting"),
+        "the panic and the abort are in the log: {log}"
+    );
+}
