@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Start, stop or inspect the real services Tidemark talks to, on loopback, without Docker:
-# Apache Kafka (KRaft, from Maven Central, run with the JDK), Redis and PostgreSQL (Debian).
+# Apache Kafka (KRaft, from Maven Central, run with the JDK), Redis and PostgreSQL (Debian),
+# and an S3-compatible server for the archive (moto's server mode, from PyPI).
 # Idempotent: `up` installs what is missing and starts only what is not running.
 set -euo pipefail
 
 KAFKA_VERSION="${KAFKA_VERSION:-4.1.1}"
 STATE="${TIDEMARK_SERVICES_DIR:-$HOME/.cache/tidemark/services}"
-KAFKA_PORT=9092; KAFKA_CTRL_PORT=9093; REDIS_PORT=6379; PG_PORT=5432
+KAFKA_PORT=9092; KAFKA_CTRL_PORT=9093; REDIS_PORT=6379; PG_PORT=5432; S3_PORT=9400
+MOTO_VERSION="${MOTO_VERSION:-5.2.6}"
 export TIDEMARK_KAFKA="${TIDEMARK_KAFKA:-127.0.0.1:$KAFKA_PORT}"
 export TIDEMARK_REDIS="${TIDEMARK_REDIS:-redis://127.0.0.1:$REDIS_PORT/}"
 export TIDEMARK_PG="${TIDEMARK_PG:-host=127.0.0.1 port=$PG_PORT user=tidemark password=tidemark dbname=tidemark}"
+export TIDEMARK_S3="${TIDEMARK_S3:-http://127.0.0.1:$S3_PORT}"
 
 log() { echo "[services] $*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -136,9 +139,25 @@ pg_up() {
     psql -h 127.0.0.1 -p $PG_PORT -U postgres -qc "create database tidemark owner tidemark"
 }
 
+s3_up() { # moto's S3 server (in memory: a restart empties it), in a virtualenv of its own
+  if port_open $S3_PORT; then log "s3 (moto) already up on $S3_PORT"; return 0; fi
+  local venv="$STATE/moto-$MOTO_VERSION"
+  if [ ! -x "$venv/bin/moto_server" ]; then
+    python3 -m venv "$venv" 2>/dev/null || { apt_install python3-venv; rm -rf "$venv"; python3 -m venv "$venv"; }
+    log "installing moto[server]==$MOTO_VERSION from PyPI"
+    "$venv/bin/pip" install -q --disable-pip-version-check "moto[server]==$MOTO_VERSION" >&2
+  fi
+  local dir="$STATE/s3"; mkdir -p "$dir"
+  log "starting moto (S3) on 127.0.0.1:$S3_PORT"
+  nohup "$venv/bin/moto_server" -H 127.0.0.1 -p $S3_PORT >"$dir/moto.log" 2>&1 &
+  echo $! >"$dir/pid"
+  wait_port $S3_PORT s3 60
+}
+
 down() {
   local bin; bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
   if [ -f "$STATE/kafka/pid" ]; then kill "$(cat "$STATE/kafka/pid")" 2>/dev/null || true; rm -f "$STATE/kafka/pid"; fi
+  if [ -f "$STATE/s3/pid" ]; then kill "$(cat "$STATE/s3/pid")" 2>/dev/null || true; rm -f "$STATE/s3/pid"; fi
   if port_open $REDIS_PORT; then redis-cli -p $REDIS_PORT shutdown nosave >/dev/null 2>&1 || true; fi
   local pgdir="${TIDEMARK_PG_DIR:-/var/lib/tidemark/postgres}"
   if [ -n "$bin" ] && [ -f "$pgdir/data/postmaster.pid" ]; then
@@ -164,7 +183,7 @@ stop_one() { # kafka|postgres: stop one service (the outage tests start it again
 
 status() {
   local rc=0
-  for s in "kafka $KAFKA_PORT" "redis $REDIS_PORT" "postgres $PG_PORT"; do
+  for s in "kafka $KAFKA_PORT" "redis $REDIS_PORT" "postgres $PG_PORT" "s3 $S3_PORT"; do
     set -- $s
     if port_open "$2"; then echo "$1: up (127.0.0.1:$2)"; else echo "$1: down"; rc=1; fi
   done
@@ -172,10 +191,10 @@ status() {
 }
 
 case "${1:-}" in
-  up) apt_install kcat; redis_up; pg_up; kafka_up; status ;;
+  up) apt_install kcat; redis_up; pg_up; kafka_up; s3_up; status ;;
   down) down ;;
   stop) stop_one "${2:-}" ;;
   status) status ;;
-  env) echo "export TIDEMARK_KAFKA='$TIDEMARK_KAFKA' TIDEMARK_REDIS='$TIDEMARK_REDIS' TIDEMARK_PG='$TIDEMARK_PG'" ;;
+  env) echo "export TIDEMARK_KAFKA='$TIDEMARK_KAFKA' TIDEMARK_REDIS='$TIDEMARK_REDIS' TIDEMARK_PG='$TIDEMARK_PG' TIDEMARK_S3='$TIDEMARK_S3'" ;;
   *) echo "usage: $0 up|down|status|env|stop kafka|stop postgres" >&2; exit 2 ;;
 esac

@@ -2,7 +2,8 @@
 //! process aborts (no destructor, no flush: as good as `kill -9`) the n-th time it passes
 //! `<point>`. Points: `redis-written` and `postgres-written` (a write committed, not yet
 //! acknowledged: the other store may not have the tick), `checkpoint-saved` (saved, the
-//! offsets not yet committed), `snapshot` (taken, not yet saved). With
+//! offsets not yet committed), `snapshot` (taken, not yet saved), `archive-written` (an
+//! archive file stored, the checkpoint that covers it perhaps not yet saved). With
 //! `TIDEMARK_CRASH_AT=<point>:<n>:panic` the thread panics there instead (a bug in a
 //! worker, as the panic hook must turn into the end of the process).
 
@@ -44,7 +45,7 @@ pub fn abort_on_pipeline_panics() {
         default(info);
         let thread = std::thread::current();
         let name = thread.name().unwrap_or("");
-        let pipeline = ["timely:work-", "sink-", "checkpoint-"]
+        let pipeline = ["timely:work-", "sink-", "checkpoint-", "archive-"]
             .iter()
             .any(|p| name.starts_with(p));
         if pipeline {

@@ -6,6 +6,7 @@
 //! `permanent`, `crash` ← `telemetry` ← `source`, `sink`, `checkpoint` ← `engine` ←
 //! `http`, `topics` ← `bench`.
 
+pub mod archive;
 pub mod bench;
 pub mod checkpoint;
 pub mod clock;

@@ -202,6 +202,7 @@ fn main() {
     // (a fifth of the dataflow's time in `bench search --span 40d`). A second keeps them.
     // SAFETY: sets a process-wide option before any thread is started
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 1_000) };
+    tidemark::archive::install_tls();
     let cli = Cli::parse();
     tidemark::crash::abort_on_pipeline_panics();
     http::raise_fd_limit();

@@ -5,7 +5,14 @@
 
 /// Keys whose values are secrets, matched case-insensitively as the end of a key
 /// (`password`, `sslpassword`, `sasl.password`, `api_token`, …).
-const SECRET_KEYS: [&str; 5] = ["password", "passwd", "secret", "token", "pwd"];
+const SECRET_KEYS: [&str; 6] = [
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "pwd",
+    "secret_access_key",
+];
 
 /// What stands in for a secret.
 pub const HIDDEN: &str = "***";

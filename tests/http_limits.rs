@@ -90,7 +90,9 @@ fn idle_connections_and_huge_requests_cannot_starve_the_engine() {
     let features: Vec<String> = (0..500).map(|_| "doc:clicks_7d".to_string()).collect();
     let ids: Vec<String> = (0..10_000).map(|i| format!("doc-{i}")).collect();
     let body = serde_json::json!({"features": features, "entities": {"doc_id": ids}});
-    let r = reqwest::blocking::Client::new()
+    let r = common::http_client()
+        .build()
+        .unwrap()
         .post(format!("{base}/get-online-features"))
         .json(&body)
         .send()

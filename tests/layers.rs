@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 const RUNTIME: &[&[&str]] = &[
     &["clock", "config", "crash", "permanent", "redact"],
     &["telemetry"],
-    &["source", "sink", "checkpoint"],
+    &["archive", "source", "sink", "checkpoint"],
     &["engine"],
     &["http", "topics"],
     &["bench"],

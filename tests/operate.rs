@@ -25,7 +25,7 @@ fn free_port() -> u16 {
 }
 
 fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
+    common::http_client()
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap()

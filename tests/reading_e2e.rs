@@ -194,7 +194,11 @@ fn a_changed_metadata_row_moves_every_feature_that_depends_on_it() {
 
     // quality counts reach /status and the metrics
     let get = |path: &str| {
-        reqwest::blocking::get(format!("http://{http}{path}"))
+        common::http_client()
+            .build()
+            .unwrap()
+            .get(format!("http://{http}{path}"))
+            .send()
             .unwrap()
             .text()
             .unwrap()

@@ -10,6 +10,7 @@ use tidemark_dataflows::Tick;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 
 use super::*;
+use crate::archive::Progress as ArchiveProgress;
 use crate::config::Config;
 use crate::sink::producer::Sender as Producer;
 use crate::source::kafka::{Ledger, Position};
@@ -47,6 +48,7 @@ impl Checkpointer {
         family: &str,
         ledger: Arc<Mutex<Ledger>>,
         dlq: Option<Arc<Producer>>,
+        archive: Option<Arc<ArchiveProgress>>,
         status: Arc<Status>,
     ) -> anyhow::Result<Self> {
         let mut backend = open(cfg)?;
@@ -60,6 +62,11 @@ impl Checkpointer {
                         if let Some(dlq) = &dlq {
                             dlq.flush_within(Duration::from_secs(30))
                                 .context("the DLQ has not got every invalid record: offsets are not committed")?;
+                        }
+                        if let Some(archive) = &archive {
+                            archive
+                                .wait_written(Duration::from_secs(30))
+                                .context("the archive has not written every record: offsets are not committed")?;
                         }
                         backend.save(&part)?;
                         crate::crash::point("checkpoint-saved");

@@ -137,26 +137,27 @@ fn open_source(
     match &opts.source {
         SourceKind::Kafka => {
             let ledger: Arc<Mutex<Ledger>> = Arc::default();
-            let checkpointer = Checkpointer::new(
-                &opts.config,
-                state.clone(),
-                family.name(),
-                ledger.clone(),
-                dlq.map(|d| d.sender.clone()),
-                shared.status.clone(),
-            )?;
             let start = SourceStart {
                 worker: index,
                 peers,
                 exit_at_end: opts.exit_at_end,
                 restored: resume.restore.as_ref().map(|_| &resume.positions),
-                ledger,
+                ledger: ledger.clone(),
                 durable: probes.durable.clone(),
                 freshness: opts.measure_freshness.then(|| shared.freshness.clone()),
                 backlog: Some(shared.backlog.clone()),
                 status: shared.status.clone(),
             };
             let source = KafkaSource::new(&opts.config, topics, start)?;
+            let checkpointer = Checkpointer::new(
+                &opts.config,
+                state.clone(),
+                family.name(),
+                ledger,
+                dlq.map(|d| d.sender.clone()),
+                source.archive_progress(),
+                shared.status.clone(),
+            )?;
             Ok((Box::new(source), Some(checkpointer)))
         }
         SourceKind::Generator { spec, pace } => {

@@ -14,12 +14,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, DefaultConsumerContext};
-use rdkafka::message::BorrowedMessage;
+use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tidemark_dataflows::contract::record::{Poll, RecordRef, RecordSource, Visit};
 use tidemark_dataflows::Tick;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 
+use crate::archive::file::{Header, RecordIn};
+use crate::archive::{Progress, WorkerArchive};
 use crate::clock::now_ms;
 use crate::config::{group_of, Config, StartFrom};
 use crate::telemetry::{Freshness, Status};
@@ -51,6 +53,8 @@ struct HeldRecord {
     append_ms: i64,
     key: Option<Vec<u8>>,
     payload: Vec<u8>,
+    /// Kept only for the archive.
+    headers: Vec<Header>,
 }
 
 /// One assigned partition.
@@ -84,6 +88,8 @@ struct Lanes {
     last: usize,
     /// The append times of the records taken since the last insert.
     appends: Vec<i64>,
+    /// Where taken records are archived, when `[archive]` is on.
+    archive: Option<WorkerArchive>,
 }
 
 impl Lanes {
@@ -110,6 +116,33 @@ impl Lanes {
         lane.read_at = Some(now);
         lane.taken += 1;
         self.appends.push(append_ms);
+    }
+
+    /// Archives a record the dataflow took, filed under its event time (`None`: invalid).
+    fn archive<'h>(
+        &mut self,
+        i: usize,
+        event: Option<Tick>,
+        record: &RecordRef<'_>,
+        headers: impl Iterator<Item = (&'h str, Option<&'h [u8]>)>,
+    ) {
+        let Some(archive) = &mut self.archive else {
+            return;
+        };
+        archive.take(
+            i,
+            record.topic,
+            record.partition,
+            RecordIn {
+                offset: record.offset,
+                timestamp_ms: record.append_ms,
+                event_ms: event.map_or(record.append_ms, |t| t as i64),
+                valid: event.is_some(),
+                key: record.key,
+                payload: record.payload,
+            },
+            headers,
+        );
     }
 }
 
@@ -251,6 +284,17 @@ impl KafkaSource {
             assignment.add_partition_offset(topic, *partition, Offset::Offset(from))?;
         }
         consumer.assign(&assignment)?;
+        let archive = if cfg.archive.enabled {
+            let root = crate::archive::open(&cfg.archive)?;
+            Some(WorkerArchive::start(
+                &cfg.archive,
+                root,
+                start.worker,
+                positions.clone(),
+            )?)
+        } else {
+            None
+        };
         if let Some(b) = &start.backlog {
             let left: i64 = ends.iter().map(|(p, e)| e - positions[p]).sum();
             b.fetch_add(left, std::sync::atomic::Ordering::Relaxed);
@@ -295,6 +339,7 @@ impl KafkaSource {
                 all,
                 last: 0,
                 appends: Vec::new(),
+                archive,
             },
             exit_at_end: start.exit_at_end,
             pending: VecDeque::new(),
@@ -313,6 +358,11 @@ impl KafkaSource {
             published: now,
             fresh: metrics::histogram!(crate::telemetry::FRESHNESS),
         })
+    }
+
+    /// What a checkpoint waits for before it is saved, when `[archive]` is on.
+    pub fn archive_progress(&self) -> Option<Arc<Progress>> {
+        self.lanes.archive.as_ref().map(WorkerArchive::progress)
     }
 
     /// Tells `/status` where this worker's partitions are, a few times a second.
@@ -370,10 +420,24 @@ impl KafkaSource {
                     key: h.key.as_deref(),
                     payload: &h.payload,
                 };
-                if visit(record) == Visit::Held {
+                let Visit::Taken(event) = visit(record) else {
                     break;
-                }
+                };
                 let h = self.lanes.all[i].held.pop_front().expect("front exists");
+                if self.lanes.archive.is_some() {
+                    let lane = &self.lanes.all[i];
+                    let (topic, partition) = (lane.topic.clone(), lane.partition);
+                    let record = RecordRef {
+                        topic: &topic,
+                        partition,
+                        offset: h.offset,
+                        append_ms: h.append_ms,
+                        key: h.key.as_deref(),
+                        payload: &h.payload,
+                    };
+                    let headers = h.headers.iter().map(|(k, v)| (k.as_str(), v.as_deref()));
+                    self.lanes.archive(i, event, &record, headers);
+                }
                 self.lanes.took(i, h.offset, h.append_ms, now);
                 n += 1;
             }
@@ -399,7 +463,17 @@ impl KafkaSource {
             key: m.key(),
             payload: m.payload().unwrap_or(&[]),
         };
-        if lanes.all[i].held.is_empty() && visit(record) == Visit::Taken {
+        let visited = if lanes.all[i].held.is_empty() {
+            visit(record)
+        } else {
+            Visit::Held
+        };
+        let archived = lanes.archive.is_some();
+        let headers = m.headers().into_iter().flat_map(|h| h.iter());
+        if let Visit::Taken(event) = visited {
+            if archived {
+                lanes.archive(i, event, &record, headers.map(|h| (h.key, h.value)));
+            }
             lanes.took(i, m.offset(), append_ms, now);
             return true;
         }
@@ -408,6 +482,13 @@ impl KafkaSource {
             append_ms,
             key: m.key().map(<[u8]>::to_vec),
             payload: m.payload().unwrap_or(&[]).to_vec(),
+            headers: if archived {
+                headers
+                    .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                    .collect()
+            } else {
+                Vec::new()
+            },
         });
         false
     }
@@ -584,10 +665,17 @@ impl RecordSource for KafkaSource {
             .map(|l| (l.topic.clone(), l.partition, l.next))
             .collect();
         self.ledger.lock().expect("ledger").paused = Some((tick, positions));
+        // the checkpoint of this pause is saved once these are in files
+        if let Some(a) = &mut self.lanes.archive {
+            a.cut();
+        }
     }
 
     fn tend(&mut self) {
         self.follow_durable();
+        if let Some(a) = &mut self.lanes.archive {
+            a.tend();
+        }
     }
 
     fn pending(&self, mark: &mut dyn FnMut(&str, i32)) {

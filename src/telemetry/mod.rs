@@ -20,6 +20,12 @@ pub const FRESHNESS: &str = "tidemark_freshness_seconds";
 pub const SINK_WRITE: &str = "tidemark_sink_write_duration_seconds";
 pub const CHECKPOINT: &str = "tidemark_checkpoint_duration_seconds";
 pub const DLQ: &str = "tidemark_dlq_records_total";
+pub const ARCHIVE_BYTES: &str = "tidemark_archive_bytes_total";
+pub const ARCHIVE_FILES: &str = "tidemark_archive_files_total";
+pub const ARCHIVE_FLUSH: &str = "tidemark_archive_flush_duration_seconds";
+pub const ARCHIVE_PENDING: &str = "tidemark_archive_pending_records";
+pub const ARCHIVE_LAG: &str = "tidemark_archive_lag_seconds";
+pub const ARCHIVE_FAILURES: &str = "tidemark_archive_write_failures_total";
 /// The feature view whose rows are data-quality counts per hour.
 pub const QUALITY_TABLE: &str = "quality_hourly";
 
@@ -71,6 +77,30 @@ fn describe() {
         "Events older than every window they could change (too late)."
     );
     describe_counter!(DLQ, "Records handed to the dead-letter topic.");
+    describe_counter!(
+        ARCHIVE_BYTES,
+        Unit::Bytes,
+        "Parquet bytes the archive wrote."
+    );
+    describe_counter!(ARCHIVE_FILES, "Parquet files the archive wrote.");
+    describe_histogram!(
+        ARCHIVE_FLUSH,
+        Unit::Seconds,
+        "Time to encode and store one flush of a worker's buffered records."
+    );
+    describe_gauge!(
+        ARCHIVE_PENDING,
+        "Records handed to the archive writers and not yet in a file."
+    );
+    describe_gauge!(
+        ARCHIVE_LAG,
+        Unit::Seconds,
+        "Per worker, how long its oldest buffered record has waited to be handed to the writer."
+    );
+    describe_counter!(
+        ARCHIVE_FAILURES,
+        "Archive file writes that failed (each is retried; no checkpoint is saved past them)."
+    );
     describe_counter!(
         "tidemark_dlq_failed_total",
         "DLQ records not delivered (the topic takes none): no checkpoint is saved past them."

@@ -262,12 +262,16 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// An HTTP client builder (reqwest is built without a TLS provider of its own: the
+/// engine installs ring's, and so must a test before it makes a client).
+pub fn http_client() -> reqwest::blocking::ClientBuilder {
+    tidemark::archive::install_tls();
+    reqwest::blocking::Client::builder()
+}
+
 /// `GET url`: the status and the body, or `None` when nothing answered in time.
 pub fn http_get(url: &str, timeout: Duration) -> Option<(u16, String)> {
-    let client = reqwest::blocking::Client::builder()
-        .timeout(timeout)
-        .build()
-        .unwrap();
+    let client = http_client().timeout(timeout).build().unwrap();
     let r = client.get(url).send().ok()?;
     Some((r.status().as_u16(), r.text().unwrap_or_default()))
 }
@@ -481,7 +485,7 @@ pub fn topic_records(topic: &str) -> Vec<(String, Option<serde_json::Value>)> {
 }
 
 /// Hands every record of `topic` to `visit`, from the start until nothing new came for 3 s.
-fn read_topic(topic: &str, mut visit: impl FnMut(&rdkafka::message::BorrowedMessage<'_>)) {
+pub fn read_topic(topic: &str, mut visit: impl FnMut(&rdkafka::message::BorrowedMessage<'_>)) {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", kafka())

@@ -36,7 +36,9 @@ pub enum Poll {
 /// What the dataflow did with a record handed to it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Visit {
-    Taken,
+    /// Taken, with the event time it was read at (`None`: an invalid record). The runtime's
+    /// archive files a record under this time, so it need not decode the record again.
+    Taken(Option<Tick>),
     /// Its partition is too far ahead of the slowest one: hand this record out again later,
     /// and nothing after it from the same partition until then.
     Held,

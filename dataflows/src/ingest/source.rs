@@ -316,9 +316,13 @@ where
         } = self;
         let (opts, counters) = (&w.opts, &w.counters);
         let poll = w.records.poll(opts.batch_max, &mut |rec| {
-            match validate(&rec, &*decode, opts, now) {
+            let event_time = match validate(&rec, &*decode, opts, now) {
                 Ok(ev) => match aligner.admit(rec.topic, rec.partition, ev.ts) {
-                    Some(at) => events.push((ev, at)),
+                    Some(at) => {
+                        let ts = ev.ts;
+                        events.push((ev, at));
+                        Some(ts)
+                    }
                     None => {
                         held_back += 1;
                         return Visit::Held;
@@ -327,10 +331,11 @@ where
                 Err(e) => {
                     Counters::add(counters.invalid(&e.kind), 1);
                     invalids.push(invalid(&rec, e, opts, now));
+                    None
                 }
-            }
+            };
             consumed += 1;
-            Visit::Taken
+            Visit::Taken(event_time)
         });
         Counters::add(&w.counters.consumed, consumed);
         Counters::add(&w.counters.held_back, held_back);

@@ -7,6 +7,9 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+mod archive;
+pub use archive::{ArchiveConfig, S3Config};
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -29,6 +32,7 @@ pub struct Config {
     pub dataflows: BTreeMap<String, serde_json::Value>,
     /// Per topic, for `tidemark topics create`: `[topics."ad-events"]` etc.
     pub topics: BTreeMap<String, TopicConfig>,
+    pub archive: ArchiveConfig,
 }
 
 /// How `tidemark topics create` makes a topic; unset fields take the defaults of
@@ -212,6 +216,7 @@ impl Default for Config {
             health: HealthConfig::default(),
             dataflows: BTreeMap::new(),
             topics: BTreeMap::new(),
+            archive: ArchiveConfig::default(),
         }
     }
 }
@@ -307,6 +312,7 @@ impl Config {
         if self.checkpoint.interval_ms == 0 {
             bail!("checkpoint.interval_ms = 0: set it to 1 or more (default 10000)");
         }
+        self.archive.validate()?;
         let ingest = &self.ingest;
         if ingest.max_partition_skew_ms > 0
             && ingest.max_partition_skew_ms >= ingest.dedup_horizon_ms

@@ -1,0 +1,276 @@
+//! One archive file's records: the columns a worker appends to, and the Parquet they become.
+//!
+//! A file holds one partition's records of one event hour, in offset order: the raw payload
+//! and key with the Kafka coordinates, timestamp and headers, the event time it is filed
+//! under, and whether the dataflow found it valid (an invalid record is filed under its
+//! append time).
+
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use arrow_array::builder::{BinaryBuilder, ListBuilder, StringBuilder, StructBuilder};
+use arrow_array::{
+    Array, BinaryArray, BooleanArray, Int32Array, Int64Array, ListArray, RecordBatch, StringArray,
+    StructArray,
+};
+use arrow_schema::{DataType, Field, Fields, Schema};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+/// A Kafka header: its key and value (a header may have no value).
+pub type Header = (String, Option<Vec<u8>>);
+
+/// One archived record, as read back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArchivedRecord {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    /// The broker's timestamp (epoch ms).
+    pub timestamp_ms: i64,
+    /// The time the record is filed under: its event time, or its append time when invalid.
+    pub event_ms: i64,
+    pub valid: bool,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<Header>,
+}
+
+/// A record as the source hands it over, borrowed.
+pub struct RecordIn<'a> {
+    pub offset: i64,
+    pub timestamp_ms: i64,
+    pub event_ms: i64,
+    pub valid: bool,
+    pub key: Option<&'a [u8]>,
+    pub payload: &'a [u8],
+}
+
+fn header_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("key", DataType::Utf8, false),
+        Field::new("value", DataType::Binary, true),
+    ])
+}
+
+/// The schema of every archive file.
+pub fn schema() -> Arc<Schema> {
+    let item = Field::new("item", DataType::Struct(header_fields()), true);
+    Arc::new(Schema::new(vec![
+        Field::new("topic", DataType::Utf8, false),
+        Field::new("partition", DataType::Int32, false),
+        Field::new("offset", DataType::Int64, false),
+        Field::new("timestamp_ms", DataType::Int64, false),
+        Field::new("event_ms", DataType::Int64, false),
+        Field::new("valid", DataType::Boolean, false),
+        Field::new("key", DataType::Binary, true),
+        Field::new("payload", DataType::Binary, false),
+        Field::new("headers", DataType::List(Arc::new(item)), false),
+    ]))
+}
+
+/// The columns of one file being filled: appending copies the record's bytes once.
+pub struct Chunk {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub hour_ms: i64,
+    offsets: Vec<i64>,
+    timestamps: Vec<i64>,
+    events: Vec<i64>,
+    valid: Vec<bool>,
+    keys: BinaryBuilder,
+    payloads: BinaryBuilder,
+    headers: ListBuilder<StructBuilder>,
+    /// Payload, key and header bytes held.
+    pub bytes: usize,
+}
+
+impl Chunk {
+    pub fn new(topic: Arc<str>, partition: i32, hour_ms: i64) -> Self {
+        Chunk {
+            topic,
+            partition,
+            hour_ms,
+            offsets: Vec::new(),
+            timestamps: Vec::new(),
+            events: Vec::new(),
+            valid: Vec::new(),
+            keys: BinaryBuilder::new(),
+            payloads: BinaryBuilder::new(),
+            headers: ListBuilder::new(StructBuilder::from_fields(header_fields(), 0)),
+            bytes: 0,
+        }
+    }
+
+    pub fn push<'h>(
+        &mut self,
+        r: RecordIn<'_>,
+        headers: impl Iterator<Item = (&'h str, Option<&'h [u8]>)>,
+    ) {
+        self.offsets.push(r.offset);
+        self.timestamps.push(r.timestamp_ms);
+        self.events.push(r.event_ms);
+        self.valid.push(r.valid);
+        self.keys.append_option(r.key);
+        self.payloads.append_value(r.payload);
+        self.bytes += r.payload.len() + r.key.map_or(0, <[u8]>::len) + 40;
+        let items = self.headers.values();
+        for (k, v) in headers {
+            self.bytes += k.len() + v.map_or(0, <[u8]>::len);
+            items
+                .field_builder::<StringBuilder>(0)
+                .expect("header key column")
+                .append_value(k);
+            items
+                .field_builder::<BinaryBuilder>(1)
+                .expect("header value column")
+                .append_option(v);
+            items.append(true);
+        }
+        self.headers.append(true);
+    }
+
+    pub fn len(&self) -> usize {
+        self.offsets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.offsets.is_empty()
+    }
+
+    /// The first and last offsets held (records come in offset order).
+    pub fn offsets(&self) -> (i64, i64) {
+        (self.offsets[0], self.offsets[self.offsets.len() - 1])
+    }
+
+    /// The file's bytes: Parquet with zstd at `level`.
+    pub fn encode(mut self, level: i32) -> anyhow::Result<Vec<u8>> {
+        let n = self.len();
+        let columns: Vec<Arc<dyn Array>> = vec![
+            Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+                &*self.topic,
+                n,
+            ))),
+            Arc::new(Int32Array::from(vec![self.partition; n])),
+            Arc::new(Int64Array::from(std::mem::take(&mut self.offsets))),
+            Arc::new(Int64Array::from(std::mem::take(&mut self.timestamps))),
+            Arc::new(Int64Array::from(std::mem::take(&mut self.events))),
+            Arc::new(BooleanArray::from(std::mem::take(&mut self.valid))),
+            Arc::new(self.keys.finish()),
+            Arc::new(self.payloads.finish()),
+            Arc::new(self.headers.finish()),
+        ];
+        let batch = RecordBatch::try_new(schema(), columns).context("building a record batch")?;
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(level)?))
+            .build();
+        let mut writer = ArrowWriter::try_new(Vec::new(), schema(), Some(props))?;
+        writer.write(&batch)?;
+        Ok(writer.into_inner()?)
+    }
+}
+
+/// The records of an archive file's bytes, in file order.
+pub fn decode(bytes: bytes::Bytes) -> anyhow::Result<Vec<ArchivedRecord>> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch?;
+        if batch.schema().fields() != schema().fields() {
+            bail!("not an archive file: its columns are {:?}", batch.schema());
+        }
+        let col = |i: usize| batch.column(i).as_ref();
+        let topic = downcast::<StringArray>(col(0))?;
+        let partition = downcast::<Int32Array>(col(1))?;
+        let offset = downcast::<Int64Array>(col(2))?;
+        let ts = downcast::<Int64Array>(col(3))?;
+        let event = downcast::<Int64Array>(col(4))?;
+        let valid = downcast::<BooleanArray>(col(5))?;
+        let key = downcast::<BinaryArray>(col(6))?;
+        let payload = downcast::<BinaryArray>(col(7))?;
+        let headers = downcast::<ListArray>(col(8))?;
+        for i in 0..batch.num_rows() {
+            out.push(ArchivedRecord {
+                topic: topic.value(i).to_string(),
+                partition: partition.value(i),
+                offset: offset.value(i),
+                timestamp_ms: ts.value(i),
+                event_ms: event.value(i),
+                valid: valid.value(i),
+                key: (!key.is_null(i)).then(|| key.value(i).to_vec()),
+                payload: payload.value(i).to_vec(),
+                headers: read_headers(&headers.value(i))?,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn read_headers(list: &Arc<dyn Array>) -> anyhow::Result<Vec<Header>> {
+    let items = downcast::<StructArray>(list.as_ref())?;
+    let keys = downcast::<StringArray>(items.column(0).as_ref())?;
+    let values = downcast::<BinaryArray>(items.column(1).as_ref())?;
+    Ok((0..items.len())
+        .map(|j| {
+            let v = (!values.is_null(j)).then(|| values.value(j).to_vec());
+            (keys.value(j).to_string(), v)
+        })
+        .collect())
+}
+
+fn downcast<T: 'static>(a: &dyn Array) -> anyhow::Result<&T> {
+    a.as_any()
+        .downcast_ref::<T>()
+        .context("an archive column of an unexpected type")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunk_reads_back_as_written() {
+        let mut c = Chunk::new("t".into(), 2, 0);
+        let h: Vec<(&str, Option<&[u8]>)> = vec![("trace", Some(b"x1")), ("empty", None)];
+        let r = RecordIn {
+            offset: 7,
+            timestamp_ms: 1_000,
+            event_ms: 900,
+            valid: true,
+            key: Some(b"k"),
+            payload: b"{\"a\":1}",
+        };
+        c.push(r, h.into_iter());
+        let r = RecordIn {
+            offset: 9,
+            timestamp_ms: 1_001,
+            event_ms: 1_001,
+            valid: false,
+            key: None,
+            payload: &[0xff, 0x00],
+        };
+        c.push(r, std::iter::empty());
+        assert_eq!(c.offsets(), (7, 9));
+        let bytes = c.encode(3).unwrap();
+        assert_eq!(&bytes[..4], b"PAR1");
+        let back = decode(bytes.into()).unwrap();
+        assert_eq!(back.len(), 2);
+        assert_eq!(
+            back[0].headers,
+            vec![
+                ("trace".into(), Some(b"x1".to_vec())),
+                ("empty".into(), None)
+            ]
+        );
+        assert_eq!(
+            (back[0].offset, back[0].event_ms, back[0].valid),
+            (7, 900, true)
+        );
+        assert_eq!(back[1].key, None);
+        assert_eq!(back[1].payload, vec![0xff, 0x00]);
+        assert!(back[1].headers.is_empty());
+        assert!(decode(bytes::Bytes::from_static(b"not parquet")).is_err());
+    }
+}
