@@ -1,6 +1,7 @@
 //! `tidemark bench`: throughput of the dataflow alone and of decoding.
 
 pub mod ads;
+pub mod archive;
 pub mod commerce;
 pub mod reading;
 pub mod search;
@@ -379,6 +380,7 @@ const BENCHES: &[(&str, Bench)] = &[
     ("ads", ads::run),
     ("commerce", commerce::run),
     ("watch", watch::run),
+    ("archive", archive::run),
     ("state", |a| state::run(a.keys, a.events)),
     ("serve", |a| serve::run(a.entities, a.seconds)),
 ];

@@ -264,7 +264,7 @@ impl Config {
         }
         let env = Env::prefixed("TIDEMARK_")
             .split("__")
-            .ignore(&["KAFKA", "REDIS", "PG", "CRASH_AT"]);
+            .ignore(&["KAFKA", "REDIS", "PG", "S3", "CRASH_AT"]);
         // a variable that names no key (a Kubernetes service `tidemark` injects
         // TIDEMARK_PORT, TIDEMARK_SERVICE_HOST, …) is left out, with one warning
         let unknown: Vec<String> = env
