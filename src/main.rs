@@ -65,6 +65,13 @@ struct DemoArgs {
     /// Stop after this many seconds (default: run until interrupted).
     #[arg(long)]
     seconds: Option<u64>,
+    /// Where the demo archives its records as Parquet (default: `tidemark-demo-archive`
+    /// in the temporary directory; a run replaces the files of the run before).
+    #[arg(long)]
+    archive: Option<std::path::PathBuf>,
+    /// Do not archive.
+    #[arg(long)]
+    no_archive: bool,
 }
 
 #[derive(Args)]
@@ -415,9 +422,20 @@ fn generate(a: GenerateArgs) -> anyhow::Result<()> {
 
 /// Long: the demo in the order it starts (traffic, engine, read API, live summary), each step a few lines.
 fn demo(a: DemoArgs) -> anyhow::Result<()> {
+    let archive_dir = a
+        .archive
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("tidemark-demo-archive"));
     let config = Config {
         dataflow: a.dataflow.clone(),
         workers: a.workers,
+        archive: tidemark::config::ArchiveConfig {
+            enabled: !a.no_archive,
+            root: archive_dir.to_string_lossy().into_owned(),
+            // files every few seconds, to look at while it runs
+            max_buffer_age_ms: 5_000,
+            ..Default::default()
+        },
         ..Config::default()
     };
     let family = engine::family_of(&config)?;
@@ -463,6 +481,12 @@ fn demo(a: DemoArgs) -> anyhow::Result<()> {
             format!("{}/<{}>", t.ns, t.keys.join(":"))
         });
     println!("read API: curl http://{bound}/features/{view} · status: http://{bound}/status · metrics: http://{bound}/metrics   (Ctrl-C to stop)");
+    if !a.no_archive {
+        println!(
+            "archive: every record as Parquet under {}",
+            archive_dir.display()
+        );
+    }
     let s = shared.clone();
     let runner = std::thread::spawn(move || engine::run(opts, s));
     let started = std::time::Instant::now();

@@ -75,7 +75,7 @@ fn hide_pairs(text: &str) -> String {
             k_start -= 1;
         }
         let key = &lower[k_start..k_end];
-        if key.is_empty() || !SECRET_KEYS.iter().any(|s| key.ends_with(s)) {
+        if key.is_empty() || !is_secret_key(key) {
             i += 1;
             continue;
         }
@@ -112,12 +112,22 @@ fn hide_pairs(text: &str) -> String {
     out
 }
 
-/// Every string in `value` redacted, in place.
+/// Whether a value under `key` is a secret.
+fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    SECRET_KEYS.iter().any(|s| key.ends_with(s))
+}
+
+/// Every string in `value` redacted, in place; a string under a secret's key hidden.
 pub fn redact_json(value: &mut serde_json::Value) {
     match value {
         serde_json::Value::String(s) => *s = redact(s),
         serde_json::Value::Array(a) => a.iter_mut().for_each(redact_json),
-        serde_json::Value::Object(o) => o.values_mut().for_each(redact_json),
+        // a value under a secret's key (`archive.s3.secret_access_key`) whatever it holds
+        serde_json::Value::Object(o) => o.iter_mut().for_each(|(k, v)| match v {
+            serde_json::Value::String(s) if is_secret_key(k) => *s = HIDDEN.to_string(),
+            _ => redact_json(v),
+        }),
         _ => {}
     }
 }
@@ -185,5 +195,9 @@ mod tests {
         redact_json(&mut v);
         assert_eq!(v["postgres"]["url"], "password=*** host=h");
         assert_eq!(v["list"][0], "redis://u:***@h/");
+        let mut v = serde_json::json!({"archive": {"s3": {"secret_access_key": "abc", "access_key_id": "id"}}});
+        redact_json(&mut v);
+        assert_eq!(v["archive"]["s3"]["secret_access_key"], HIDDEN);
+        assert_eq!(v["archive"]["s3"]["access_key_id"], "id");
     }
 }

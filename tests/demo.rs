@@ -10,9 +10,13 @@ use common::*;
 #[test]
 fn the_demo_of_every_family_runs_and_stops() {
     for family in ["search", "reading", "ads", "commerce", "watch"] {
+        let archive =
+            std::env::temp_dir().join(format!("tidemark-demo-{family}-{}", std::process::id()));
         let mut cmd = engine_command();
         cmd.args(["demo", "--dataflow", family, "--seconds", "3"])
-            .args(["--http", "127.0.0.1:0", "--rate", "2000"]);
+            .args(["--http", "127.0.0.1:0", "--rate", "2000"])
+            .arg("--archive")
+            .arg(&archive);
         let out = output_within(&mut cmd, Duration::from_secs(90));
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
@@ -34,7 +38,34 @@ fn the_demo_of_every_family_runs_and_stops() {
             consumed > 0,
             "demo --dataflow {family} consumed nothing: {stdout}"
         );
+        // the demo archives what it consumed, at the latest when it stops
+        let archived = archived_records(&archive);
+        assert!(
+            archived >= consumed,
+            "demo --dataflow {family} archived {archived} of more than {consumed} records"
+        );
+        let _ = std::fs::remove_dir_all(&archive);
     }
+}
+
+/// The records of every Parquet file under `dir`.
+fn archived_records(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            let p = e.path();
+            if p.is_dir() {
+                archived_records(&p)
+            } else {
+                let bytes = std::fs::read(&p).unwrap();
+                let records = tidemark::archive::file::decode(bytes.into()).unwrap();
+                records.len() as u64
+            }
+        })
+        .sum()
 }
 
 /// Seed 004's worker status: `GET /stream/worker` answers `/status`'s document, whose

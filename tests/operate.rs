@@ -490,6 +490,7 @@ fn config_check_merges_file_env_and_flags_hides_secrets_and_names_bad_keys() {
         .args(["config", "check", "--config", f, "--job", "flag-job"])
         .env("TIDEMARK_WORKERS", "4")
         .env("TIDEMARK_REDIS", "redis://:s3cret@127.0.0.1:6379/0")
+        .env("TIDEMARK_ARCHIVE__S3__SECRET_ACCESS_KEY", "aws-s3cret-key")
         .output()
         .unwrap();
     assert!(
@@ -509,6 +510,11 @@ fn config_check_merges_file_env_and_flags_hides_secrets_and_names_bad_keys() {
     assert!(
         !text.contains("hunter2") && !text.contains("s3cret"),
         "{text}"
+    );
+    assert_eq!(
+        cfg["archive"]["s3"]["secret_access_key"].as_str(),
+        Some("***"),
+        "a value under a secret's key is hidden whatever it holds"
     );
     assert!(text.contains("password=***"), "{text}");
 

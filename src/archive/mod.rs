@@ -112,3 +112,15 @@ impl WorkerArchive {
         }
     }
 }
+
+/// A source stopping writes what it still holds (the demo's last records; after a Kafka
+/// run's last checkpoint nothing is left, and what a failed run leaves is cleaned up by the
+/// restart).
+impl Drop for WorkerArchive {
+    fn drop(&mut self) {
+        self.cut();
+        if let Err(e) = self.writer.progress.wait_written(Duration::from_secs(10)) {
+            tracing::warn!(error = %format!("{e:#}"), "the archive's last records are not written");
+        }
+    }
+}

@@ -83,7 +83,9 @@ impl Writer {
                     match job {
                         Job::Resume(from, answer) => {
                             let done = rt.block_on(resume(&root, &from, level));
-                            if let Ok((deleted, cut)) = &done {
+                            if let Some((deleted, cut)) =
+                                done.as_ref().ok().filter(|(d, c)| d + c > 0)
+                            {
                                 tracing::info!(
                                     worker,
                                     deleted,

@@ -162,7 +162,20 @@ fn open_source(
         }
         SourceKind::Generator { spec, pace } => {
             shared.status.assigned.fetch_add(1, Ordering::Relaxed);
-            let source = GeneratorSource::new(family.generate(spec), index, peers, *pace);
+            let mut source = GeneratorSource::new(family.generate(spec), index, peers, *pace);
+            let cfg = &opts.config.archive;
+            if cfg.enabled {
+                // one partition per worker, read from offset 0: a run replaces the files of
+                // the run before
+                let topics = family.topics();
+                let from = topics
+                    .iter()
+                    .map(|t| ((t.clone(), index as i32), 0))
+                    .collect();
+                let root = crate::archive::open(cfg)?;
+                let archive = crate::archive::WorkerArchive::start(cfg, root, index, from)?;
+                source = source.archived(archive, topics);
+            }
             Ok((Box::new(source), None))
         }
     }

@@ -6,6 +6,9 @@ use std::time::Instant;
 use tidemark_dataflows::contract::record::{Poll, RecordRef, RecordSource, Visit};
 use tidemark_dataflows::Produced;
 
+use crate::archive::file::RecordIn;
+use crate::archive::WorkerArchive;
+
 /// The family's synthetic traffic as a source: worker `w` of `n` takes records `w, w+n, …`.
 pub struct GeneratorSource {
     records: Box<dyn Iterator<Item = Produced> + Send>,
@@ -14,6 +17,8 @@ pub struct GeneratorSource {
     next: u64,
     pace: Option<(Instant, u64)>,
     done: bool,
+    /// The demo's archive: each topic is one partition per worker.
+    archive: Option<(WorkerArchive, Vec<String>)>,
 }
 
 impl GeneratorSource {
@@ -30,7 +35,14 @@ impl GeneratorSource {
             next: 0,
             pace: pace.map(|r| (Instant::now(), r.max(1))),
             done: false,
+            archive: None,
         }
+    }
+
+    /// Archives the records the dataflow takes, under `topics` (the family's).
+    pub fn archived(mut self, archive: WorkerArchive, topics: Vec<String>) -> Self {
+        self.archive = Some((archive, topics));
+        self
     }
 }
 
@@ -54,14 +66,28 @@ impl RecordSource for GeneratorSource {
             }
             n += 1;
             let key = p.key.as_deref().map(str::as_bytes);
-            visit(RecordRef {
+            let record = RecordRef {
                 topic: &p.topic,
                 partition: self.worker as i32,
                 offset: i as i64,
                 append_ms: crate::clock::now_ms() as i64,
                 key,
                 payload: &p.payload,
-            });
+            };
+            if let (Visit::Taken(event), Some((archive, topics))) =
+                (visit(record), &mut self.archive)
+            {
+                let lane = topics.iter().position(|t| *t == p.topic).unwrap_or(0);
+                let r = RecordIn {
+                    offset: record.offset,
+                    timestamp_ms: record.append_ms,
+                    event_ms: event.map_or(record.append_ms, |t| t as i64),
+                    valid: event.is_some(),
+                    key,
+                    payload: &p.payload,
+                };
+                archive.take(lane, &p.topic, record.partition, r, std::iter::empty());
+            }
         }
         if self.done {
             Poll::Finished
@@ -69,6 +95,11 @@ impl RecordSource for GeneratorSource {
             Poll::Busy
         } else {
             Poll::Caught { idle: false }
+        }
+    }
+    fn tend(&mut self) {
+        if let Some((archive, _)) = &mut self.archive {
+            archive.tend();
         }
     }
     fn now_ms(&self) -> u64 {
