@@ -103,6 +103,18 @@ impl WorkerArchive {
         (self.bytes, self.records, self.oldest) = (0, 0, None);
     }
 
+    /// Whether the writer is behind by more than two buffers: the source stops reading
+    /// until it catches up (a slow or refusing store then bounds memory instead of
+    /// growing it).
+    pub fn behind(&self) -> bool {
+        let queued = self
+            .writer
+            .progress
+            .queued_bytes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        queued > 2 * self.max_bytes
+    }
+
     /// Cuts an old buffer; publishes how long the oldest record has waited.
     pub fn tend(&mut self) {
         let age = self.oldest.map_or(Duration::ZERO, |t| t.elapsed());

@@ -2,6 +2,7 @@
 //! store, in order, and tells the checkpointer how far it got.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -23,6 +24,8 @@ pub struct Progress {
     moved: Condvar,
     /// The last failed put, until a put succeeds again.
     pub error: Mutex<Option<String>>,
+    /// Bytes handed over and not yet written: the source stops reading past a bound.
+    pub queued_bytes: std::sync::atomic::AtomicUsize,
 }
 
 impl Progress {
@@ -122,6 +125,10 @@ impl Writer {
         if chunks.is_empty() {
             return;
         }
+        let bytes: usize = chunks.iter().map(|c| c.bytes).sum();
+        self.progress
+            .queued_bytes
+            .fetch_add(bytes, Ordering::Relaxed);
         self.progress.counts.lock().expect("archive progress").0 += 1;
         // the thread ends only with the process (a panic there ends the process)
         let _ = self.to.send(Job::Write(chunks));
@@ -149,7 +156,7 @@ fn write(
             first,
             last,
         );
-        let records = chunk.len();
+        let (records, held) = (chunk.len(), chunk.bytes);
         let bytes = bytes::Bytes::from(chunk.encode(level).expect("an archive chunk encodes"));
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -169,6 +176,7 @@ fn write(
         metrics::counter!(ARCHIVE_BYTES).increment(bytes.len() as u64);
         metrics::counter!(ARCHIVE_FILES).increment(1);
         metrics::gauge!(ARCHIVE_PENDING).decrement(records as f64);
+        progress.queued_bytes.fetch_sub(held, Ordering::Relaxed);
         crate::crash::point("archive-written");
     }
     metrics::histogram!(ARCHIVE_FLUSH).record(started.elapsed().as_secs_f64());

@@ -14,6 +14,7 @@ pub struct ArchiveConfig {
     pub s3: S3Config,
     /// A worker writes its buffered records once they take this much memory; files are
     /// also cut at every checkpoint (they are part of it), like Flink's bulk-format sinks.
+    /// A worker whose writer is behind by more than twice this stops reading.
     pub max_buffer_bytes: usize,
     /// …or once the oldest buffered record has waited this long.
     pub max_buffer_age_ms: u64,
@@ -78,8 +79,11 @@ impl ArchiveConfig {
                 bail!("archive.s3.endpoint = {e:?} is not an http:// or https:// URL");
             }
         }
-        if self.max_buffer_bytes == 0 {
-            bail!("archive.max_buffer_bytes = 0: set it to 1 or more (default 67108864)");
+        if self.max_buffer_bytes == 0 || self.max_buffer_bytes > 1 << 30 {
+            bail!(
+                "archive.max_buffer_bytes = {}: set it between 1 and 1073741824 (default 67108864; a file's columns hold at most 2 GiB)",
+                self.max_buffer_bytes
+            );
         }
         if self.max_buffer_age_ms == 0 {
             bail!("archive.max_buffer_age_ms = 0: set it to 1 or more (default 60000)");

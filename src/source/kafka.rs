@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, DefaultConsumerContext};
-use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tidemark_dataflows::contract::record::{Poll, RecordRef, RecordSource, Visit};
 use tidemark_dataflows::Tick;
@@ -469,10 +469,10 @@ impl KafkaSource {
             Visit::Held
         };
         let archived = lanes.archive.is_some();
-        let headers = m.headers().into_iter().flat_map(|h| h.iter());
+        let headers = if archived { headers_of(m) } else { Vec::new() };
         if let Visit::Taken(event) = visited {
             if archived {
-                lanes.archive(i, event, &record, headers.map(|h| (h.key, h.value)));
+                lanes.archive(i, event, &record, headers.iter().map(|(k, v)| (&**k, *v)));
             }
             lanes.took(i, m.offset(), append_ms, now);
             return true;
@@ -482,13 +482,10 @@ impl KafkaSource {
             append_ms,
             key: m.key().map(<[u8]>::to_vec),
             payload: m.payload().unwrap_or(&[]).to_vec(),
-            headers: if archived {
-                headers
-                    .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
-                    .collect()
-            } else {
-                Vec::new()
-            },
+            headers: headers
+                .into_iter()
+                .map(|(k, v)| (k.into_owned(), v.map(<[u8]>::to_vec)))
+                .collect(),
         });
         false
     }
@@ -587,8 +584,13 @@ impl RecordSource for KafkaSource {
     fn poll(&mut self, max: usize, visit: &mut dyn FnMut(RecordRef<'_>) -> Visit) -> Poll {
         self.follow_durable();
         self.publish_positions();
-        if self.pending_records >= self.max_pending {
-            // the sinks lag: hold off (time must not follow the clock meanwhile)
+        let archive_behind = self
+            .lanes
+            .archive
+            .as_ref()
+            .is_some_and(WorkerArchive::behind);
+        if self.pending_records >= self.max_pending || archive_behind {
+            // the sinks or the archive lag: hold off (time must not follow the clock meanwhile)
             return Poll::Caught { idle: false };
         }
         let now = Instant::now();
@@ -693,6 +695,39 @@ impl RecordSource for KafkaSource {
     fn now_ms(&self) -> u64 {
         now_ms()
     }
+}
+
+/// A record's headers (a key that is not UTF-8 read lossily), read with librdkafka itself:
+/// rdkafka's `Headers::iter` panics on such a key, and a hostile producer's header would
+/// abort the run — and every restart, which reads it again.
+pub fn headers_of<'a>(
+    m: &'a BorrowedMessage<'_>,
+) -> Vec<(std::borrow::Cow<'a, str>, Option<&'a [u8]>)> {
+    use rdkafka::bindings as rd;
+    let Some(headers) = m.headers() else {
+        return Vec::new();
+    };
+    // a `&BorrowedHeaders` is librdkafka's headers pointer (rdkafka casts it so)
+    let native = headers as *const _ as *const rd::rd_kafka_headers_t;
+    // SAFETY: `native` lives as long as the message, which `'a` borrows; librdkafka
+    // hands out pointers into the message's own header list
+    let count = unsafe { rd::rd_kafka_header_cnt(native) };
+    (0..count)
+        .filter_map(|i| {
+            let (mut name, mut value, mut size) = (std::ptr::null(), std::ptr::null(), 0usize);
+            // SAFETY: as above; the out-pointers are valid locals
+            let err =
+                unsafe { rd::rd_kafka_header_get_all(native, i, &mut name, &mut value, &mut size) };
+            if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || name.is_null() {
+                return None;
+            }
+            // SAFETY: a NUL-terminated name and `size` value bytes, both in the message
+            let key = unsafe { std::ffi::CStr::from_ptr(name) }.to_string_lossy();
+            let value = (!value.is_null())
+                .then(|| unsafe { std::slice::from_raw_parts(value as *const u8, size) });
+            Some((key, value))
+        })
+        .collect()
 }
 
 /// The offset of the first record appended at or after `ms` (the end when there is none).
