@@ -164,7 +164,7 @@ impl Chunk {
             Arc::new(self.headers.finish()),
         ];
         let batch = RecordBatch::try_new(schema(), columns).context("building a record batch")?;
-        let props = properties(level)?;
+        let props = properties(level, bytes)?;
         // about what zstd leaves of JSON, so the file's buffer seldom grows
         let out = Vec::with_capacity(bytes / 4 + 4096);
         let mut writer = ArrowWriter::try_new(out, schema(), Some(props))?;
@@ -173,12 +173,22 @@ impl Chunk {
     }
 }
 
-/// zstd at `level`; a dictionary only for the columns that repeat (a payload seldom does,
-/// and trying one for it cost a third of the encoding), no statistics for the bytes.
-fn properties(level: i32) -> anyhow::Result<WriterProperties> {
+/// A file of fewer bytes than this is not compressed: a late event's file of a few records
+/// gains nothing from it, and made a zstd context per column (in `bench archive`, making
+/// contexts took as long as compressing).
+const COMPRESS_FROM: usize = 16 << 10;
+
+/// zstd at `level` for a file of `bytes`; a dictionary only for the columns that repeat (a
+/// payload seldom does), no statistics for the bytes.
+fn properties(level: i32, bytes: usize) -> anyhow::Result<WriterProperties> {
     let raw = |c: &str| parquet::schema::types::ColumnPath::from(c);
+    let compression = if bytes < COMPRESS_FROM {
+        Compression::UNCOMPRESSED
+    } else {
+        Compression::ZSTD(ZstdLevel::try_new(level)?)
+    };
     Ok(WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(level)?))
+        .set_compression(compression)
         .set_dictionary_enabled(false)
         .set_column_dictionary_enabled(raw("topic"), true)
         .set_column_dictionary_enabled(raw("partition"), true)
