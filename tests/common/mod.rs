@@ -494,12 +494,34 @@ pub fn read_topic(topic: &str, mut visit: impl FnMut(&rdkafka::message::Borrowed
         .set("auto.offset.reset", "earliest")
         .create()
         .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
-    let mut last = std::time::Instant::now();
-    while last.elapsed() < Duration::from_secs(3) {
+    // every partition from its start up to its end offset now (a quiet spell alone once
+    // ended the read while a partition's records were still being fetched, on a busy CI)
+    let timeout = Duration::from_secs(10);
+    let mut ends = BTreeMap::new();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    if let Ok(md) = consumer.fetch_metadata(Some(topic), timeout) {
+        for p in md.topics().iter().flat_map(|t| t.partitions()) {
+            let (_, high) = consumer.fetch_watermarks(topic, p.id(), timeout).unwrap();
+            ends.insert(p.id(), high);
+            tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning)
+                .unwrap();
+        }
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut next: BTreeMap<i32, i64> = ends.keys().map(|p| (*p, 0)).collect();
+    let started = std::time::Instant::now();
+    let mut last = started;
+    // and on past those ends until 3 s pass with nothing new
+    while ends.iter().any(|(p, e)| next[p] < *e) || last.elapsed() < Duration::from_secs(3) {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "reading {topic}: at {next:?} of {ends:?} after 120 s"
+        );
         let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else {
             continue;
         };
+        use rdkafka::Message;
+        next.insert(m.partition(), m.offset() + 1);
         last = std::time::Instant::now();
         visit(&m);
     }
