@@ -14,6 +14,13 @@ for tool in cmake make gcc g++ perl; do command -v $tool >/dev/null || missing="
 if [ -n "${missing:-}" ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake build-essential perl >/dev/null
 fi
+# a full disk fails tests in ways that look like bugs (checkpoints refused, Kafka stalling):
+# say so first (the shared build cache grows with every profile and version built)
+free_kb=$(df -Pk "$CARGO_TARGET_DIR" 2>/dev/null | awk 'NR == 2 { print $4 }' || echo "")
+if [ -z "$free_kb" ]; then free_kb=$(df -Pk . | awk 'NR == 2 { print $4 }'); fi
+if [ "${free_kb:-0}" -lt $((10 * 1024 * 1024)) ]; then
+  echo "warning: less than 10 GB free on the disk of $CARGO_TARGET_DIR ($((free_kb / 1024)) MB): the tests may fail for want of space; cargo clean there frees it" >&2
+fi
 cargo build --release --bins
 log=$(mktemp)
 set +e
