@@ -3,10 +3,11 @@
 //!
 //! The layers: a module uses its own layer and those below it, without cycles (see
 //! ARCHITECTURE.md; `tests/layers.rs` checks it): `clock`, `config`, `redact`,
-//! `permanent`, `crash` ← `telemetry` ← `source`, `sink`, `checkpoint` ← `engine` ←
-//! `http`, `topics` ← `bench`.
+//! `permanent`, `crash` ← `telemetry` ← `archive`, `source`, `sink`, `checkpoint` ← `engine` ←
+//! `batch`, `http`, `topics` ← `bench`.
 
 pub mod archive;
+pub mod batch;
 pub mod bench;
 pub mod checkpoint;
 pub mod clock;

@@ -47,8 +47,48 @@ enum Command {
     /// Hands back the feature views a retired job owns in the stores, so another job may
     /// write them (a job claims its views at start; see README "Jobs").
     Release(ConfigArgs),
+    /// Recomputes the features from the archive with the online dataflow, as of each
+    /// `--every` boundary in (--from, --to], into Postgres `batch_{ns}` and Parquet
+    /// `{archive.root}/features/{ns}/as_of=…/`. Exits 0 done, 1 failed, 2 the archive does
+    /// not hold the range yet (retry later).
+    Batch(BatchArgs),
+    /// Point-in-time training rows: each label row (entity keys, `ts`, label columns) with
+    /// the features as of its `ts`, computed from the archive. Exits like `batch`.
+    TrainingSet(TrainingSetArgs),
     /// Benchmarks (see README).
     Bench(bench::BenchArgs),
+}
+
+#[derive(Args)]
+struct BatchArgs {
+    #[command(flatten)]
+    config: ReplayConfigArgs,
+    /// The range's start (excluded): epoch ms or RFC 3339.
+    #[arg(long)]
+    from: String,
+    /// The range's end (included).
+    #[arg(long)]
+    to: String,
+    /// The boundaries: the multiples of this (epoch-aligned) in the range.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
+    every: Duration,
+    /// Read the archive as it is, without checking that it holds the range.
+    #[arg(long)]
+    assume_complete: bool,
+}
+
+#[derive(Args)]
+struct TrainingSetArgs {
+    #[command(flatten)]
+    config: ReplayConfigArgs,
+    /// The label rows: CSV with a header, or Parquet (`.parquet`).
+    #[arg(long)]
+    labels: PathBuf,
+    /// Where the training set goes (Parquet).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long)]
+    assume_complete: bool,
 }
 
 #[derive(Args)]
@@ -167,6 +207,40 @@ struct ConfigArgs {
     http: Option<String>,
 }
 
+/// The config flags of a replay of the archive (it reads no Kafka).
+#[derive(Args)]
+struct ReplayConfigArgs {
+    /// TOML config file (lowest precedence; then TIDEMARK_… env; then these flags).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    dataflow: Option<String>,
+    /// The job whose archive marks tell how far the archive is complete.
+    #[arg(long)]
+    job: Option<String>,
+    /// The archived topic(s) to read instead of the dataflow's own.
+    #[arg(long = "topic")]
+    topics: Vec<String>,
+    #[arg(long, short = 'w')]
+    workers: Option<usize>,
+}
+
+impl ReplayConfigArgs {
+    fn load(self) -> anyhow::Result<Config> {
+        ConfigArgs {
+            config: self.config,
+            dataflow: self.dataflow,
+            job: self.job,
+            topics: self.topics,
+            group_id: None,
+            from: None,
+            workers: self.workers,
+            http: None,
+        }
+        .load()
+    }
+}
+
 impl ConfigArgs {
     /// File < environment < these flags.
     fn load(self) -> anyhow::Result<Config> {
@@ -250,11 +324,70 @@ fn main() {
             Ok(())
         }),
         Command::Bench(a) => bench::bench(a),
+        Command::Batch(a) => batch(a),
+        Command::TrainingSet(a) => training_set(a),
     };
     if let Err(e) = result {
         // an error may quote a URL or DSN with its password
         eprintln!("error: {}", tidemark::redact::redact(&format!("{e:#}")));
         std::process::exit(1);
+    }
+}
+
+/// Exit status 2: the archive does not hold the range yet.
+fn not_yet(why: &str) -> ! {
+    eprintln!("not yet: {why}");
+    std::process::exit(2);
+}
+
+fn print_report(r: &tidemark::batch::Report, what: &str) -> anyhow::Result<()> {
+    println!(
+        "{} records read from the archive, {what}, in {:.1} s ({:.0} records/s)",
+        r.records,
+        r.seconds,
+        r.records as f64 / r.seconds.max(1e-9)
+    );
+    if r.doubled > 0 {
+        println!("{} records found in two files were read once", r.doubled);
+    }
+    if !r.skipped.is_empty() {
+        for s in &r.skipped {
+            eprintln!("skipped: {s}");
+        }
+        anyhow::bail!(
+            "{} archive file(s) could not be read and were skipped (named above): the rows are written without their records",
+            r.skipped.len()
+        );
+    }
+    Ok(())
+}
+
+fn batch(a: BatchArgs) -> anyhow::Result<()> {
+    use tidemark::batch::{self, Outcome};
+    let config = a.config.load()?;
+    let (from, to) = (batch::parse_instant(&a.from)?, batch::parse_instant(&a.to)?);
+    let every = a.every.as_millis() as u64;
+    match batch::batch(&config, from, to, every, a.assume_complete)? {
+        Outcome::NotYet(why) => not_yet(&why),
+        Outcome::Done(r) => print_report(
+            &r,
+            &format!(
+                "{} rows written as of {} boundaries",
+                r.rows,
+                batch::boundaries(from, to, every)?.len()
+            ),
+        ),
+    }
+}
+
+fn training_set(a: TrainingSetArgs) -> anyhow::Result<()> {
+    let config = a.config.load()?;
+    match tidemark::batch::training::training_set(&config, &a.labels, &a.out, a.assume_complete)? {
+        Err(why) => not_yet(&why),
+        Ok(r) => print_report(
+            &r,
+            &format!("{} label rows written to {}", r.rows, a.out.display()),
+        ),
     }
 }
 
@@ -468,6 +601,7 @@ fn demo(a: DemoArgs) -> anyhow::Result<()> {
         memory: Some(memory.clone()),
         measure_freshness: false,
         family: None,
+        stores: None,
     };
     println!(
         "Tidemark demo: {} dataflow, {} workers, {} events/s, embedded store",

@@ -14,7 +14,7 @@ const RUNTIME: &[&[&str]] = &[
     &["telemetry"],
     &["archive", "source", "sink", "checkpoint"],
     &["engine"],
-    &["http", "topics"],
+    &["batch", "http", "topics"],
     &["bench"],
 ];
 const DATAFLOWS: &[&[&str]] = &[

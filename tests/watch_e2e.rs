@@ -50,6 +50,7 @@ fn decoded(line: &str) -> Option<tidemark_dataflows::contract::event::Timed<Watc
         append_ms: 0,
         key: None,
         payload: line.as_bytes(),
+        read_ms: None,
     };
     decode(&r, watches).ok()
 }

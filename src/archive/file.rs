@@ -2,8 +2,8 @@
 //!
 //! A file holds one partition's records of one event hour, in offset order: the raw payload
 //! and key with the Kafka coordinates, timestamp and headers, the event time it is filed
-//! under, and whether the dataflow found it valid (an invalid record is filed under its
-//! append time).
+//! under, whether the dataflow found it valid (an invalid record is filed under its
+//! append time), and the clock it was judged by (a replay judges it by the same clock).
 
 use std::sync::Arc;
 
@@ -18,6 +18,8 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use tidemark_dataflows::contract::record::RecordRef;
+use tidemark_dataflows::Tick;
 
 /// A Kafka header: its key and value (a header may have no value).
 pub type Header = (String, Option<Vec<u8>>);
@@ -36,6 +38,9 @@ pub struct ArchivedRecord {
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
     pub headers: Vec<Header>,
+    /// The clock (epoch ms) the dataflow judged it by (`None` in a file of the first
+    /// format, which did not keep it).
+    pub read_ms: Option<i64>,
 }
 
 /// A record as the source hands it over, borrowed.
@@ -46,6 +51,23 @@ pub struct RecordIn<'a> {
     pub valid: bool,
     pub key: Option<&'a [u8]>,
     pub payload: &'a [u8],
+    pub read_ms: i64,
+}
+
+impl<'a> RecordIn<'a> {
+    /// A record the dataflow took, with the event time it read (`None`: invalid, filed
+    /// under its append time) and the clock it judged it by.
+    pub fn taken(record: &RecordRef<'a>, event: Option<Tick>, read_ms: u64) -> Self {
+        RecordIn {
+            offset: record.offset,
+            timestamp_ms: record.append_ms,
+            event_ms: event.map_or(record.append_ms, |t| t as i64),
+            valid: event.is_some(),
+            key: record.key,
+            payload: record.payload,
+            read_ms: read_ms as i64,
+        }
+    }
 }
 
 fn header_fields() -> Fields {
@@ -68,8 +90,12 @@ pub fn schema() -> Arc<Schema> {
         Field::new("key", DataType::Binary, true),
         Field::new("payload", DataType::Binary, false),
         Field::new("headers", DataType::List(Arc::new(item)), false),
+        Field::new("read_ms", DataType::Int64, false),
     ]))
 }
+
+/// The columns before `read_ms`: the first format's.
+const FIRST_FORMAT_COLUMNS: usize = 9;
 
 /// The columns of one file being filled: appending copies the record's bytes once.
 pub struct Chunk {
@@ -80,6 +106,7 @@ pub struct Chunk {
     timestamps: Vec<i64>,
     events: Vec<i64>,
     valid: Vec<bool>,
+    read: Vec<i64>,
     keys: BinaryBuilder,
     payloads: BinaryBuilder,
     headers: ListBuilder<StructBuilder>,
@@ -97,6 +124,7 @@ impl Chunk {
             timestamps: Vec::new(),
             events: Vec::new(),
             valid: Vec::new(),
+            read: Vec::new(),
             keys: BinaryBuilder::new(),
             payloads: BinaryBuilder::new(),
             headers: ListBuilder::new(StructBuilder::from_fields(header_fields(), 0)),
@@ -113,6 +141,7 @@ impl Chunk {
         self.timestamps.push(r.timestamp_ms);
         self.events.push(r.event_ms);
         self.valid.push(r.valid);
+        self.read.push(r.read_ms);
         self.keys.append_option(r.key);
         self.payloads.append_value(r.payload);
         self.bytes += r.payload.len() + r.key.map_or(0, <[u8]>::len) + 40;
@@ -162,6 +191,7 @@ impl Chunk {
             Arc::new(self.keys.finish()),
             Arc::new(self.payloads.finish()),
             Arc::new(self.headers.finish()),
+            Arc::new(Int64Array::from(std::mem::take(&mut self.read))),
         ];
         let batch = RecordBatch::try_new(schema(), columns).context("building a record batch")?;
         let props = properties(level, bytes)?;
@@ -203,7 +233,11 @@ pub fn decode(bytes: bytes::Bytes) -> anyhow::Result<Vec<ArchivedRecord>> {
     let mut out = Vec::new();
     for batch in reader {
         let batch = batch?;
-        if batch.schema().fields() != schema().fields() {
+        let fields = batch.schema().fields().clone();
+        let now = schema();
+        let first_format = fields.len() == FIRST_FORMAT_COLUMNS
+            && fields.iter().zip(now.fields().iter()).all(|(a, b)| a == b);
+        if fields != *now.fields() && !first_format {
             bail!("not an archive file: its columns are {:?}", batch.schema());
         }
         let col = |i: usize| batch.column(i).as_ref();
@@ -216,6 +250,10 @@ pub fn decode(bytes: bytes::Bytes) -> anyhow::Result<Vec<ArchivedRecord>> {
         let key = downcast::<BinaryArray>(col(6))?;
         let payload = downcast::<BinaryArray>(col(7))?;
         let headers = downcast::<ListArray>(col(8))?;
+        let read = match first_format {
+            true => None,
+            false => Some(downcast::<Int64Array>(col(9))?),
+        };
         for i in 0..batch.num_rows() {
             out.push(ArchivedRecord {
                 topic: topic.value(i).to_string(),
@@ -227,6 +265,7 @@ pub fn decode(bytes: bytes::Bytes) -> anyhow::Result<Vec<ArchivedRecord>> {
                 key: (!key.is_null(i)).then(|| key.value(i).to_vec()),
                 payload: payload.value(i).to_vec(),
                 headers: read_headers(&headers.value(i))?,
+                read_ms: read.map(|r| r.value(i)),
             });
         }
     }
@@ -266,6 +305,7 @@ mod tests {
             valid: true,
             key: Some(b"k"),
             payload: b"{\"a\":1}",
+            read_ms: 1_002,
         };
         c.push(r, h.into_iter());
         let r = RecordIn {
@@ -275,6 +315,7 @@ mod tests {
             valid: false,
             key: None,
             payload: &[0xff, 0x00],
+            read_ms: 1_003,
         };
         c.push(r, std::iter::empty());
         assert_eq!(c.offsets(), (7, 9));
@@ -292,6 +333,10 @@ mod tests {
         assert_eq!(
             (back[0].offset, back[0].event_ms, back[0].valid),
             (7, 900, true)
+        );
+        assert_eq!(
+            (back[0].read_ms, back[1].read_ms),
+            (Some(1_002), Some(1_003))
         );
         assert_eq!(back[1].key, None);
         assert_eq!(back[1].payload, vec![0xff, 0x00]);

@@ -18,6 +18,15 @@ pub fn topic_dir(prefix: &Path, topic: &str) -> Path {
     prefix.clone().join(format!("topic={topic}"))
 }
 
+/// Where worker `worker` of job `job` marks how far its records are archived.
+pub fn mark_path(prefix: &Path, job: &str, worker: usize) -> Path {
+    prefix
+        .clone()
+        .join("_marks")
+        .join(job)
+        .join(format!("worker-{worker}.json"))
+}
+
 /// The path of the file of `topic`/`partition`'s records of the hour starting at `hour_ms`,
 /// offsets `first..=last`.
 pub fn file_path(

@@ -24,6 +24,7 @@ use crate::config::ArchiveConfig;
 use crate::telemetry::{ARCHIVE_LAG, ARCHIVE_PENDING};
 use file::{Chunk, RecordIn};
 pub use store::{install_tls, open, Root};
+use tidemark_dataflows::Tick;
 pub use writer::{Progress, Writer};
 
 /// One worker's buffered records and its writer.
@@ -38,6 +39,9 @@ pub struct WorkerArchive {
     max_age: Duration,
     writer: Writer,
     lag: metrics::Gauge,
+    prefix: object_store::path::Path,
+    /// (job, worker, peers) when it marks its checkpoints' pauses.
+    marks: Option<(String, usize, usize)>,
 }
 
 impl WorkerArchive {
@@ -48,6 +52,7 @@ impl WorkerArchive {
         worker: usize,
         from: BTreeMap<(String, i32), i64>,
     ) -> anyhow::Result<Self> {
+        let prefix = root.prefix.clone();
         let writer = Writer::spawn(root, cfg.zstd_level, worker)?;
         writer.resume(from)?;
         Ok(WorkerArchive {
@@ -59,7 +64,15 @@ impl WorkerArchive {
             max_age: Duration::from_millis(cfg.max_buffer_age_ms),
             writer,
             lag: metrics::gauge!(ARCHIVE_LAG, "worker" => worker.to_string()),
+            prefix,
+            marks: None,
         })
+    }
+
+    /// Marks each checkpoint's pause as worker `worker` of `peers` of `job`.
+    pub fn marking(mut self, job: &str, worker: usize, peers: usize) -> Self {
+        self.marks = Some((job.to_string(), worker, peers));
+        self
     }
 
     /// What the checkpointer waits on.
@@ -101,6 +114,25 @@ impl WorkerArchive {
         chunks.sort_by_key(|c| (c.topic.clone(), c.partition, c.hour_ms));
         self.writer.write(chunks);
         (self.bytes, self.records, self.oldest) = (0, 0, None);
+    }
+
+    /// Cuts the buffers and then marks that everything this worker read before a
+    /// checkpoint's pause at `tick` is archived (see `batch::complete`).
+    pub fn mark(&mut self, tick: Tick, ended: bool) {
+        self.cut();
+        let Some((job, worker, peers)) = &self.marks else {
+            return;
+        };
+        let (worker, peers) = (*worker, *peers);
+        let path = layout::mark_path(&self.prefix, job, worker);
+        let body = serde_json::json!({
+            "tick": tick,
+            "worker": worker,
+            "peers": peers,
+            "ended": ended,
+            "written_ms": crate::clock::now_ms(),
+        });
+        self.writer.mark(path, body.to_string().into_bytes());
     }
 
     /// Whether the writer is behind by more than two buffers: the source stops reading

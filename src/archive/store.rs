@@ -184,6 +184,7 @@ async fn rewrite_before(root: &Root, path: &Path, next: i64, level: i32) -> anyh
                 valid: r.valid,
                 key: r.key.as_deref(),
                 payload: &r.payload,
+                read_ms: r.read_ms.unwrap_or(r.timestamp_ms),
             },
             headers,
         );
@@ -215,6 +216,7 @@ mod tests {
                 valid: true,
                 key: None,
                 payload: b"{}",
+                read_ms: o,
             };
             c.push(r, std::iter::empty());
         }

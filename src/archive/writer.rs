@@ -62,6 +62,8 @@ enum Job {
     /// Clean up past these positions, then answer.
     Resume(BTreeMap<(String, i32), i64>, Sender<anyhow::Result<()>>),
     Write(Vec<Chunk>),
+    /// A small file written after every job before it (`complete`'s marks).
+    Mark(object_store::path::Path, bytes::Bytes),
 }
 
 /// The worker's side of its writer thread.
@@ -98,6 +100,12 @@ impl Writer {
                             }
                             let _ = answer.send(done.map(|_| ()));
                         }
+                        Job::Mark(path, body) => {
+                            put_retrying(&rt, &root, &path, body, &p);
+                            let mut counts = p.counts.lock().expect("archive progress");
+                            counts.1 += 1;
+                            p.moved.notify_all();
+                        }
                         Job::Write(chunks) => {
                             write(&rt, &root, level, chunks, &p);
                             let mut counts = p.counts.lock().expect("archive progress");
@@ -118,6 +126,12 @@ impl Writer {
             .send(Job::Resume(from, answer))
             .context("the archive writer stopped")?;
         answered.recv().context("the archive writer stopped")?
+    }
+
+    /// Hands over a mark, written once every chunk handed over before is.
+    pub fn mark(&self, path: object_store::path::Path, body: Vec<u8>) {
+        self.progress.counts.lock().expect("archive progress").0 += 1;
+        let _ = self.to.send(Job::Mark(path, body.into()));
     }
 
     /// Hands over chunks to write; the checkpointer waits for them.
@@ -158,26 +172,38 @@ fn write(
         );
         let (records, held) = (chunk.len(), chunk.bytes);
         let bytes = bytes::Bytes::from(chunk.encode(level).expect("an archive chunk encodes"));
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match rt.block_on(root.store.put(&path, bytes.clone().into())) {
-                Ok(_) => break,
-                Err(e) => {
-                    let e = format!("writing {path} to archive.root = {:?}: {e}", root.name);
-                    tracing::warn!(error = %e, "archive write failed; retrying");
-                    metrics::counter!(crate::telemetry::ARCHIVE_FAILURES).increment(1);
-                    *progress.error.lock().expect("archive error") = Some(e);
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-        *progress.error.lock().expect("archive error") = None;
-        metrics::counter!(ARCHIVE_BYTES).increment(bytes.len() as u64);
+        let size = bytes.len();
+        put_retrying(rt, root, &path, bytes, progress);
+        metrics::counter!(ARCHIVE_BYTES).increment(size as u64);
         metrics::counter!(ARCHIVE_FILES).increment(1);
         metrics::gauge!(ARCHIVE_PENDING).decrement(records as f64);
         progress.queued_bytes.fetch_sub(held, Ordering::Relaxed);
         crate::crash::point("archive-written");
     }
     metrics::histogram!(ARCHIVE_FLUSH).record(started.elapsed().as_secs_f64());
+}
+
+/// Puts `bytes` at `path`, retrying with backoff until the store takes it.
+fn put_retrying(
+    rt: &tokio::runtime::Runtime,
+    root: &Root,
+    path: &object_store::path::Path,
+    bytes: bytes::Bytes,
+    progress: &Progress,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match rt.block_on(root.store.put(path, bytes.clone().into())) {
+            Ok(_) => break,
+            Err(e) => {
+                let e = format!("writing {path} to archive.root = {:?}: {e}", root.name);
+                tracing::warn!(error = %e, "archive write failed; retrying");
+                metrics::counter!(crate::telemetry::ARCHIVE_FAILURES).increment(1);
+                *progress.error.lock().expect("archive error") = Some(e);
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    *progress.error.lock().expect("archive error") = None;
 }

@@ -82,6 +82,7 @@ fn alone(a: &BenchArgs) -> anyhow::Result<()> {
             valid: true,
             key: None,
             payload,
+            read_ms: *ts,
         };
         archive.take(
             partition as usize,

@@ -223,6 +223,7 @@ pub fn record(payload: &[u8]) -> tidemark_dataflows::contract::record::RecordRef
         append_ms: 0,
         key: None,
         payload,
+        read_ms: None,
     }
 }
 

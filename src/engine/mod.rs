@@ -26,6 +26,7 @@ use crate::sink::postgres::PostgresStore;
 use crate::sink::redis::RedisStore;
 use crate::sink::topic::TopicStore;
 use crate::sink::{Store, Writer};
+use crate::source::archive::ArchivePlan;
 use crate::source::kafka::{self};
 use crate::telemetry::Freshness;
 use crate::telemetry::{self, SinkStats, Status};
@@ -40,6 +41,8 @@ pub enum SourceKind {
         spec: GenerateSpec,
         pace: Option<u64>,
     },
+    /// The archive's records (`batch`, `training-set`), read to the plan's end.
+    Archive(Arc<ArchivePlan>),
 }
 
 /// What a run shares with the process that started it.
@@ -69,9 +72,14 @@ pub struct RunOptions {
     pub measure_freshness: bool,
     /// Runs this family instead of the registry's `config.dataflow` (tests, embedding).
     pub family: Option<Arc<MakeFamily>>,
+    /// Writes to these stores instead of the configured ones (`batch`): the run then
+    /// neither claims the feature views nor touches the online stores.
+    pub stores: Option<Arc<MakeStores>>,
 }
 
 pub type MakeFamily = dyn Fn() -> Box<dyn Family> + Send + Sync;
+/// A worker's own stores, made from its identity.
+pub type MakeStores = dyn Fn(&Writer) -> anyhow::Result<Vec<Box<dyn Store>>> + Send + Sync;
 
 impl RunOptions {
     /// Reads Kafka and writes the stores of `config`.
@@ -84,6 +92,7 @@ impl RunOptions {
             memory: None,
             measure_freshness: false,
             family: None,
+            stores: None,
         }
     }
 
@@ -130,7 +139,8 @@ pub fn run(opts: RunOptions, shared: Arc<Shared>) -> anyhow::Result<Option<Tick>
     if let Some(d) = &dlq {
         let _ = shared.status.dlq.set(d.sender.deliveries.clone());
     }
-    if let Some(url) = &opts.config.postgres.url {
+    let online = opts.stores.is_none();
+    if let Some(url) = opts.config.postgres.url.as_ref().filter(|_| online) {
         let up = until_up(&shared, "postgres", || {
             let mut c = postgres::Client::connect(url, postgres::NoTls)
                 .context("connecting to postgres (postgres.url)")?;
@@ -140,7 +150,7 @@ pub fn run(opts: RunOptions, shared: Arc<Shared>) -> anyhow::Result<Option<Tick>
             return Ok(None);
         }
     }
-    if let Some(url) = &opts.config.redis.url {
+    if let Some(url) = opts.config.redis.url.as_ref().filter(|_| online) {
         let up = until_up(&shared, "redis", || {
             redis::Client::open(url.as_str())?
                 .get_connection_with_timeout(Duration::from_secs(2))
@@ -153,10 +163,12 @@ pub fn run(opts: RunOptions, shared: Arc<Shared>) -> anyhow::Result<Option<Tick>
     *shared.status.starting.lock().expect("status") = None;
     // one job per feature view and store: another job's entities are never overwritten
     // nor rolled back
-    crate::sink::owners::claim(&opts.config, &tables)?;
+    if online {
+        crate::sink::owners::claim(&opts.config, &tables)?;
+    }
     let resume = match opts.source {
         SourceKind::Kafka => Resume::find(&opts.config, &tables, family.name())?,
-        SourceKind::Generator { .. } => Resume::default(),
+        SourceKind::Generator { .. } | SourceKind::Archive(_) => Resume::default(),
     };
     telemetry::prometheus();
     shared
@@ -312,6 +324,13 @@ pub(super) fn open_stores(
             .clone()
     };
     let mut stores: Vec<OpenStore> = Vec::new();
+    if let Some(make) = &opts.stores {
+        for s in make(writer)? {
+            let name = s.name();
+            stores.push((s, stats(name)));
+        }
+        return Ok(stores);
+    }
     if let Some(state) = &opts.memory {
         stores.push((
             Box::new(MemoryStore {

@@ -21,6 +21,7 @@ use crate::checkpoint::Checkpointer;
 use crate::clock::now_ms;
 use crate::sink::dlq::Dlq;
 use crate::sink::{spawn_writer, Writer, WriterHandle};
+use crate::source::archive::ArchiveSource;
 use crate::source::dimension::{FixedTable, PgTable};
 use crate::source::generator::GeneratorSource;
 use crate::source::kafka::{KafkaSource, Ledger, SourceStart};
@@ -176,6 +177,11 @@ fn open_source(
                 let archive = crate::archive::WorkerArchive::start(cfg, root, index, from)?;
                 source = source.archived(archive, topics);
             }
+            Ok((Box::new(source), None))
+        }
+        SourceKind::Archive(plan) => {
+            shared.status.assigned.fetch_add(1, Ordering::Relaxed);
+            let source = ArchiveSource::new(plan.clone(), index, peers)?;
             Ok((Box::new(source), None))
         }
     }

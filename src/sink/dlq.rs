@@ -238,7 +238,11 @@ pub fn dead_letters<'s>(
                 logged.1 += 1;
                 if logged.1 <= 10 {
                     let error = cut(&r.error.message, TEXT_BYTES).0;
-                    tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset, reason = r.error.kind.as_str(), error, dlq = %topic, "invalid record");
+                    match &dlq {
+                        Some(_) => tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset, reason = r.error.kind.as_str(), error, dlq = %topic, "invalid record"),
+                        // a replay of the archive, or the demo: counted, not dead-lettered
+                        None => tracing::debug!(topic = %r.topic, partition = r.partition, offset = r.offset, reason = r.error.kind.as_str(), error, "invalid record"),
+                    }
                 }
                 if let Some(d) = &dlq {
                     d.send_invalid(&r);

@@ -22,7 +22,7 @@ pub struct PostgresStore {
     writer: Writer,
 }
 
-fn sql_type(t: FieldType) -> &'static str {
+pub(crate) fn sql_type(t: FieldType) -> &'static str {
     match t {
         FieldType::Int => "bigint",
         FieldType::Float => "double precision",
@@ -148,7 +148,7 @@ impl PostgresStore {
 }
 
 /// Column-major batch of one table's upserts, bound as arrays and expanded with `unnest`.
-struct Columns {
+pub(crate) struct Columns {
     keys: Vec<Vec<String>>,
     fields: Vec<Column>,
     ticks: Vec<i64>,
@@ -162,7 +162,7 @@ enum Column {
 }
 
 impl Columns {
-    fn new(spec: &TableSpec) -> Self {
+    pub(crate) fn new(spec: &TableSpec) -> Self {
         Columns {
             keys: vec![Vec::new(); spec.keys.len()],
             fields: spec
@@ -179,7 +179,7 @@ impl Columns {
         }
     }
 
-    fn push(&mut self, spec: &TableSpec, key: &[String], values: &[Value], tick: Tick) {
+    pub(crate) fn push(&mut self, spec: &TableSpec, key: &[String], values: &[Value], tick: Tick) {
         for (i, k) in key.iter().enumerate() {
             self.keys[i].push(k.clone());
         }
@@ -191,7 +191,7 @@ impl Columns {
     }
 
     /// The arrays in the order of `upsert_sql`'s parameters.
-    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+    pub(crate) fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
         let mut params: Vec<&(dyn ToSql + Sync)> =
             self.keys.iter().map(|k| k as &(dyn ToSql + Sync)).collect();
         params.extend(self.fields.iter().map(|c| c.param()));
@@ -205,10 +205,25 @@ impl Columns {
 /// that exists only `WHERE {guard}`. A list travels as its JSON text and becomes a `text[]`
 /// in order.
 fn upsert_sql(spec: &TableSpec, guard: &str) -> String {
-    let name = table_name(spec);
+    upsert_sql_into(spec, &table_name(spec), "_tick", false, guard)
+}
+
+/// [`upsert_sql`] into table `name`, whose tick column is `tick`; with `tick_in_key`, a row
+/// is one key's at one tick (`batch_{ns}`'s `as_of`).
+pub(crate) fn upsert_sql_into(
+    spec: &TableSpec,
+    name: &str,
+    tick: &str,
+    tick_in_key: bool,
+    guard: &str,
+) -> String {
     let mut names: Vec<&str> = spec.keys.clone();
     names.extend(spec.fields.iter().map(|f| f.name));
-    names.extend(["_tick", "_v"]);
+    names.extend([tick, "_v"]);
+    let mut conflict = spec.keys.clone();
+    if tick_in_key {
+        conflict.push(tick);
+    }
     let mut types: Vec<&str> = spec.keys.iter().map(|_| "text[]").collect();
     types.extend(spec.fields.iter().map(|f| match f.ty {
         FieldType::Int => "bigint[]",
@@ -248,7 +263,7 @@ fn upsert_sql(spec: &TableSpec, guard: &str) -> String {
         select.join(", "),
         unnest.join(", "),
         columns.join(", "),
-        spec.keys.join(", "),
+        conflict.join(", "),
         updates.join(", ")
     )
 }

@@ -73,19 +73,13 @@ impl RecordSource for GeneratorSource {
                 append_ms: crate::clock::now_ms() as i64,
                 key,
                 payload: &p.payload,
+                read_ms: None,
             };
             if let (Visit::Taken(event), Some((archive, topics))) =
                 (visit(record), &mut self.archive)
             {
                 let lane = topics.iter().position(|t| *t == p.topic).unwrap_or(0);
-                let r = RecordIn {
-                    offset: record.offset,
-                    timestamp_ms: record.append_ms,
-                    event_ms: event.map_or(record.append_ms, |t| t as i64),
-                    valid: event.is_some(),
-                    key,
-                    payload: &p.payload,
-                };
+                let r = RecordIn::taken(&record, event, record.append_ms as u64);
                 archive.take(lane, &p.topic, record.partition, r, std::iter::empty());
             }
         }

@@ -90,6 +90,9 @@ struct Lanes {
     appends: Vec<i64>,
     /// Where taken records are archived, when `[archive]` is on.
     archive: Option<WorkerArchive>,
+    /// The clock the dataflow judges this poll's records by (the last `now_ms`): archived
+    /// with each record, so a replay judges it the same.
+    clock: std::cell::Cell<u64>,
 }
 
 impl Lanes {
@@ -133,14 +136,7 @@ impl Lanes {
             i,
             record.topic,
             record.partition,
-            RecordIn {
-                offset: record.offset,
-                timestamp_ms: record.append_ms,
-                event_ms: event.map_or(record.append_ms, |t| t as i64),
-                valid: event.is_some(),
-                key: record.key,
-                payload: record.payload,
-            },
+            RecordIn::taken(record, event, self.clock.get()),
             headers,
         );
     }
@@ -284,17 +280,16 @@ impl KafkaSource {
             assignment.add_partition_offset(topic, *partition, Offset::Offset(from))?;
         }
         consumer.assign(&assignment)?;
-        let archive = if cfg.archive.enabled {
-            let root = crate::archive::open(&cfg.archive)?;
-            Some(WorkerArchive::start(
-                &cfg.archive,
-                root,
-                start.worker,
-                positions.clone(),
-            )?)
-        } else {
-            None
-        };
+        let archive =
+            if cfg.archive.enabled {
+                let root = crate::archive::open(&cfg.archive)?;
+                Some(
+                    WorkerArchive::start(&cfg.archive, root, start.worker, positions.clone())?
+                        .marking(&cfg.job, start.worker, start.peers),
+                )
+            } else {
+                None
+            };
         if let Some(b) = &start.backlog {
             let left: i64 = ends.iter().map(|(p, e)| e - positions[p]).sum();
             b.fetch_add(left, std::sync::atomic::Ordering::Relaxed);
@@ -340,6 +335,7 @@ impl KafkaSource {
                 last: 0,
                 appends: Vec::new(),
                 archive,
+                clock: std::cell::Cell::new(now_ms()),
             },
             exit_at_end: start.exit_at_end,
             pending: VecDeque::new(),
@@ -419,6 +415,7 @@ impl KafkaSource {
                     append_ms: h.append_ms,
                     key: h.key.as_deref(),
                     payload: &h.payload,
+                    read_ms: None,
                 };
                 let Visit::Taken(event) = visit(record) else {
                     break;
@@ -434,6 +431,7 @@ impl KafkaSource {
                         append_ms: h.append_ms,
                         key: h.key.as_deref(),
                         payload: &h.payload,
+                        read_ms: None,
                     };
                     let headers = h.headers.iter().map(|(k, v)| (k.as_str(), v.as_deref()));
                     self.lanes.archive(i, event, &record, headers);
@@ -462,6 +460,7 @@ impl KafkaSource {
             append_ms,
             key: m.key(),
             payload: m.payload().unwrap_or(&[]),
+            read_ms: None,
         };
         let visited = if lanes.all[i].held.is_empty() {
             visit(record)
@@ -668,8 +667,9 @@ impl RecordSource for KafkaSource {
             .collect();
         self.ledger.lock().expect("ledger").paused = Some((tick, positions));
         // the checkpoint of this pause is saved once these are in files
+        let ended = self.at_end();
         if let Some(a) = &mut self.lanes.archive {
-            a.cut();
+            a.mark(tick, ended);
         }
     }
 
@@ -693,7 +693,9 @@ impl RecordSource for KafkaSource {
     }
 
     fn now_ms(&self) -> u64 {
-        now_ms()
+        let now = now_ms();
+        self.lanes.clock.set(now);
+        now
     }
 }
 

@@ -17,6 +17,10 @@ pub struct RecordRef<'a> {
     pub append_ms: i64,
     pub key: Option<&'a [u8]>,
     pub payload: &'a [u8],
+    /// The clock (epoch ms) the record was first judged by, when it is a replay (`batch`
+    /// reading the archive): the future-skew check measures from it, not from the clock
+    /// of the replay, so a replay accepts and rejects exactly what the first read did.
+    pub read_ms: Option<u64>,
 }
 
 /// How a poll ended.
@@ -63,6 +67,11 @@ pub trait RecordSource {
     fn tend(&mut self) {}
     /// Wall-clock time in epoch ms (a fixed clock in tests).
     fn now_ms(&self) -> u64;
+    /// With `exit_at_end`, the stream time the input ends at when it is past the last
+    /// record's: `batch` ends at its `--to`, so the windows and timers due by then expire.
+    fn end_at(&self) -> Option<Tick> {
+        None
+    }
 }
 
 /// Why a record was rejected.

@@ -397,6 +397,10 @@ where
             }
             Poll::Finished if opts.exit_at_end => {
                 self.finished = true;
+                if let Some(end) = self.w.records.end_at().filter(|e| *e > self.stream_time) {
+                    self.stream_time = end;
+                    held.downgrade(&end);
+                }
                 let ended = [
                     News::End(self.stream_time),
                     News::Clock {

@@ -32,6 +32,7 @@ pub(super) fn validate<E>(
         ));
     }
     let ev = decode(rec)?;
+    let now = rec.read_ms.unwrap_or(now);
     if ev.ts > now + opts.max_future_skew_ms {
         return Err(DecodeError::new(
             ErrorKind::Range,
@@ -53,6 +54,7 @@ pub(super) fn invalid(
     now: u64,
 ) -> InvalidRecord {
     let mut r = InvalidRecord::new(rec, e);
+    let now = rec.read_ms.unwrap_or(now);
     r.claimed_ts =
         claimed_ts(rec.payload).filter(|ts| *ts <= now.saturating_add(opts.max_future_skew_ms));
     r

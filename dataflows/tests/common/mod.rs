@@ -47,6 +47,7 @@ impl RecordSource for VecSource {
                 append_ms: 0,
                 key: None,
                 payload,
+                read_ms: None,
             });
         }
         Poll::Caught { idle: false }

@@ -196,6 +196,7 @@ mod tests {
             append_ms: 1_767_225_601_000,
             key: None,
             payload: payload.as_bytes(),
+            read_ms: None,
         }
     }
 

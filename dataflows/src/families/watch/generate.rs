@@ -202,6 +202,7 @@ mod tests {
                 append_ms: 0,
                 key: None,
                 payload: &p.payload,
+                read_ms: None,
             };
             match decode(&r, p.topic == "watches") {
                 Ok(e) => match e.event {
