@@ -280,21 +280,6 @@ fn every_record_is_in_exactly_one_file_through_crashes_and_kills() {
     assert_exactly_once(&kafka_truth(&topic), &topic, &files);
 }
 
-/// Creates `bucket` on the S3 server (moto takes unsigned requests).
-fn create_bucket(endpoint: &str, bucket: &str) {
-    let r = http_client()
-        .build()
-        .unwrap()
-        .put(format!("{endpoint}/{bucket}"))
-        .send()
-        .unwrap();
-    assert!(
-        r.status().is_success(),
-        "creating bucket {bucket}: {}",
-        r.status()
-    );
-}
-
 #[test]
 fn the_archive_on_s3_holds_every_record_once() {
     let endpoint = std::env::var("TIDEMARK_S3").unwrap_or("http://127.0.0.1:9400".into());

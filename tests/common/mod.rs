@@ -546,3 +546,18 @@ pub fn produce(topic: &str, lines: &[&str]) {
     }
     producer.flush(Duration::from_secs(60)).unwrap();
 }
+
+/// Creates `bucket` on the S3 server (moto takes unsigned requests).
+pub fn create_bucket(endpoint: &str, bucket: &str) {
+    let r = http_client()
+        .build()
+        .unwrap()
+        .put(format!("{endpoint}/{bucket}"))
+        .send()
+        .unwrap();
+    assert!(
+        r.status().is_success(),
+        "creating bucket {bucket}: {}",
+        r.status()
+    );
+}
