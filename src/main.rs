@@ -178,6 +178,10 @@ struct RunArgs {
     /// …and a file of `host:port` lines, one per process (default 127.0.0.1:2101+i).
     #[arg(long)]
     hostfile: Option<PathBuf>,
+    /// The built-in batch scheduler: writes the features as of each multiple of this
+    /// (e.g. `1h`) once the archive holds it (needs `[archive]`; process 0 of a cluster).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    batch_every: Option<Duration>,
 }
 
 /// The flags that override the config file and the environment.
@@ -391,6 +395,30 @@ fn training_set(a: TrainingSetArgs) -> anyhow::Result<()> {
     }
 }
 
+/// `--batch-every`'s scheduler thread, on process 0: (every, its stop flag, the thread).
+type Scheduler = (
+    u64,
+    Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<()>,
+);
+
+fn scheduler(
+    batch_every: Option<Duration>,
+    process: usize,
+    config: &Config,
+) -> anyhow::Result<Option<Scheduler>> {
+    let Some(every) = batch_every.filter(|_| process == 0) else {
+        return Ok(None);
+    };
+    if !config.archive.enabled {
+        anyhow::bail!("--batch-every reads the archive: set archive.enabled = true (TIDEMARK_ARCHIVE__ENABLED=true) and archive.root");
+    }
+    let every = (every.as_millis() as u64).max(1);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let thread = tidemark::batch::schedule::spawn(config.clone(), every, stop.clone())?;
+    Ok(Some((every, stop, thread)))
+}
+
 /// How long a stop may take once SIGTERM came (DESIGN §6 allows 30 s).
 const STOP_DEADLINE: Duration = Duration::from_secs(29);
 
@@ -470,10 +498,19 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     }
     stop_deadline(shared.clone());
     let reporter = report_progress(shared.clone());
-    let opts = RunOptions::kafka(timely, config, a.exit_at_end);
+    let scheduled = scheduler(a.batch_every, a.process, &config)?;
+    let opts = RunOptions::kafka(timely, config.clone(), a.exit_at_end);
     let final_tick = engine::run(opts, shared.clone());
     shared.stop.store(true, Relaxed);
     let _ = reporter.join();
+    if let Some((every, stop, thread)) = scheduled {
+        stop.store(true, Relaxed);
+        let _ = thread.join();
+        // the end of the input, not a SIGTERM (whose stop has a deadline): a last pass
+        if a.exit_at_end && final_tick.is_ok() && !shared.drain.load(Relaxed) {
+            tidemark::batch::schedule::logged_pass(&config, every);
+        }
+    }
     let final_tick = final_tick?;
     let c = &shared.counters;
     tracing::info!(

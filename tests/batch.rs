@@ -34,6 +34,18 @@ impl Lake {
     /// events) in fresh topics, its dimension tables in a fresh database, archived by an
     /// `--exit-at-end` run on 2 workers.
     fn run(name: &str, family: &str, events: u64, root: &str, extra_env: &[(&str, &str)]) -> Lake {
+        Lake::run_with(name, family, events, root, extra_env, &[])
+    }
+
+    /// [`Lake::run`] with `run_extra` flags for the run.
+    fn run_with(
+        name: &str,
+        family: &str,
+        events: u64,
+        root: &str,
+        extra_env: &[(&str, &str)],
+        run_extra: &[&str],
+    ) -> Lake {
         let (own, _) = tables_of(family);
         let db = format!("batch_{name}_{family}_{}", std::process::id());
         let pg = fresh_pg(&db);
@@ -100,6 +112,7 @@ impl Lake {
         for t in &lake.topics {
             run.extend(["--topic", t]);
         }
+        run.extend_from_slice(run_extra);
         tidemark(&run, &lake.env());
         lake
     }
@@ -563,4 +576,56 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
             out.push(e.path());
         }
     }
+}
+
+#[test]
+fn the_built_in_scheduler_writes_each_boundary_once_the_archive_holds_it() {
+    let root = local_root("scheduled");
+    let lake = Lake::run_with(
+        "scheduled",
+        "search",
+        3_000,
+        &root,
+        &[],
+        &["--batch-every", "30m"],
+    );
+    let at = lake.final_tick();
+    let every = 30 * 60_000;
+    let mut c = postgres::Client::connect(&lake.pg, postgres::NoTls).unwrap();
+    let as_of: Vec<i64> = c
+        .query("SELECT DISTINCT as_of FROM batch_doc ORDER BY as_of", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    // 2 h of events from the first hour on: every half hour up to the run's end (3)
+    let last = (at / every * every) as i64;
+    assert_eq!(as_of.last(), Some(&last), "{as_of:?}");
+    assert!(as_of.len() >= 3, "{as_of:?}");
+    assert!(
+        as_of.windows(2).all(|w| w[1] - w[0] == every as i64),
+        "{as_of:?}"
+    );
+    let done: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(Path::new(&root).join(format!("_batches/{}.json", lake.job))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(done["to"], last);
+    // a boundary the scheduler wrote is what `batch` writes for it
+    let sum = |c: &mut postgres::Client| -> (i64, i64) {
+        let r = c
+            .query_one(
+                &format!(
+                    "SELECT count(*), sum(impressions_7d)::bigint FROM batch_doc WHERE as_of = {}",
+                    as_of[1]
+                ),
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    let scheduled = sum(&mut c);
+    assert!(scheduled.0 > 0);
+    lake.batch_at(as_of[1] as u64, "1");
+    assert_eq!(sum(&mut c), scheduled);
 }

@@ -55,6 +55,31 @@ pub fn parse_name(name: &str) -> Option<(i32, i64, i64)> {
     Some((partition, first, last))
 }
 
+/// The start of the hour a file's path files it under (`…/dt=YYYY-MM-DD/hour=HH/…`).
+pub fn hour_of_path(path: &Path) -> Option<i64> {
+    let parts: Vec<String> = path.parts().map(|p| p.as_ref().to_string()).collect();
+    let day = parts.iter().find_map(|p| p.strip_prefix("dt="))?;
+    let hour: i64 = parts
+        .iter()
+        .find_map(|p| p.strip_prefix("hour="))?
+        .parse()
+        .ok()?;
+    let mut ymd = day.splitn(3, '-').map(str::parse::<i64>);
+    let (y, m, d) = (ymd.next()?.ok()?, ymd.next()?.ok()?, ymd.next()?.ok()?);
+    Some(days_from_civil(y, m, d) * 86_400_000 + hour * HOUR_MS)
+}
+
+/// Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's algorithm).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
@@ -92,6 +117,13 @@ mod tests {
         assert!(file_path(&root, "t", hour_of(-5), 0, 0, 0)
             .as_ref()
             .contains("dt=1970-01-01/hour=00"));
+        // and back
+        for hour in [0, 1_709_164_800_000, 1_767_222_000_000, hour_of(ms)] {
+            assert_eq!(
+                hour_of_path(&file_path(&root, "t", hour, 0, 0, 0)),
+                Some(hour)
+            );
+        }
     }
 
     #[test]

@@ -33,30 +33,39 @@ struct Mark {
 
 /// `Ok(Ok(()))` when the archive covers `to`, `Ok(Err(why))` when not yet.
 pub fn covers(cfg: &Config, to: Tick) -> anyhow::Result<Result<(), String>> {
+    Ok(judge(&marks(cfg)?, to, cfg.ingest.max_partition_skew_ms))
+}
+
+/// The last instant the archive covers, if its marks tell one.
+pub fn covered(cfg: &Config) -> anyhow::Result<Option<Tick>> {
+    Ok(reach(&marks(cfg)?, cfg.ingest.max_partition_skew_ms)
+        .ok()
+        .map(|(t, _, _)| t))
+}
+
+fn marks(cfg: &Config) -> anyhow::Result<Vec<Mark>> {
     let root = crate::archive::open(&cfg.archive)?;
     let dir = root.prefix.clone().join("_marks").join(cfg.job.as_str());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let marks: Vec<Mark> = rt
-        .block_on(async {
-            let listed: Vec<_> = root.store.list(Some(&dir)).try_collect().await?;
-            let mut marks = Vec::new();
-            for m in listed {
-                let body = root.store.get(&m.location).await?.bytes().await?;
-                match serde_json::from_slice::<Mark>(&body) {
-                    Ok(mark) => marks.push(mark),
-                    Err(e) => tracing::warn!(mark = %m.location, error = %e, "an unreadable archive mark is ignored"),
-                }
+    rt.block_on(async {
+        let listed: Vec<_> = root.store.list(Some(&dir)).try_collect().await?;
+        let mut marks = Vec::new();
+        for m in listed {
+            let body = root.store.get(&m.location).await?.bytes().await?;
+            match serde_json::from_slice::<Mark>(&body) {
+                Ok(mark) => marks.push(mark),
+                Err(e) => tracing::warn!(mark = %m.location, error = %e, "an unreadable archive mark is ignored"),
             }
-            anyhow::Ok(marks)
-        })
-        .with_context(|| format!("reading {dir} in archive.root = {:?}", cfg.archive.root))?;
-    Ok(judge(&marks, to, cfg.ingest.max_partition_skew_ms))
+        }
+        anyhow::Ok(marks)
+    })
+    .with_context(|| format!("reading {dir} in archive.root = {:?}", cfg.archive.root))
 }
 
-/// The newest complete set of marks decides.
-fn judge(marks: &[Mark], to: Tick, skew: u64) -> Result<(), String> {
+/// How far the newest whole set of marks covers: (instant, its checkpoint's tick, ended).
+fn reach(marks: &[Mark], skew: u64) -> Result<(Tick, Tick, bool), String> {
     let mut sets: BTreeMap<usize, Vec<&Mark>> = BTreeMap::new();
     for m in marks.iter().filter(|m| m.worker < m.peers) {
         sets.entry(m.peers).or_default().push(m);
@@ -70,12 +79,23 @@ fn judge(marks: &[Mark], to: Tick, skew: u64) -> Result<(), String> {
     };
     let tick = set.iter().map(|m| m.tick).min().unwrap_or(0);
     let ended = set.iter().all(|m| m.ended);
-    if (ended && to <= tick) || tick >= to.saturating_add(skew) {
+    let covered = if ended {
+        tick
+    } else {
+        tick.saturating_sub(skew)
+    };
+    Ok((covered, tick, ended))
+}
+
+/// Whether the marks cover `to`, else why not.
+fn judge(marks: &[Mark], to: Tick, skew: u64) -> Result<(), String> {
+    let (covered, tick, ended) = reach(marks, skew)?;
+    if to <= covered {
         return Ok(());
     }
     Err(match ended {
         true => format!("the archive ends at {tick} (an --exit-at-end run read its topics to the end there), before --to {to}"),
-        false => format!("the archive is complete to {} (its last checkpoint at {tick}, less ingest.max_partition_skew_ms = {skew}), before --to {to}", tick.saturating_sub(skew)),
+        false => format!("the archive is complete to {covered} (its last checkpoint at {tick}, less ingest.max_partition_skew_ms = {skew}), before --to {to}"),
     })
 }
 

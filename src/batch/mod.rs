@@ -10,6 +10,7 @@
 
 pub mod complete;
 pub mod output;
+pub mod schedule;
 pub mod store;
 pub mod training;
 

@@ -2,6 +2,7 @@
 
 pub mod ads;
 pub mod archive;
+pub mod batch;
 pub mod commerce;
 pub mod reading;
 pub mod search;
@@ -382,6 +383,7 @@ const BENCHES: &[(&str, Bench)] = &[
     ("commerce", commerce::run),
     ("watch", watch::run),
     ("archive", archive::run),
+    ("batch", batch::run),
     ("state", |a| state::run(a.keys, a.events)),
     ("serve", |a| serve::run(a.entities, a.seconds)),
 ];
