@@ -227,49 +227,95 @@ fn properties(level: i32, bytes: usize) -> anyhow::Result<WriterProperties> {
         .build())
 }
 
+/// An archive file's columns, read without copying a record: `batch` reads every record
+/// of the archive once, straight from these.
+pub struct Columns {
+    pub topic: StringArray,
+    pub partition: Int32Array,
+    pub offset: Int64Array,
+    pub timestamp: Int64Array,
+    pub event: Int64Array,
+    pub valid: BooleanArray,
+    pub key: BinaryArray,
+    pub payload: BinaryArray,
+    pub headers: ListArray,
+    /// `None` in a file of the first format.
+    pub read: Option<Int64Array>,
+}
+
+impl Columns {
+    pub fn len(&self) -> usize {
+        self.offset.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.offset.is_empty()
+    }
+    pub fn key(&self, i: usize) -> Option<&[u8]> {
+        (!self.key.is_null(i)).then(|| self.key.value(i))
+    }
+}
+
+/// The columns of an archive file's bytes, in file order (one batch: a file is one
+/// worker buffer's records of a partition and hour).
+pub fn columns(bytes: bytes::Bytes) -> anyhow::Result<Columns> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
+    let rows = builder.metadata().file_metadata().num_rows().max(1) as usize;
+    let batches = builder
+        .with_batch_size(rows)
+        .build()?
+        .collect::<Result<Vec<_>, _>>()?;
+    let fields = match batches.first() {
+        Some(b) => b.schema().fields().clone(),
+        None => schema().fields().clone(),
+    };
+    let now = schema();
+    let first_format = fields.len() == FIRST_FORMAT_COLUMNS
+        && fields.iter().zip(now.fields().iter()).all(|(a, b)| a == b);
+    if fields != *now.fields() && !first_format {
+        bail!("not an archive file: its columns are {fields:?}");
+    }
+    let batch = match batches.len() {
+        0 => RecordBatch::new_empty(schema()),
+        1 => batches.into_iter().next().expect("one batch"),
+        _ => arrow_select::concat::concat_batches(&batches[0].schema(), &batches)?,
+    };
+    let col = |i: usize| batch.column(i).as_ref();
+    Ok(Columns {
+        topic: downcast::<StringArray>(col(0))?.clone(),
+        partition: downcast::<Int32Array>(col(1))?.clone(),
+        offset: downcast::<Int64Array>(col(2))?.clone(),
+        timestamp: downcast::<Int64Array>(col(3))?.clone(),
+        event: downcast::<Int64Array>(col(4))?.clone(),
+        valid: downcast::<BooleanArray>(col(5))?.clone(),
+        key: downcast::<BinaryArray>(col(6))?.clone(),
+        payload: downcast::<BinaryArray>(col(7))?.clone(),
+        headers: downcast::<ListArray>(col(8))?.clone(),
+        read: match first_format {
+            true => None,
+            false => Some(downcast::<Int64Array>(col(9))?.clone()),
+        },
+    })
+}
+
 /// The records of an archive file's bytes, in file order.
 pub fn decode(bytes: bytes::Bytes) -> anyhow::Result<Vec<ArchivedRecord>> {
-    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
-    let mut out = Vec::new();
-    for batch in reader {
-        let batch = batch?;
-        let fields = batch.schema().fields().clone();
-        let now = schema();
-        let first_format = fields.len() == FIRST_FORMAT_COLUMNS
-            && fields.iter().zip(now.fields().iter()).all(|(a, b)| a == b);
-        if fields != *now.fields() && !first_format {
-            bail!("not an archive file: its columns are {:?}", batch.schema());
-        }
-        let col = |i: usize| batch.column(i).as_ref();
-        let topic = downcast::<StringArray>(col(0))?;
-        let partition = downcast::<Int32Array>(col(1))?;
-        let offset = downcast::<Int64Array>(col(2))?;
-        let ts = downcast::<Int64Array>(col(3))?;
-        let event = downcast::<Int64Array>(col(4))?;
-        let valid = downcast::<BooleanArray>(col(5))?;
-        let key = downcast::<BinaryArray>(col(6))?;
-        let payload = downcast::<BinaryArray>(col(7))?;
-        let headers = downcast::<ListArray>(col(8))?;
-        let read = match first_format {
-            true => None,
-            false => Some(downcast::<Int64Array>(col(9))?),
-        };
-        for i in 0..batch.num_rows() {
-            out.push(ArchivedRecord {
-                topic: topic.value(i).to_string(),
-                partition: partition.value(i),
-                offset: offset.value(i),
-                timestamp_ms: ts.value(i),
-                event_ms: event.value(i),
-                valid: valid.value(i),
-                key: (!key.is_null(i)).then(|| key.value(i).to_vec()),
-                payload: payload.value(i).to_vec(),
-                headers: read_headers(&headers.value(i))?,
-                read_ms: read.map(|r| r.value(i)),
-            });
-        }
-    }
-    Ok(out)
+    let c = columns(bytes)?;
+    (0..c.len())
+        .map(|i| {
+            Ok(ArchivedRecord {
+                topic: c.topic.value(i).to_string(),
+                partition: c.partition.value(i),
+                offset: c.offset.value(i),
+                timestamp_ms: c.timestamp.value(i),
+                event_ms: c.event.value(i),
+                valid: c.valid.value(i),
+                key: c.key(i).map(<[u8]>::to_vec),
+                payload: c.payload.value(i).to_vec(),
+                headers: read_headers(&c.headers.value(i))?,
+                read_ms: c.read.as_ref().map(|r| r.value(i)),
+            })
+        })
+        .collect()
 }
 
 fn read_headers(list: &Arc<dyn Array>) -> anyhow::Result<Vec<Header>> {

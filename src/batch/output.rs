@@ -142,6 +142,10 @@ impl WorkerOutput {
         for ((t, k), v) in entities {
             per_table[*t as usize].push((k, v));
         }
+        // the same file for the same rows
+        per_table
+            .iter_mut()
+            .for_each(|rows| rows.sort_unstable_by(|a, b| a.0.cmp(b.0)));
         if self.pg.is_some() {
             let written = self.write_pg(b, &per_table);
             if written.is_err() {

@@ -4,7 +4,9 @@
 //! generator on `--e2e-workers`, no stores); then a training set of `--entities` label rows.
 //!
 //! The archive is the one the online run writes with `[archive]` on (its generator files a
-//! partition per worker). `batch` writes Parquet only, unless TIDEMARK_PG is set.
+//! partition per worker). `batch` writes Parquet only, unless TIDEMARK_PG is set. With
+//! `--kafka` the online run is a Kafka replay instead (`--e2e-events` in a 4-partition
+//! topic, `run --exit-at-end`, no stores, the archive on): what `batch` replaces.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,7 +36,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     let pg = cfg.postgres.url.take();
     cfg.archive.root = dir.join("lake").to_string_lossy().into_owned();
     let spec = GenerateSpec {
-        events: a.events,
+        events: if a.kafka { a.e2e_events } else { a.events },
         span_ms: Some(span.as_millis() as u64),
         ..Default::default()
     };
@@ -43,19 +45,31 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
         "bench batch: {} search events over {:?}, {} workers",
         a.events, span, a.e2e_workers
     );
-    let baseline = online(&cfg, &spec)?;
-    println!(
-        "online dataflow (generator, no stores):     {:>8.1} s  {:>9.0} events/s",
-        baseline,
-        a.events as f64 / baseline
-    );
-    cfg.archive.enabled = true;
-    let archived = online(&cfg, &spec)?;
-    println!(
-        "online dataflow with the archive on:        {:>8.1} s  {:>9.0} events/s",
-        archived,
-        a.events as f64 / archived
-    );
+    let baseline = if a.kafka {
+        cfg.archive.enabled = true;
+        let secs = replay(&mut cfg, &spec)?;
+        println!(
+            "run --exit-at-end from Kafka (no stores, archive on): {:>6.1} s  {:>9.0} events/s",
+            secs,
+            spec.events as f64 / secs
+        );
+        secs
+    } else {
+        let baseline = online(&cfg, &spec)?;
+        println!(
+            "online dataflow (generator, no stores):     {:>8.1} s  {:>9.0} events/s",
+            baseline,
+            a.events as f64 / baseline
+        );
+        cfg.archive.enabled = true;
+        let archived = online(&cfg, &spec)?;
+        println!(
+            "online dataflow with the archive on:        {:>8.1} s  {:>9.0} events/s",
+            archived,
+            a.events as f64 / archived
+        );
+        baseline
+    };
     cfg.archive.enabled = false;
     cfg.postgres.url = pg;
     let days = (end - start) / DAY_MS;
@@ -95,6 +109,32 @@ fn online(cfg: &Config, spec: &GenerateSpec) -> anyhow::Result<f64> {
         },
         ..RunOptions::kafka(timely_config(cfg.workers, 1, 0, None)?, cfg.clone(), true)
     };
+    let started = Instant::now();
+    crate::engine::run(opts, Arc::new(Shared::default()))?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// Produces the traffic to a fresh 4-partition topic and replays it with `--exit-at-end`
+/// (no stores): its seconds. `cfg` then reads that topic's archive.
+fn replay(cfg: &mut Config, spec: &GenerateSpec) -> anyhow::Result<f64> {
+    let topic = format!("bench-batch-{}", now_ms());
+    super::create_topic(&cfg.kafka.brokers, &topic, 4)?;
+    let family = crate::engine::family_of(cfg)?;
+    eprintln!("producing {} events to {topic} …", spec.events);
+    let sender = crate::sink::producer::Sender::new(&cfg.kafka.brokers)?;
+    for p in family.generate(spec) {
+        sender.send(
+            &topic,
+            p.key.as_deref().map(str::as_bytes),
+            &p.payload,
+            None,
+        )?;
+    }
+    sender.flush()?;
+    cfg.kafka.topics = Some(vec![topic.clone()]);
+    cfg.kafka.group_id = Some(topic);
+    cfg.checkpoint.dir = std::env::temp_dir().join("tidemark-bench-state");
+    let opts = RunOptions::kafka(timely_config(cfg.workers, 1, 0, None)?, cfg.clone(), true);
     let started = Instant::now();
     crate::engine::run(opts, Arc::new(Shared::default()))?;
     Ok(started.elapsed().as_secs_f64())

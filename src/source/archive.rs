@@ -19,7 +19,7 @@ use object_store::ObjectStoreExt;
 use tidemark_dataflows::contract::record::{Poll, RecordRef, RecordSource, Visit};
 use tidemark_dataflows::Tick;
 
-use crate::archive::file::{decode, ArchivedRecord};
+use crate::archive::file::{columns, Columns};
 use crate::archive::Root;
 
 /// One archive file: where it is, its partition and offsets (from its name).
@@ -102,19 +102,31 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the archive reader's runtime")
 }
 
+/// An open file and its next record.
+struct Cursor {
+    columns: Columns,
+    next: usize,
+}
+
+impl Cursor {
+    fn offset(&self) -> Option<i64> {
+        (self.next < self.columns.len()).then(|| self.columns.offset.value(self.next))
+    }
+}
+
 /// One partition: its files not opened yet, those open, and the record to go next.
 struct Lane {
     topic: String,
     partition: i32,
     /// By first offset.
     files: VecDeque<ArchiveFile>,
-    /// Open files' records not read yet, each in offset order.
-    open: Vec<VecDeque<ArchivedRecord>>,
+    open: Vec<Cursor>,
     /// The last offset handed out: a record found again in another file is skipped.
     last: Option<i64>,
     /// The partition's stream time: the largest event time handed out.
     time: Option<Tick>,
-    head: Option<ArchivedRecord>,
+    /// The open file whose next record goes next.
+    head: Option<usize>,
     /// Its stream time would pass `to`: nothing more is read from it.
     done: bool,
 }
@@ -122,8 +134,12 @@ struct Lane {
 impl Lane {
     /// The stream time at the head record: what the merge orders partitions by.
     fn key(&self) -> Option<Tick> {
-        let head = self.head.as_ref()?;
-        let own = head.valid.then_some(head.event_ms.max(0) as Tick);
+        let c = &self.open[self.head?];
+        let own = c
+            .columns
+            .valid
+            .value(c.next)
+            .then(|| c.columns.event.value(c.next).max(0) as Tick);
         Some(self.time.max(own).unwrap_or(0))
     }
 }
@@ -177,16 +193,18 @@ impl ArchiveSource {
     fn refill(&mut self, i: usize) {
         let lane = &mut self.lanes[i];
         while lane.head.is_none() && !lane.done {
+            lane.open.retain(|c| c.offset().is_some());
             let low = lane
                 .open
                 .iter()
-                .filter_map(|f| f.front().map(|r| r.offset))
+                .enumerate()
+                .filter_map(|(c, f)| Some((f.offset()?, c)))
                 .min();
             if let Some(f) = lane.files.front() {
-                if low.is_none_or(|o| f.first <= o) {
+                if low.is_none_or(|(o, _)| f.first <= o) {
                     let f = lane.files.pop_front().expect("a front");
                     match read_file(&self.rt, &self.plan.root, &f) {
-                        Ok(records) => lane.open.push(records.into()),
+                        Ok(columns) => lane.open.push(Cursor { columns, next: 0 }),
                         Err(e) => {
                             let e = format!("{e:#}");
                             tracing::error!(file = %f.path, error = %e, "skipping an archive file that cannot be read: the batch goes on without its records");
@@ -196,24 +214,18 @@ impl ArchiveSource {
                     continue;
                 }
             }
-            let Some(low) = low else {
+            let Some((offset, c)) = low else {
                 lane.done = true;
                 break;
             };
-            let f = lane
-                .open
-                .iter_mut()
-                .find(|f| f.front().is_some_and(|r| r.offset == low))
-                .expect("the lowest offset's file");
-            let r = f.pop_front().expect("a record");
-            lane.open.retain(|f| !f.is_empty());
-            if lane.last.is_some_and(|l| r.offset <= l) {
+            if lane.last.is_some_and(|l| offset <= l) {
+                lane.open[c].next += 1;
                 self.plan
                     .doubled
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 continue;
             }
-            lane.head = Some(r);
+            lane.head = Some(c);
             if lane.key().is_some_and(|k| k > self.plan.to) {
                 lane.done = true;
                 lane.head = None;
@@ -243,24 +255,29 @@ fn read_file(
     rt: &tokio::runtime::Runtime,
     root: &Root,
     f: &ArchiveFile,
-) -> anyhow::Result<Vec<ArchivedRecord>> {
+) -> anyhow::Result<Columns> {
     let bytes = rt
         .block_on(async { root.store.get(&f.path).await?.bytes().await })
         .with_context(|| format!("reading {}", f.path))?;
-    let records =
-        decode(bytes).with_context(|| format!("{} is not a readable archive file", f.path))?;
-    if let Some(r) = records.iter().find(|r| {
-        r.partition != f.partition || r.topic != f.topic || r.offset < f.first || r.offset > f.last
-    }) {
+    let c = columns(bytes).with_context(|| format!("{} is not a readable archive file", f.path))?;
+    let foreign = (0..c.len()).find(|&i| {
+        let o = c.offset.value(i);
+        c.partition.value(i) != f.partition
+            || c.topic.value(i) != f.topic
+            || o < f.first
+            || o > f.last
+            || (i > 0 && o <= c.offset.value(i - 1))
+    });
+    if let Some(i) = foreign {
         anyhow::bail!(
-            "{} holds {}/{} offset {}, which its name does not cover",
+            "{} holds {}/{} offset {} out of order or not covered by its name",
             f.path,
-            r.topic,
-            r.partition,
-            r.offset
+            c.topic.value(i),
+            c.partition.value(i),
+            c.offset.value(i)
         );
     }
-    Ok(records)
+    Ok(c)
 }
 
 impl RecordSource for ArchiveSource {
@@ -288,20 +305,23 @@ impl RecordSource for ArchiveSource {
                 }
             }
             let lane = &mut self.lanes[i];
-            let r = lane.head.as_ref().expect("a head");
+            let c = lane.head.expect("a head");
+            let (cols, row) = (&lane.open[c].columns, lane.open[c].next);
+            let offset = cols.offset.value(row);
             let record = RecordRef {
                 topic: &lane.topic,
                 partition: lane.partition,
-                offset: r.offset,
-                append_ms: r.timestamp_ms,
-                key: r.key.as_deref(),
-                payload: &r.payload,
-                read_ms: r.read_ms.map(|t| t.max(0) as u64),
+                offset,
+                append_ms: cols.timestamp.value(row),
+                key: cols.key(row),
+                payload: cols.payload.value(row),
+                read_ms: cols.read.as_ref().map(|r| r.value(row).max(0) as u64),
             };
             match visit(record) {
                 Visit::Taken(event) => {
                     lane.time = lane.time.max(event);
-                    lane.last = Some(r.offset);
+                    lane.last = Some(offset);
+                    lane.open[c].next += 1;
                     lane.head = None;
                     handed += 1;
                     self.plan
