@@ -371,7 +371,7 @@ fn batch(a: BatchArgs) -> anyhow::Result<()> {
     let config = a.config.load()?;
     let (from, to) = (batch::parse_instant(&a.from)?, batch::parse_instant(&a.to)?);
     let every = a.every.as_millis() as u64;
-    match batch::batch(&config, from, to, every, a.assume_complete)? {
+    match batch::batch(&config, from, to, every, a.assume_complete, None)? {
         Outcome::NotYet(why) => not_yet(&why),
         Outcome::Done(r) => print_report(
             &r,
@@ -406,6 +406,7 @@ fn scheduler(
     batch_every: Option<Duration>,
     process: usize,
     config: &Config,
+    drain: Arc<std::sync::atomic::AtomicBool>,
 ) -> anyhow::Result<Option<Scheduler>> {
     let Some(every) = batch_every.filter(|_| process == 0) else {
         return Ok(None);
@@ -415,7 +416,7 @@ fn scheduler(
     }
     let every = (every.as_millis() as u64).max(1);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let thread = tidemark::batch::schedule::spawn(config.clone(), every, stop.clone())?;
+    let thread = tidemark::batch::schedule::spawn(config.clone(), every, stop.clone(), drain)?;
     Ok(Some((every, stop, thread)))
 }
 
@@ -498,7 +499,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     }
     stop_deadline(shared.clone());
     let reporter = report_progress(shared.clone());
-    let scheduled = scheduler(a.batch_every, a.process, &config)?;
+    let scheduled = scheduler(a.batch_every, a.process, &config, shared.drain.clone())?;
     let opts = RunOptions::kafka(timely, config.clone(), a.exit_at_end);
     let final_tick = engine::run(opts, shared.clone());
     shared.stop.store(true, Relaxed);
@@ -508,7 +509,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         let _ = thread.join();
         // the end of the input, not a SIGTERM (whose stop has a deadline): a last pass
         if a.exit_at_end && final_tick.is_ok() && !shared.drain.load(Relaxed) {
-            tidemark::batch::schedule::logged_pass(&config, every);
+            tidemark::batch::schedule::logged_pass(&config, every, None);
         }
     }
     let final_tick = final_tick?;

@@ -192,6 +192,25 @@ impl Lake {
             "batch failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // every row it reports is in Postgres once it has exited (its last boundary is
+        // written after the dataflow is done with it)
+        let said = String::from_utf8_lossy(&out.stdout);
+        let reported: i64 = said
+            .split(", ")
+            .find_map(|p| p.strip_suffix(" rows written as of 1 boundaries"))
+            .unwrap_or_else(|| panic!("a summary: {said}"))
+            .parse()
+            .unwrap();
+        let mut c = postgres::Client::connect(&self.pg, postgres::NoTls).unwrap();
+        let (_, tables) = tables_of(&self.family);
+        let held: i64 = tables
+            .iter()
+            .map(|t| {
+                let sql = format!("SELECT count(*) FROM batch_{} WHERE as_of = {at}", t.ns);
+                c.query_one(&sql, &[]).unwrap().get::<_, i64>(0)
+            })
+            .sum();
+        assert_eq!(held, reported, "{}: rows in Postgres", self.family);
         out
     }
 }
@@ -399,6 +418,30 @@ fn a_training_set_equals_a_naive_as_of_recount() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let got = read_training(&out);
     assert_eq!(got.len(), 60);
+    // the same labels as Parquet, `ts` a timestamp as pandas writes it: the same rows
+    let parquet = dir.join("labels.parquet");
+    write_parquet_labels(&parquet, &rows);
+    let out2 = dir.join("train2.parquet");
+    let o = lake.command(
+        "training-set",
+        &[
+            "--labels",
+            parquet.to_str().unwrap(),
+            "--out",
+            out2.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let again = read_training(&out2);
+    for (a, b) in got.iter().zip(&again) {
+        let features = |r: &serde_json::Map<String, serde_json::Value>| -> Vec<serde_json::Value> {
+            r.iter()
+                .filter(|(k, _)| k.contains("__"))
+                .map(|(_, v)| v.clone())
+                .collect()
+        };
+        assert_eq!(features(a), features(b));
+    }
     let (_, tables) = tables_of("search");
     let doc = tables.iter().position(|t| t.ns == "doc").unwrap();
     let mut with_features = 0;
@@ -628,4 +671,125 @@ fn the_built_in_scheduler_writes_each_boundary_once_the_archive_holds_it() {
     assert!(scheduled.0 > 0);
     lake.batch_at(as_of[1] as u64, "1");
     assert_eq!(sum(&mut c), scheduled);
+}
+
+/// Label rows as Parquet: `doc_id` text, `ts` a millisecond timestamp.
+fn write_parquet_labels(path: &Path, rows: &[(String, u64)]) {
+    use arrow_array::{ArrayRef, RecordBatch, StringArray, TimestampMillisecondArray};
+    let docs: ArrayRef =
+        std::sync::Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.0)));
+    let ts: ArrayRef = std::sync::Arc::new(TimestampMillisecondArray::from_iter_values(
+        rows.iter().map(|r| r.1 as i64),
+    ));
+    let batch = RecordBatch::try_from_iter([("doc_id", docs), ("ts", ts)]).unwrap();
+    let file = std::fs::File::create(path).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
+/// A partition whose records jump further than the alignment skew (10 min) past a label's
+/// time, while another partition still has a record before it: the record goes in by the
+/// label's time, as the as-of rule says (the alignment's stale view of the jumping
+/// partition held it back past the boundary, before the source marked only its next
+/// partition as pending).
+#[test]
+fn a_record_held_back_by_alignment_still_goes_in_before_its_boundary() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let t0: u64 = 1_767_261_600_000; // 2026-01-01T10:00:00Z
+    let min = 60_000;
+    let topic = fresh_topic("batch-gap", 2);
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka())
+        .create()
+        .unwrap();
+    let event = |id: &str, prefix: &str, ts: u64| {
+        format!(
+            r#"{{"candidates":["a"],"event_id":"{id}","event_type":"ac_impression","prefix":"{prefix}","session_id":"s","ts":{ts},"user_id":"u"}}"#
+        )
+    };
+    let records = [
+        (0, event("a", "far", t0)),
+        (0, event("b", "far", t0 + 15 * min)),
+        (1, event("c", "gap", t0 + 5 * min)),
+        (1, event("d", "gap", t0 + 11 * min)),
+    ];
+    for (partition, payload) in &records {
+        producer
+            .send(
+                BaseRecord::<(), str>::to(&topic)
+                    .payload(payload)
+                    .partition(*partition),
+            )
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    producer.flush(std::time::Duration::from_secs(10)).unwrap();
+    let root = local_root("gap");
+    let state = PathBuf::from(&root).with_extension("state");
+    let lake = Lake {
+        family: "search".into(),
+        topics: vec![topic.clone()],
+        pg: String::new(),
+        root: root.clone(),
+        env: vec![
+            ("TIDEMARK_ARCHIVE__ENABLED".into(), "true".into()),
+            ("TIDEMARK_ARCHIVE__ROOT".into(), root.clone()),
+            (
+                "TIDEMARK_CHECKPOINT__DIR".into(),
+                state.to_string_lossy().into_owned(),
+            ),
+        ],
+        job: "batch-gap".into(),
+    };
+    let run = [
+        "run",
+        "--topic",
+        &topic,
+        "--exit-at-end",
+        "--job",
+        &lake.job,
+        "--group-id",
+        &topic,
+    ];
+    tidemark(&run, &lake.env());
+    let dir = PathBuf::from(&root).join("labels");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (labels, out) = (dir.join("labels.csv"), dir.join("train.parquet"));
+    let at = |m: u64| (t0 + m * min).to_string();
+    std::fs::write(
+        &labels,
+        format!(
+            "prefix,ts\ngap,{}\ngap,{}\nfar,{}\nfar,{}\n",
+            at(8),
+            at(12),
+            at(12),
+            at(15)
+        ),
+    )
+    .unwrap();
+    // on 1 worker (both partitions merged) and on 2 (one each)
+    for workers in ["1", "2"] {
+        let o = lake.command(
+            "training-set",
+            &[
+                "--labels",
+                labels.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--workers",
+                workers,
+            ],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let got: Vec<Option<i64>> = read_training(&out)
+            .iter()
+            .map(|r| r["ac__ac_impressions_7d"].as_i64())
+            .collect();
+        assert_eq!(
+            got,
+            vec![Some(1), Some(2), Some(1), Some(2)],
+            "{workers} worker(s)"
+        );
+    }
 }

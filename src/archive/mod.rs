@@ -46,15 +46,19 @@ pub struct WorkerArchive {
 
 impl WorkerArchive {
     /// Starts the worker's writer and cleans up past `from` (the positions it reads from).
+    /// With `marks` (job, peers) it marks each checkpoint's pause (see `batch::complete`),
+    /// and first deletes its mark of the run before.
     pub fn start(
         cfg: &ArchiveConfig,
         root: Root,
         worker: usize,
         from: BTreeMap<(String, i32), i64>,
+        marks: Option<(&str, usize)>,
     ) -> anyhow::Result<Self> {
         let prefix = root.prefix.clone();
         let writer = Writer::spawn(root, cfg.zstd_level, worker)?;
-        writer.resume(from)?;
+        let unmark = marks.map(|(job, _)| layout::mark_path(&prefix, job, worker));
+        writer.resume(unmark, from)?;
         Ok(WorkerArchive {
             chunks: FxHashMap::default(),
             bytes: 0,
@@ -65,14 +69,8 @@ impl WorkerArchive {
             writer,
             lag: metrics::gauge!(ARCHIVE_LAG, "worker" => worker.to_string()),
             prefix,
-            marks: None,
+            marks: marks.map(|(job, peers)| (job.to_string(), worker, peers)),
         })
-    }
-
-    /// Marks each checkpoint's pause as worker `worker` of `peers` of `job`.
-    pub fn marking(mut self, job: &str, worker: usize, peers: usize) -> Self {
-        self.marks = Some((job.to_string(), worker, peers));
-        self
     }
 
     /// What the checkpointer waits on.

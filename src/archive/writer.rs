@@ -59,8 +59,12 @@ impl Progress {
 }
 
 enum Job {
-    /// Clean up past these positions, then answer.
-    Resume(BTreeMap<(String, i32), i64>, Sender<anyhow::Result<()>>),
+    /// Delete the mark (if any), clean up past these positions, then answer.
+    Resume(
+        Option<object_store::path::Path>,
+        BTreeMap<(String, i32), i64>,
+        Sender<anyhow::Result<()>>,
+    ),
     Write(Vec<Chunk>),
     /// A small file written after every job before it (`complete`'s marks).
     Mark(object_store::path::Path, bytes::Bytes),
@@ -86,8 +90,16 @@ impl Writer {
                     .expect("a runtime for the archive writer");
                 for job in jobs {
                     match job {
-                        Job::Resume(from, answer) => {
-                            let done = rt.block_on(resume(&root, &from, level));
+                        Job::Resume(unmark, from, answer) => {
+                            let done = rt.block_on(async {
+                                if let Some(mark) = &unmark {
+                                    match root.store.delete(mark).await {
+                                        Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                                        Err(e) => return Err(e.into()),
+                                    }
+                                }
+                                resume(&root, &from, level).await
+                            });
                             if let Some((deleted, cut)) =
                                 done.as_ref().ok().filter(|(d, c)| d + c > 0)
                             {
@@ -120,10 +132,16 @@ impl Writer {
     }
 
     /// Cleans up the files past `from` before the source reads from there.
-    pub fn resume(&self, from: BTreeMap<(String, i32), i64>) -> anyhow::Result<()> {
+    /// A restart first deletes its mark (`unmark`): the files past its positions that go
+    /// next may be ones the mark counted (written after a checkpoint that was not saved).
+    pub fn resume(
+        &self,
+        unmark: Option<object_store::path::Path>,
+        from: BTreeMap<(String, i32), i64>,
+    ) -> anyhow::Result<()> {
         let (answer, answered) = channel();
         self.to
-            .send(Job::Resume(from, answer))
+            .send(Job::Resume(unmark, from, answer))
             .context("the archive writer stopped")?;
         answered.recv().context("the archive writer stopped")?
     }

@@ -5,7 +5,7 @@
 //! `{tick, worker, peers, ended}`. The archive is complete to the least tick of one set of
 //! marks (all workers of one worker count). A partition still being read is at most
 //! `ingest.max_partition_skew_ms` behind the others (alignment), so its records of
-//! stream time up to `to` are all in once that tick is `to` plus the skew; an `--exit-at-end`
+//! stream time up to `to` are all in once that tick is past `to` plus the skew; an `--exit-at-end`
 //! run that read its topics to the end (`ended`) completes everything up to its last tick.
 //!
 //! Not covered: a partition that fell idle and later receives a record with an old event
@@ -79,10 +79,11 @@ fn reach(marks: &[Mark], skew: u64) -> Result<(Tick, Tick, bool), String> {
     };
     let tick = set.iter().map(|m| m.tick).min().unwrap_or(0);
     let ended = set.iter().all(|m| m.ended);
+    // a partition still being read may yet give a record at exactly `tick - skew`
     let covered = if ended {
         tick
     } else {
-        tick.saturating_sub(skew)
+        tick.saturating_sub(skew + 1)
     };
     Ok((covered, tick, ended))
 }
@@ -118,8 +119,8 @@ mod tests {
         assert!(judge(&[], 10, 0).is_err());
         // two workers, one a checkpoint behind: the least tick counts
         let two = [mark(0, 2, 1_000, false, 5), mark(1, 2, 900, false, 5)];
-        assert!(judge(&two, 800, 100).is_ok());
-        assert!(judge(&two, 801, 100).is_err());
+        assert!(judge(&two, 799, 100).is_ok());
+        assert!(judge(&two, 800, 100).is_err());
         // a set missing a worker is not whole
         assert!(judge(&two[..1], 100, 0).is_err());
         // an ended run covers up to its last tick, not past it
@@ -128,7 +129,7 @@ mod tests {
         assert!(judge(&ended, 1_001, 100).is_err());
         // a later run on one worker replaces the set of two
         let both = [two[0].clone(), two[1].clone(), mark(0, 1, 500, false, 20)];
-        assert!(judge(&both, 400, 100).is_ok());
-        assert!(judge(&both, 401, 100).is_err());
+        assert!(judge(&both, 399, 100).is_ok());
+        assert!(judge(&both, 400, 100).is_err());
     }
 }

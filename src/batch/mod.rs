@@ -15,8 +15,9 @@ pub mod store;
 pub mod training;
 
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use tidemark_dataflows::Tick;
@@ -38,6 +39,9 @@ pub fn parse_instant(s: &str) -> anyhow::Result<Tick> {
     Ok(t.duration_since(std::time::UNIX_EPOCH)?.as_millis() as Tick)
 }
 
+/// At most this many boundaries in one batch.
+pub const MAX_BOUNDARIES: u64 = 1_000_000;
+
 /// The boundaries of `(from, to]`: the multiples of `every` (epoch-aligned) in it.
 pub fn boundaries(from: Tick, to: Tick, every: Tick) -> anyhow::Result<Vec<Tick>> {
     if every == 0 {
@@ -46,11 +50,19 @@ pub fn boundaries(from: Tick, to: Tick, every: Tick) -> anyhow::Result<Vec<Tick>
     if from >= to {
         bail!("--from ({from}) must be before --to ({to})");
     }
-    let first = (from / every + 1) * every;
-    let out: Vec<Tick> = (0..)
-        .map(|k| first + k * every)
-        .take_while(|b| *b <= to)
-        .collect();
+    let first = (from / every)
+        .checked_add(1)
+        .and_then(|k| k.checked_mul(every))
+        .unwrap_or(Tick::MAX);
+    let count = if first > to {
+        0
+    } else {
+        (to - first) / every + 1
+    };
+    if count > MAX_BOUNDARIES {
+        bail!("(--from, --to] holds {count} multiples of --every: at most {MAX_BOUNDARIES} (each writes every entity); lengthen --every or split the range");
+    }
+    let out: Vec<Tick> = (0..count).map(|k| first + k * every).collect();
     if out.is_empty() {
         bail!("no multiple of --every ({every} ms) lies in (--from, --to]: widen the range or shorten --every");
     }
@@ -69,28 +81,77 @@ pub struct Report {
     pub seconds: f64,
 }
 
+/// How long a replay waits for its stores once the dataflow is done (a store retrying
+/// meanwhile): past it, the batch fails rather than hang a cron job.
+const STORES_DEADLINE: Duration = Duration::from_secs(600);
+
 /// Runs the configured family over the archive up to `plan.to`; each worker's store hands
-/// its entities to `on_boundary(worker)` at each of the plan's boundaries.
+/// its entities to `on_boundary(worker)` at each of the plan's boundaries. `interrupt`
+/// stops it (the online run's SIGTERM, for the scheduler's replay).
 pub fn replay(
     cfg: &Config,
     plan: ArchivePlan,
     on_boundary: Arc<dyn Fn(usize) -> anyhow::Result<OnBoundary> + Send + Sync>,
+    interrupt: Option<Arc<AtomicBool>>,
 ) -> anyhow::Result<Report> {
     let started = Instant::now();
     let plan = Arc::new(plan);
     let boundaries = Arc::new(plan.boundaries.clone());
+    let finished = Arc::new(AtomicUsize::new(0));
+    let f = finished.clone();
     let make: Arc<MakeStores> = Arc::new(move |w| {
-        let store = BatchStore::new(w.tables.clone(), boundaries.clone(), on_boundary(w.worker)?);
+        let on = on_boundary(w.worker)?;
+        let store = BatchStore::new(w.tables.clone(), boundaries.clone(), on, f.clone());
         Ok(vec![Box::new(store) as Box<dyn Store>])
     });
     let config = cfg.clone();
+    let workers = config.workers;
     let opts = RunOptions {
         source: SourceKind::Archive(plan.clone()),
         stores: Some(make),
-        ..RunOptions::kafka(timely_config(cfg.workers, 1, 0, None)?, config, true)
+        ..RunOptions::kafka(timely_config(workers, 1, 0, None)?, config, true)
     };
     let shared = Arc::new(Shared::default());
-    engine::run(opts, shared.clone())?;
+    let watcher = interrupt.map(|stop| {
+        let shared = shared.clone();
+        std::thread::spawn(move || {
+            while !shared.stop.load(Relaxed) {
+                if stop.load(Relaxed) {
+                    shared.stop.store(true, Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    });
+    let ran = engine::run(opts, shared.clone());
+    let interrupted = shared.stop.swap(true, Relaxed);
+    if let Some(w) = watcher {
+        let _ = w.join();
+    }
+    ran?;
+    if interrupted {
+        bail!("the batch was interrupted");
+    }
+    // every worker's store hands on its last boundary after the run is done with it
+    let deadline = Instant::now() + STORES_DEADLINE;
+    while finished.load(Relaxed) < workers {
+        let errors: Vec<String> = shared
+            .sinks
+            .lock()
+            .expect("sinks")
+            .values()
+            .filter_map(|s| s.last_error.lock().expect("sink stats").clone())
+            .map(|(_, e)| e)
+            .collect();
+        if Instant::now() > deadline {
+            bail!(
+                "the batch's rows were not all written within {} s: {}",
+                STORES_DEADLINE.as_secs(),
+                errors.join("; ")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let skipped = plan.skipped.lock().expect("skipped").clone();
     Ok(Report {
         records: plan.read.load(Relaxed),
@@ -136,6 +197,7 @@ pub fn batch(
     to: Tick,
     every: Tick,
     assume_complete: bool,
+    interrupt: Option<Arc<AtomicBool>>,
 ) -> anyhow::Result<Outcome> {
     let bounds = boundaries(from, to, every)?;
     if !assume_complete {
@@ -158,7 +220,7 @@ pub fn batch(
                 as OnBoundary,
         )
     });
-    let mut report = replay(cfg, plan, on_boundary)?;
+    let mut report = replay(cfg, plan, on_boundary, interrupt)?;
     report.rows = rows.load(Relaxed);
     Ok(Outcome::Done(report))
 }

@@ -139,8 +139,8 @@ impl WorkerOutput {
     /// Writes every entity as of `b`: one Postgres transaction, one file per view.
     pub fn write(&mut self, b: Tick, entities: &Entities) -> anyhow::Result<()> {
         let mut per_table: Vec<Vec<(&[String], &[Value])>> = vec![Vec::new(); self.tables.len()];
-        for ((t, k), v) in entities {
-            per_table[*t as usize].push((k, v));
+        for (t, k, v) in entities.iter() {
+            per_table[t as usize].push((k, v));
         }
         // the same file for the same rows
         per_table

@@ -30,7 +30,11 @@ fn done_path(cfg: &Config, root: &crate::archive::Root) -> object_store::path::P
 }
 
 /// One pass: `Some((from, to, report))` when it wrote boundaries in `(from, to]`.
-pub fn pass(cfg: &Config, every: Tick) -> anyhow::Result<Option<(Tick, Tick, Report)>> {
+pub fn pass(
+    cfg: &Config,
+    every: Tick,
+    interrupt: Option<Arc<AtomicBool>>,
+) -> anyhow::Result<Option<(Tick, Tick, Report)>> {
     let Some(covered) = complete::covered(cfg)? else {
         return Ok(None);
     };
@@ -70,7 +74,7 @@ pub fn pass(cfg: &Config, every: Tick) -> anyhow::Result<Option<(Tick, Tick, Rep
     if to <= from {
         return Ok(None);
     }
-    let report = match batch(cfg, from, to, every, true)? {
+    let report = match batch(cfg, from, to, every, true, interrupt)? {
         Outcome::Done(r) => r,
         Outcome::NotYet(why) => anyhow::bail!("{why}"),
     };
@@ -86,9 +90,9 @@ pub fn pass(cfg: &Config, every: Tick) -> anyhow::Result<Option<(Tick, Tick, Rep
     Ok(Some((from, to, report)))
 }
 
-/// One pass, logged.
-pub fn logged_pass(cfg: &Config, every: Tick) {
-    match pass(cfg, every) {
+/// One pass, logged; whether it failed.
+pub fn logged_pass(cfg: &Config, every: Tick, interrupt: Option<Arc<AtomicBool>>) -> bool {
+    match pass(cfg, every, interrupt) {
         Ok(Some((from, to, r))) => tracing::info!(
             from,
             to,
@@ -100,29 +104,41 @@ pub fn logged_pass(cfg: &Config, every: Tick) {
         Ok(None) => {}
         Err(e) => {
             metrics::counter!(BATCH_FAILURES).increment(1);
-            tracing::error!(error = %format!("{e:#}"), "batch failed; tried again at the next pass");
+            tracing::error!(error = %format!("{e:#}"), "batch failed; tried again later");
+            return true;
         }
     }
+    false
 }
 
 /// Runs a pass once a minute until `stop` (the run's last pass is its caller's: not
-/// after a SIGTERM, whose stop has a deadline).
+/// after a SIGTERM, whose stop has a deadline); after a failed pass it waits twice as
+/// long, up to an hour (a corrupt file fails every pass until it is fixed). `drain` (a
+/// SIGTERM) interrupts a pass.
 pub fn spawn(
     cfg: Config,
     every: Tick,
     stop: Arc<AtomicBool>,
+    drain: Arc<AtomicBool>,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("batch-scheduler".into())
         .spawn(move || {
             let mut last = Instant::now();
-            while !stop.load(Ordering::Relaxed) {
+            let mut wait = PASS_INTERVAL;
+            while !stop.load(Ordering::Relaxed) && !drain.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(200));
-                if last.elapsed() >= Duration::from_secs(60) {
-                    logged_pass(&cfg, every);
+                if last.elapsed() >= wait {
+                    wait = match logged_pass(&cfg, every, Some(drain.clone())) {
+                        true => (wait * 2).min(MAX_PASS_INTERVAL),
+                        false => PASS_INTERVAL,
+                    };
                     last = Instant::now();
                 }
             }
         })
         .context("starting the batch scheduler")
 }
+
+const PASS_INTERVAL: Duration = Duration::from_secs(60);
+const MAX_PASS_INTERVAL: Duration = Duration::from_secs(3600);

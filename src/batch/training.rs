@@ -13,9 +13,12 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context};
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Int32Type, Int64Type};
+use arrow_array::types::{
+    Int32Type, Int64Type, TimestampMicrosecondType, TimestampMillisecondType,
+    TimestampNanosecondType, TimestampSecondType,
+};
 use arrow_array::{Array, ArrayRef, RecordBatch, StringArray};
-use arrow_schema::{DataType, Field, Schema};
+use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use tidemark_dataflows::contract::table::Value;
@@ -94,6 +97,9 @@ fn read_parquet(path: &Path) -> anyhow::Result<(Arc<Schema>, Vec<ArrayRef>)> {
         .with_context(|| format!("{} is not a Parquet file", path.display()))?;
     let schema = builder.schema().clone();
     let batches = builder.build()?.collect::<Result<Vec<_>, _>>()?;
+    if batches.is_empty() {
+        bail!("{} has no label rows", path.display());
+    }
     let columns = (0..schema.fields().len())
         .map(|i| {
             let parts: Vec<&dyn Array> = batches.iter().map(|b| b.column(i).as_ref()).collect();
@@ -113,6 +119,20 @@ fn cell(a: &ArrayRef, i: usize) -> anyhow::Result<String> {
         DataType::LargeUtf8 => a.as_string::<i64>().value(i).to_string(),
         DataType::Int64 => a.as_primitive::<Int64Type>().value(i).to_string(),
         DataType::Int32 => a.as_primitive::<Int32Type>().value(i).to_string(),
+        DataType::Timestamp(unit, _) => {
+            // a label time as pandas writes it: epoch ms
+            match unit {
+                TimeUnit::Second => a.as_primitive::<TimestampSecondType>().value(i) * 1_000,
+                TimeUnit::Millisecond => a.as_primitive::<TimestampMillisecondType>().value(i),
+                TimeUnit::Microsecond => {
+                    a.as_primitive::<TimestampMicrosecondType>().value(i) / 1_000
+                }
+                TimeUnit::Nanosecond => {
+                    a.as_primitive::<TimestampNanosecondType>().value(i) / 1_000_000
+                }
+            }
+            .to_string()
+        }
         other => bail!("a column of type {other} (use text or integers)"),
     })
 }
@@ -149,13 +169,28 @@ pub fn training_set(
         else {
             continue;
         };
-        let keys = (0..labels.ts.len())
-            .map(|i| {
-                at.iter()
-                    .map(|c| cell(&labels.columns[*c], i).ok())
-                    .collect()
-            })
-            .collect();
+        let mut keys = Vec::with_capacity(labels.ts.len());
+        for i in 0..labels.ts.len() {
+            let mut key = Some(Vec::with_capacity(at.len()));
+            for (c, name) in at.iter().zip(&spec.keys) {
+                let column = &labels.columns[*c];
+                if column.is_null(i) {
+                    key = None; // no entity: its features are null
+                    continue;
+                }
+                let part = cell(column, i).with_context(|| {
+                    format!(
+                        "{} row {}: key column `{name}`",
+                        labels_path.display(),
+                        i + 1
+                    )
+                })?;
+                if let Some(k) = key.as_mut() {
+                    k.push(part);
+                }
+            }
+            keys.push(key);
+        }
         joins.push(Join {
             table: t as u8,
             keys,
@@ -193,7 +228,7 @@ pub fn training_set(
             for &row in &rows[&b] {
                 for (n, join) in joins.iter().enumerate() {
                     let Some(key) = &join.keys[row] else { continue };
-                    if let Some(v) = entities.get(&(join.table, key.clone())) {
+                    if let Some(v) = entities.get(join.table, key) {
                         found.insert((row, n), v.clone());
                     }
                 }
@@ -201,7 +236,7 @@ pub fn training_set(
             Ok(())
         }) as OnBoundary)
     });
-    let mut report = replay(cfg, plan, on_boundary)?;
+    let mut report = replay(cfg, plan, on_boundary, None)?;
     let found = found.lock().expect("found");
     let mut fields: Vec<Field> = labels
         .schema

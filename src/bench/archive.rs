@@ -71,7 +71,7 @@ fn alone(a: &BenchArgs) -> anyhow::Result<()> {
     };
     let root = crate::archive::open(&archive_cfg)?;
     let from: BTreeMap<(String, i32), i64> = (0..4).map(|p| (("bench".into(), p), 0)).collect();
-    let mut archive = WorkerArchive::start(&archive_cfg, root, 0, from)?;
+    let mut archive = WorkerArchive::start(&archive_cfg, root, 0, from, None)?;
     let (cpu0, start) = (cpu_time(), Instant::now());
     for (offset, (payload, ts)) in records.iter().enumerate() {
         let partition = (offset % 4) as i32;

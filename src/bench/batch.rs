@@ -73,7 +73,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     cfg.archive.enabled = false;
     cfg.postgres.url = pg;
     let days = (end - start) / DAY_MS;
-    match crate::batch::batch(&cfg, start, end, DAY_MS, true)? {
+    match crate::batch::batch(&cfg, start, end, DAY_MS, true, None)? {
         crate::batch::Outcome::Done(r) => println!(
             "batch, {days} daily boundaries{}:   {:>8.1} s  {:>9.0} records/s  ({} rows, {:.2}x the online dataflow)",
             if cfg.postgres.url.is_some() { " (Postgres+Parquet)" } else { " (Parquet)" },

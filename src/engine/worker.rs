@@ -174,7 +174,7 @@ fn open_source(
                     .map(|t| ((t.clone(), index as i32), 0))
                     .collect();
                 let root = crate::archive::open(cfg)?;
-                let archive = crate::archive::WorkerArchive::start(cfg, root, index, from)?;
+                let archive = crate::archive::WorkerArchive::start(cfg, root, index, from, None)?;
                 source = source.archived(archive, topics);
             }
             Ok((Box::new(source), None))

@@ -230,7 +230,7 @@ pub fn dead_letters<'s>(
                     if logged.1 > 10 {
                         tracing::warn!(
                             unlogged = logged.1 - 10,
-                            "more invalid records went to the DLQ"
+                            "more invalid records, not logged one by one"
                         );
                     }
                     logged = (Instant::now(), 0);

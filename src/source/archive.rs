@@ -288,11 +288,15 @@ impl RecordSource for ArchiveSource {
             let Some((i, key)) = self.lowest(&held) else {
                 break;
             };
-            // a boundary between this record and those handed in this poll: the poll ends
+            // a boundary between this record and those handed in this poll: the poll ends;
+            // and while a record is held back (a peer is behind), the boundary waits for it
             if let Some(&b) = self.plan.boundaries.get(self.next_boundary) {
                 if key > b {
                     if handed > 0 {
                         return Poll::Busy;
+                    }
+                    if held.iter().any(|h| *h) {
+                        return Poll::Held;
                     }
                     while self
                         .plan
@@ -315,7 +319,13 @@ impl RecordSource for ArchiveSource {
                 append_ms: cols.timestamp.value(row),
                 key: cols.key(row),
                 payload: cols.payload.value(row),
-                read_ms: cols.read.as_ref().map(|r| r.value(row).max(0) as u64),
+                // a file of the first format did not keep it: its append time is nearer
+                // the first read than the replay's clock (as the restart's rewrite keeps it)
+                read_ms: Some(match &cols.read {
+                    Some(r) => r.value(row),
+                    None => cols.timestamp.value(row),
+                })
+                .map(|t| t.max(0) as u64),
             };
             match visit(record) {
                 Visit::Taken(event) => {
@@ -342,9 +352,17 @@ impl RecordSource for ArchiveSource {
         }
     }
 
+    /// The partition whose record goes next (the least stream time), and those not read
+    /// yet: the merge already orders this worker's partitions, so only the peers hold its
+    /// records back (its other partitions' positions, the last times they gave, lag their
+    /// next records' and would hold back records the merge rightly hands out).
     fn pending(&self, mark: &mut dyn FnMut(&str, i32)) {
-        for l in self.lanes.iter().filter(|l| !l.done || l.head.is_some()) {
-            mark(&l.topic, l.partition);
+        let next = self.lanes.iter().filter_map(Lane::key).min();
+        for l in &self.lanes {
+            let first = l.head.is_none() && !l.done;
+            if first || (l.head.is_some() && l.key() == next) {
+                mark(&l.topic, l.partition);
+            }
         }
     }
 

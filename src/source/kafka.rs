@@ -280,16 +280,18 @@ impl KafkaSource {
             assignment.add_partition_offset(topic, *partition, Offset::Offset(from))?;
         }
         consumer.assign(&assignment)?;
-        let archive =
-            if cfg.archive.enabled {
-                let root = crate::archive::open(&cfg.archive)?;
-                Some(
-                    WorkerArchive::start(&cfg.archive, root, start.worker, positions.clone())?
-                        .marking(&cfg.job, start.worker, start.peers),
-                )
-            } else {
-                None
-            };
+        let archive = if cfg.archive.enabled {
+            let root = crate::archive::open(&cfg.archive)?;
+            Some(WorkerArchive::start(
+                &cfg.archive,
+                root,
+                start.worker,
+                positions.clone(),
+                Some((&cfg.job, start.peers)),
+            )?)
+        } else {
+            None
+        };
         if let Some(b) = &start.backlog {
             let left: i64 = ends.iter().map(|(p, e)| e - positions[p]).sum();
             b.fetch_add(left, std::sync::atomic::Ordering::Relaxed);
