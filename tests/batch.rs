@@ -202,11 +202,21 @@ impl Lake {
             .parse()
             .unwrap();
         let mut c = postgres::Client::connect(&self.pg, postgres::NoTls).unwrap();
-        let (_, tables) = tables_of(&self.family);
-        let held: i64 = tables
+        // every batch table, the batch-only views' too
+        let names: Vec<String> = c
+            .query(
+                "SELECT table_name::text FROM information_schema.tables \
+                 WHERE table_schema = current_schema() AND table_name LIKE 'batch\\_%'",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let held: i64 = names
             .iter()
             .map(|t| {
-                let sql = format!("SELECT count(*) FROM batch_{} WHERE as_of = {at}", t.ns);
+                let sql = format!("SELECT count(*) FROM {t} WHERE as_of = {at}");
                 c.query_one(&sql, &[]).unwrap().get::<_, i64>(0)
             })
             .sum();
@@ -792,4 +802,124 @@ fn a_record_held_back_by_alignment_still_goes_in_before_its_boundary() {
             "{workers} worker(s)"
         );
     }
+}
+
+/// Search's batch-only window: `popularity_90d` (view `doc_long`) counts what the 30-day
+/// popularity has let go, and lets go after 90 days; `run` has no such view.
+#[test]
+fn search_declares_a_90_day_popularity_only_batch_computes() {
+    let day = 86_400_000u64;
+    let t0: u64 = 1_767_225_600_000; // 2026-01-01
+    let topic = fresh_topic("batch-long", 1);
+    let click = |id: &str, doc: &str, ts: u64| {
+        format!(
+            r#"{{"event_id":"{id}","event_type":"click","ts":{ts},"user_id":"u","session_id":"s","query":"q","doc_id":"{doc}","position":1}}"#
+        )
+    };
+    let lines = [
+        click("a", "old", t0),
+        click("b", "old", t0 + 35 * day),
+        click("c", "other", t0 + 95 * day),
+    ];
+    produce(
+        &topic,
+        &lines.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let root = local_root("long");
+    let state = PathBuf::from(&root).with_extension("state");
+    let pg = fresh_pg(&format!("batch_long_{}", std::process::id()));
+    let lake = Lake {
+        family: "search".into(),
+        topics: vec![topic.clone()],
+        pg: pg.clone(),
+        root: root.clone(),
+        env: vec![
+            ("TIDEMARK_PG".into(), pg.clone()),
+            ("TIDEMARK_ARCHIVE__ENABLED".into(), "true".into()),
+            ("TIDEMARK_ARCHIVE__ROOT".into(), root.clone()),
+            (
+                "TIDEMARK_CHECKPOINT__DIR".into(),
+                state.to_string_lossy().into_owned(),
+            ),
+        ],
+        job: "batch-long".into(),
+    };
+    let run = [
+        "run",
+        "--topic",
+        &topic,
+        "--exit-at-end",
+        "--job",
+        &lake.job,
+        "--group-id",
+        &topic,
+    ];
+    tidemark(&run, &lake.env());
+    let mut c = postgres::Client::connect(&pg, postgres::NoTls).unwrap();
+    let online: i64 = c
+        .query_one(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name LIKE '%doc_long%'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(online, 0, "run makes no batch-only view");
+    let dir = PathBuf::from(&root).join("labels");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (labels, out) = (dir.join("labels.csv"), dir.join("train.parquet"));
+    let at = |d: u64| (t0 + d * day).to_string();
+    std::fs::write(
+        &labels,
+        format!(
+            "doc_id,ts\nold,{}\nold,{}\nold,{}\n",
+            at(36),
+            at(91),
+            at(130)
+        ),
+    )
+    .unwrap();
+    // past the archive's last record: read as it is
+    let o = lake.command(
+        "training-set",
+        &[
+            "--labels",
+            labels.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--assume-complete",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let got: Vec<(Option<i64>, Option<i64>)> = read_training(&out)
+        .iter()
+        .map(|r| {
+            (
+                r["doc__popularity_30d"].as_i64(),
+                r["doc_long__popularity_90d"].as_i64(),
+            )
+        })
+        .collect();
+    assert_eq!(got, vec![(Some(1), Some(2)), (None, Some(1)), (None, None)]);
+    // and `batch` writes the view
+    let (from, to) = (at(35), at(36));
+    let o = lake.command(
+        "batch",
+        &[
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--every",
+            "1d",
+            "--assume-complete",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let row = c
+        .query_one(
+            "SELECT popularity_90d FROM batch_doc_long WHERE doc_id = 'old'",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 2);
 }

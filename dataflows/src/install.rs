@@ -31,6 +31,8 @@ pub trait Family: Send + Sync {
     fn topics(&self) -> Vec<String>;
     fn tables(&self) -> Vec<TableSpec>;
     fn horizon(&self) -> Window;
+    /// See [`Dataflow::with_batch_windows`].
+    fn with_batch_windows(&mut self);
     fn dimensions(&self) -> Vec<DimensionSpec>;
     fn generate(&self, spec: &GenerateSpec) -> Box<dyn Iterator<Item = Produced> + Send>;
     fn at_read(
@@ -67,6 +69,9 @@ impl<D: Dataflow + Clone> Family for D {
     }
     fn horizon(&self) -> Window {
         Dataflow::horizon(self)
+    }
+    fn with_batch_windows(&mut self) {
+        Dataflow::with_batch_windows(self)
     }
     fn generate(&self, spec: &GenerateSpec) -> Box<dyn Iterator<Item = Produced> + Send> {
         Dataflow::generate(self, spec)

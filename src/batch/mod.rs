@@ -23,10 +23,11 @@ use anyhow::{bail, Context};
 use tidemark_dataflows::Tick;
 
 use crate::config::Config;
-use crate::engine::{self, timely_config, MakeStores, RunOptions, Shared, SourceKind};
+use crate::engine::{self, timely_config, MakeFamily, MakeStores, RunOptions, Shared, SourceKind};
 use crate::sink::Store;
 use crate::source::archive::ArchivePlan;
 use store::{BatchStore, OnBoundary};
+use tidemark_dataflows::Family;
 
 /// An instant on the command line: epoch ms or an RFC 3339 time.
 pub fn parse_instant(s: &str) -> anyhow::Result<Tick> {
@@ -69,6 +70,13 @@ pub fn boundaries(from: Tick, to: Tick, every: Tick) -> anyhow::Result<Vec<Tick>
     Ok(out)
 }
 
+/// The configured family with its batch-only windows (see `Dataflow::with_batch_windows`).
+pub fn batch_family(cfg: &Config) -> anyhow::Result<Box<dyn Family>> {
+    let mut family = engine::family_of(cfg)?;
+    family.with_batch_windows();
+    Ok(family)
+}
+
 /// What a replay did.
 #[derive(Debug, Default)]
 pub struct Report {
@@ -106,9 +114,14 @@ pub fn replay(
     });
     let config = cfg.clone();
     let workers = config.workers;
+    batch_family(&config)?;
+    let c = config.clone();
+    let family: Arc<MakeFamily> =
+        Arc::new(move || batch_family(&c).expect("the family was made once already"));
     let opts = RunOptions {
         source: SourceKind::Archive(plan.clone()),
         stores: Some(make),
+        family: Some(family),
         ..RunOptions::kafka(timely_config(workers, 1, 0, None)?, config, true)
     };
     let shared = Arc::new(Shared::default());
@@ -206,7 +219,7 @@ pub fn batch(
         }
     }
     let plan = plan(cfg, to, bounds.clone())?;
-    let family = engine::family_of(cfg)?;
+    let family = batch_family(cfg)?;
     let tables = Arc::new(family.tables());
     let pg = cfg.postgres.url.clone();
     output::clear(pg.as_deref(), &plan.root, &tables, &bounds)?;

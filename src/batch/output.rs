@@ -18,22 +18,43 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use postgres::{Client, NoTls};
-use tidemark_dataflows::contract::table::{FieldType, TableSpec, Value};
+use tidemark_dataflows::contract::table::{FieldType, SinkKind, TableSpec, Value};
 use tidemark_dataflows::Tick;
 
 use super::store::Entities;
 use crate::archive::Root;
 use crate::sink::postgres::{create, sql_type, upsert_sql_into, Columns};
 
-pub fn batch_table(spec: &TableSpec) -> String {
-    format!("batch_{}", spec.ns)
+/// The name of view `i` in the batch outputs: its `ns`, unless another view shares it
+/// (ads' `budget_events` is both a Kafka changelog and a Postgres history): then the one
+/// online in Postgres keeps it and the others get their store's name after it
+/// (`budget_events_topic`).
+pub fn view_name(tables: &[TableSpec], i: usize) -> String {
+    let spec = &tables[i];
+    let shared = tables.iter().filter(|t| t.ns == spec.ns).count() > 1;
+    if !shared || spec.sink.in_postgres() {
+        return spec.ns.to_string();
+    }
+    let store = match spec.sink {
+        SinkKind::Topic(_) => "topic",
+        SinkKind::Records(_) => "records",
+        SinkKind::RedisHash => "redis",
+        SinkKind::List => "list",
+        SinkKind::Store | SinkKind::PgTable => "view",
+    };
+    format!("{}_{store}", spec.ns)
+}
+
+/// The Postgres table of view `i`.
+pub fn batch_table(tables: &[TableSpec], i: usize) -> String {
+    format!("batch_{}", view_name(tables, i))
 }
 
 /// Creates the batch tables, adding the feature columns that are missing.
 pub fn migrate(client: &mut Client, tables: &[TableSpec]) -> anyhow::Result<()> {
     let mut ddl = String::new();
-    for spec in tables {
-        let name = batch_table(spec);
+    for (i, spec) in tables.iter().enumerate() {
+        let name = batch_table(tables, i);
         let keys: Vec<String> = spec
             .keys
             .iter()
@@ -56,11 +77,11 @@ pub fn migrate(client: &mut Client, tables: &[TableSpec]) -> anyhow::Result<()> 
 }
 
 /// The folder of one view's rows as of `b`.
-fn as_of_dir(root: &Root, spec: &TableSpec, b: Tick) -> Path {
+fn as_of_dir(root: &Root, view: &str, b: Tick) -> Path {
     root.prefix
         .clone()
         .join("features")
-        .join(spec.ns)
+        .join(view)
         .join(format!("as_of={b}"))
 }
 
@@ -75,17 +96,18 @@ pub fn clear(
     if let Some(url) = pg {
         let mut c = Client::connect(url, NoTls).context("connecting to postgres (postgres.url)")?;
         migrate(&mut c, tables)?;
-        for spec in tables {
-            let sql = format!("DELETE FROM {} WHERE as_of = ANY($1)", batch_table(spec));
+        for i in 0..tables.len() {
+            let name = batch_table(tables, i);
+            let sql = format!("DELETE FROM {name} WHERE as_of = ANY($1)");
             c.execute(&sql, &[&at])
-                .with_context(|| format!("clearing {}", batch_table(spec)))?;
+                .with_context(|| format!("clearing {name}"))?;
         }
     }
     let rt = runtime()?;
     rt.block_on(async {
-        for spec in tables {
+        for i in 0..tables.len() {
             for b in boundaries {
-                let dir = as_of_dir(root, spec, *b);
+                let dir = as_of_dir(root, &view_name(tables, i), *b);
                 let old: Vec<_> = root.store.list(Some(&dir)).try_collect().await?;
                 for f in old {
                     root.store.delete(&f.location).await?;
@@ -153,12 +175,14 @@ impl WorkerOutput {
             }
             written?;
         }
-        for (spec, rows) in self.tables.iter().zip(&per_table) {
+        for (i, (spec, rows)) in self.tables.iter().zip(&per_table).enumerate() {
             if rows.is_empty() {
                 continue;
             }
             let bytes = parquet_of(spec, b, rows)?;
-            let path = as_of_dir(&self.root, spec, b).join(format!("part-{}.parquet", self.worker));
+            let view = view_name(&self.tables, i);
+            let path =
+                as_of_dir(&self.root, &view, b).join(format!("part-{}.parquet", self.worker));
             self.rt
                 .block_on(self.root.store.put(&path, bytes.into()))
                 .with_context(|| format!("writing {path}"))?;
@@ -181,15 +205,16 @@ impl WorkerOutput {
         }
         let client = self.client.as_mut().expect("connected");
         let mut tx = client.transaction()?;
-        for (spec, rows) in self.tables.iter().zip(per_table) {
-            let sql = upsert_sql_into(spec, &batch_table(spec), "as_of", true, "true");
+        for (i, (spec, rows)) in self.tables.iter().zip(per_table).enumerate() {
+            let name = batch_table(&self.tables, i);
+            let sql = upsert_sql_into(spec, &name, "as_of", true, "true");
             for chunk in rows.chunks(ROWS_PER_STATEMENT) {
                 let mut cols = Columns::new(spec);
                 for (k, v) in chunk {
                     cols.push(spec, k, v, b);
                 }
                 tx.execute(&sql, &cols.params())
-                    .with_context(|| format!("writing {} as of {b}", batch_table(spec)))?;
+                    .with_context(|| format!("writing {name} as of {b}"))?;
             }
         }
         tx.commit()?;

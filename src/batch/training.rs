@@ -28,7 +28,6 @@ use super::output::feature_column;
 use super::store::OnBoundary;
 use super::{complete, parse_instant, plan, replay, Report};
 use crate::config::Config;
-use crate::engine;
 
 /// The label rows: their columns as read, and each row's `ts`.
 pub struct Labels {
@@ -157,7 +156,7 @@ pub fn training_set(
     if labels.ts.is_empty() {
         bail!("{} has no label rows", labels_path.display());
     }
-    let family = engine::family_of(cfg)?;
+    let family = super::batch_family(cfg)?;
     let tables = family.tables();
     let mut joins = Vec::new();
     for (t, spec) in tables.iter().enumerate() {
@@ -254,7 +253,8 @@ pub fn training_set(
         let schema = super::output::feature_schema(spec);
         for (i, f) in spec.fields.iter().enumerate() {
             let ty = schema.field_with_name(f.name)?.data_type().clone();
-            fields.push(Field::new(format!("{}__{}", spec.ns, f.name), ty, true));
+            let view = super::output::view_name(&tables, join.table as usize);
+            fields.push(Field::new(format!("{view}__{}", f.name), ty, true));
             columns.push(feature_column(f.ty, &rows, i));
         }
     }

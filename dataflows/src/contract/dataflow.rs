@@ -106,6 +106,11 @@ pub trait Dataflow: Send + Sync + 'static {
     fn tables(&self) -> Vec<TableSpec>;
     /// The longest window: an event whose expiry in it has passed changes nothing.
     fn horizon(&self) -> Window;
+    /// `batch` and `training-set` call this before `tables` and `build`: a family may add
+    /// long windows there that `run` skips (months of state held online for a feature
+    /// only training reads), in views of their own. They do not widen `horizon`: an event
+    /// too late for the online windows is too late for them as well.
+    fn with_batch_windows(&mut self) {}
     fn decode(&self, record: &RecordRef<'_>) -> Result<Timed<Self::Event>, DecodeError>;
     /// The entity keys an event names, `(field, value)`, one per item of a list field:
     /// ingest turns an event away whose keys exceed `max_key_bytes` or whose lists exceed

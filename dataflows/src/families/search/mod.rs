@@ -87,6 +87,8 @@ impl Default for SearchConfig {
 #[derive(Clone, Debug)]
 pub struct Search {
     config: SearchConfig,
+    /// `batch`: also the 90-day popularity (view `doc_long`).
+    batch: bool,
 }
 
 impl Dataflow for Search {
@@ -95,7 +97,10 @@ impl Dataflow for Search {
     const NAME: &'static str = "search";
 
     fn new(config: SearchConfig) -> Self {
-        Search { config }
+        Search {
+            config,
+            batch: false,
+        }
     }
     fn config(&self) -> &SearchConfig {
         &self.config
@@ -108,6 +113,9 @@ impl Dataflow for Search {
     }
     fn horizon(&self) -> Window {
         WINDOW_30D
+    }
+    fn with_batch_windows(&mut self) {
+        self.batch = true;
     }
     fn decode(&self, record: &RecordRef<'_>) -> Result<Timed<SearchEvent>, DecodeError> {
         decode::decode(record.payload)
@@ -147,7 +155,12 @@ impl Dataflow for Search {
             state,
             durable,
             derived,
-            move |entity, sums, out| out.extend(this.row(entity, sums)),
+            move |entity, sums, out| {
+                out.extend(this.row(entity, sums));
+                if this.batch {
+                    out.extend(this.long_row(entity, sums));
+                }
+            },
         )
     }
     fn generate(&self, spec: &GenerateSpec) -> Box<dyn Iterator<Item = Produced> + Send> {

@@ -11,6 +11,9 @@ pub const QD: u8 = 1;
 
 pub const AC: u8 = 2;
 
+/// `batch` only: the 90-day popularity per document.
+pub const DOC_LONG: u8 = 3;
+
 /// Field names of `feat_doc`, which the read API also uses to compute `ctr_decay`.
 pub mod doc_fields {
     pub const DECAY_CLICKS: &str = "decay_clicks";
@@ -20,7 +23,7 @@ pub mod doc_fields {
 
 impl Search {
     pub(super) fn table_specs(&self) -> Vec<TableSpec> {
-        vec![
+        let mut specs = vec![
             TableSpec {
                 ns: "doc",
                 keys: vec!["doc_id"],
@@ -62,6 +65,17 @@ impl Search {
                 sink: SinkKind::Store,
                 redis_prefix: None,
             },
-        ]
+        ];
+        if self.batch {
+            specs.push(TableSpec {
+                ns: "doc_long",
+                keys: vec!["doc_id"],
+                fields: vec![int("popularity_90d")],
+                version: 1,
+                sink: SinkKind::Store,
+                redis_prefix: None,
+            });
+        }
+        specs
     }
 }

@@ -30,7 +30,12 @@ pub enum Measure {
     /// Forward-decayed clicks and impressions, in fixed point, per landmark epoch.
     DecayClicks(Epoch),
     DecayImpressions(Epoch),
+    /// `batch` only: popularity over 90 days (view `doc_long`).
+    Popularity90,
 }
+
+/// The batch-only window of `popularity_90d`.
+pub const WINDOW_90D: crate::contract::time::Window = crate::contract::time::Window::days(90);
 
 pub fn smoothed(hits: i64, trials: i64, alpha: f64, beta: f64) -> f64 {
     (hits as f64 + alpha) / (trials as f64 + alpha + beta)
@@ -54,6 +59,13 @@ impl Search {
                     w as isize,
                     d7,
                 ));
+                if self.batch {
+                    out.push((
+                        (Entity::Doc(doc.clone()), Popularity90),
+                        w as isize,
+                        Some(WINDOW_90D.expiry(e.ts)),
+                    ));
+                }
                 out.push((
                     (Entity::Doc(doc.clone()), Popularity(Span::D30)),
                     w as isize,
@@ -121,9 +133,9 @@ impl Search {
                 .find(|(k, _)| *k == m)
                 .map_or(0, |(_, n)| *n as i64)
         };
-        let windowed = sums
-            .iter()
-            .any(|(m, n)| *n != 0 && !matches!(m, DecayClicks(_) | DecayImpressions(_)));
+        let windowed = sums.iter().any(|(m, n)| {
+            *n != 0 && !matches!(m, DecayClicks(_) | DecayImpressions(_) | Popularity90)
+        });
         if !windowed {
             return None;
         }
@@ -173,5 +185,22 @@ impl Search {
             }
         };
         Some(FeatureRow { table, key, values })
+    }
+
+    /// A document's row of the batch-only view `doc_long`; `None` when its 90-day
+    /// popularity is zero.
+    pub fn long_row(&self, entity: &Entity, sums: &[(Measure, isize)]) -> Option<FeatureRow> {
+        let Entity::Doc(doc) = entity else {
+            return None;
+        };
+        let n = sums
+            .iter()
+            .find(|(m, _)| *m == Measure::Popularity90)
+            .map_or(0, |(_, n)| *n as i64);
+        (n != 0).then(|| FeatureRow {
+            table: DOC_LONG,
+            key: vec![doc.0.to_string()],
+            values: vec![Value::Int(n)],
+        })
     }
 }
