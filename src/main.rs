@@ -187,31 +187,21 @@ struct RunArgs {
 /// The flags that override the config file and the environment.
 #[derive(Args)]
 struct ConfigArgs {
-    /// TOML config file (lowest precedence; then TIDEMARK_… env; then these flags).
-    #[arg(long)]
-    config: Option<PathBuf>,
-    #[arg(long)]
-    dataflow: Option<String>,
-    #[arg(long)]
-    job: Option<String>,
-    /// Topic(s) to read instead of the dataflow's own.
-    #[arg(long = "topic")]
-    topics: Vec<String>,
+    #[command(flatten)]
+    common: ReplayConfigArgs,
     #[arg(long)]
     group_id: Option<String>,
     /// Where a run without a checkpoint starts: earliest, latest, epoch ms or an RFC 3339
     /// time (e.g. 2026-01-01T00:00:00Z). A checkpoint of the job and group wins.
     #[arg(long)]
     from: Option<String>,
-    /// Worker threads per process.
-    #[arg(long, short = 'w')]
-    workers: Option<usize>,
     /// Address of the HTTP API (`/metrics`, `/status`, `/readyz`, feature reads).
     #[arg(long)]
     http: Option<String>,
 }
 
-/// The config flags of a replay of the archive (it reads no Kafka).
+/// The config flags every command takes; alone, those of a replay of the archive (it
+/// reads no Kafka, and its `--from` is the range's).
 #[derive(Args)]
 struct ReplayConfigArgs {
     /// TOML config file (lowest precedence; then TIDEMARK_… env; then these flags).
@@ -219,12 +209,13 @@ struct ReplayConfigArgs {
     config: Option<PathBuf>,
     #[arg(long)]
     dataflow: Option<String>,
-    /// The job whose archive marks tell how far the archive is complete.
+    /// The job: its checkpoints, feature views and archive marks.
     #[arg(long)]
     job: Option<String>,
-    /// The archived topic(s) to read instead of the dataflow's own.
+    /// Topic(s) to read instead of the dataflow's own (a replay: of the archive).
     #[arg(long = "topic")]
     topics: Vec<String>,
+    /// Worker threads per process.
     #[arg(long, short = 'w')]
     workers: Option<usize>,
 }
@@ -232,13 +223,9 @@ struct ReplayConfigArgs {
 impl ReplayConfigArgs {
     fn load(self) -> anyhow::Result<Config> {
         ConfigArgs {
-            config: self.config,
-            dataflow: self.dataflow,
-            job: self.job,
-            topics: self.topics,
+            common: self,
             group_id: None,
             from: None,
-            workers: self.workers,
             http: None,
         }
         .load()
@@ -248,22 +235,23 @@ impl ReplayConfigArgs {
 impl ConfigArgs {
     /// File < environment < these flags.
     fn load(self) -> anyhow::Result<Config> {
+        let c = self.common;
         let mut flags = serde_json::Map::new();
         let mut kafka = serde_json::Map::new();
-        if let Some(d) = self.dataflow {
+        if let Some(d) = c.dataflow {
             flags.insert("dataflow".into(), d.into());
         }
-        if let Some(j) = self.job {
+        if let Some(j) = c.job {
             flags.insert("job".into(), j.into());
         }
-        if let Some(w) = self.workers {
+        if let Some(w) = c.workers {
             flags.insert("workers".into(), w.into());
         }
         if let Some(h) = self.http {
             flags.insert("http".into(), h.into());
         }
-        if !self.topics.is_empty() {
-            kafka.insert("topics".into(), self.topics.into());
+        if !c.topics.is_empty() {
+            kafka.insert("topics".into(), c.topics.into());
         }
         if let Some(g) = self.group_id {
             kafka.insert("group_id".into(), g.into());
@@ -274,7 +262,7 @@ impl ConfigArgs {
         if !kafka.is_empty() {
             flags.insert("kafka".into(), kafka.into());
         }
-        Config::load(self.config.as_deref(), flags.into())
+        Config::load(c.config.as_deref(), flags.into())
     }
 }
 

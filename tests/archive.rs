@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
@@ -92,18 +92,7 @@ fn produce_odd_records(topic: &str) {
 
 /// Every archive file under a local root, with its records.
 fn local_files(root: &Path) -> Vec<(String, Vec<ArchivedRecord>)> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        for e in std::fs::read_dir(dir).unwrap().flatten() {
-            if e.path().is_dir() {
-                walk(&e.path(), out);
-            } else {
-                out.push(e.path());
-            }
-        }
-    }
-    let mut paths = Vec::new();
-    walk(root, &mut paths);
-    paths
+    files_under(root)
         .into_iter()
         // the checkpoints' marks of how far the files go (`batch` reads them)
         .filter(|p| !p.strip_prefix(root).unwrap().starts_with("_marks"))

@@ -225,6 +225,45 @@ impl Lake {
     }
 }
 
+impl Lake {
+    /// Search on `topic` archived under `root` by an `--exit-at-end` run of job `job`
+    /// (writing to Postgres `pg` when given).
+    fn archived_search(job: &str, topic: &str, root: &str, pg: Option<String>) -> Lake {
+        let state = PathBuf::from(root).with_extension("state");
+        let mut env: Vec<(String, String)> = vec![
+            ("TIDEMARK_ARCHIVE__ENABLED".into(), "true".into()),
+            ("TIDEMARK_ARCHIVE__ROOT".into(), root.into()),
+            (
+                "TIDEMARK_CHECKPOINT__DIR".into(),
+                state.to_string_lossy().into_owned(),
+            ),
+        ];
+        if let Some(pg) = &pg {
+            env.push(("TIDEMARK_PG".into(), pg.clone()));
+        }
+        let lake = Lake {
+            family: "search".into(),
+            topics: vec![topic.into()],
+            pg: pg.unwrap_or_default(),
+            root: root.into(),
+            env,
+            job: job.into(),
+        };
+        let run = [
+            "run",
+            "--topic",
+            topic,
+            "--exit-at-end",
+            "--job",
+            job,
+            "--group-id",
+            topic,
+        ];
+        tidemark(&run, &lake.env());
+        lake
+    }
+}
+
 /// A raw row's coordinates of the copy read first (watch's `impressions`, `watches`): of
 /// a duplicate sent to two partitions, that is the order of reading, which a replay may
 /// settle otherwise (the rows agree on everything else).
@@ -550,34 +589,7 @@ impl Lake {
                 .collect::<Vec<_>>(),
         );
         let pg = fresh_pg(&format!("batch_training_{}", std::process::id()));
-        let state = PathBuf::from(root).with_extension("state");
-        let lake = Lake {
-            family: "search".into(),
-            topics: vec![topic.clone()],
-            pg: pg.clone(),
-            root: root.into(),
-            env: vec![
-                ("TIDEMARK_PG".into(), pg),
-                ("TIDEMARK_ARCHIVE__ENABLED".into(), "true".into()),
-                ("TIDEMARK_ARCHIVE__ROOT".into(), root.into()),
-                (
-                    "TIDEMARK_CHECKPOINT__DIR".into(),
-                    state.to_string_lossy().into_owned(),
-                ),
-            ],
-            job: "batch-training".into(),
-        };
-        let run = [
-            "run",
-            "--topic",
-            &topic,
-            "--exit-at-end",
-            "--job",
-            &lake.job,
-            "--group-id",
-            &topic,
-        ];
-        tidemark(&run, &lake.env());
+        let lake = Lake::archived_search("batch-training", &topic, root, Some(pg.clone()));
         (lake, file)
     }
 }
@@ -598,13 +610,7 @@ fn a_corrupt_file_is_skipped_and_named_and_an_incomplete_archive_exits_2() {
     );
     assert!(String::from_utf8_lossy(&o.stderr).contains("not yet"));
     // a file overwritten with garbage: skipped with its name, exit 1, the rest written
-    let mut files = Vec::new();
-    walk(
-        Path::new(&root)
-            .join(format!("topic={}", lake.topics[0]))
-            .as_path(),
-        &mut files,
-    );
+    let mut files = files_under(&Path::new(&root).join(format!("topic={}", lake.topics[0])));
     files.sort();
     let victim = &files[files.len() / 2];
     std::fs::write(victim, b"PAR1 this is not parquet").unwrap();
@@ -619,16 +625,6 @@ fn a_corrupt_file_is_skipped_and_named_and_an_incomplete_archive_exits_2() {
         views.iter().map(|v| v.2).sum::<i64>() > 0,
         "rows written without the file: {views:?}"
     );
-}
-
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        if e.path().is_dir() {
-            walk(&e.path(), out);
-        } else {
-            out.push(e.path());
-        }
-    }
 }
 
 #[test]
@@ -736,33 +732,7 @@ fn a_record_held_back_by_alignment_still_goes_in_before_its_boundary() {
     }
     producer.flush(std::time::Duration::from_secs(10)).unwrap();
     let root = local_root("gap");
-    let state = PathBuf::from(&root).with_extension("state");
-    let lake = Lake {
-        family: "search".into(),
-        topics: vec![topic.clone()],
-        pg: String::new(),
-        root: root.clone(),
-        env: vec![
-            ("TIDEMARK_ARCHIVE__ENABLED".into(), "true".into()),
-            ("TIDEMARK_ARCHIVE__ROOT".into(), root.clone()),
-            (
-                "TIDEMARK_CHECKPOINT__DIR".into(),
-                state.to_string_lossy().into_owned(),
-            ),
-        ],
-        job: "batch-gap".into(),
-    };
-    let run = [
-        "run",
-        "--topic",
-        &topic,
-        "--exit-at-end",
-        "--job",
-        &lake.job,
-        "--group-id",
-        &topic,
-    ];
-    tidemark(&run, &lake.env());
+    let lake = Lake::archived_search("batch-gap", &topic, &root, None);
     let dir = PathBuf::from(&root).join("labels");
     std::fs::create_dir_all(&dir).unwrap();
     let (labels, out) = (dir.join("labels.csv"), dir.join("train.parquet"));
@@ -826,35 +796,8 @@ fn search_declares_a_90_day_popularity_only_batch_computes() {
         &lines.iter().map(String::as_str).collect::<Vec<_>>(),
     );
     let root = local_root("long");
-    let state = PathBuf::from(&root).with_extension("state");
     let pg = fresh_pg(&format!("batch_long_{}", std::process::id()));
-    let lake = Lake {
-        family: "search".into(),
-        topics: vec![topic.clone()],
-        pg: pg.clone(),
-        root: root.clone(),
-        env: vec![
-            ("TIDEMARK_PG".into(), pg.clone()),
-            ("TIDEMARK_ARCHIVE__ENABLED".into(), "true".into()),
-            ("TIDEMARK_ARCHIVE__ROOT".into(), root.clone()),
-            (
-                "TIDEMARK_CHECKPOINT__DIR".into(),
-                state.to_string_lossy().into_owned(),
-            ),
-        ],
-        job: "batch-long".into(),
-    };
-    let run = [
-        "run",
-        "--topic",
-        &topic,
-        "--exit-at-end",
-        "--job",
-        &lake.job,
-        "--group-id",
-        &topic,
-    ];
-    tidemark(&run, &lake.env());
+    let lake = Lake::archived_search("batch-long", &topic, &root, Some(pg.clone()));
     let mut c = postgres::Client::connect(&pg, postgres::NoTls).unwrap();
     let online: i64 = c
         .query_one(

@@ -23,7 +23,7 @@ use tidemark_dataflows::Tick;
 
 use super::store::Entities;
 use crate::archive::Root;
-use crate::sink::postgres::{create, sql_type, upsert_sql_into, Columns};
+use crate::sink::postgres::{create, table_ddl, upsert_sql_into, Columns};
 
 /// The name of view `i` in the batch outputs: its `ns`, unless another view shares it
 /// (ads' `budget_events` is both a Kafka changelog and a Postgres history): then the one
@@ -54,24 +54,7 @@ pub fn batch_table(tables: &[TableSpec], i: usize) -> String {
 pub fn migrate(client: &mut Client, tables: &[TableSpec]) -> anyhow::Result<()> {
     let mut ddl = String::new();
     for (i, spec) in tables.iter().enumerate() {
-        let name = batch_table(tables, i);
-        let keys: Vec<String> = spec
-            .keys
-            .iter()
-            .map(|k| format!("{k} text NOT NULL"))
-            .collect();
-        ddl += &format!(
-            "CREATE TABLE IF NOT EXISTS {name} ({}, as_of bigint NOT NULL, _v int NOT NULL, PRIMARY KEY ({}, as_of));\n",
-            keys.join(", "),
-            spec.keys.join(", ")
-        );
-        for f in &spec.fields {
-            ddl += &format!(
-                "ALTER TABLE {name} ADD COLUMN IF NOT EXISTS {} {};\n",
-                f.name,
-                sql_type(f.ty)
-            );
-        }
+        ddl += &table_ddl(spec, &batch_table(tables, i), "as_of", true);
     }
     create(client, &ddl).context("creating the batch tables")
 }

@@ -16,7 +16,6 @@ use crate::archive::WorkerArchive;
 use crate::clock::now_ms;
 use crate::config::{ArchiveConfig, Config};
 use crate::engine::{timely_config, RunOptions, Shared};
-use crate::sink::producer::Sender;
 
 pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     alone(a)?;
@@ -145,16 +144,7 @@ fn cost_to_run(a: &BenchArgs) -> anyhow::Result<()> {
     create_topic(&base.kafka.brokers, &topic, 4)?;
     let family = crate::engine::family_of(&base)?;
     eprintln!("producing {} events to {topic} …", a.e2e_events);
-    let sender = Sender::new(&base.kafka.brokers)?;
-    for p in family.generate(&spec(a.e2e_events)) {
-        sender.send(
-            &topic,
-            p.key.as_deref().map(str::as_bytes),
-            &p.payload,
-            None,
-        )?;
-    }
-    sender.flush()?;
+    super::produce_generated(&base.kafka.brokers, &*family, &spec(a.e2e_events), &topic)?;
     let dir = std::env::temp_dir().join(format!("tidemark-bench-archive-run-{stamp}"));
     let mut rates = Vec::new();
     for archived in [false, true] {

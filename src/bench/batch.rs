@@ -1,6 +1,7 @@
 //! `bench batch`: `batch` over an archive of `--events` generated search events spread over
-//! the longest `--span` (40 d by default: every 7 d and 30 d contribution also leaves its
-//! window within the replay), against the online dataflow over the same events (the
+//! the longest `--span`, at least 100 days (batch computes search's 90-day popularity too:
+//! every contribution of every window, that one's included, also leaves it within the
+//! replay), against the online dataflow over the same events (the
 //! generator on `--e2e-workers`, no stores); then a training set of `--entities` label rows.
 //!
 //! The archive is the one the online run writes with `[archive]` on (its generator files a
@@ -19,6 +20,8 @@ use crate::config::Config;
 use crate::engine::{timely_config, RunOptions, Shared, SourceKind};
 
 const DAY_MS: u64 = 86_400_000;
+/// The longest window batch computes (search's batch-only `popularity_90d`), and a margin.
+const LONGEST_WINDOW_DAYS: u64 = 100;
 
 pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     let span = a
@@ -26,7 +29,8 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
         .iter()
         .max()
         .copied()
-        .unwrap_or(Duration::from_millis(40 * DAY_MS));
+        .unwrap_or_default()
+        .max(Duration::from_millis(LONGEST_WINDOW_DAYS * DAY_MS));
     let dir = std::env::temp_dir().join(format!("tidemark-bench-batch-{}", now_ms()));
     let mut cfg = Config::load(
         None,
@@ -121,16 +125,7 @@ fn replay(cfg: &mut Config, spec: &GenerateSpec) -> anyhow::Result<f64> {
     super::create_topic(&cfg.kafka.brokers, &topic, 4)?;
     let family = crate::engine::family_of(cfg)?;
     eprintln!("producing {} events to {topic} …", spec.events);
-    let sender = crate::sink::producer::Sender::new(&cfg.kafka.brokers)?;
-    for p in family.generate(spec) {
-        sender.send(
-            &topic,
-            p.key.as_deref().map(str::as_bytes),
-            &p.payload,
-            None,
-        )?;
-    }
-    sender.flush()?;
+    super::produce_generated(&cfg.kafka.brokers, &*family, spec, &topic)?;
     cfg.kafka.topics = Some(vec![topic.clone()]);
     cfg.kafka.group_id = Some(topic);
     cfg.checkpoint.dir = std::env::temp_dir().join("tidemark-bench-state");

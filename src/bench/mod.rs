@@ -447,6 +447,21 @@ pub fn create_topic(brokers: &str, name: &str, partitions: i32) -> anyhow::Resul
     Ok(())
 }
 
+/// Produces `family`'s generated traffic of `spec` to `topic`, as fast as the broker takes
+/// it (a backlog for an `--exit-at-end` replay).
+pub fn produce_generated(
+    brokers: &str,
+    family: &dyn tidemark_dataflows::Family,
+    spec: &GenerateSpec,
+    topic: &str,
+) -> anyhow::Result<()> {
+    let sender = Sender::new(brokers)?;
+    for p in family.generate(spec) {
+        sender.send(topic, p.key.as_deref().map(str::as_bytes), &p.payload, None)?;
+    }
+    sender.flush()
+}
+
 /// Runs the engine of `cfg` live on `topic` while producing its family's traffic at `rate`
 /// events/s for `seconds`; returns the freshness samples (Kafka append → tick durable in
 /// every sink of `cfg`).

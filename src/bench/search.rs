@@ -66,21 +66,12 @@ fn end_to_end(a: &BenchArgs) -> anyhow::Result<()> {
         a.e2e_events,
         span_label(span)
     );
-    let sender = Sender::new(&brokers)?;
     let spec = GenerateSpec {
         events: a.e2e_events,
         span_ms: Some(span.as_millis() as u64),
         ..Default::default()
     };
-    for p in family.generate(&spec) {
-        sender.send(
-            &throughput_topic,
-            p.key.as_deref().map(str::as_bytes),
-            &p.payload,
-            None,
-        )?;
-    }
-    sender.flush()?;
+    super::produce_generated(&brokers, &*family, &spec, &throughput_topic)?;
     let shared = Arc::new(Shared::default());
     let cfg_of_throughput = cfg.clone();
     let opts = RunOptions::kafka(timely_config(cfg.workers, 1, 0, None)?, cfg, true);

@@ -22,7 +22,7 @@ pub struct PostgresStore {
     writer: Writer,
 }
 
-pub(crate) fn sql_type(t: FieldType) -> &'static str {
+fn sql_type(t: FieldType) -> &'static str {
     match t {
         FieldType::Int => "bigint",
         FieldType::Float => "double precision",
@@ -46,22 +46,8 @@ pub fn migrate(client: &mut Client, tables: &[TableSpec]) -> anyhow::Result<()> 
     );
     for spec in tables.iter().filter(|s| s.sink.in_postgres()) {
         let name = table_name(spec);
-        let keys: Vec<String> = spec
-            .keys
-            .iter()
-            .map(|k| format!("{k} text NOT NULL"))
-            .collect();
-        ddl += &format!(
-            "CREATE TABLE IF NOT EXISTS {name} ({}, _tick bigint NOT NULL, _v int NOT NULL, PRIMARY KEY ({}));\n",
-            keys.join(", "),
-            spec.keys.join(", ")
-        );
+        ddl += &table_ddl(spec, &name, "_tick", false);
         for f in &spec.fields {
-            ddl += &format!(
-                "ALTER TABLE {name} ADD COLUMN IF NOT EXISTS {} {};\n",
-                f.name,
-                sql_type(f.ty)
-            );
             if f.ty == FieldType::List {
                 // a list column an earlier version made as text (its JSON): an array now
                 ddl += &format!(
@@ -90,6 +76,34 @@ pub fn migrate(client: &mut Client, tables: &[TableSpec]) -> anyhow::Result<()> 
         }
     }
     create(client, &ddl).context("creating the feature tables")
+}
+
+/// A view's table `name`: its key columns, the tick column `tick` and `_v`, the primary
+/// key over the keys (and `tick`, with `tick_in_key`: `batch_{ns}`'s `as_of`), then a
+/// column per feature, added when missing.
+pub(crate) fn table_ddl(spec: &TableSpec, name: &str, tick: &str, tick_in_key: bool) -> String {
+    let keys: Vec<String> = spec
+        .keys
+        .iter()
+        .map(|k| format!("{k} text NOT NULL"))
+        .collect();
+    let mut pk = spec.keys.clone();
+    if tick_in_key {
+        pk.push(tick);
+    }
+    let mut ddl = format!(
+        "CREATE TABLE IF NOT EXISTS {name} ({}, {tick} bigint NOT NULL, _v int NOT NULL, PRIMARY KEY ({}));\n",
+        keys.join(", "),
+        pk.join(", ")
+    );
+    for f in &spec.fields {
+        ddl += &format!(
+            "ALTER TABLE {name} ADD COLUMN IF NOT EXISTS {} {};\n",
+            f.name,
+            sql_type(f.ty)
+        );
+    }
+    ddl
 }
 
 /// Runs `CREATE … IF NOT EXISTS` statements one process at a time: workers and the

@@ -561,3 +561,15 @@ pub fn create_bucket(endpoint: &str, bucket: &str) {
         r.status()
     );
 }
+
+/// Every file under `dir`, in its subfolders too.
+pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        match e.path().is_dir() {
+            true => out.extend(files_under(&e.path())),
+            false => out.push(e.path()),
+        }
+    }
+    out
+}
