@@ -249,17 +249,7 @@ impl Lake {
             env,
             job: job.into(),
         };
-        let run = [
-            "run",
-            "--topic",
-            topic,
-            "--exit-at-end",
-            "--job",
-            job,
-            "--group-id",
-            topic,
-        ];
-        tidemark(&run, &lake.env());
+        run_to_end(topic, job, topic, &[], &lake.env());
         lake
     }
 }
