@@ -4,7 +4,7 @@
 //! The layers: a module uses its own layer and those below it, without cycles (see
 //! ARCHITECTURE.md; `tests/layers.rs` checks it): `clock`, `config`, `redact`,
 //! `permanent`, `crash` ← `telemetry` ← `archive`, `source`, `sink`, `checkpoint` ← `engine` ←
-//! `batch`, `http`, `topics` ← `bench`.
+//! `batch`, `http`, `quality`, `topics` ← `bench`.
 
 pub mod archive;
 pub mod batch;
@@ -16,6 +16,7 @@ pub mod crash;
 pub mod engine;
 pub mod http;
 pub mod permanent;
+pub mod quality;
 pub mod redact;
 pub mod sink;
 pub mod source;

@@ -55,8 +55,26 @@ enum Command {
     /// Point-in-time training rows: each label row (entity keys, `ts`, label columns) with
     /// the features as of its `ts`, computed from the archive. Exits like `batch`.
     TrainingSet(TrainingSetArgs),
+    /// Data quality: `quality report --hour H` prints the expectations' verdicts for an
+    /// hour from Postgres; exits 1 when one failed, 2 when the hour has no report.
+    #[command(subcommand)]
+    Quality(QualityCommand),
     /// Benchmarks (see README).
     Bench(bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum QualityCommand {
+    Report(QualityReportArgs),
+}
+
+#[derive(Args)]
+struct QualityReportArgs {
+    #[command(flatten)]
+    config: ReplayConfigArgs,
+    /// A time in the hour: epoch ms or RFC 3339 (e.g. 2026-01-01T13:00:00Z).
+    #[arg(long)]
+    hour: String,
 }
 
 #[derive(Args)]
@@ -318,12 +336,32 @@ fn main() {
         Command::Bench(a) => bench::bench(a),
         Command::Batch(a) => batch(a),
         Command::TrainingSet(a) => training_set(a),
+        Command::Quality(QualityCommand::Report(a)) => quality_report(a),
     };
     if let Err(e) = result {
         // an error may quote a URL or DSN with its password
         eprintln!("error: {}", tidemark::redact::redact(&format!("{e:#}")));
         std::process::exit(1);
     }
+}
+
+/// Exit status 1 when an expectation failed, 2 when the hour has no report.
+fn quality_report(a: QualityReportArgs) -> anyhow::Result<()> {
+    let config = a.config.load()?;
+    let report = tidemark::quality::report(&config, &a.hour)?;
+    if report.rows.is_empty() {
+        eprintln!(
+            "no report for {}: job '{}' has read no record of that hour (or its hour left the report)",
+            report.hour, config.job
+        );
+        std::process::exit(2);
+    }
+    print!("{}", report.render());
+    if report.failed() > 0 {
+        eprintln!("{} expectation(s) failed", report.failed());
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 /// Exit status 2: the archive does not hold the range yet.

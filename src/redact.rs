@@ -4,8 +4,10 @@
 //! start-up log) and to error messages that quote an address.
 
 /// Keys whose values are secrets, matched case-insensitively as the end of a key
-/// (`password`, `sslpassword`, `sasl.password`, `api_token`, …).
-const SECRET_KEYS: [&str; 6] = [
+/// (`password`, `sslpassword`, `sasl.password`, `api_token`, `quality.alert.webhook`, …).
+const SECRET_KEYS: [&str; 7] = [
+    // a Slack webhook's URL is its credential
+    "webhook",
     "password",
     "passwd",
     "secret",

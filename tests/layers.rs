@@ -14,14 +14,14 @@ const RUNTIME: &[&[&str]] = &[
     &["telemetry"],
     &["archive", "source", "sink", "checkpoint"],
     &["engine"],
-    &["batch", "http", "topics"],
+    &["batch", "http", "quality", "topics"],
     &["bench"],
 ];
 const DATAFLOWS: &[&[&str]] = &[
     &["contract"],
     &["ingest", "operators", "generate"],
     &["install"],
-    &["families"],
+    &["families", "quality"],
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -11,6 +11,8 @@ use timely::dataflow::{Scope, Stream};
 use crate::contract::counters::Counters;
 use crate::contract::dataflow::{Dataflow, GenerateSpec, Produced};
 use crate::contract::dimension::{DimRow, DimensionSpec, TableSource};
+use crate::contract::event::Rejection;
+use crate::contract::quality::{ExpectSpec, Tally, TallyKey};
 use crate::contract::record::{InvalidRecord, KeyLimits, RecordRef, RecordSource};
 use crate::contract::state::State;
 use crate::contract::table::{FeatureRow, TableSpec};
@@ -22,6 +24,10 @@ use crate::operators::dimension::dimension;
 pub struct Installed<'s> {
     pub features: VecCollection<'s, Tick, FeatureRow>,
     pub invalid: Stream<'s, Tick, Vec<InvalidRecord>>,
+    /// Invalid records and duplicates (for data quality).
+    pub rejected: VecCollection<'s, Tick, Rejection>,
+    /// What the records add to the expectations' tallies (`IngestOptions::quality`).
+    pub tallies: Stream<'s, Tick, Vec<(TallyKey, Tally)>>,
     pub final_tick: Rc<std::cell::Cell<Option<Tick>>>,
 }
 
@@ -45,6 +51,8 @@ pub trait Family: Send + Sync {
     /// See [`Dataflow::feature_loop`].
     fn feature_loop(&self, counters: &Counters) -> Option<serde_json::Value>;
     fn dimension_rows(&self, spec: &GenerateSpec) -> Vec<(DimensionSpec, Vec<DimRow>)>;
+    /// See [`Dataflow::expectations`].
+    fn expectations(&self) -> Vec<ExpectSpec>;
     /// `tables` holds one entry per dimension: a source on the worker that reads it.
     fn install<'s>(
         &self,
@@ -92,6 +100,9 @@ impl<D: Dataflow + Clone> Family for D {
     }
     fn feature_loop(&self, counters: &Counters) -> Option<serde_json::Value> {
         Dataflow::feature_loop(self, counters)
+    }
+    fn expectations(&self) -> Vec<ExpectSpec> {
+        Dataflow::expectations(self)
     }
     fn dimensions(&self) -> Vec<DimensionSpec> {
         Dataflow::dimensions(self)
@@ -143,8 +154,15 @@ impl<D: Dataflow + Clone> Family for D {
             })
             .collect();
         Installed {
-            features: self.build(ingested.events, dimensions, ingested.rejected, state),
+            features: self.build(
+                ingested.events,
+                dimensions,
+                ingested.rejected.clone(),
+                state,
+            ),
             invalid: ingested.invalid,
+            rejected: ingested.rejected,
+            tallies: ingested.tallies,
             final_tick: ingested.final_tick,
         }
     }

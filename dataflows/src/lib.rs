@@ -12,6 +12,7 @@ pub mod generate;
 pub mod ingest;
 pub mod install;
 pub mod operators;
+pub mod quality;
 
 pub use contract::dataflow::{Dataflow, GenerateSpec, Produced};
 pub use contract::time::Tick;

@@ -70,9 +70,10 @@ pub fn boundaries(from: Tick, to: Tick, every: Tick) -> anyhow::Result<Vec<Tick>
     Ok(out)
 }
 
-/// The configured family with its batch-only windows (see `Dataflow::with_batch_windows`).
+/// The configured family with its batch-only windows (see `Dataflow::with_batch_windows`),
+/// without its expectations: quality is reported once, by `run`.
 pub fn batch_family(cfg: &Config) -> anyhow::Result<Box<dyn Family>> {
-    let mut family = engine::family_of(cfg)?;
+    let mut family = engine::plain_family_of(cfg)?;
     family.with_batch_windows();
     Ok(family)
 }

@@ -8,7 +8,9 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 mod archive;
+mod quality;
 pub use archive::{ArchiveConfig, S3Config};
+pub use quality::{AlertConfig, QualityConfig};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -33,6 +35,7 @@ pub struct Config {
     /// Per topic, for `tidemark topics create`: `[topics."ad-events"]` etc.
     pub topics: BTreeMap<String, TopicConfig>,
     pub archive: ArchiveConfig,
+    pub quality: QualityConfig,
 }
 
 /// How `tidemark topics create` makes a topic; unset fields take the defaults of
@@ -217,6 +220,7 @@ impl Default for Config {
             dataflows: BTreeMap::new(),
             topics: BTreeMap::new(),
             archive: ArchiveConfig::default(),
+            quality: QualityConfig::default(),
         }
     }
 }
@@ -348,6 +352,23 @@ impl Config {
         let family =
             tidemark_dataflows::family(&self.dataflow, self.dataflows.get(&self.dataflow).cloned())
                 .map_err(|e| anyhow::anyhow!("dataflow = {:?}: {e}", self.dataflow))?;
+        if self.quality.alert.webhook.is_some() && !self.quality.on() {
+            bail!("quality.alert.webhook is set but [quality] checks nothing (builtin = false, no [[quality.expect]]): turn builtin on or add an expectation, or remove the webhook");
+        }
+        if let Some(url) = &self.quality.alert.webhook {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                bail!("quality.alert.webhook is not an http(s) URL: use e.g. https://hooks.slack.com/services/…");
+            }
+        }
+        if self.quality.on() {
+            let section = self.dataflows.get(&self.dataflow).cloned();
+            let plain =
+                tidemark_dataflows::family(&self.dataflow, section).map_err(anyhow::Error::msg)?;
+            let topics = self.kafka.topics.as_deref();
+            let q = &self.quality;
+            tidemark_dataflows::quality::Checked::new(plain, topics, &q.expect, q.builtin)
+                .map_err(anyhow::Error::msg)?;
+        }
         let views: Vec<&str> = family.tables().iter().map(|t| t.ns).collect();
         for view in self.serve.max_age_secs.keys() {
             if !views.contains(&view.as_str()) {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use differential_dataflow::VecCollection;
-use tidemark_dataflows::contract::table::{FeatureRow, TableSpec};
+use tidemark_dataflows::contract::table::{FeatureRow, TableSpec, Value};
 use tidemark_dataflows::operators::changes::ChangeBuffer;
 use tidemark_dataflows::Tick;
 use timely::container::CapacityContainerBuilder;
@@ -14,6 +14,7 @@ use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::Stream;
 
 use crate::sink::{Msg, WriterHandle};
+use crate::telemetry::quality::ReportRow;
 use crate::telemetry::{self, Status};
 
 /// A run resumed from the checkpoint at `tick`; its stream time starts at `start_at`,
@@ -100,29 +101,46 @@ pub(super) fn durable_sink<'s>(
         )
 }
 
-/// Follows a family's `quality_hourly` rows into `/status` and the metrics.
+/// Follows a family's `quality_hourly` rows and the expectations' report rows
+/// (`quality_{family}`) into `/status` and the metrics.
 pub(super) struct Quality {
-    table: u8,
+    table: Option<u8>,
     fields: Vec<&'static str>,
+    /// The report table's index.
+    report: Option<u8>,
     status: Arc<Status>,
 }
 
 impl Quality {
     pub(super) fn of(tables: &[TableSpec], status: Arc<Status>) -> Option<Quality> {
-        let t = tables
+        let table = tables.iter().position(|t| t.ns == telemetry::QUALITY_TABLE);
+        let report = tables
             .iter()
-            .position(|t| t.ns == telemetry::QUALITY_TABLE)?;
-        let fields: Vec<&'static str> = tables[t].fields.iter().map(|f| f.name).collect();
-        *status.quality_kinds.lock().expect("status") = fields.clone();
-        Some(Quality {
-            table: t as u8,
+            .position(|t| t.ns.starts_with("quality_") && t.keys == ["hour", "expectation"]);
+        let mut fields = Vec::new();
+        if let Some(t) = table {
+            fields = tables[t].fields.iter().map(|f| f.name).collect();
+            *status.quality_kinds.lock().expect("status") = fields.clone();
+        }
+        (table.is_some() || report.is_some()).then_some(Quality {
+            table: table.map(|t| t as u8),
             fields,
+            report: report.map(|t| t as u8),
             status,
         })
     }
     fn observe(&mut self, tick: &tidemark_dataflows::contract::table::TickChanges) {
+        if let Some(report) = self.report {
+            for c in tick.changes.iter().filter(|c| c.table == report) {
+                let row = c.after.as_ref().map(|v| report_row(v));
+                self.status.report.update(&c.key[0], &c.key[1], row);
+            }
+        }
+        let Some(table) = self.table else {
+            return;
+        };
         let mut hours = self.status.quality.lock().expect("status");
-        for c in tick.changes.iter().filter(|c| c.table == self.table) {
+        for c in tick.changes.iter().filter(|c| c.table == table) {
             let hour = c.key.join(":");
             match &c.after {
                 None => {
@@ -139,5 +157,20 @@ impl Quality {
                 }
             }
         }
+    }
+}
+
+/// A report row's values (`observed, failures, total, passed, sample`).
+fn report_row(v: &[Value]) -> ReportRow {
+    let int = |i: usize| v.get(i).and_then(Value::as_f64).unwrap_or(0.0) as i64;
+    ReportRow {
+        observed: v.first().and_then(Value::as_f64),
+        failures: int(1),
+        total: int(2),
+        passed: int(3) == 1,
+        sample: match v.get(4) {
+            Some(Value::Text(t)) => serde_json::from_str(t).unwrap_or_default(),
+            _ => Vec::new(),
+        },
     }
 }

@@ -313,6 +313,9 @@ pub fn status(shared: &Shared, cfg: &Config, family: &dyn Family) -> Value {
         // the newest 48 hours
         "quality_hourly": s.quality.lock().expect("status").iter().rev().take(48)
             .map(|(h, c)| (h.clone(), json!(c))).collect::<serde_json::Map<String, Value>>(),
+        // the expectations' newest 48 hours
+        "quality": s.report.newest(48).into_iter()
+            .map(|(h, r)| (h, json!(r))).collect::<serde_json::Map<String, Value>>(),
     })
 }
 

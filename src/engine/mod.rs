@@ -16,6 +16,7 @@ use anyhow::Context;
 use tidemark_dataflows::contract::counters::Counters;
 use tidemark_dataflows::contract::state::Restore;
 use tidemark_dataflows::contract::table::TableSpec;
+use tidemark_dataflows::quality::Checked;
 use tidemark_dataflows::{family, Family, GenerateSpec, Tick};
 
 use crate::checkpoint::{self};
@@ -104,7 +105,19 @@ impl RunOptions {
     }
 }
 
+/// The configured family, with its expectations checked (`[quality]`) unless none are on.
 pub fn family_of(cfg: &Config) -> anyhow::Result<Box<dyn Family>> {
+    let plain = plain_family_of(cfg)?;
+    if !cfg.quality.on() {
+        return Ok(plain);
+    }
+    let q = &cfg.quality;
+    let checked = Checked::new(plain, cfg.kafka.topics.as_deref(), &q.expect, q.builtin);
+    Ok(Box::new(checked.map_err(anyhow::Error::msg)?))
+}
+
+/// The configured family alone (`batch` recomputes features, not their quality).
+pub fn plain_family_of(cfg: &Config) -> anyhow::Result<Box<dyn Family>> {
     family(&cfg.dataflow, cfg.dataflows.get(&cfg.dataflow).cloned()).map_err(|e| anyhow::anyhow!(e))
 }
 
@@ -144,7 +157,8 @@ pub fn run(opts: RunOptions, shared: Arc<Shared>) -> anyhow::Result<Option<Tick>
         let up = until_up(&shared, "postgres", || {
             let mut c = postgres::Client::connect(url, postgres::NoTls)
                 .context("connecting to postgres (postgres.url)")?;
-            crate::sink::postgres::migrate(&mut c, &tables)
+            crate::sink::postgres::migrate(&mut c, &tables)?;
+            crate::sink::postgres::quality_view(&mut c)
         })?;
         if up.is_none() {
             return Ok(None);
@@ -185,6 +199,18 @@ pub fn run(opts: RunOptions, shared: Arc<Shared>) -> anyhow::Result<Option<Tick>
         }
     }
     let _watching = StopOnDrop(watching);
+    // alerts go on to the end of the run, then have a last look
+    let alerting = Arc::new(AtomicBool::new(false));
+    let alerter = match online {
+        true => crate::sink::webhook::start(
+            &opts.config,
+            shared.status.clone(),
+            family.expectations(),
+            alerting.clone(),
+        ),
+        false => None,
+    };
+    let _alerting = StopOnDrop(alerting.clone());
     let opts = Arc::new(opts);
     let resume = Arc::new(resume);
     let (o, s, d) = (opts.clone(), shared.clone(), dlq.clone());
@@ -200,6 +226,10 @@ pub fn run(opts: RunOptions, shared: Arc<Shared>) -> anyhow::Result<Option<Tick>
     }
     if let Some(d) = &dlq {
         d.sender.flush()?;
+    }
+    alerting.store(true, Ordering::Relaxed);
+    if let Some(a) = alerter {
+        let _ = a.join();
     }
     Ok(final_tick)
 }

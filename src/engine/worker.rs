@@ -200,6 +200,8 @@ fn ingest_options(opts: &RunOptions, resume: &Resume) -> IngestOptions {
         exit_at_end: opts.exit_at_end,
         poll_interval: Duration::from_millis(ingest.poll_interval_ms),
         start_at: resume.start_at,
+        // set by `quality::Checked` when the family is checked
+        quality: None,
     }
 }
 

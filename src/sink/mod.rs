@@ -9,6 +9,7 @@ pub mod postgres;
 pub mod producer;
 pub mod redis;
 pub mod topic;
+pub mod webhook;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};

@@ -39,6 +39,45 @@ pub fn table_name(spec: &TableSpec) -> String {
 }
 
 /// Creates the feature tables and the progress table, adding columns that are missing.
+/// The view `quality_report(family, hour, expectation, observed, failures, total, passed,
+/// sample)` over every family's report table (`quality_{family}`) in the database: one
+/// place to read every job's data quality. Made again by each job that starts.
+pub fn quality_view(client: &mut Client) -> anyhow::Result<()> {
+    let tables: Vec<String> = client
+        .query(
+            "SELECT c.table_name::text FROM information_schema.columns c \
+             JOIN information_schema.tables t USING (table_schema, table_name) \
+             WHERE c.table_schema = current_schema() AND t.table_type = 'BASE TABLE' \
+             AND c.table_name LIKE 'quality\\_%' AND c.column_name = 'expectation' ORDER BY 1",
+            &[],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if tables.is_empty() {
+        return Ok(());
+    }
+    let parts: Vec<String> = tables
+        .iter()
+        .map(|t| {
+            format!(
+                "SELECT '{}'::text AS family, hour, expectation, observed, failures, total, \
+                 passed, sample FROM {t}",
+                t.trim_start_matches("quality_")
+            )
+        })
+        .collect();
+    let sql = format!(
+        "CREATE OR REPLACE VIEW quality_report AS {}",
+        parts.join(" UNION ALL ")
+    );
+    // two jobs starting at once: the second makes it again
+    if client.batch_execute(&sql).is_err() {
+        client.batch_execute(&sql)?;
+    }
+    Ok(())
+}
+
 pub fn migrate(client: &mut Client, tables: &[TableSpec]) -> anyhow::Result<()> {
     let mut ddl = String::from(
         "CREATE TABLE IF NOT EXISTS tidemark_progress (job text NOT NULL, worker int NOT NULL, \

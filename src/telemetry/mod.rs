@@ -15,6 +15,8 @@ use tidemark_dataflows::Tick;
 
 use crate::clock::now_ms;
 
+pub mod quality;
+
 pub const CONSUMED: &str = "tidemark_events_consumed_total";
 pub const FRESHNESS: &str = "tidemark_freshness_seconds";
 pub const SINK_WRITE: &str = "tidemark_sink_write_duration_seconds";
@@ -180,6 +182,14 @@ fn describe() {
         "tidemark_quality_events",
         "Data-quality issues per kind over the hours the quality view holds (30 days)."
     );
+    describe_counter!(
+        quality::FAILURES,
+        "Failed observations of each expectation (records, values, or failing hours of an aggregate check), as its hours' report rows grew."
+    );
+    describe_gauge!(
+        quality::PASSED,
+        "1 when the newest hour of each expectation passes, else 0."
+    );
     describe_gauge!(
         "tidemark_ready",
         "1 when /readyz answers 200: sources assigned, sinks reachable, not draining."
@@ -247,6 +257,8 @@ pub struct Status {
     pub quality: Mutex<BTreeMap<String, BTreeMap<&'static str, i64>>>,
     /// The kinds of quality count the view has (each gauge is set, to 0 when no hour holds it).
     pub quality_kinds: Mutex<Vec<&'static str>>,
+    /// The expectations' hourly report (`[quality]`).
+    pub report: quality::QualityReport,
     /// (when, records consumed): samples for the rate.
     rate: Mutex<VecDeque<(Instant, u64)>>,
     pub started_ms: AtomicU64,

@@ -158,6 +158,11 @@ pub trait Dataflow: Send + Sync + 'static {
     fn read_time_features(&self, _table: &str) -> Vec<&'static str> {
         Vec::new()
     }
+    /// The family's built-in expectations (its ranges and enums), checked unless
+    /// `quality.builtin = false`.
+    fn expectations(&self) -> Vec<crate::contract::quality::ExpectSpec> {
+        Vec::new()
+    }
     /// Dimension rows that go with the synthetic traffic (`generate` fills the tables).
     fn dimension_rows(&self, _spec: &GenerateSpec) -> Vec<(DimensionSpec, Vec<DimRow>)> {
         Vec::new()

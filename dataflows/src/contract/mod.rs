@@ -6,6 +6,7 @@ pub mod counters;
 pub mod dataflow;
 pub mod dimension;
 pub mod event;
+pub mod quality;
 pub mod record;
 pub mod state;
 pub mod table;

@@ -20,6 +20,7 @@ use timely::dataflow::{Scope, Stream};
 
 use crate::contract::counters::Counters;
 use crate::contract::event::{Rejected, Rejection, Timed};
+use crate::contract::quality::{Expectations, Tally, TallyBatch, TallyKey};
 use crate::contract::record::{DecodeError, InvalidRecord, RecordRef, RecordSource};
 use crate::contract::state::{Split, State};
 use crate::contract::time::{Tick, Window};
@@ -29,6 +30,7 @@ use source::{Ingest, Reader, Wiring};
 pub mod align;
 mod dedup;
 mod peers;
+mod quality;
 mod source;
 mod validate;
 
@@ -56,6 +58,8 @@ pub struct IngestOptions {
     /// Stream time starts here (after a restart: past every tick the stores hold, and past
     /// the restored checkpoint's tick).
     pub start_at: Tick,
+    /// The expectations on records, tallied as they are read (`None`: none).
+    pub quality: Option<Arc<Expectations>>,
 }
 
 impl Default for IngestOptions {
@@ -71,6 +75,7 @@ impl Default for IngestOptions {
             max_key_bytes: 512,
             max_items_per_event: 1_000,
             start_at: 0,
+            quality: None,
         }
     }
 }
@@ -85,6 +90,8 @@ pub struct Ingested<'s, E: Clone + 'static> {
     pub invalid: Stream<'s, Tick, Vec<InvalidRecord>>,
     /// Invalid records and duplicates, at the tick they were read.
     pub rejected: VecCollection<'s, Tick, Rejection>,
+    /// What the records add to the expectations' hourly tallies (`IngestOptions::quality`).
+    pub tallies: Stream<'s, Tick, Vec<(TallyKey, Tally)>>,
     /// Once every worker's source finished (`exit_at_end`): the largest stream time reached.
     pub final_tick: Rc<Cell<Option<Tick>>>,
 }
@@ -166,10 +173,27 @@ where
         Ingest::Event(e, t, at) => Ok(((e, at), t, 1isize)),
         other => Err(other),
     });
+    let (tallies, rest): (Parts<TallyBatch>, Parts<Ingest<E>>) = rest.ok_err(|x| match x {
+        Ingest::Tallies(t) => Ok(t),
+        other => Err(other),
+    });
+    let tallies = tallies.unary::<CapacityContainerBuilder<Vec<(TallyKey, Tally)>>, _, _, _>(
+        Pipeline,
+        "Tallies",
+        |_, _| {
+            |input, output| {
+                input.for_each(|cap, data| {
+                    if let Some(cap) = cap.retain_least(0) {
+                        output.session(&cap).give_iterator(data.drain(..).flatten());
+                    }
+                })
+            }
+        },
+    );
     let (invalid, news): (Parts<InvalidRecord>, Parts<(usize, News)>) = rest.ok_err(|x| match x {
         Ingest::Invalid(r) => Ok(*r),
         Ingest::Peer { to, news } => Err((to, news)),
-        Ingest::Event(..) => unreachable!("events were split off"),
+        Ingest::Event(..) | Ingest::Tallies(_) => unreachable!("split off"),
     });
     hear_peers(news, peers, heard.clone(), final_tick.clone());
     let (events, duplicates) =
@@ -201,6 +225,7 @@ where
         events: events.as_collection(),
         invalid,
         rejected,
+        tallies,
         final_tick,
     }
 }

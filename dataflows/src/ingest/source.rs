@@ -17,10 +17,12 @@ use timely::scheduling::Activator;
 
 use super::align::Aligner;
 use super::peers::{Heard, News};
+use super::quality::{observe, Outcome, Tallies};
 use super::validate::{invalid, validate};
 use super::{IngestOptions, PartitionTimes};
 use crate::contract::counters::Counters;
 use crate::contract::event::Timed;
+use crate::contract::quality::{Tally, TallyKey};
 use crate::contract::record::{DecodeError, InvalidRecord, Poll, RecordRef, RecordSource, Visit};
 use crate::contract::state::State;
 use crate::contract::time::{Tick, Window};
@@ -30,6 +32,8 @@ use crate::contract::time::{Tick, Window};
 pub(super) enum Ingest<E> {
     /// An event, the tick it goes in at, and its partition's stream time once it is read.
     Event(Timed<E>, Tick, Tick),
+    /// What a batch's records add to the expectations' hourly tallies.
+    Tallies(Vec<(TallyKey, Tally)>),
     Invalid(Box<InvalidRecord>),
     /// News for worker `to`'s source.
     Peer {
@@ -84,6 +88,8 @@ pub(super) struct Reader<E, D> {
     /// Each event with its partition's stream time once it is read.
     events: Vec<(Timed<E>, Tick)>,
     invalid: Vec<InvalidRecord>,
+    /// What the batch's records add to the expectations' hourly tallies.
+    tallies: Tallies,
     /// Checkpoints taken, and the one being agreed on.
     epoch: u64,
     pausing: Option<u64>,
@@ -123,6 +129,7 @@ where
             finished: false,
             events: Vec::new(),
             invalid: Vec::new(),
+            tallies: Tallies::default(),
             epoch: 0,
             pausing: None,
             paused: false,
@@ -312,6 +319,7 @@ where
             aligner,
             events,
             invalid: invalids,
+            tallies,
             ..
         } = self;
         let (opts, counters) = (&w.opts, &w.counters);
@@ -321,6 +329,10 @@ where
                     Some(at) => {
                         let ts = ev.ts;
                         events.push((ev, at));
+                        if let Some(exps) = &opts.quality {
+                            let out_of_order = ts < at;
+                            observe(exps, &rec, Outcome::Valid { ts, out_of_order }, tallies);
+                        }
                         Some(ts)
                     }
                     None => {
@@ -330,7 +342,12 @@ where
                 },
                 Err(e) => {
                     Counters::add(counters.invalid(&e.kind), 1);
-                    invalids.push(invalid(&rec, e, opts, now));
+                    let r = invalid(&rec, e, opts, now);
+                    if let Some(exps) = &opts.quality {
+                        let ts = r.claimed_ts.unwrap_or(r.append_ms.max(0) as u64);
+                        observe(exps, &rec, Outcome::Invalid { ts }, tallies);
+                    }
+                    invalids.push(r);
                     None
                 }
             };
@@ -352,6 +369,7 @@ where
                 .give_iterator(self.invalid.drain(..).map(|r| Ingest::Invalid(Box::new(r))));
         }
         if self.events.is_empty() {
+            self.emit_tallies(output);
             return;
         }
         let max_ts = self.events.iter().map(|(e, _)| e.ts).max().unwrap_or(0);
@@ -373,6 +391,16 @@ where
         );
         Counters::add(&self.w.counters.too_late, too_late);
         self.w.records.inserted(tick);
+        self.emit_tallies(output);
+    }
+
+    /// The batch's quality tallies, at the batch's tick.
+    fn emit_tallies(&mut self, output: &mut Output<'_, E>) {
+        if !self.tallies.is_empty() {
+            let tallies: Vec<_> = self.tallies.drain().collect();
+            let held = self.cap.as_ref().expect("held");
+            output.session(held).give(Ingest::Tallies(tallies));
+        }
     }
 
     /// What the poll's outcome means for time and the next activation.

@@ -5,6 +5,7 @@
 
 pub mod changes;
 pub mod dimension;
+pub mod hourly;
 pub mod once_per_key;
 pub mod ticks;
 pub mod versions;

@@ -18,7 +18,7 @@ use tidemark_dataflows::contract::record::{Poll, RecordRef, RecordSource, Visit}
 use tidemark_dataflows::contract::table::{apply_changes, SinkEvent, TickChanges, Value};
 use tidemark_dataflows::ingest::IngestOptions;
 use tidemark_dataflows::operators::changes::feature_changes;
-use tidemark_dataflows::Tick;
+use tidemark_dataflows::{Family, Tick};
 
 /// Hands out one batch per poll, then reports being caught up; finished when empty. With
 /// a gate, the last batch waits until the gate opens.
@@ -262,6 +262,22 @@ pub fn run_configured(
     opts: IngestOptions,
     snapshots: Option<Vec<Vec<DimRow>>>,
 ) -> (Vec<TickChanges>, Arc<Counters>) {
+    let make =
+        move || tidemark_dataflows::family(name, section.clone()).expect("a registered family");
+    run_family(Arc::new(make), per_worker, now_ms, opts, snapshots)
+}
+
+/// Makes a worker's family.
+pub type MakeFamily = Arc<dyn Fn() -> Box<dyn Family> + Send + Sync>;
+
+/// `run_configured` with the family `make` makes (e.g. one checked for data quality).
+pub fn run_family(
+    make: MakeFamily,
+    per_worker: Vec<Vec<Vec<Vec<u8>>>>,
+    now_ms: u64,
+    opts: IngestOptions,
+    snapshots: Option<Vec<Vec<DimRow>>>,
+) -> (Vec<TickChanges>, Arc<Counters>) {
     let done = Arc::new(AtomicBool::new(false));
     let gated = snapshots.as_ref().is_some_and(|s| s.len() > 1);
     let workers = per_worker.len();
@@ -270,8 +286,7 @@ pub fn run_configured(
     let input = Arc::new(per_worker);
     let (out, c) = (seen.clone(), counters.clone());
     timely::execute(timely::Config::process(workers), move |worker| {
-        let family =
-            tidemark_dataflows::family(name, section.clone()).expect("a registered family");
+        let family = make();
         let source = VecSource {
             batches: input[worker.index()].clone().into(),
             now_ms,

@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use crate::contract::dataflow::{Dataflow, GenerateSpec, Produced};
 use crate::contract::dimension::{DimRow, DimensionSpec};
 use crate::contract::event::{Rejection, Timed};
+use crate::contract::quality::{CheckName, ExpectSpec};
 use crate::contract::record::{DecodeError, RecordRef};
 use crate::contract::state::State;
 use crate::contract::table::{FeatureRow, TableSpec};
@@ -171,6 +172,15 @@ impl Dataflow for Ads {
     }
     fn topics(&self) -> Vec<String> {
         vec![self.config.topic.clone(), self.config.quality_topic.clone()]
+    }
+    /// Its ranges, checked on every change (`[quality]`, issue #22).
+    fn expectations(&self) -> Vec<ExpectSpec> {
+        vec![ExpectSpec::new(
+            "window_ctr in [0, 1]",
+            "feature:campaign.window_ctr",
+            CheckName::Between,
+        )
+        .bounds(Some(0.0), Some(1.0))]
     }
     fn tables(&self) -> Vec<TableSpec> {
         self.table_specs()

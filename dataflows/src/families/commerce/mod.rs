@@ -33,6 +33,7 @@ use timely::dataflow::operators::vec::Filter;
 use crate::contract::dataflow::{Dataflow, GenerateSpec, Produced};
 use crate::contract::dimension::{DimRow, DimensionSpec};
 use crate::contract::event::{Rejection, Timed};
+use crate::contract::quality::{CheckName, ExpectSpec};
 use crate::contract::record::{DecodeError, RecordRef};
 use crate::contract::state::State;
 use crate::contract::table::{FeatureRow, TableSpec};
@@ -111,6 +112,15 @@ impl Dataflow for Commerce {
     }
     fn topics(&self) -> Vec<String> {
         vec![self.config.topic.clone()]
+    }
+    /// Its ranges, checked on every change (`[quality]`, issue #22).
+    fn expectations(&self) -> Vec<ExpectSpec> {
+        vec![ExpectSpec::new(
+            "avg_view_price_10m not negative",
+            "feature:shopper.avg_view_price_10m",
+            CheckName::Between,
+        )
+        .bounds(Some(0.0), None)]
     }
     fn tables(&self) -> Vec<TableSpec> {
         self.table_specs()

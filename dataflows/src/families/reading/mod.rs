@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use crate::contract::dataflow::{Dataflow, GenerateSpec, Produced};
 use crate::contract::dimension::{DimRow, DimensionSpec};
 use crate::contract::event::{Rejection, Timed};
+use crate::contract::quality::{CheckName, ExpectSpec};
 use crate::contract::record::{DecodeError, RecordRef};
 use crate::contract::state::State;
 use crate::contract::table::{FeatureRow, TableSpec};
@@ -87,6 +88,29 @@ impl Dataflow for Reading {
     }
     fn topics(&self) -> Vec<String> {
         vec![self.config.topic.clone()]
+    }
+    /// Its ranges, checked on every change (`[quality]`, issue #22).
+    fn expectations(&self) -> Vec<ExpectSpec> {
+        vec![
+            ExpectSpec::new(
+                "completion_rate_7d in [0, 1]",
+                "feature:user.completion_rate_7d",
+                CheckName::Between,
+            )
+            .bounds(Some(0.0), Some(1.0)),
+            ExpectSpec::new(
+                "early_exit_rate_7d in [0, 1]",
+                "feature:user.early_exit_rate_7d",
+                CheckName::Between,
+            )
+            .bounds(Some(0.0), Some(1.0)),
+            ExpectSpec::new(
+                "episode completion_rate_30d in [0, 1]",
+                "feature:episode.completion_rate_30d",
+                CheckName::Between,
+            )
+            .bounds(Some(0.0), Some(1.0)),
+        ]
     }
     fn tables(&self) -> Vec<TableSpec> {
         self.table_specs()

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::contract::dataflow::{Dataflow, GenerateSpec, Produced};
 use crate::contract::event::Timed;
+use crate::contract::quality::{CheckName, ExpectSpec};
 use crate::contract::record::{DecodeError, RecordRef};
 use crate::contract::state::State;
 use crate::contract::table::{FeatureRow, TableSpec};
@@ -107,6 +108,25 @@ impl Dataflow for Search {
     }
     fn topics(&self) -> Vec<String> {
         vec![self.config.topic.clone()]
+    }
+    /// Its ranges, checked on every change (`[quality]`, issue #22).
+    fn expectations(&self) -> Vec<ExpectSpec> {
+        vec![
+            ExpectSpec::new(
+                "ctr_doc in [0, 1]",
+                "feature:doc.ctr_doc",
+                CheckName::Between,
+            )
+            .bounds(Some(0.0), Some(1.0)),
+            ExpectSpec::new("ctr_qd in [0, 1]", "feature:qd.ctr_qd", CheckName::Between)
+                .bounds(Some(0.0), Some(1.0)),
+            ExpectSpec::new(
+                "assist_rate in [0, 1]",
+                "feature:ac.assist_rate",
+                CheckName::Between,
+            )
+            .bounds(Some(0.0), Some(1.0)),
+        ]
     }
     fn tables(&self) -> Vec<TableSpec> {
         self.table_specs()

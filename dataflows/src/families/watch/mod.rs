@@ -26,6 +26,7 @@ use crate::contract::counters::Counters;
 use crate::contract::dataflow::{Dataflow, GenerateSpec, Produced};
 use crate::contract::dimension::DimRow;
 use crate::contract::event::{Rejection, Timed};
+use crate::contract::quality::{CheckName, ExpectSpec};
 use crate::contract::record::{DecodeError, RecordRef};
 use crate::contract::state::State;
 use crate::contract::table::{FeatureRow, TableSpec};
@@ -190,6 +191,15 @@ impl Dataflow for Watches {
             self.config.impressions_topic.clone(),
             self.config.watches_topic.clone(),
         ]
+    }
+    /// Its ranges, checked on every change (`[quality]`, issue #22).
+    fn expectations(&self) -> Vec<ExpectSpec> {
+        vec![ExpectSpec::new(
+            "strong_share_7d in [0, 1]",
+            "feature:item.strong_share_7d",
+            CheckName::Between,
+        )
+        .bounds(Some(0.0), Some(1.0))]
     }
     fn tables(&self) -> Vec<TableSpec> {
         self.table_specs()

@@ -1,0 +1,608 @@
+//! Data quality (DESIGN §5.6, issue #22): declarative expectations on a family's events
+//! and feature views, what one hour of observations adds up to ([`Tally`]), and its
+//! verdict. The dataflow tallies; the runtime reports and alerts.
+//!
+//! An expectation names its target with `on`:
+//! * `events` — every record of the family's topics (`valid`, `unique`, `not_out_of_order`,
+//!   `rows_per_hour`);
+//! * `event:{topic}` — that topic's records (`valid`, `not_out_of_order`, `rows_per_hour`);
+//! * `event:{topic}.{field}` — a field of its records' JSON, `a.b` for a nested one
+//!   (`not_null`, `between`, `in_set`, `matches`, `mean_between`, `stddev_between`);
+//! * `feature:{view}.{field}` — every new value of a feature (the same field checks);
+//! * `feature:{view}` — its changes (`rows_per_hour`).
+//!
+//! An hour is an hour of event time: a record's own time, a feature change's tick.
+
+use serde::{Deserialize, Serialize};
+
+use crate::contract::table::{FieldType, TableSpec, Value};
+use crate::contract::time::{Tick, HOUR};
+
+/// One hour of event time, by its first millisecond.
+pub type Hour = u64;
+
+/// The hour `ts` falls in.
+pub fn hour_of(ts: Tick) -> Hour {
+    ts - ts % HOUR
+}
+
+/// What a tally is kept under: the expectation's index and the hour.
+pub type TallyKey = (u16, Hour);
+
+/// Tallies as they travel: parts to add up.
+pub type TallyBatch = Vec<(TallyKey, Tally)>;
+
+/// How many failing coordinates a report row names.
+pub const SAMPLE: usize = 5;
+
+/// An expectation as configured (`[[quality.expect]]`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectSpec {
+    pub name: String,
+    pub on: String,
+    pub check: CheckName,
+    /// `between`, `rows_per_hour`, `mean_between`, `stddev_between`: the bounds (either
+    /// may be left open).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+    /// `in_set`: the allowed values, as text (a number matches its JSON text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values: Option<Vec<String>>,
+    /// `matches`: a regular expression a text value must match (anywhere; anchor with ^$).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    /// The largest share of an hour's observations that may fail (checks of single
+    /// values: `valid`, `unique`, `not_out_of_order`, `not_null`, `between`, `in_set`,
+    /// `matches`).
+    #[serde(default)]
+    pub max_failure_share: f64,
+}
+
+impl ExpectSpec {
+    /// A check of single values on `on`, none may fail.
+    pub fn new(name: &str, on: &str, check: CheckName) -> Self {
+        ExpectSpec {
+            name: name.to_string(),
+            on: on.to_string(),
+            check,
+            min: None,
+            max: None,
+            values: None,
+            pattern: None,
+            max_failure_share: 0.0,
+        }
+    }
+    pub fn bounds(mut self, min: Option<f64>, max: Option<f64>) -> Self {
+        (self.min, self.max) = (min, max);
+        self
+    }
+    pub fn share(mut self, share: f64) -> Self {
+        self.max_failure_share = share;
+        self
+    }
+    /// Whether an hour passes on an aggregate rather than a share of failures.
+    pub fn check_is_aggregate(&self) -> bool {
+        self.check.aggregate()
+    }
+    pub fn values(mut self, values: &[&str]) -> Self {
+        self.values = Some(values.iter().map(|v| v.to_string()).collect());
+        self
+    }
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckName {
+    Valid,
+    Unique,
+    NotOutOfOrder,
+    RowsPerHour,
+    NotNull,
+    Between,
+    InSet,
+    Matches,
+    MeanBetween,
+    StddevBetween,
+}
+
+impl CheckName {
+    fn on_records(self) -> bool {
+        matches!(
+            self,
+            CheckName::Valid
+                | CheckName::Unique
+                | CheckName::NotOutOfOrder
+                | CheckName::RowsPerHour
+        )
+    }
+    /// An hour passes on an aggregate (count, mean, deviation), not a share of failures.
+    pub fn aggregate(self) -> bool {
+        matches!(
+            self,
+            CheckName::RowsPerHour | CheckName::MeanBetween | CheckName::StddevBetween
+        )
+    }
+}
+
+/// What an expectation looks at.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Target {
+    /// Records of one topic (index into the family's topics), or of all (`None`).
+    Records(Option<usize>),
+    /// A field of a topic's JSON records: its path.
+    EventField(usize, Vec<String>),
+    /// A feature view's changes (`table`), or one field's new values.
+    Feature(u8, Option<usize>),
+}
+
+/// A check, compiled.
+#[derive(Clone, Debug)]
+pub enum Check {
+    Valid,
+    Unique,
+    NotOutOfOrder,
+    RowsPerHour,
+    NotNull,
+    Between,
+    InSet(Vec<String>),
+    Matches(regex::Regex),
+    MeanBetween,
+    StddevBetween,
+}
+
+/// An expectation, checked against the family.
+#[derive(Clone, Debug)]
+pub struct Expectation {
+    pub spec: ExpectSpec,
+    pub target: Target,
+    pub check: Check,
+}
+
+/// A family's expectations, compiled.
+#[derive(Clone, Debug, Default)]
+pub struct Expectations {
+    pub list: Vec<Expectation>,
+    pub topics: Vec<String>,
+}
+
+/// What one value is, for a check.
+#[derive(Clone, Copy, Debug)]
+pub enum Seen<'a> {
+    Missing,
+    Num(f64),
+    Text(&'a str),
+    /// A JSON object, array or boolean.
+    Other,
+}
+
+impl<'a> Seen<'a> {
+    pub fn of_json(v: Option<&'a serde_json::Value>) -> Self {
+        match v {
+            None | Some(serde_json::Value::Null) => Seen::Missing,
+            Some(serde_json::Value::Number(n)) => n.as_f64().map_or(Seen::Other, Seen::Num),
+            Some(serde_json::Value::String(s)) => Seen::Text(s),
+            Some(_) => Seen::Other,
+        }
+    }
+    pub fn of_value(v: &'a Value) -> Self {
+        match v {
+            Value::Null => Seen::Missing,
+            Value::Int(i) => Seen::Num(*i as f64),
+            Value::Float(f) if f.0.is_nan() => Seen::Missing,
+            Value::Float(f) => Seen::Num(f.0),
+            Value::Text(t) => Seen::Text(t),
+        }
+    }
+}
+
+/// Fixed-point scale of the sums: sums of integers add up the same in any order.
+const SCALE: f64 = 1e6;
+
+/// One hour's observations of one expectation, or a part of them: parts add up.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tally {
+    /// Observations (records, values, changes).
+    pub total: u64,
+    pub failures: u64,
+    /// Numeric values seen, their sum and sum of squares (fixed point, `SCALE`).
+    pub count: u64,
+    pub sum: i128,
+    pub sum_sq: i128,
+    /// The smallest failing coordinates (record `topic/partition/offset`, entity key).
+    pub sample: Vec<String>,
+}
+
+impl Tally {
+    pub fn add(&mut self, other: &Tally) {
+        self.total += other.total;
+        self.failures += other.failures;
+        self.count += other.count;
+        self.sum = self.sum.saturating_add(other.sum);
+        self.sum_sq = self.sum_sq.saturating_add(other.sum_sq);
+        for s in &other.sample {
+            self.keep(s);
+        }
+    }
+    /// Keeps `coordinate` if it is among the `SAMPLE` smallest.
+    pub fn keep(&mut self, coordinate: &str) {
+        if self.sample.len() >= SAMPLE
+            && self.sample.last().is_some_and(|l| l.as_str() <= coordinate)
+        {
+            return;
+        }
+        if let Err(at) = self.sample.binary_search_by(|s| s.as_str().cmp(coordinate)) {
+            self.sample.insert(at, coordinate.to_string());
+            self.sample.truncate(SAMPLE);
+        }
+    }
+    /// Records one observation; `coordinate` is made only for a failure.
+    pub fn observe(&mut self, check: &Check, seen: Seen<'_>, spec: &ExpectSpec) -> Option<bool> {
+        let ok = match check {
+            Check::NotNull => !matches!(seen, Seen::Missing),
+            Check::Between => match seen {
+                Seen::Missing => return None,
+                Seen::Num(x) => spec.min.is_none_or(|m| x >= m) && spec.max.is_none_or(|m| x <= m),
+                _ => false,
+            },
+            Check::InSet(set) => match seen {
+                Seen::Missing => return None,
+                Seen::Num(x) => set.iter().any(|v| v.parse::<f64>().is_ok_and(|v| v == x)),
+                Seen::Text(t) => set.iter().any(|v| v == t),
+                Seen::Other => false,
+            },
+            Check::Matches(re) => match seen {
+                Seen::Missing => return None,
+                Seen::Text(t) => re.is_match(t),
+                Seen::Num(x) => re.is_match(&x.to_string()),
+                Seen::Other => false,
+            },
+            Check::MeanBetween | Check::StddevBetween => match seen {
+                Seen::Num(x) => {
+                    let scaled = (x * SCALE).round();
+                    self.count += 1;
+                    self.sum = self.sum.saturating_add(scaled as i128);
+                    self.sum_sq = self
+                        .sum_sq
+                        .saturating_add((scaled as i128).saturating_mul(scaled as i128));
+                    true
+                }
+                _ => return None,
+            },
+            Check::RowsPerHour => true,
+            Check::Valid | Check::Unique | Check::NotOutOfOrder => {
+                unreachable!("record checks are counted by ingest")
+            }
+        };
+        self.total += 1;
+        self.failures += u64::from(!ok);
+        Some(ok)
+    }
+    pub fn mean(&self) -> Option<f64> {
+        (self.count > 0).then(|| self.sum as f64 / SCALE / self.count as f64)
+    }
+    /// The population standard deviation of the numeric values.
+    pub fn stddev(&self) -> Option<f64> {
+        let mean = self.mean()?;
+        let sq = self.sum_sq as f64 / (SCALE * SCALE) / self.count as f64;
+        Some((sq - mean * mean).max(0.0).sqrt())
+    }
+}
+
+/// An hour's verdict on one expectation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Verdict {
+    /// The failing share, or the aggregate (rows, mean, deviation); `None` when there is
+    /// nothing to aggregate.
+    pub observed: Option<f64>,
+    pub failures: u64,
+    pub total: u64,
+    pub passed: bool,
+}
+
+impl Expectation {
+    pub fn verdict(&self, t: &Tally) -> Verdict {
+        let spec = &self.spec;
+        let within = |x: f64| spec.min.is_none_or(|m| x >= m) && spec.max.is_none_or(|m| x <= m);
+        let aggregate = match self.spec.check {
+            CheckName::RowsPerHour => Some(Some(t.total as f64)),
+            CheckName::MeanBetween => Some(t.mean()),
+            CheckName::StddevBetween => Some(t.stddev()),
+            _ => None,
+        };
+        match aggregate {
+            Some(observed) => {
+                let passed = observed.is_none_or(within);
+                Verdict {
+                    observed,
+                    failures: u64::from(!passed),
+                    total: t.total,
+                    passed,
+                }
+            }
+            None => {
+                let share = match t.total {
+                    0 => 0.0,
+                    n => t.failures as f64 / n as f64,
+                };
+                Verdict {
+                    observed: Some(share),
+                    failures: t.failures,
+                    total: t.total,
+                    passed: share <= spec.max_failure_share,
+                }
+            }
+        }
+    }
+}
+
+impl Expectations {
+    /// Checks `specs` against the family's topics and views; the error names the
+    /// expectation, its key and the fix.
+    pub fn compile(
+        specs: &[ExpectSpec],
+        topics: &[String],
+        tables: &[TableSpec],
+    ) -> Result<Self, String> {
+        if specs.len() > u16::MAX as usize {
+            return Err(format!(
+                "quality.expect: {} expectations, at most 65535",
+                specs.len()
+            ));
+        }
+        let mut list = Vec::new();
+        for (i, spec) in specs.iter().enumerate() {
+            let at = format!("quality.expect[{i}] ({:?})", spec.name);
+            if spec.name.trim().is_empty() {
+                return Err(format!(
+                    "quality.expect[{i}].name is empty: give every expectation a name"
+                ));
+            }
+            if let Some(j) = specs[..i].iter().position(|s| s.name == spec.name) {
+                return Err(format!(
+                    "{at}.name: expectation {j} has the same name: names key the report, make them unique"
+                ));
+            }
+            let target = target(&spec.on, topics, tables).map_err(|e| format!("{at}.on: {e}"))?;
+            let check = check(spec, &target).map_err(|e| format!("{at}.check: {e}"))?;
+            if !(0.0..=1.0).contains(&spec.max_failure_share) {
+                return Err(format!(
+                    "{at}.max_failure_share = {}: a share, between 0 and 1",
+                    spec.max_failure_share
+                ));
+            }
+            list.push(Expectation {
+                spec: spec.clone(),
+                target,
+                check,
+            });
+        }
+        Ok(Expectations {
+            list,
+            topics: topics.to_vec(),
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// The expectations on records of topic `topic` (by index), with their index.
+    pub fn on_topic(&self, topic: usize) -> impl Iterator<Item = (u16, &Expectation)> {
+        self.list
+            .iter()
+            .enumerate()
+            .filter_map(move |(i, e)| match e.target {
+                Target::Records(None) => Some((i as u16, e)),
+                Target::Records(Some(t)) | Target::EventField(t, _) if t == topic => {
+                    Some((i as u16, e))
+                }
+                _ => None,
+            })
+    }
+}
+
+/// `on`, resolved.
+fn target(on: &str, topics: &[String], tables: &[TableSpec]) -> Result<Target, String> {
+    if on == "events" {
+        return Ok(Target::Records(None));
+    }
+    if let Some(rest) = on.strip_prefix("event:") {
+        // the longest topic the rest starts with (topic names may hold dots)
+        let found = topics
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| rest == t.as_str() || rest.starts_with(&format!("{t}.")))
+            .max_by_key(|(_, t)| t.len());
+        let Some((i, topic)) = found else {
+            return Err(format!(
+                "{on:?} names no topic of this dataflow: use event:TOPIC or event:TOPIC.FIELD with TOPIC one of {}",
+                topics.join(", ")
+            ));
+        };
+        let field = &rest[topic.len()..];
+        return match field.strip_prefix('.') {
+            None => Ok(Target::Records(Some(i))),
+            Some(path) if path.split('.').all(|p| !p.is_empty()) => Ok(Target::EventField(
+                i,
+                path.split('.').map(str::to_string).collect(),
+            )),
+            Some(_) => Err(format!(
+                "{on:?}: an empty field name; use event:{topic}.FIELD"
+            )),
+        };
+    }
+    if let Some(rest) = on.strip_prefix("feature:") {
+        let (view, field) = match rest.split_once('.') {
+            Some((v, f)) => (v, Some(f)),
+            None => (rest, None),
+        };
+        let views: Vec<&str> = tables.iter().map(|t| t.ns).collect();
+        let Some(ti) = views.iter().position(|v| *v == view) else {
+            return Err(format!(
+                "{on:?}: no feature view '{view}': use feature:VIEW.FIELD with VIEW one of {}",
+                views.join(", ")
+            ));
+        };
+        let Some(field) = field else {
+            return Ok(Target::Feature(ti as u8, None));
+        };
+        let fields = &tables[ti].fields;
+        return match fields.iter().position(|f| f.name == field) {
+            Some(fi) => Ok(Target::Feature(ti as u8, Some(fi))),
+            None => Err(format!(
+                "{on:?}: view '{view}' has no field '{field}': use one of {}",
+                fields.iter().map(|f| f.name).collect::<Vec<_>>().join(", ")
+            )),
+        };
+    }
+    Err(format!(
+        "{on:?}: use \"events\", \"event:TOPIC\", \"event:TOPIC.FIELD\", \"feature:VIEW\" or \"feature:VIEW.FIELD\""
+    ))
+}
+
+/// `check`, compiled for `target`.
+fn check(spec: &ExpectSpec, target: &Target) -> Result<Check, String> {
+    let name = spec.check;
+    let ok_target = match target {
+        Target::Records(None) => name.on_records(),
+        Target::Records(Some(_)) => name.on_records() && name != CheckName::Unique,
+        Target::EventField(..) | Target::Feature(_, Some(_)) => {
+            !name.on_records() || name == CheckName::RowsPerHour
+        }
+        Target::Feature(_, None) => name == CheckName::RowsPerHour,
+    };
+    if !ok_target {
+        let fix = match name {
+            CheckName::Unique => {
+                "unique applies to \"events\" (event ids within the dedup horizon)"
+            }
+            CheckName::Valid | CheckName::NotOutOfOrder => {
+                "use on = \"events\" or \"event:TOPIC\" (whole records)"
+            }
+            _ => "use on = \"event:TOPIC.FIELD\" or \"feature:VIEW.FIELD\" (a field)",
+        };
+        return Err(format!("{name:?} does not apply to {:?}: {fix}", spec.on));
+    }
+    let bounds = matches!(
+        name,
+        CheckName::Between
+            | CheckName::RowsPerHour
+            | CheckName::MeanBetween
+            | CheckName::StddevBetween
+    );
+    if bounds && spec.min.is_none() && spec.max.is_none() {
+        return Err(format!("{name:?} needs min, max or both"));
+    }
+    if !bounds && (spec.min.is_some() || spec.max.is_some()) {
+        return Err(format!("{name:?} takes no min or max: remove them"));
+    }
+    if let (Some(a), Some(b)) = (spec.min, spec.max) {
+        if a > b {
+            return Err(format!("min = {a} is above max = {b}"));
+        }
+    }
+    if name != CheckName::InSet && spec.values.is_some() {
+        return Err(format!(
+            "{name:?} takes no values: remove them (in_set does)"
+        ));
+    }
+    if name != CheckName::Matches && spec.pattern.is_some() {
+        return Err(format!(
+            "{name:?} takes no pattern: remove it (matches does)"
+        ));
+    }
+    Ok(match name {
+        CheckName::Valid => Check::Valid,
+        CheckName::Unique => Check::Unique,
+        CheckName::NotOutOfOrder => Check::NotOutOfOrder,
+        CheckName::RowsPerHour => Check::RowsPerHour,
+        CheckName::NotNull => Check::NotNull,
+        CheckName::Between => Check::Between,
+        CheckName::MeanBetween => Check::MeanBetween,
+        CheckName::StddevBetween => Check::StddevBetween,
+        CheckName::InSet => match &spec.values {
+            Some(v) if !v.is_empty() => Check::InSet(v.clone()),
+            _ => return Err("in_set needs values = [\"a\", \"b\", …]".into()),
+        },
+        CheckName::Matches => match &spec.pattern {
+            Some(p) => {
+                Check::Matches(regex::Regex::new(p).map_err(|e| format!("pattern {p:?}: {e}"))?)
+            }
+            None => return Err("matches needs pattern = \"^…$\"".into()),
+        },
+    })
+}
+
+/// The fields of a feature value a check can read.
+pub fn numeric(ty: FieldType) -> bool {
+    matches!(ty, FieldType::Int | FieldType::Float)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::table::{float, SinkKind};
+
+    fn tables() -> Vec<TableSpec> {
+        vec![TableSpec {
+            ns: "doc",
+            keys: vec!["doc_id"],
+            fields: vec![float("ctr_doc")],
+            version: 1,
+            sink: SinkKind::Store,
+            redis_prefix: None,
+        }]
+    }
+
+    #[test]
+    fn targets_and_errors_name_the_fix() {
+        let topics = vec!["search-events".to_string(), "a.b".to_string()];
+        let t = tables();
+        let c = |on: &str, check| {
+            let spec = ExpectSpec::new("x", on, check).bounds(Some(0.0), Some(1.0));
+            Expectations::compile(&[spec], &topics, &t).map(|e| e.list[0].target.clone())
+        };
+        assert_eq!(
+            c("feature:doc.ctr_doc", CheckName::Between),
+            Ok(Target::Feature(0, Some(0)))
+        );
+        assert_eq!(
+            c("event:a.b.c.d", CheckName::Between),
+            Ok(Target::EventField(1, vec!["c".into(), "d".into()]))
+        );
+        assert!(c("feature:doc.nope", CheckName::Between)
+            .unwrap_err()
+            .contains("ctr_doc"));
+        assert!(c("event:other.x", CheckName::Between)
+            .unwrap_err()
+            .contains("search-events"));
+        let unique = ExpectSpec::new("u", "event:search-events.event_id", CheckName::Unique);
+        let e = Expectations::compile(&[unique], &topics, &t).unwrap_err();
+        assert!(
+            e.contains("quality.expect[0]") && e.contains("\"events\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn tallies_add_up_in_any_order() {
+        let spec = ExpectSpec::new("m", "x", CheckName::MeanBetween).bounds(Some(0.0), None);
+        let (mut a, mut b, mut all) = (Tally::default(), Tally::default(), Tally::default());
+        for (i, x) in [0.1, 0.2, 0.7, 1e3].into_iter().enumerate() {
+            let part = if i % 2 == 0 { &mut a } else { &mut b };
+            part.observe(&Check::MeanBetween, Seen::Num(x), &spec);
+            all.observe(&Check::MeanBetween, Seen::Num(x), &spec);
+        }
+        b.add(&a);
+        assert_eq!(b, all);
+        assert!((all.mean().unwrap() - 250.25).abs() < 1e-9);
+        let mut s = Tally::default();
+        for c in ["k9", "k1", "k5", "k3", "k7", "k2", "k1"] {
+            s.keep(c);
+        }
+        assert_eq!(s.sample, ["k1", "k2", "k3", "k5", "k7"]);
+    }
+}

@@ -1,0 +1,85 @@
+//! What each record adds to the hourly tallies of the expectations on records and their
+//! fields (`contract::quality`): every record ingest takes, valid or not, once.
+
+use rustc_hash::FxHashMap;
+
+use crate::contract::quality::{hour_of, Check, Expectations, Seen, Tally, TallyKey, Target};
+use crate::contract::record::RecordRef;
+use crate::contract::time::Tick;
+
+/// What ingest made of a record.
+pub(super) enum Outcome {
+    /// An event at `ts`; `out_of_order` when an earlier record of its partition was later.
+    Valid { ts: Tick, out_of_order: bool },
+    /// An invalid record, at the time its rejection is counted in.
+    Invalid { ts: Tick },
+}
+
+/// The tallies of one batch, by expectation and hour.
+pub(super) type Tallies = FxHashMap<TallyKey, Tally>;
+
+/// Adds `rec` to the tallies of the expectations on its topic.
+pub(super) fn observe(
+    exps: &Expectations,
+    rec: &RecordRef<'_>,
+    outcome: Outcome,
+    into: &mut Tallies,
+) {
+    let topic = exps.topics.iter().position(|t| t == rec.topic);
+    let (ts, valid) = match outcome {
+        Outcome::Valid { ts, .. } => (ts, true),
+        Outcome::Invalid { ts } => (ts, false),
+    };
+    let out_of_order = matches!(
+        outcome,
+        Outcome::Valid {
+            out_of_order: true,
+            ..
+        }
+    );
+    let hour = hour_of(ts);
+    let mut json: Option<Option<serde_json::Value>> = None;
+    let coordinate = || format!("{}/{}/{}", rec.topic, rec.partition, rec.offset);
+    for (i, e) in exps.list.iter().enumerate() {
+        let applies = match &e.target {
+            Target::Records(None) => true,
+            Target::Records(Some(t)) | Target::EventField(t, _) => Some(*t) == topic,
+            Target::Feature(..) => false,
+        };
+        if !applies {
+            continue;
+        }
+        let tally = into.entry((i as u16, hour)).or_default();
+        let failed = match (&e.target, &e.check) {
+            (Target::Records(_), Check::Valid) => {
+                tally.total += 1;
+                !valid
+            }
+            (Target::Records(_), Check::RowsPerHour) => {
+                tally.total += 1;
+                false
+            }
+            // failures are the copies dedup drops
+            (Target::Records(_), Check::Unique) => {
+                tally.total += u64::from(valid);
+                false
+            }
+            (Target::Records(_), Check::NotOutOfOrder) => {
+                tally.total += u64::from(valid);
+                out_of_order
+            }
+            (Target::EventField(_, path), check) => {
+                let doc = json.get_or_insert_with(|| serde_json::from_slice(rec.payload).ok());
+                let field = doc
+                    .as_ref()
+                    .and_then(|d| path.iter().try_fold(d, |v, p| v.get(p)));
+                tally.observe(check, Seen::of_json(field), &e.spec) == Some(false)
+            }
+            _ => unreachable!("compile admits no other check on records"),
+        };
+        if failed {
+            tally.failures += u64::from(matches!(e.target, Target::Records(_)));
+            tally.keep(&coordinate());
+        }
+    }
+}
