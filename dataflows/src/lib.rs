@@ -4,7 +4,7 @@
 //! [`contract::record::RecordSource`] and takes [`contract::table::SinkEvent`]s out.
 //! The layers: a module uses its own layer and those below it, without cycles (see
 //! ARCHITECTURE.md):
-//! `contract` ← `ingest`, `operators`, `generate` ← `install` ← `families`.
+//! `contract` ← `ingest`, `operators`, `generate` ← `install` ← `families`, `quality`.
 
 pub mod contract;
 pub mod families;

@@ -79,8 +79,9 @@ impl Checked {
             all.retain(|b| b.name != s.name);
             all.push(s.clone());
         }
-        let topics = topics.map_or_else(|| inner.topics(), <[String]>::to_vec);
-        let exps = Expectations::compile(&all, &topics, &inner.tables())?;
+        let own = inner.topics();
+        let topics = topics.map_or_else(|| own.clone(), <[String]>::to_vec);
+        let exps = Expectations::compile(&all, &topics, &own, &inner.tables())?;
         let report = report_table(inner.name());
         Ok(Checked {
             inner,

@@ -116,6 +116,13 @@ pub(super) fn run_worker(
         roll_back(opts, &writer, shared, resume)?;
     }
     let outcome = drive(worker, shared, &probes, checkpointer, &final_tick, index);
+    // where the worker ended, for what reads the status after it (the quality alerts'
+    // last look)
+    let (p, d) = (
+        Probes::first(&probes.processed),
+        Probes::first(&probes.durable),
+    );
+    shared.status.worker(index, p, d);
     // timely steps a worker until its dataflows are gone: drop it, or never return
     worker.drop_dataflow(dataflow);
     outcome.map(|()| final_tick.get())

@@ -58,7 +58,7 @@ pub fn start(
                 let stopping = stop.load(Ordering::Relaxed);
                 alerter.judge(&status);
                 let deadline = stopping.then(|| Instant::now() + Duration::from_secs(10));
-                runtime.block_on(alerter.send_due(deadline, &stop));
+                runtime.block_on(alerter.send_due(deadline));
                 if stopping {
                     if !alerter.queue.is_empty() {
                         tracing::warn!(
@@ -159,7 +159,7 @@ impl Alerter {
 
     /// Sends what is due, each message retried with backoff until it is delivered, refused
     /// for good, or out of tries; until `deadline` when stopping.
-    async fn send_due(&mut self, deadline: Option<Instant>, stop: &AtomicBool) {
+    async fn send_due(&mut self, deadline: Option<Instant>) {
         while let Some((alert, attempts, due)) = self.queue.front().cloned() {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return;
@@ -197,11 +197,7 @@ impl Alerter {
                         .insert(alert.key.1.clone(), alert.passed);
                     self.save();
                 }
-                Err((why, again))
-                    if again
-                        && attempts + 1 < self.max_attempts
-                        && !stop.load(Ordering::Relaxed) =>
-                {
+                Err((why, again)) if again && attempts + 1 < self.max_attempts => {
                     counter!(ALERTS, "result" => "retried").increment(1);
                     tracing::warn!(
                         error = why,

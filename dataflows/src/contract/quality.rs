@@ -341,9 +341,13 @@ impl Expectation {
 impl Expectations {
     /// Checks `specs` against the family's topics and views; the error names the
     /// expectation, its key and the fix.
+    ///
+    /// A topic is named as the job reads it (`kafka.topics`) or by the family's own name
+    /// for it (`aliases`, in the same order), so one config serves every environment.
     pub fn compile(
         specs: &[ExpectSpec],
         topics: &[String],
+        aliases: &[String],
         tables: &[TableSpec],
     ) -> Result<Self, String> {
         if specs.len() > u16::MAX as usize {
@@ -365,7 +369,8 @@ impl Expectations {
                     "{at}.name: expectation {j} has the same name: names key the report, make them unique"
                 ));
             }
-            let target = target(&spec.on, topics, tables).map_err(|e| format!("{at}.on: {e}"))?;
+            let target =
+                target(&spec.on, topics, aliases, tables).map_err(|e| format!("{at}.on: {e}"))?;
             let check = check(spec, &target).map_err(|e| format!("{at}.check: {e}"))?;
             if !(0.0..=1.0).contains(&spec.max_failure_share) {
                 return Err(format!(
@@ -405,15 +410,25 @@ impl Expectations {
 }
 
 /// `on`, resolved.
-fn target(on: &str, topics: &[String], tables: &[TableSpec]) -> Result<Target, String> {
+fn target(
+    on: &str,
+    topics: &[String],
+    aliases: &[String],
+    tables: &[TableSpec],
+) -> Result<Target, String> {
     if on == "events" {
         return Ok(Target::Records(None));
     }
     if let Some(rest) = on.strip_prefix("event:") {
         // the longest topic the rest starts with (topic names may hold dots)
-        let found = topics
-            .iter()
-            .enumerate()
+        let named = topics.iter().enumerate();
+        let found = named
+            .chain(
+                aliases
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i < topics.len()),
+            )
             .filter(|(_, t)| rest == t.as_str() || rest.starts_with(&format!("{t}.")))
             .max_by_key(|(_, t)| t.len());
         let Some((i, topic)) = found else {
@@ -563,7 +578,7 @@ mod tests {
         let t = tables();
         let c = |on: &str, check| {
             let spec = ExpectSpec::new("x", on, check).bounds(Some(0.0), Some(1.0));
-            Expectations::compile(&[spec], &topics, &t).map(|e| e.list[0].target.clone())
+            Expectations::compile(&[spec], &topics, &[], &t).map(|e| e.list[0].target.clone())
         };
         assert_eq!(
             c("feature:doc.ctr_doc", CheckName::Between),
@@ -580,7 +595,7 @@ mod tests {
             .unwrap_err()
             .contains("search-events"));
         let unique = ExpectSpec::new("u", "event:search-events.event_id", CheckName::Unique);
-        let e = Expectations::compile(&[unique], &topics, &t).unwrap_err();
+        let e = Expectations::compile(&[unique], &topics, &[], &t).unwrap_err();
         assert!(
             e.contains("quality.expect[0]") && e.contains("\"events\""),
             "{e}"

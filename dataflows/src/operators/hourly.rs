@@ -25,7 +25,7 @@ fn route(name: &str, hour: Hour) -> u64 {
     h.digest()
 }
 
-/// Each (expectation name, hour)'s tally, with the clock when a part last reached it.
+/// Each (expectation name, hour)'s tally, with the tick a part last reached it at.
 type Sums = BTreeMap<(String, Hour), (Tally, Tick)>;
 
 /// A tally with nothing in it has no row.
@@ -97,9 +97,6 @@ pub fn hourly<'s>(
         .unary_frontier(by_key, "QualityHourly", move |cap, _| {
             let mut arrived: BTreeMap<Tick, (_, Vec<(TallyKey, Tally)>)> = BTreeMap::new();
             let mut swept: Tick = 0;
-            // the newest time known: ticks, and the hours tallies reach (a tick of 0 before
-            // the first event must not make a fresh hour look idle)
-            let mut clock: Tick = 0;
             // the restored rows are the collection's again, at the checkpoint's tick
             let mut restored = restore_at.map(|at| cap.delayed(&at));
             move |(input, frontier), output| {
@@ -127,9 +124,6 @@ pub fn hourly<'s>(
                     }
                     let (cap, mut parts) = entry.remove();
                     parts.sort_unstable_by_key(|(k, _)| *k);
-                    clock = clock
-                        .max(t)
-                        .max(parts.iter().map(|((_, h), _)| h + HOUR).max().unwrap_or(0));
                     let mut sums = sums.borrow_mut();
                     let mut session = output.session(&cap);
                     let mut i = 0;
@@ -137,7 +131,7 @@ pub fn hourly<'s>(
                         let (e, hour) = parts[i].0;
                         let key = (exps.list[e as usize].spec.name.clone(), hour);
                         let (sum, touched) = sums.entry(key).or_default();
-                        *touched = clock;
+                        *touched = t;
                         let before =
                             shown(sum).then(|| report_row(&exps, table, e as usize, hour, sum));
                         while i < parts.len() && parts[i].0 == (e, hour) {
@@ -156,10 +150,13 @@ pub fn hourly<'s>(
                         }
                     }
                     // hours nothing reached for `keep_ms` leave, looked for once an hour
-                    if clock >= swept + HOUR {
-                        swept = clock - clock % HOUR;
+                    if t >= swept + HOUR {
+                        swept = t - t % HOUR;
+                        // by stream time, never by the hours tallies name (an invalid
+                        // record's append time may be months past the events'); a sum
+                        // reached only at tick 0, before stream time began, stays
                         let old: Vec<(String, Hour)> = (sums.iter())
-                            .filter(|(_, (_, touched))| touched + keep_ms < clock)
+                            .filter(|(_, (_, touched))| *touched > 0 && touched + keep_ms < t)
                             .map(|(k, _)| k.clone())
                             .collect();
                         for key in old {
