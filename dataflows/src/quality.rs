@@ -121,7 +121,7 @@ fn change_tallies<'s>(
                             let tally = tallies.entry((i, hour_of(*t))).or_default();
                             let seen =
                                 field.map_or(Seen::Missing, |f| Seen::of_value(&row.values[f]));
-                            if tally.observe(&e.check, seen, &e.spec) == Some(false) {
+                            if tally.observe(e, seen) == Some(false) {
                                 tally.keep(&row.key.join("|"));
                             }
                         }

@@ -15,7 +15,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::contract::table::{FieldType, TableSpec, Value};
+use crate::contract::table::{TableSpec, Value};
 use crate::contract::time::{Tick, HOUR};
 
 /// One hour of event time, by its first millisecond.
@@ -138,27 +138,13 @@ pub enum Target {
     Feature(u8, Option<usize>),
 }
 
-/// A check, compiled.
-#[derive(Clone, Debug)]
-pub enum Check {
-    Valid,
-    Unique,
-    NotOutOfOrder,
-    RowsPerHour,
-    NotNull,
-    Between,
-    InSet(Vec<String>),
-    Matches(regex::Regex),
-    MeanBetween,
-    StddevBetween,
-}
-
 /// An expectation, checked against the family.
 #[derive(Clone, Debug)]
 pub struct Expectation {
     pub spec: ExpectSpec,
     pub target: Target,
-    pub check: Check,
+    /// `matches`' pattern, compiled.
+    pub pattern: Option<regex::Regex>,
 }
 
 /// A family's expectations, compiled.
@@ -238,43 +224,40 @@ impl Tally {
             self.sample.truncate(SAMPLE);
         }
     }
-    /// Records one observation; `coordinate` is made only for a failure.
-    pub fn observe(&mut self, check: &Check, seen: Seen<'_>, spec: &ExpectSpec) -> Option<bool> {
-        let ok = match check {
-            Check::NotNull => !matches!(seen, Seen::Missing),
-            Check::Between => match seen {
-                Seen::Missing => return None,
-                Seen::Num(x) => spec.min.is_none_or(|m| x >= m) && spec.max.is_none_or(|m| x <= m),
-                _ => false,
-            },
-            Check::InSet(set) => match seen {
-                Seen::Missing => return None,
-                Seen::Num(x) => set.iter().any(|v| v.parse::<f64>().is_ok_and(|v| v == x)),
-                Seen::Text(t) => set.iter().any(|v| v == t),
-                Seen::Other => false,
-            },
-            Check::Matches(re) => match seen {
-                Seen::Missing => return None,
-                Seen::Text(t) => re.is_match(t),
-                Seen::Num(x) => re.is_match(&x.to_string()),
-                Seen::Other => false,
-            },
-            Check::MeanBetween | Check::StddevBetween => match seen {
-                Seen::Num(x) => {
-                    let scaled = (x * SCALE).round();
-                    self.count += 1;
-                    self.sum = self.sum.saturating_add(scaled as i128);
-                    self.sum_sq = self
-                        .sum_sq
-                        .saturating_add((scaled as i128).saturating_mul(scaled as i128));
-                    true
-                }
-                _ => return None,
-            },
-            Check::RowsPerHour => true,
-            Check::Valid | Check::Unique | Check::NotOutOfOrder => {
+    /// Records one observation of a value by `e`'s check: whether it passed, `None` when
+    /// the check does not look at it (a missing value for all but `not_null`).
+    pub fn observe(&mut self, e: &Expectation, seen: Seen<'_>) -> Option<bool> {
+        let spec = &e.spec;
+        let set = || spec.values.iter().flatten();
+        let ok = match (spec.check, seen) {
+            (CheckName::NotNull, seen) => !matches!(seen, Seen::Missing),
+            (CheckName::RowsPerHour, _) => true,
+            (_, Seen::Missing) => return None,
+            (CheckName::Between, Seen::Num(x)) => {
+                spec.min.is_none_or(|m| x >= m) && spec.max.is_none_or(|m| x <= m)
+            }
+            (CheckName::InSet, Seen::Num(x)) => set().any(|v| v.parse::<f64>() == Ok(x)),
+            (CheckName::InSet, Seen::Text(t)) => set().any(|v| v == t),
+            (CheckName::Matches, Seen::Text(t)) => {
+                e.pattern.as_ref().is_some_and(|p| p.is_match(t))
+            }
+            (CheckName::Matches, Seen::Num(x)) => e
+                .pattern
+                .as_ref()
+                .is_some_and(|p| p.is_match(&x.to_string())),
+            (CheckName::MeanBetween | CheckName::StddevBetween, Seen::Num(x)) => {
+                let scaled = (x * SCALE).round() as i128;
+                self.count += 1;
+                self.sum = self.sum.saturating_add(scaled);
+                self.sum_sq = self.sum_sq.saturating_add(scaled.saturating_mul(scaled));
+                true
+            }
+            (CheckName::MeanBetween | CheckName::StddevBetween, _) => return None,
+            (CheckName::Valid | CheckName::Unique | CheckName::NotOutOfOrder, _) => {
                 unreachable!("record checks are counted by ingest")
             }
+            // a value of another kind than the check reads
+            _ => false,
         };
         self.total += 1;
         self.failures += u64::from(!ok);
@@ -371,7 +354,7 @@ impl Expectations {
             }
             let target =
                 target(&spec.on, topics, aliases, tables).map_err(|e| format!("{at}.on: {e}"))?;
-            let check = check(spec, &target).map_err(|e| format!("{at}.check: {e}"))?;
+            let pattern = check(spec, &target).map_err(|e| format!("{at}.check: {e}"))?;
             if !(0.0..=1.0).contains(&spec.max_failure_share) {
                 return Err(format!(
                     "{at}.max_failure_share = {}: a share, between 0 and 1",
@@ -381,7 +364,7 @@ impl Expectations {
             list.push(Expectation {
                 spec: spec.clone(),
                 target,
-                check,
+                pattern,
             });
         }
         Ok(Expectations {
@@ -478,8 +461,8 @@ fn target(
     ))
 }
 
-/// `check`, compiled for `target`.
-fn check(spec: &ExpectSpec, target: &Target) -> Result<Check, String> {
+/// Whether `check` fits `target` and has what it needs; `matches`' pattern, compiled.
+fn check(spec: &ExpectSpec, target: &Target) -> Result<Option<regex::Regex>, String> {
     let name = spec.check;
     let ok_target = match target {
         Target::Records(None) => name.on_records(),
@@ -529,31 +512,16 @@ fn check(spec: &ExpectSpec, target: &Target) -> Result<Check, String> {
             "{name:?} takes no pattern: remove it (matches does)"
         ));
     }
-    Ok(match name {
-        CheckName::Valid => Check::Valid,
-        CheckName::Unique => Check::Unique,
-        CheckName::NotOutOfOrder => Check::NotOutOfOrder,
-        CheckName::RowsPerHour => Check::RowsPerHour,
-        CheckName::NotNull => Check::NotNull,
-        CheckName::Between => Check::Between,
-        CheckName::MeanBetween => Check::MeanBetween,
-        CheckName::StddevBetween => Check::StddevBetween,
-        CheckName::InSet => match &spec.values {
-            Some(v) if !v.is_empty() => Check::InSet(v.clone()),
-            _ => return Err("in_set needs values = [\"a\", \"b\", …]".into()),
-        },
-        CheckName::Matches => match &spec.pattern {
-            Some(p) => {
-                Check::Matches(regex::Regex::new(p).map_err(|e| format!("pattern {p:?}: {e}"))?)
-            }
-            None => return Err("matches needs pattern = \"^…$\"".into()),
-        },
-    })
-}
-
-/// The fields of a feature value a check can read.
-pub fn numeric(ty: FieldType) -> bool {
-    matches!(ty, FieldType::Int | FieldType::Float)
+    if name == CheckName::InSet && spec.values.as_ref().is_none_or(Vec::is_empty) {
+        return Err("in_set needs values = [\"a\", \"b\", …]".into());
+    }
+    match (name, &spec.pattern) {
+        (CheckName::Matches, Some(p)) => regex::Regex::new(p)
+            .map(Some)
+            .map_err(|e| format!("pattern {p:?}: {e}")),
+        (CheckName::Matches, None) => Err("matches needs pattern = \"^…$\"".into()),
+        _ => Ok(None),
+    }
 }
 
 #[cfg(test)]
@@ -605,11 +573,16 @@ mod tests {
     #[test]
     fn tallies_add_up_in_any_order() {
         let spec = ExpectSpec::new("m", "x", CheckName::MeanBetween).bounds(Some(0.0), None);
+        let e = Expectation {
+            spec,
+            target: Target::Records(None),
+            pattern: None,
+        };
         let (mut a, mut b, mut all) = (Tally::default(), Tally::default(), Tally::default());
         for (i, x) in [0.1, 0.2, 0.7, 1e3].into_iter().enumerate() {
             let part = if i % 2 == 0 { &mut a } else { &mut b };
-            part.observe(&Check::MeanBetween, Seen::Num(x), &spec);
-            all.observe(&Check::MeanBetween, Seen::Num(x), &spec);
+            part.observe(&e, Seen::Num(x));
+            all.observe(&e, Seen::Num(x));
         }
         b.add(&a);
         assert_eq!(b, all);

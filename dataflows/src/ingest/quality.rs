@@ -3,7 +3,7 @@
 
 use rustc_hash::FxHashMap;
 
-use crate::contract::quality::{hour_of, Check, Expectations, Seen, Tally, TallyKey, Target};
+use crate::contract::quality::{hour_of, CheckName, Expectations, Seen, Tally, TallyKey, Target};
 use crate::contract::record::RecordRef;
 use crate::contract::time::Tick;
 
@@ -50,30 +50,30 @@ pub(super) fn observe(
             continue;
         }
         let tally = into.entry((i as u16, hour)).or_default();
-        let failed = match (&e.target, &e.check) {
-            (Target::Records(_), Check::Valid) => {
+        let failed = match (&e.target, e.spec.check) {
+            (Target::Records(_), CheckName::Valid) => {
                 tally.total += 1;
                 !valid
             }
-            (Target::Records(_), Check::RowsPerHour) => {
+            (Target::Records(_), CheckName::RowsPerHour) => {
                 tally.total += 1;
                 false
             }
             // failures are the copies dedup drops
-            (Target::Records(_), Check::Unique) => {
+            (Target::Records(_), CheckName::Unique) => {
                 tally.total += u64::from(valid);
                 false
             }
-            (Target::Records(_), Check::NotOutOfOrder) => {
+            (Target::Records(_), CheckName::NotOutOfOrder) => {
                 tally.total += u64::from(valid);
                 out_of_order
             }
-            (Target::EventField(_, path), check) => {
+            (Target::EventField(_, path), _) => {
                 let doc = json.get_or_insert_with(|| serde_json::from_slice(rec.payload).ok());
                 let field = doc
                     .as_ref()
                     .and_then(|d| path.iter().try_fold(d, |v, p| v.get(p)));
-                tally.observe(check, Seen::of_json(field), &e.spec) == Some(false)
+                tally.observe(e, Seen::of_json(field)) == Some(false)
             }
             _ => unreachable!("compile admits no other check on records"),
         };
