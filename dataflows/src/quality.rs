@@ -4,9 +4,11 @@
 
 use std::sync::Arc;
 
-use differential_dataflow::VecCollection;
+use differential_dataflow::{AsCollection, VecCollection};
 use rustc_hash::FxHashMap;
+use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::core::OkErr;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Concat;
 use timely::dataflow::{Scope, Stream};
@@ -94,44 +96,66 @@ impl Checked {
     }
 }
 
-/// What each feature change adds to the tallies of the expectations on its view.
+/// A feature update passed on, or a tally it made.
+#[derive(Clone)]
+enum Passed {
+    Row((FeatureRow, Tick, isize)),
+    Tally((TallyKey, Tally)),
+}
+
+/// The features as they were, and what each change adds to the tallies of the
+/// expectations on its view. The updates pass through (moved, not copied: a second
+/// reader of the features would copy every update).
 fn change_tallies<'s>(
-    features: &VecCollection<'s, Tick, FeatureRow>,
+    features: VecCollection<'s, Tick, FeatureRow>,
     exps: Arc<Expectations>,
-) -> Stream<'s, Tick, Vec<(TallyKey, Tally)>> {
-    let mut by_table: FxHashMap<u8, Vec<(u16, Option<usize>)>> = FxHashMap::default();
+) -> (
+    VecCollection<'s, Tick, FeatureRow>,
+    Stream<'s, Tick, Vec<(TallyKey, Tally)>>,
+) {
+    let mut by_table: Vec<Vec<(u16, Option<usize>)>> = Vec::new();
     for (i, e) in exps.list.iter().enumerate() {
         if let Target::Feature(t, f) = e.target {
-            by_table.entry(t).or_default().push((i as u16, f));
+            by_table.resize_with(by_table.len().max(t as usize + 1), Vec::new);
+            by_table[t as usize].push((i as u16, f));
         }
     }
-    features
+    let both = features
         .inner
-        .clone()
-        .unary(Pipeline, "QualityChanges", move |_, _| {
-            let mut tallies: FxHashMap<TallyKey, Tally> = FxHashMap::default();
-            move |input, output| {
-                input.for_each(|cap, data| {
-                    for (row, t, r) in data.iter() {
-                        let Some(checks) = by_table.get(&row.table).filter(|_| *r > 0) else {
-                            continue;
-                        };
-                        for &(i, field) in checks {
-                            let e = &exps.list[i as usize];
-                            let tally = tallies.entry((i, hour_of(*t))).or_default();
-                            let seen =
-                                field.map_or(Seen::Missing, |f| Seen::of_value(&row.values[f]));
-                            if tally.observe(e, seen) == Some(false) {
-                                tally.keep(&row.key.join("|"));
+        .unary::<CapacityContainerBuilder<Vec<Passed>>, _, _, _>(
+            Pipeline,
+            "QualityChanges",
+            move |_, _| {
+                let mut tallies: FxHashMap<TallyKey, Tally> = FxHashMap::default();
+                move |input, output| {
+                    input.for_each(|cap, data| {
+                        for (row, t, r) in data.iter() {
+                            let checks = by_table.get(row.table as usize).filter(|_| *r > 0);
+                            for &(i, field) in checks.into_iter().flatten() {
+                                let e = &exps.list[i as usize];
+                                let tally = tallies.entry((i, hour_of(*t))).or_default();
+                                let seen =
+                                    field.map_or(Seen::Missing, |f| Seen::of_value(&row.values[f]));
+                                if tally.observe(e, seen) == Some(false) {
+                                    tally.keep(&row.key.join("|"));
+                                }
                             }
                         }
-                    }
-                    if let Some(cap) = cap.retain_least(0).filter(|_| !tallies.is_empty()) {
-                        output.session(&cap).give_iterator(tallies.drain());
-                    }
-                });
-            }
-        })
+                        let Some(cap) = cap.retain_least(0) else {
+                            return;
+                        };
+                        let mut session = output.session(&cap);
+                        session.give_iterator(data.drain(..).map(Passed::Row));
+                        session.give_iterator(tallies.drain().map(Passed::Tally));
+                    });
+                }
+            },
+        );
+    let (rows, tallies) = both.ok_err(|p| match p {
+        Passed::Row(r) => Ok(r),
+        Passed::Tally(t) => Err(t),
+    });
+    (rows.as_collection(), tallies)
 }
 
 /// The copies dedup dropped, as failures of `unique`.
@@ -224,14 +248,18 @@ impl Family for Checked {
             .inner
             .install(scope, source, tables, opts, counters, state);
         let table = self.inner.tables().len() as u8;
+        let (features, changes) = change_tallies(installed.features, self.exps.clone());
         let tallies = (installed.tallies.clone())
-            .concat(change_tallies(&installed.features, self.exps.clone()))
+            .concat(changes)
             .concat(duplicate_tallies(&installed.rejected, self.exps.clone()));
         let keep = self.inner.horizon().length_ms;
         let report = hourly(state, tallies, self.exps.clone(), table, keep);
         Installed {
-            features: installed.features.clone().concat(report),
-            ..installed
+            features: features.concat(report),
+            invalid: installed.invalid,
+            rejected: installed.rejected,
+            tallies: installed.tallies,
+            final_tick: installed.final_tick,
         }
     }
 }
