@@ -91,9 +91,6 @@ impl Checked {
             report,
         })
     }
-    pub fn expectations_compiled(&self) -> &Arc<Expectations> {
-        &self.exps
-    }
 }
 
 /// A feature update passed on, or a tally it made.

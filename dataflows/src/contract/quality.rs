@@ -373,18 +373,15 @@ impl Expectations {
         })
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.list.is_empty()
-    }
-
-    /// The expectations on records of topic `topic` (by index), with their index.
-    pub fn on_topic(&self, topic: usize) -> impl Iterator<Item = (u16, &Expectation)> {
+    /// The expectations on records of topic `topic` (by index; `None`: a topic the
+    /// family does not name), with their index.
+    pub fn on_topic(&self, topic: Option<usize>) -> impl Iterator<Item = (u16, &Expectation)> {
         self.list
             .iter()
             .enumerate()
             .filter_map(move |(i, e)| match e.target {
                 Target::Records(None) => Some((i as u16, e)),
-                Target::Records(Some(t)) | Target::EventField(t, _) if t == topic => {
+                Target::Records(Some(t)) | Target::EventField(t, _) if Some(t) == topic => {
                     Some((i as u16, e))
                 }
                 _ => None,

@@ -40,16 +40,8 @@ pub(super) fn observe(
     let hour = hour_of(ts);
     let mut json: Option<Option<serde_json::Value>> = None;
     let coordinate = || format!("{}/{}/{}", rec.topic, rec.partition, rec.offset);
-    for (i, e) in exps.list.iter().enumerate() {
-        let applies = match &e.target {
-            Target::Records(None) => true,
-            Target::Records(Some(t)) | Target::EventField(t, _) => Some(*t) == topic,
-            Target::Feature(..) => false,
-        };
-        if !applies {
-            continue;
-        }
-        let tally = into.entry((i as u16, hour)).or_default();
+    for (i, e) in exps.on_topic(topic) {
+        let tally = into.entry((i, hour)).or_default();
         let failed = match (&e.target, e.spec.check) {
             (Target::Records(_), CheckName::Valid) => {
                 tally.total += 1;
