@@ -4,29 +4,20 @@
 
 use std::sync::Arc;
 
-use differential_dataflow::{AsCollection, VecCollection};
-use rustc_hash::FxHashMap;
-use timely::container::CapacityContainerBuilder;
-use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::core::OkErr;
-use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::Concat;
-use timely::dataflow::{Scope, Stream};
+use timely::dataflow::Scope;
 
 use crate::contract::counters::Counters;
 use crate::contract::dataflow::{GenerateSpec, Produced};
 use crate::contract::dimension::{DimRow, DimensionSpec, TableSource};
-use crate::contract::event::{Rejected, Rejection};
-use crate::contract::quality::{
-    hour_of, CheckName, ExpectSpec, Expectations, Seen, Tally, TallyKey, Target,
-};
+use crate::contract::quality::{CheckName, ExpectSpec, Expectations};
 use crate::contract::record::RecordSource;
 use crate::contract::state::State;
-use crate::contract::table::{float, int, list, FeatureRow, SinkKind, TableSpec};
+use crate::contract::table::{float, int, list, SinkKind, TableSpec};
 use crate::contract::time::{Tick, Window};
 use crate::ingest::IngestOptions;
 use crate::install::{Family, Installed};
 use crate::operators::hourly::hourly;
+use crate::operators::tally::tally;
 
 /// The expectations every family has (switched off with `quality.builtin = false`): its
 /// records decode, and copies of an event are rare.
@@ -93,99 +84,9 @@ impl Checked {
     }
 }
 
-/// A feature update passed on, or a tally it made.
-#[derive(Clone)]
-enum Passed {
-    Row((FeatureRow, Tick, isize)),
-    Tally((TallyKey, Tally)),
-}
-
-/// The features as they were, and what each change adds to the tallies of the
-/// expectations on its view. The updates pass through (moved, not copied: a second
-/// reader of the features would copy every update).
-fn change_tallies<'s>(
-    features: VecCollection<'s, Tick, FeatureRow>,
-    exps: Arc<Expectations>,
-) -> (
-    VecCollection<'s, Tick, FeatureRow>,
-    Stream<'s, Tick, Vec<(TallyKey, Tally)>>,
-) {
-    let mut by_table: Vec<Vec<(u16, Option<usize>)>> = Vec::new();
-    for (i, e) in exps.list.iter().enumerate() {
-        if let Target::Feature(t, f) = e.target {
-            by_table.resize_with(by_table.len().max(t as usize + 1), Vec::new);
-            by_table[t as usize].push((i as u16, f));
-        }
-    }
-    let both = features
-        .inner
-        .unary::<CapacityContainerBuilder<Vec<Passed>>, _, _, _>(
-            Pipeline,
-            "QualityChanges",
-            move |_, _| {
-                let mut tallies: FxHashMap<TallyKey, Tally> = FxHashMap::default();
-                move |input, output| {
-                    input.for_each(|cap, data| {
-                        for (row, t, r) in data.iter() {
-                            let checks = by_table.get(row.table as usize).filter(|_| *r > 0);
-                            for &(i, field) in checks.into_iter().flatten() {
-                                let e = &exps.list[i as usize];
-                                let tally = tallies.entry((i, hour_of(*t))).or_default();
-                                let seen =
-                                    field.map_or(Seen::Missing, |f| Seen::of_value(&row.values[f]));
-                                if tally.observe(e, seen) == Some(false) {
-                                    tally.keep(&row.key.join("|"));
-                                }
-                            }
-                        }
-                        let Some(cap) = cap.retain_least(0) else {
-                            return;
-                        };
-                        let mut session = output.session(&cap);
-                        session.give_iterator(data.drain(..).map(Passed::Row));
-                        session.give_iterator(tallies.drain().map(Passed::Tally));
-                    });
-                }
-            },
-        );
-    let (rows, tallies) = both.ok_err(|p| match p {
-        Passed::Row(r) => Ok(r),
-        Passed::Tally(t) => Err(t),
-    });
-    (rows.as_collection(), tallies)
-}
-
-/// The copies dedup dropped, as failures of `unique`.
-fn duplicate_tallies<'s>(
-    rejected: &VecCollection<'s, Tick, Rejection>,
-    exps: Arc<Expectations>,
-) -> Stream<'s, Tick, Vec<(TallyKey, Tally)>> {
-    let unique: Vec<u16> = (exps.list.iter().enumerate())
-        .filter(|(_, e)| e.spec.check == CheckName::Unique)
-        .map(|(i, _)| i as u16)
-        .collect();
-    rejected
-        .inner
-        .clone()
-        .unary(Pipeline, "QualityCopies", move |_, _| {
-            let mut tallies: FxHashMap<TallyKey, Tally> = FxHashMap::default();
-            move |input, output| {
-                input.for_each(|cap, data| {
-                    for (r, _, diff) in data.iter() {
-                        if r.reason != Rejected::Duplicate || *diff <= 0 {
-                            continue;
-                        }
-                        for &i in &unique {
-                            tallies.entry((i, hour_of(r.ts))).or_default().failures += *diff as u64;
-                        }
-                    }
-                    if let Some(cap) = cap.retain_least(0).filter(|_| !tallies.is_empty()) {
-                        output.session(&cap).give_iterator(tallies.drain());
-                    }
-                });
-            }
-        })
-}
+/// How often a worker passes its tallies on to the workers that sum them: the report
+/// rows are at most this late, and a replay pays for one exchange per interval.
+const GATHER_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Family for Checked {
     fn name(&self) -> &'static str {
@@ -245,14 +146,19 @@ impl Family for Checked {
             .inner
             .install(scope, source, tables, opts, counters, state);
         let table = self.inner.tables().len() as u8;
-        let (features, changes) = change_tallies(installed.features, self.exps.clone());
-        let tallies = (installed.tallies.clone())
-            .concat(changes)
-            .concat(duplicate_tallies(&installed.rejected, self.exps.clone()));
+        let (features, tallies) = tally(
+            state,
+            installed.features,
+            installed.tallies.clone(),
+            &installed.rejected,
+            self.exps.clone(),
+            GATHER_EVERY,
+            installed.final_tick.clone(),
+        );
         let keep = self.inner.horizon().length_ms;
-        let report = hourly(state, tallies, self.exps.clone(), table, keep);
+        let features = hourly(state, tallies, features, self.exps.clone(), table, keep);
         Installed {
-            features: features.concat(report),
+            features,
             invalid: installed.invalid,
             rejected: installed.rejected,
             tallies: installed.tallies,

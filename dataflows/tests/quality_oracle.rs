@@ -78,6 +78,16 @@ impl Rec {
             Rec::Junk => 0,
         }
     }
+    /// When the broker appended it: a valid record 0–120 minutes after its event (by its
+    /// id), the others at 0.
+    fn append_ms(&self) -> u64 {
+        match self {
+            Rec::Click { id, ts, .. } | Rec::Dwell { id, ts, .. } => {
+                ts + (*id as u64 % 7) * 20 * 60_000
+            }
+            _ => 0,
+        }
+    }
     fn id(&self) -> Option<u32> {
         match self {
             Rec::Click { id, .. } | Rec::Dwell { id, .. } => Some(*id),
@@ -93,6 +103,9 @@ fn expectations() -> Vec<ExpectSpec> {
         e("unique", "events", CheckName::Unique),
         e("in order", "event:search-events", CheckName::NotOutOfOrder).share(0.2),
         e("rows", "events", CheckName::RowsPerHour).bounds(Some(3.0), None),
+        e("fresh", "events", CheckName::Freshness)
+            .bounds(None, Some(3600.0))
+            .share(0.3),
         e(
             "dwell set",
             "event:search-events.dwell_ms",
@@ -194,6 +207,13 @@ fn recount(
                     n.failing.insert(coordinate.clone());
                 }
                 high = Some(high.map_or(r.ts(), |m| m.max(r.ts())));
+                // the stream's age at its arrival: append time − its partition's frontier
+                let n = at(&mut out, "fresh", h);
+                n.total += 1;
+                if r.append_ms() as i64 - high.unwrap() as i64 > 3_600_000 {
+                    n.failures += 1;
+                    n.failing.insert(coordinate.clone());
+                }
             }
             let doc: Option<serde_json::Value> = serde_json::from_slice(&r.payload()).ok();
             let field = |f: &str| {
@@ -358,7 +378,13 @@ fn agrees(per_worker: Vec<Vec<Vec<Rec>>>) -> Result<(), TestCaseError> {
             w.iter()
                 .map(|b| {
                     b.iter()
-                        .map(|r| common::on_topic("search-events", &r.payload()))
+                        .map(|r| {
+                            let framed = common::on_topic("search-events", &r.payload());
+                            match r.append_ms() {
+                                0 => framed,
+                                at => common::appended(at, &framed),
+                            }
+                        })
                         .collect()
                 })
                 .collect()

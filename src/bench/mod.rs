@@ -4,6 +4,7 @@ pub mod ads;
 pub mod archive;
 pub mod batch;
 pub mod commerce;
+pub mod quality;
 pub mod reading;
 pub mod search;
 pub mod serve;
@@ -77,6 +78,14 @@ pub struct BenchArgs {
     /// Workers of the end-to-end runs.
     #[arg(long, default_value_t = 2)]
     pub e2e_workers: usize,
+    /// `bench search`/`bench reading`: only the cost of the built-in data quality
+    /// expectations — a Kafka replay of `--e2e-events` over the longest `--span`, without
+    /// and with them, `--repeat` times.
+    #[arg(long)]
+    pub quality_cost: bool,
+    /// Replays per setting of `--quality-cost` (the medians are reported).
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
 }
 
 /// Resident memory once the allocator has returned what it keeps for reuse: the memory

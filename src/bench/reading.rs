@@ -15,6 +15,10 @@ use crate::bench::{
 use crate::clock::now_ms;
 
 pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
+    if a.quality_cost {
+        // its episodes are a Postgres table: Postgres is also its store here
+        return crate::bench::quality::cost("reading", a, true);
+    }
     // first, while nothing else has grown the heap: freed memory the allocator keeps
     // would otherwise be reused and hide part of the growth
     open_sessions(a.sessions)?;

@@ -11,6 +11,9 @@ use tidemark_dataflows::{Dataflow, GenerateSpec};
 use super::*;
 
 pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
+    if a.quality_cost {
+        return super::quality::cost("search", a, false);
+    }
     let search = Search::new(SearchConfig::default());
     // the decode figure needs no more than a million records held at once
     let spec = GenerateSpec {

@@ -4,8 +4,9 @@
 //!
 //! An expectation names its target with `on`:
 //! * `events` — every record of the family's topics (`valid`, `unique`, `not_out_of_order`,
+//!   `freshness`, `rows_per_hour`);
+//! * `event:{topic}` — that topic's records (`valid`, `not_out_of_order`, `freshness`,
 //!   `rows_per_hour`);
-//! * `event:{topic}` — that topic's records (`valid`, `not_out_of_order`, `rows_per_hour`);
 //! * `event:{topic}.{field}` — a field of its records' JSON, `a.b` for a nested one
 //!   (`not_null`, `between`, `in_set`, `matches`, `mean_between`, `stddev_between`);
 //! * `feature:{view}.{field}` — every new value of a feature (the same field checks);
@@ -106,6 +107,10 @@ pub enum CheckName {
     Matches,
     MeanBetween,
     StddevBetween,
+    /// The stream's age when a record arrives: its broker append time minus the stream
+    /// time of its partition once it is in (the frontier), at most `max` seconds. An
+    /// arrival, not a wall clock: the verdict depends on the records only.
+    Freshness,
 }
 
 impl CheckName {
@@ -116,6 +121,7 @@ impl CheckName {
                 | CheckName::Unique
                 | CheckName::NotOutOfOrder
                 | CheckName::RowsPerHour
+                | CheckName::Freshness
         )
     }
     /// An hour passes on an aggregate (count, mean, deviation), not a share of failures.
@@ -253,7 +259,13 @@ impl Tally {
                 true
             }
             (CheckName::MeanBetween | CheckName::StddevBetween, _) => return None,
-            (CheckName::Valid | CheckName::Unique | CheckName::NotOutOfOrder, _) => {
+            (
+                CheckName::Valid
+                | CheckName::Unique
+                | CheckName::NotOutOfOrder
+                | CheckName::Freshness,
+                _,
+            ) => {
                 unreachable!("record checks are counted by ingest")
             }
             // a value of another kind than the check reads
@@ -474,7 +486,7 @@ fn check(spec: &ExpectSpec, target: &Target) -> Result<Option<regex::Regex>, Str
             CheckName::Unique => {
                 "unique applies to \"events\" (event ids within the dedup horizon)"
             }
-            CheckName::Valid | CheckName::NotOutOfOrder => {
+            CheckName::Valid | CheckName::NotOutOfOrder | CheckName::Freshness => {
                 "use on = \"events\" or \"event:TOPIC\" (whole records)"
             }
             _ => "use on = \"event:TOPIC.FIELD\" or \"feature:VIEW.FIELD\" (a field)",
@@ -488,6 +500,12 @@ fn check(spec: &ExpectSpec, target: &Target) -> Result<Option<regex::Regex>, Str
             | CheckName::MeanBetween
             | CheckName::StddevBetween
     );
+    if name == CheckName::Freshness {
+        return match (spec.min, spec.max) {
+            (None, Some(max)) if max >= 0.0 => Ok(None),
+            _ => Err("freshness needs max = SECONDS (≥ 0) and no min: the largest age of the stream at a record's arrival".into()),
+        };
+    }
     if bounds && spec.min.is_none() && spec.max.is_none() {
         return Err(format!("{name:?} needs min, max or both"));
     }
@@ -565,6 +583,18 @@ mod tests {
             e.contains("quality.expect[0]") && e.contains("\"events\""),
             "{e}"
         );
+        let fresh = |min, max| {
+            let spec = ExpectSpec::new("f", "events", CheckName::Freshness).bounds(min, max);
+            Expectations::compile(&[spec], &topics, &[], &t).map(|_| ())
+        };
+        assert_eq!(fresh(None, Some(60.0)), Ok(()));
+        for (min, max) in [(None, None), (Some(1.0), Some(60.0)), (None, Some(-1.0))] {
+            let e = fresh(min, max).unwrap_err();
+            assert!(e.contains("max = SECONDS"), "{e}");
+        }
+        let on_field = ExpectSpec::new("f", "event:search-events.ts", CheckName::Freshness);
+        let e = Expectations::compile(&[on_field.bounds(None, Some(9.0))], &topics, &[], &t);
+        assert!(e.unwrap_err().contains("whole records"));
     }
 
     #[test]

@@ -9,8 +9,9 @@ use crate::contract::time::Tick;
 
 /// What ingest made of a record.
 pub(super) enum Outcome {
-    /// An event at `ts`; `out_of_order` when an earlier record of its partition was later.
-    Valid { ts: Tick, out_of_order: bool },
+    /// An event at `ts`, admitted at stream time `at` (its partition's frontier, ≥ `ts`
+    /// when an earlier record of its partition was later: out of order).
+    Valid { ts: Tick, at: Tick },
     /// An invalid record, at the time its rejection is counted in.
     Invalid { ts: Tick },
 }
@@ -26,17 +27,11 @@ pub(super) fn observe(
     into: &mut Tallies,
 ) {
     let topic = exps.topics.iter().position(|t| t == rec.topic);
-    let (ts, valid) = match outcome {
-        Outcome::Valid { ts, .. } => (ts, true),
-        Outcome::Invalid { ts } => (ts, false),
+    let (ts, at, valid) = match outcome {
+        Outcome::Valid { ts, at } => (ts, at, true),
+        Outcome::Invalid { ts } => (ts, ts, false),
     };
-    let out_of_order = matches!(
-        outcome,
-        Outcome::Valid {
-            out_of_order: true,
-            ..
-        }
-    );
+    let out_of_order = valid && ts < at;
     let hour = hour_of(ts);
     let mut json: Option<Option<serde_json::Value>> = None;
     let coordinate = || format!("{}/{}/{}", rec.topic, rec.partition, rec.offset);
@@ -59,6 +54,12 @@ pub(super) fn observe(
             (Target::Records(_), CheckName::NotOutOfOrder) => {
                 tally.total += u64::from(valid);
                 out_of_order
+            }
+            (Target::Records(_), CheckName::Freshness) => {
+                tally.total += u64::from(valid);
+                let age_ms = rec.append_ms.saturating_sub(at as i64);
+                let max_ms = e.spec.max.unwrap_or(f64::INFINITY) * 1000.0;
+                valid && age_ms as f64 > max_ms
             }
             (Target::EventField(_, path), _) => {
                 let doc = json.get_or_insert_with(|| serde_json::from_slice(rec.payload).ok());

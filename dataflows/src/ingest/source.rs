@@ -330,8 +330,7 @@ where
                         let ts = ev.ts;
                         events.push((ev, at));
                         if let Some(exps) = &opts.quality {
-                            let out_of_order = ts < at;
-                            observe(exps, &rec, Outcome::Valid { ts, out_of_order }, tallies);
+                            observe(exps, &rec, Outcome::Valid { ts, at }, tallies);
                         }
                         Some(ts)
                     }

@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use differential_dataflow::{AsCollection, VecCollection};
-use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::Stream;
 
@@ -57,7 +57,8 @@ pub fn report_row(exps: &Expectations, table: u8, i: usize, hour: Hour, t: &Tall
     }
 }
 
-/// Sums `tallies` per expectation and hour into the rows of report table `table`. An hour
+/// Sums `tallies` per expectation and hour into the rows of report table `table`, given
+/// with `features` (which pass through). An hour
 /// nothing reached for `keep_ms` of stream time leaves the state and the collection (the
 /// report's table keeps its row); a record of it after that starts it again. By last touch,
 /// not by the hour's age: invalid records may claim any hour, and each must count. The sums are checkpointed by expectation name, so a restart
@@ -66,6 +67,7 @@ pub fn report_row(exps: &Expectations, table: u8, i: usize, hour: Hour, t: &Tall
 pub fn hourly<'s>(
     state: &State,
     tallies: Stream<'s, Tick, Vec<(TallyKey, Tally)>>,
+    features: VecCollection<'s, Tick, FeatureRow>,
     exps: Arc<Expectations>,
     table: u8,
     keep_ms: u64,
@@ -94,82 +96,94 @@ pub fn hourly<'s>(
     let by_key =
         Exchange::new(move |((i, hour), _): &(TallyKey, Tally)| route(&names[*i as usize], *hour));
     tallies
-        .unary_frontier(by_key, "QualityHourly", move |cap, _| {
-            let mut arrived: BTreeMap<Tick, (_, Vec<(TallyKey, Tally)>)> = BTreeMap::new();
-            let mut swept: Tick = 0;
-            // the restored rows are the collection's again, at the checkpoint's tick
-            let mut restored = restore_at.map(|at| cap.delayed(&at));
-            move |(input, frontier), output| {
-                if let Some(cap) = restored.take() {
-                    let sums = sums.borrow();
-                    let mut session = output.session(&cap);
-                    for ((name, hour), (sum, _)) in sums.iter() {
-                        if let Some(&e) = index.get(name).filter(|_| shown(sum)) {
-                            let row = report_row(&exps, table, e, *hour, sum);
-                            session.give((row, *cap.time(), 1isize));
-                        }
-                    }
-                }
-                input.for_each(|cap, data| {
-                    let Some(cap) = cap.retain_least(0) else {
-                        return;
-                    };
-                    let at = arrived.entry(*cap.time()).or_insert_with(|| (cap, vec![]));
-                    at.1.append(data);
-                });
-                while let Some(entry) = arrived.first_entry() {
-                    let t = *entry.key();
-                    if frontier.frontier().iter().any(|f| *f <= t) {
-                        break;
-                    }
-                    let (cap, mut parts) = entry.remove();
-                    parts.sort_unstable_by_key(|(k, _)| *k);
-                    let mut sums = sums.borrow_mut();
-                    let mut session = output.session(&cap);
-                    let mut i = 0;
-                    while i < parts.len() {
-                        let (e, hour) = parts[i].0;
-                        let key = (exps.list[e as usize].spec.name.clone(), hour);
-                        let (sum, touched) = sums.entry(key).or_default();
-                        *touched = t;
-                        let before =
-                            shown(sum).then(|| report_row(&exps, table, e as usize, hour, sum));
-                        while i < parts.len() && parts[i].0 == (e, hour) {
-                            sum.add(&parts[i].1);
-                            i += 1;
-                        }
-                        let after =
-                            shown(sum).then(|| report_row(&exps, table, e as usize, hour, sum));
-                        if before != after {
-                            if let Some(b) = before {
-                                session.give((b, t, -1isize));
-                            }
-                            if let Some(a) = after {
-                                session.give((a, t, 1));
+        .binary_frontier(
+            features.inner,
+            by_key,
+            Pipeline,
+            "QualityHourly",
+            move |cap, _| {
+                let mut arrived: BTreeMap<Tick, (_, Vec<(TallyKey, Tally)>)> = BTreeMap::new();
+                let mut swept: Tick = 0;
+                // the restored rows are the collection's again, at the checkpoint's tick
+                let mut restored = restore_at.map(|at| cap.delayed(&at));
+                move |(input, frontier), (rows, _), output| {
+                    // the features pass through (moved: no concatenation operator per tick)
+                    rows.for_each(|cap, data| output.session(&cap).give_container(data));
+                    if let Some(cap) = restored.take() {
+                        let sums = sums.borrow();
+                        let mut session = output.session(&cap);
+                        for ((name, hour), (sum, _)) in sums.iter() {
+                            if let Some(&e) = index.get(name).filter(|_| shown(sum)) {
+                                let row = report_row(&exps, table, e, *hour, sum);
+                                session.give((row, *cap.time(), 1isize));
                             }
                         }
                     }
-                    // hours nothing reached for `keep_ms` leave, looked for once an hour
-                    if t >= swept + HOUR {
-                        swept = t - t % HOUR;
-                        // by stream time, never by the hours tallies name (an invalid
-                        // record's append time may be months past the events'); a sum
-                        // reached only at tick 0, before stream time began, stays
-                        let old: Vec<(String, Hour)> = (sums.iter())
-                            .filter(|(_, (_, touched))| *touched > 0 && touched + keep_ms < t)
-                            .map(|(k, _)| k.clone())
-                            .collect();
-                        for key in old {
-                            let (sum, _) = sums.remove(&key).expect("listed");
-                            if let Some(&e) = index.get(&key.0) {
-                                if shown(&sum) {
-                                    session.give((report_row(&exps, table, e, key.1, &sum), t, -1));
+                    input.for_each(|cap, data| {
+                        let Some(cap) = cap.retain_least(0) else {
+                            return;
+                        };
+                        let at = arrived.entry(*cap.time()).or_insert_with(|| (cap, vec![]));
+                        at.1.append(data);
+                    });
+                    while let Some(entry) = arrived.first_entry() {
+                        let t = *entry.key();
+                        if frontier.frontier().iter().any(|f| *f <= t) {
+                            break;
+                        }
+                        let (cap, mut parts) = entry.remove();
+                        parts.sort_unstable_by_key(|(k, _)| *k);
+                        let mut sums = sums.borrow_mut();
+                        let mut session = output.session(&cap);
+                        let mut i = 0;
+                        while i < parts.len() {
+                            let (e, hour) = parts[i].0;
+                            let key = (exps.list[e as usize].spec.name.clone(), hour);
+                            let (sum, touched) = sums.entry(key).or_default();
+                            *touched = t;
+                            let before =
+                                shown(sum).then(|| report_row(&exps, table, e as usize, hour, sum));
+                            while i < parts.len() && parts[i].0 == (e, hour) {
+                                sum.add(&parts[i].1);
+                                i += 1;
+                            }
+                            let after =
+                                shown(sum).then(|| report_row(&exps, table, e as usize, hour, sum));
+                            if before != after {
+                                if let Some(b) = before {
+                                    session.give((b, t, -1isize));
+                                }
+                                if let Some(a) = after {
+                                    session.give((a, t, 1));
+                                }
+                            }
+                        }
+                        // hours nothing reached for `keep_ms` leave, looked for once an hour
+                        if t >= swept + HOUR {
+                            swept = t - t % HOUR;
+                            // by stream time, never by the hours tallies name (an invalid
+                            // record's append time may be months past the events'); a sum
+                            // reached only at tick 0, before stream time began, stays
+                            let old: Vec<(String, Hour)> = (sums.iter())
+                                .filter(|(_, (_, touched))| *touched > 0 && touched + keep_ms < t)
+                                .map(|(k, _)| k.clone())
+                                .collect();
+                            for key in old {
+                                let (sum, _) = sums.remove(&key).expect("listed");
+                                if let Some(&e) = index.get(&key.0) {
+                                    if shown(&sum) {
+                                        session.give((
+                                            report_row(&exps, table, e, key.1, &sum),
+                                            t,
+                                            -1,
+                                        ));
+                                    }
                                 }
                             }
                         }
                     }
                 }
-            }
-        })
+            },
+        )
         .as_collection()
 }

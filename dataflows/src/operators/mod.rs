@@ -7,6 +7,7 @@ pub mod changes;
 pub mod dimension;
 pub mod hourly;
 pub mod once_per_key;
+pub mod tally;
 pub mod ticks;
 pub mod versions;
 pub mod window_sums;

@@ -39,12 +39,13 @@ impl RecordSource for VecSource {
         };
         for record in &batch {
             self.offset += 1;
+            let (append_ms, record) = split_append(record);
             let (topic, payload) = split_topic(record);
             visit(RecordRef {
                 topic,
                 partition: 0,
                 offset: self.offset,
-                append_ms: 0,
+                append_ms,
                 key: None,
                 payload,
                 read_ms: None,
@@ -186,6 +187,25 @@ pub fn on_topic(topic: &str, payload: &[u8]) -> Vec<u8> {
     r.push(0);
     r.extend_from_slice(payload);
     r
+}
+
+/// `record` (framed or not) with a broker append time: byte 1, then the time as 8 bytes
+/// little-endian. Unframed records are appended at 0.
+pub fn appended(append_ms: u64, record: &[u8]) -> Vec<u8> {
+    let mut r = vec![1];
+    r.extend_from_slice(&append_ms.to_le_bytes());
+    r.extend_from_slice(record);
+    r
+}
+
+fn split_append(record: &[u8]) -> (i64, &[u8]) {
+    match record.strip_prefix(&[1]) {
+        Some(rest) => (
+            u64::from_le_bytes(rest[..8].try_into().expect("8 bytes")) as i64,
+            &rest[8..],
+        ),
+        None => (0, record),
+    }
 }
 
 fn split_topic(record: &[u8]) -> (&str, &[u8]) {

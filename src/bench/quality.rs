@@ -1,0 +1,114 @@
+//! `tidemark bench search --quality-cost` (and `bench reading`): what the built-in data
+//! quality expectations cost. One Kafka backlog of `--e2e-events` over the longest
+//! `--span` (4 partitions), replayed with `--exit-at-end` on `--e2e-workers` workers with
+//! `quality.builtin` off and on, alternately `--repeat` times; the medians and their ratio.
+//! Redis is off, so the dataflow's share is the largest a real run has; Postgres is on only
+//! for a family that reads a dimension table from it (reading's episodes), and then it is
+//! also the store.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tidemark_dataflows::GenerateSpec;
+
+use super::{create_topic, produce_generated, span_label, BenchArgs};
+use crate::clock::now_ms;
+use crate::config::Config;
+use crate::engine::{timely_config, RunOptions, Shared};
+
+/// Seconds and records consumed of one replay of `topic` by `dataflow`.
+fn replay(
+    dataflow: &str,
+    topic: &str,
+    job: &str,
+    a: &BenchArgs,
+    builtin: bool,
+    postgres: bool,
+) -> anyhow::Result<(f64, u64)> {
+    let flags = serde_json::json!({"dataflow": dataflow, "job": job, "workers": a.e2e_workers,
+        "kafka": {"topics": [topic], "group_id": job}, "quality": {"builtin": builtin}});
+    let mut cfg = Config::load(None, flags)?;
+    cfg.checkpoint.dir = std::env::temp_dir().join(format!("tidemark-bench-quality-{job}"));
+    cfg.redis.url = None;
+    if !postgres {
+        cfg.postgres.url = None;
+    }
+    let shared = Arc::new(Shared::default());
+    let released = cfg.clone();
+    let opts = RunOptions::kafka(timely_config(cfg.workers, 1, 0, None)?, cfg, true);
+    let start = Instant::now();
+    let ran = crate::engine::run(opts, shared.clone());
+    let secs = start.elapsed().as_secs_f64();
+    if postgres {
+        crate::sink::owners::release(&released)?;
+    }
+    ran?;
+    let _ =
+        std::fs::remove_dir_all(std::env::temp_dir().join(format!("tidemark-bench-quality-{job}")));
+    Ok((secs, shared.counters.consumed.load(Ordering::Relaxed)))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The built-in expectations' cost on `dataflow`'s replay (see the module's comment).
+pub fn cost(dataflow: &str, a: &BenchArgs, postgres: bool) -> anyhow::Result<()> {
+    let stamp = now_ms();
+    let topic = format!("bench-quality-{dataflow}-{stamp}");
+    let mut base = Config::load(None, serde_json::json!({"dataflow": dataflow}))?;
+    if postgres && base.postgres.url.is_none() {
+        anyhow::bail!(
+            "bench {dataflow} --quality-cost needs TIDEMARK_PG (scripts/services.sh env)"
+        );
+    }
+    base.quality.builtin = false;
+    let family = crate::engine::family_of(&base)?;
+    let span = a.span.iter().max().copied().unwrap_or_default();
+    let spec = GenerateSpec {
+        events: a.e2e_events,
+        span_ms: Some(span.as_millis() as u64),
+        ..Default::default()
+    };
+    if postgres {
+        let pg = base.postgres.url.clone().expect("checked");
+        for (table, rows) in family.dimension_rows(&spec) {
+            crate::source::dimension::fill(&pg, &table, &rows)?;
+        }
+    }
+    create_topic(&base.kafka.brokers, &topic, 4)?;
+    eprintln!(
+        "producing {} {dataflow} events over {} to {topic} …",
+        a.e2e_events,
+        span_label(span)
+    );
+    produce_generated(&base.kafka.brokers, &*family, &spec, &topic)?;
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for r in 0..a.repeat.max(1) {
+        for builtin in [false, true] {
+            let job = format!("bench-quality-{stamp}-{r}-{builtin}");
+            let (secs, consumed) = replay(dataflow, &topic, &job, a, builtin, postgres)?;
+            eprintln!(
+                "  builtin expectations {}: {secs:.2} s ({consumed} records)",
+                if builtin { "on" } else { "off" }
+            );
+            if builtin {
+                on.push(secs)
+            } else {
+                off.push(secs)
+            }
+        }
+    }
+    let (off, on) = (median(off), median(on));
+    let store = if postgres { "Postgres" } else { "no sink" };
+    println!(
+        "quality cost, {dataflow}, span {}, Kafka → {} worker(s) → {store}: {off:.2} s without the built-in expectations, {on:.2} s with them (medians of {}): {:+.1} %",
+        span_label(span),
+        a.e2e_workers,
+        a.repeat.max(1),
+        100.0 * (on / off - 1.0)
+    );
+    Ok(())
+}
