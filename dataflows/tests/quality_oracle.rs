@@ -11,6 +11,7 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use serde_json::json;
 use tidemark_dataflows::contract::quality::{CheckName, ExpectSpec};
+use tidemark_dataflows::contract::record::ErrorKind;
 use tidemark_dataflows::contract::table::{TickChanges, Value};
 use tidemark_dataflows::ingest::IngestOptions;
 use tidemark_dataflows::quality::Checked;
@@ -100,6 +101,9 @@ fn expectations() -> Vec<ExpectSpec> {
     let e = ExpectSpec::new;
     vec![
         e("valid", "events", CheckName::Valid).share(0.05),
+        e("no doc", "events", CheckName::Valid)
+            .reasons(&[ErrorKind::MissingField])
+            .share(0.05),
         e("unique", "events", CheckName::Unique),
         e("in order", "event:search-events", CheckName::NotOutOfOrder).share(0.2),
         e("rows", "events", CheckName::RowsPerHour).bounds(Some(3.0), None),
@@ -192,6 +196,13 @@ fn recount(
             let n = at(&mut out, "valid", h);
             n.total += 1;
             if !r.valid() {
+                n.failures += 1;
+                n.failing.insert(coordinate.clone());
+            }
+            // only the records missing their doc_id (not the ones that are not JSON)
+            let n = at(&mut out, "no doc", h);
+            n.total += 1;
+            if matches!(r, Rec::NoDoc { .. }) {
                 n.failures += 1;
                 n.failing.insert(coordinate.clone());
             }

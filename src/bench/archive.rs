@@ -26,7 +26,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
 }
 
 /// User + system CPU time of the process so far.
-fn cpu_time() -> Duration {
+pub(super) fn cpu_time() -> Duration {
     // SAFETY: getrusage fills the struct it is given
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };

@@ -17,7 +17,8 @@ use crate::clock::now_ms;
 use crate::config::Config;
 use crate::engine::{timely_config, RunOptions, Shared};
 
-/// Seconds and records consumed of one replay of `topic` by `dataflow`.
+/// Seconds, CPU seconds (user + system, every thread) and records consumed of one
+/// replay of `topic` by `dataflow`.
 fn replay(
     dataflow: &str,
     topic: &str,
@@ -25,7 +26,7 @@ fn replay(
     a: &BenchArgs,
     builtin: bool,
     postgres: bool,
-) -> anyhow::Result<(f64, u64)> {
+) -> anyhow::Result<(f64, f64, u64)> {
     let flags = serde_json::json!({"dataflow": dataflow, "job": job, "workers": a.e2e_workers,
         "kafka": {"topics": [topic], "group_id": job}, "quality": {"builtin": builtin}});
     let mut cfg = Config::load(None, flags)?;
@@ -37,16 +38,17 @@ fn replay(
     let shared = Arc::new(Shared::default());
     let released = cfg.clone();
     let opts = RunOptions::kafka(timely_config(cfg.workers, 1, 0, None)?, cfg, true);
-    let start = Instant::now();
+    let (start, cpu) = (Instant::now(), super::archive::cpu_time());
     let ran = crate::engine::run(opts, shared.clone());
     let secs = start.elapsed().as_secs_f64();
+    let cpu = (super::archive::cpu_time() - cpu).as_secs_f64();
     if postgres {
         crate::sink::owners::release(&released)?;
     }
     ran?;
     let _ =
         std::fs::remove_dir_all(std::env::temp_dir().join(format!("tidemark-bench-quality-{job}")));
-    Ok((secs, shared.counters.consumed.load(Ordering::Relaxed)))
+    Ok((secs, cpu, shared.counters.consumed.load(Ordering::Relaxed)))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -86,22 +88,26 @@ pub fn cost(dataflow: &str, a: &BenchArgs, postgres: bool) -> anyhow::Result<()>
     );
     produce_generated(&base.kafka.brokers, &*family, &spec, &topic)?;
     let (mut off, mut on) = (Vec::new(), Vec::new());
+    let (mut cpu_off, mut cpu_on) = (Vec::new(), Vec::new());
     for r in 0..a.repeat.max(1) {
         for builtin in [false, true] {
             let job = format!("bench-quality-{stamp}-{r}-{builtin}");
-            let (secs, consumed) = replay(dataflow, &topic, &job, a, builtin, postgres)?;
+            let (secs, cpu, consumed) = replay(dataflow, &topic, &job, a, builtin, postgres)?;
             eprintln!(
-                "  builtin expectations {}: {secs:.2} s ({consumed} records)",
+                "  builtin expectations {}: {secs:.2} s, {cpu:.2} CPU s ({consumed} records)",
                 if builtin { "on" } else { "off" }
             );
             if builtin {
-                on.push(secs)
+                on.push(secs);
+                cpu_on.push(cpu);
             } else {
-                off.push(secs)
+                off.push(secs);
+                cpu_off.push(cpu);
             }
         }
     }
     let (off, on) = (median(off), median(on));
+    let (cpu_off, cpu_on) = (median(cpu_off), median(cpu_on));
     let store = if postgres { "Postgres" } else { "no sink" };
     println!(
         "quality cost, {dataflow}, span {}, Kafka → {} worker(s) → {store}: {off:.2} s without the built-in expectations, {on:.2} s with them (medians of {}): {:+.1} %",
@@ -109,6 +115,10 @@ pub fn cost(dataflow: &str, a: &BenchArgs, postgres: bool) -> anyhow::Result<()>
         a.e2e_workers,
         a.repeat.max(1),
         100.0 * (on / off - 1.0)
+    );
+    println!(
+        "  CPU (user + system, all threads): {cpu_off:.2} s without, {cpu_on:.2} s with: {:+.1} %",
+        100.0 * (cpu_on / cpu_off - 1.0)
     );
     Ok(())
 }

@@ -16,6 +16,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::contract::record::ErrorKind;
 use crate::contract::table::{TableSpec, Value};
 use crate::contract::time::{Tick, HOUR};
 
@@ -55,6 +56,10 @@ pub struct ExpectSpec {
     /// `matches`: a regular expression a text value must match (anywhere; anchor with ^$).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pattern: Option<String>,
+    /// `valid`: only invalid records of these reasons fail (`json`, `missing_field`,
+    /// `wrong_type`, `range`, `unknown_type`, `oversized`); all do when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasons: Option<Vec<String>>,
     /// The largest share of an hour's observations that may fail (checks of single
     /// values: `valid`, `unique`, `not_out_of_order`, `not_null`, `between`, `in_set`,
     /// `matches`).
@@ -73,8 +78,18 @@ impl ExpectSpec {
             max: None,
             values: None,
             pattern: None,
+            reasons: None,
             max_failure_share: 0.0,
         }
+    }
+    /// `valid` failing only for invalid records of `reasons`.
+    pub fn reasons(mut self, reasons: &[ErrorKind]) -> Self {
+        self.reasons = Some(reasons.iter().map(|r| r.as_str().to_string()).collect());
+        self
+    }
+    /// Whether an invalid record of `kind` fails this expectation (`valid`'s `reasons`).
+    pub fn counts_reason(&self, kind: &ErrorKind) -> bool {
+        (self.reasons.as_ref()).is_none_or(|rs| rs.iter().any(|r| r == kind.as_str()))
     }
     pub fn bounds(mut self, min: Option<f64>, max: Option<f64>) -> Self {
         (self.min, self.max) = (min, max);
@@ -527,6 +542,20 @@ fn check(spec: &ExpectSpec, target: &Target) -> Result<Option<regex::Regex>, Str
             "{name:?} takes no pattern: remove it (matches does)"
         ));
     }
+    if let Some(reasons) = &spec.reasons {
+        if name != CheckName::Valid {
+            return Err(format!(
+                "{name:?} takes no reasons: remove them (valid does)"
+            ));
+        }
+        let known = ErrorKind::ALL.map(|k| k.as_str());
+        if let Some(r) = reasons.iter().find(|r| !known.contains(&r.as_str())) {
+            return Err(format!("reason {r:?} is not one of {}", known.join(", ")));
+        }
+        if reasons.is_empty() {
+            return Err("reasons = []: list at least one, or leave it out for all".into());
+        }
+    }
     if name == CheckName::InSet && spec.values.as_ref().is_none_or(Vec::is_empty) {
         return Err("in_set needs values = [\"a\", \"b\", …]".into());
     }
@@ -592,6 +621,21 @@ mod tests {
             let e = fresh(min, max).unwrap_err();
             assert!(e.contains("max = SECONDS"), "{e}");
         }
+        let valid = |reasons: &[&str], check| {
+            let mut spec = ExpectSpec::new("r", "events", check);
+            spec.reasons = Some(reasons.iter().map(|r| r.to_string()).collect());
+            Expectations::compile(&[spec], &topics, &[], &t).map(|_| ())
+        };
+        assert_eq!(valid(&["range", "json"], CheckName::Valid), Ok(()));
+        assert!(valid(&["nulls"], CheckName::Valid)
+            .unwrap_err()
+            .contains("missing_field"));
+        assert!(valid(&[], CheckName::Valid)
+            .unwrap_err()
+            .contains("leave it out"));
+        assert!(valid(&["json"], CheckName::Unique)
+            .unwrap_err()
+            .contains("valid does"));
         let on_field = ExpectSpec::new("f", "event:search-events.ts", CheckName::Freshness);
         let e = Expectations::compile(&[on_field.bounds(None, Some(9.0))], &topics, &[], &t);
         assert!(e.unwrap_err().contains("whole records"));

@@ -92,6 +92,15 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind, in the order of their names.
+    pub const ALL: [ErrorKind; 6] = [
+        ErrorKind::Json,
+        ErrorKind::MissingField,
+        ErrorKind::WrongType,
+        ErrorKind::Range,
+        ErrorKind::UnknownType,
+        ErrorKind::Oversized,
+    ];
     pub fn as_str(&self) -> &'static str {
         match self {
             ErrorKind::Json => "json",

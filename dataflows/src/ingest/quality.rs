@@ -4,7 +4,7 @@
 use rustc_hash::FxHashMap;
 
 use crate::contract::quality::{hour_of, CheckName, Expectations, Seen, Tally, TallyKey, Target};
-use crate::contract::record::RecordRef;
+use crate::contract::record::{ErrorKind, RecordRef};
 use crate::contract::time::Tick;
 
 /// What ingest made of a record.
@@ -12,8 +12,8 @@ pub(super) enum Outcome {
     /// An event at `ts`, admitted at stream time `at` (its partition's frontier, ≥ `ts`
     /// when an earlier record of its partition was later: out of order).
     Valid { ts: Tick, at: Tick },
-    /// An invalid record, at the time its rejection is counted in.
-    Invalid { ts: Tick },
+    /// An invalid record of `kind`, at the time its rejection is counted in.
+    Invalid { ts: Tick, kind: ErrorKind },
 }
 
 /// The tallies of one batch, by expectation and hour.
@@ -27,10 +27,11 @@ pub(super) fn observe(
     into: &mut Tallies,
 ) {
     let topic = exps.topics.iter().position(|t| t == rec.topic);
-    let (ts, at, valid) = match outcome {
-        Outcome::Valid { ts, at } => (ts, at, true),
-        Outcome::Invalid { ts } => (ts, ts, false),
+    let (ts, at, invalid) = match outcome {
+        Outcome::Valid { ts, at } => (ts, at, None),
+        Outcome::Invalid { ts, kind } => (ts, ts, Some(kind)),
     };
+    let valid = invalid.is_none();
     let out_of_order = valid && ts < at;
     let hour = hour_of(ts);
     let mut json: Option<Option<serde_json::Value>> = None;
@@ -40,7 +41,7 @@ pub(super) fn observe(
         let failed = match (&e.target, e.spec.check) {
             (Target::Records(_), CheckName::Valid) => {
                 tally.total += 1;
-                !valid
+                invalid.as_ref().is_some_and(|k| e.spec.counts_reason(k))
             }
             (Target::Records(_), CheckName::RowsPerHour) => {
                 tally.total += 1;

@@ -344,7 +344,8 @@ where
                     let r = invalid(&rec, e, opts, now);
                     if let Some(exps) = &opts.quality {
                         let ts = r.claimed_ts.unwrap_or(r.append_ms.max(0) as u64);
-                        observe(exps, &rec, Outcome::Invalid { ts }, tallies);
+                        let kind = r.error.kind.clone();
+                        observe(exps, &rec, Outcome::Invalid { ts, kind }, tallies);
                     }
                     invalids.push(r);
                     None

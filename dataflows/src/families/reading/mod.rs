@@ -34,7 +34,7 @@ use crate::contract::dataflow::{Dataflow, GenerateSpec, Produced};
 use crate::contract::dimension::{DimRow, DimensionSpec};
 use crate::contract::event::{Rejection, Timed};
 use crate::contract::quality::{CheckName, ExpectSpec};
-use crate::contract::record::{DecodeError, RecordRef};
+use crate::contract::record::{DecodeError, ErrorKind, RecordRef};
 use crate::contract::state::State;
 use crate::contract::table::{FeatureRow, TableSpec};
 use crate::contract::time::{Tick, Window, MINUTE};
@@ -110,6 +110,19 @@ impl Dataflow for Reading {
                 CheckName::Between,
             )
             .bounds(Some(0.0), Some(1.0)),
+            // seed 001's "zero errors": the record kinds of `quality_hourly`, whose
+            // failures per hour are its null, out-of-range, malformed and duplicate counts
+            ExpectSpec::new("null events", "events", CheckName::Valid)
+                .reasons(&[ErrorKind::MissingField]),
+            ExpectSpec::new("out-of-range events", "events", CheckName::Valid)
+                .reasons(&[ErrorKind::Range]),
+            ExpectSpec::new("malformed events", "events", CheckName::Valid).reasons(&[
+                ErrorKind::Json,
+                ErrorKind::WrongType,
+                ErrorKind::UnknownType,
+                ErrorKind::Oversized,
+            ]),
+            ExpectSpec::new("duplicate events", "events", CheckName::Unique),
         ]
     }
     fn tables(&self) -> Vec<TableSpec> {
