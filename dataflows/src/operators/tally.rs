@@ -10,8 +10,11 @@
 //! per tick, and the exchange a batch per interval.
 //!
 //! The tallies waiting here are checkpointed (by expectation name, like the sums), so a
-//! restart loses none. Only the tick at which a report row changes depends on the wall
-//! clock; every row's value depends on the events only.
+//! restart loses none; they are kept by index, so a call clones no name. (At a checkpoint
+//! they are in practice none: a pause passes them on, and the paused sources send nothing
+//! later; `exactly_once` restarts pass with their restore dropped. Kept so that a
+//! snapshot stays whole if that changes.) Only the tick at which a report row changes
+//! depends on the wall clock; every row's value depends on the events only.
 //! Long: an operator is one closure holding its state and frontier logic (as
 //! differential's `operators/count.rs`).
 
@@ -23,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use differential_dataflow::{AsCollection, VecCollection};
 use rustc_hash::FxHashMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
@@ -38,8 +42,35 @@ use crate::contract::state::{Split, State};
 use crate::contract::table::FeatureRow;
 use crate::contract::time::Tick;
 
-/// The tallies not passed on yet, by (expectation name, hour).
-type Waiting = BTreeMap<(String, Hour), Tally>;
+/// The tallies not passed on yet, by (expectation index, hour); checkpointed by
+/// expectation name (as a map of (name, hour) to tally), so a restart with expectations
+/// added or removed keeps the others'.
+#[derive(Default)]
+struct Waiting {
+    names: Arc<[String]>,
+    sums: FxHashMap<TallyKey, Tally>,
+    /// What a checkpoint held, by name, until the names are known.
+    restored: Vec<((String, Hour), Tally)>,
+}
+
+impl Serialize for Waiting {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let named: BTreeMap<(&str, Hour), &Tally> = (self.sums.iter())
+            .map(|((i, hour), t)| ((self.names[*i as usize].as_str(), *hour), t))
+            .collect();
+        s.collect_map(named)
+    }
+}
+
+impl<'de> Deserialize<'de> for Waiting {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let named = BTreeMap::<(String, Hour), Tally>::deserialize(d)?;
+        Ok(Waiting {
+            restored: named.into_iter().collect(),
+            ..Waiting::default()
+        })
+    }
+}
 
 type Tallies<'s> = Stream<'s, Tick, TallyBatch>;
 
@@ -62,14 +93,20 @@ pub fn tally<'s>(
     every: Duration,
     final_tick: Rc<Cell<Option<Tick>>>,
 ) -> (VecCollection<'s, Tick, FeatureRow>, Tallies<'s>) {
-    let waiting: Rc<RefCell<Waiting>> = Rc::default();
-    let index: BTreeMap<String, u16> = (exps.list.iter().enumerate())
-        .map(|(i, e)| (e.spec.name.clone(), i as u16))
+    let names: Arc<[String]> = exps.list.iter().map(|e| e.spec.name.clone()).collect();
+    let index: BTreeMap<&str, u16> = (names.iter().enumerate())
+        .map(|(i, n)| (n.as_str(), i as u16))
         .collect();
+    let waiting = Rc::new(RefCell::new(Waiting {
+        names: names.clone(),
+        ..Waiting::default()
+    }));
     for part in state.register("quality-waiting", Split::ByWorker, waiting.clone()) {
         let mut w = waiting.borrow_mut();
-        for (key, t) in part.into_iter().filter(|((n, _), _)| index.contains_key(n)) {
-            w.entry(key).or_default().add(&t);
+        for ((name, hour), t) in part.restored {
+            if let Some(&i) = index.get(name.as_str()) {
+                w.sums.entry((i, hour)).or_default().add(&t);
+            }
         }
     }
     // the checks on each feature view: (expectation, field)
@@ -99,15 +136,15 @@ pub fn tally<'s>(
     let activator = scope.activator_for(info.address.clone());
     let state = state.clone();
     builder.build(move |mut caps| {
-        let restored = !waiting.borrow().is_empty();
+        let restored = !waiting.borrow().sums.is_empty();
         let mut held: Option<Capability<Tick>> = restored.then(|| caps.swap_remove(1));
         drop(caps);
         let mut last = Instant::now();
         // a wake-up is asked for once per interval, not on each call
         let mut woken_at: Option<Instant> = None;
-        // this call's tallies, by expectation index (named when they wait)
-        let mut fresh: FxHashMap<TallyKey, Tally> = FxHashMap::default();
         move |frontiers| {
+            let mut w = waiting.borrow_mut();
+            let fresh = &mut w.sums;
             let mut rows_handle = rows_out.activate();
             let mut tallies_handle = tallies_out.activate();
             let mut hold = |now: Option<Capability<Tick>>| {
@@ -152,15 +189,10 @@ pub fn tally<'s>(
                     hold(cap.retain_least(1));
                 }
             });
-            let mut w = waiting.borrow_mut();
-            for ((i, hour), t) in fresh.drain() {
-                let name = exps.list[i as usize].spec.name.clone();
-                w.entry((name, hour)).or_default().add(&t);
-            }
             let Some(h) = held.as_mut() else {
                 return;
             };
-            if w.is_empty() {
+            if w.sums.is_empty() {
                 held = None;
                 return;
             }
@@ -187,11 +219,7 @@ pub fn tally<'s>(
                 }
             };
             if due {
-                let sums = std::mem::take(&mut *w);
-                (tallies_handle.session(&*h)).give_iterator(
-                    sums.into_iter()
-                        .map(|((n, hour), t)| ((index[&n], hour), t)),
-                );
+                (tallies_handle.session(&*h)).give_iterator(w.sums.drain());
                 held = None;
                 last = Instant::now();
             } else if woken_at.is_none_or(|at| at <= Instant::now()) {
