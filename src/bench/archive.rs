@@ -25,15 +25,6 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// User + system CPU time of the process so far.
-pub(super) fn cpu_time() -> Duration {
-    // SAFETY: getrusage fills the struct it is given
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(u.ru_utime) + tv(u.ru_stime)
-}
-
 /// Traffic at 10,000 events/s of event time: a checkpoint's worth of it (100,000 records,
 /// 10 s) falls mostly in one hour, as live traffic does. (Squeezing weeks of event time
 /// into a million records would make a file per partition and hour at every cut, and
@@ -71,7 +62,7 @@ fn alone(a: &BenchArgs) -> anyhow::Result<()> {
     let root = crate::archive::open(&archive_cfg)?;
     let from: BTreeMap<(String, i32), i64> = (0..4).map(|p| (("bench".into(), p), 0)).collect();
     let mut archive = WorkerArchive::start(&archive_cfg, root, 0, from, None)?;
-    let (cpu0, start) = (cpu_time(), Instant::now());
+    let (cpu0, start) = (super::cpu_time(), Instant::now());
     for (offset, (payload, ts)) in records.iter().enumerate() {
         let partition = (offset % 4) as i32;
         let r = RecordIn {
@@ -100,7 +91,7 @@ fn alone(a: &BenchArgs) -> anyhow::Result<()> {
     archive.progress().wait_written(Duration::from_secs(600))?;
     let (secs, cpu) = (
         start.elapsed().as_secs_f64(),
-        (cpu_time() - cpu0).as_secs_f64(),
+        (super::cpu_time() - cpu0).as_secs_f64(),
     );
     let (files, bytes) = dir_size(&dir);
     let n = records.len() as f64;

@@ -577,3 +577,12 @@ pub fn report_freshness(h: &hdrhistogram::Histogram<u64>, rate: u64, what: &str)
         h.len()
     );
 }
+
+/// User + system CPU time of the process so far.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage fills the struct it is given
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(u.ru_utime) + tv(u.ru_stime)
+}

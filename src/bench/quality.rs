@@ -42,10 +42,10 @@ fn replay(
     let shared = Arc::new(Shared::default());
     let released = cfg.clone();
     let opts = RunOptions::kafka(timely_config(cfg.workers, 1, 0, None)?, cfg, true);
-    let (start, cpu) = (Instant::now(), super::archive::cpu_time());
+    let (start, cpu) = (Instant::now(), super::cpu_time());
     let ran = crate::engine::run(opts, shared.clone());
     let secs = start.elapsed().as_secs_f64();
-    let cpu = (super::archive::cpu_time() - cpu).as_secs_f64();
+    let cpu = (super::cpu_time() - cpu).as_secs_f64();
     if postgres {
         crate::sink::owners::release(&released)?;
     }
