@@ -9,7 +9,7 @@ use differential_dataflow::VecCollection;
 use timely::dataflow::{Scope, Stream};
 
 use crate::contract::counters::Counters;
-use crate::contract::dataflow::{Dataflow, GenerateSpec, Produced};
+use crate::contract::dataflow::{Dataflow, Flagged, GenerateSpec, Produced};
 use crate::contract::dimension::{DimRow, DimensionSpec, TableSource};
 use crate::contract::event::Rejection;
 use crate::contract::quality::{ExpectSpec, Tally, TallyKey};
@@ -28,6 +28,8 @@ pub struct Installed<'s> {
     pub rejected: VecCollection<'s, Tick, Rejection>,
     /// What the records add to the expectations' tallies (`IngestOptions::quality`).
     pub tallies: Stream<'s, Tick, Vec<(TallyKey, Tally)>>,
+    /// The events the family flags ([`Dataflow::build_flagged`]).
+    pub flagged: Option<Flagged<'s>>,
     pub final_tick: Rc<std::cell::Cell<Option<Tick>>>,
 }
 
@@ -53,6 +55,8 @@ pub trait Family: Send + Sync {
     fn dimension_rows(&self, spec: &GenerateSpec) -> Vec<(DimensionSpec, Vec<DimRow>)>;
     /// See [`Dataflow::expectations`].
     fn expectations(&self) -> Vec<ExpectSpec>;
+    /// See [`Dataflow::flags`].
+    fn flags(&self) -> Vec<&'static str>;
     /// `tables` holds one entry per dimension: a source on the worker that reads it.
     fn install<'s>(
         &self,
@@ -104,6 +108,9 @@ impl<D: Dataflow + Clone> Family for D {
     fn expectations(&self) -> Vec<ExpectSpec> {
         Dataflow::expectations(self)
     }
+    fn flags(&self) -> Vec<&'static str> {
+        Dataflow::flags(self)
+    }
     fn dimensions(&self) -> Vec<DimensionSpec> {
         Dataflow::dimensions(self)
     }
@@ -118,6 +125,8 @@ impl<D: Dataflow + Clone> Family for D {
     ) -> Installed<'s> {
         let this = self.clone();
         let start_at = opts.start_at;
+        // the flagged events are made only for the expectations that read them
+        let checked = opts.quality.is_some();
         let limits = KeyLimits {
             max_key_bytes: opts.max_key_bytes,
             max_items_per_event: opts.max_items_per_event,
@@ -153,13 +162,15 @@ impl<D: Dataflow + Clone> Family for D {
                 )
             })
             .collect();
+        let (events, rejected) = (ingested.events, ingested.rejected.clone());
+        let (features, flagged) = if checked {
+            self.build_flagged(events, dimensions, rejected, state)
+        } else {
+            (self.build(events, dimensions, rejected, state), None)
+        };
         Installed {
-            features: self.build(
-                ingested.events,
-                dimensions,
-                ingested.rejected.clone(),
-                state,
-            ),
+            features,
+            flagged,
             invalid: ingested.invalid,
             rejected: ingested.rejected,
             tallies: ingested.tallies,

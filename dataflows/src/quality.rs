@@ -17,7 +17,7 @@ use crate::contract::time::{Tick, Window};
 use crate::ingest::IngestOptions;
 use crate::install::{Family, Installed};
 use crate::operators::hourly::hourly;
-use crate::operators::tally::tally;
+use crate::operators::tally::{tally, Observed};
 
 /// The expectations every family has (switched off with `quality.builtin = false`): its
 /// records decode, and copies of an event are rare.
@@ -74,7 +74,7 @@ impl Checked {
         }
         let own = inner.topics();
         let topics = topics.map_or_else(|| own.clone(), <[String]>::to_vec);
-        let exps = Expectations::compile(&all, &topics, &own, &inner.tables())?;
+        let exps = Expectations::compile(&all, &topics, &own, &inner.tables(), &inner.flags())?;
         let report = report_table(inner.name());
         Ok(Checked {
             inner,
@@ -132,6 +132,9 @@ impl Family for Checked {
     fn expectations(&self) -> Vec<ExpectSpec> {
         self.exps.list.iter().map(|e| e.spec.clone()).collect()
     }
+    fn flags(&self) -> Vec<&'static str> {
+        self.inner.flags()
+    }
     fn install<'s>(
         &self,
         scope: Scope<'s, Tick>,
@@ -146,11 +149,15 @@ impl Family for Checked {
             .inner
             .install(scope, source, tables, opts, counters, state);
         let table = self.inner.tables().len() as u8;
+        let observed = Observed {
+            features: installed.features,
+            ingested: installed.tallies.clone(),
+            rejected: installed.rejected.clone(),
+            flagged: installed.flagged,
+        };
         let (features, tallies) = tally(
             state,
-            installed.features,
-            installed.tallies.clone(),
-            &installed.rejected,
+            observed,
             self.exps.clone(),
             GATHER_EVERY,
             installed.final_tick.clone(),
@@ -162,6 +169,7 @@ impl Family for Checked {
             invalid: installed.invalid,
             rejected: installed.rejected,
             tallies: installed.tallies,
+            flagged: None,
             final_tick: installed.final_tick,
         }
     }

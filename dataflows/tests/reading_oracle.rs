@@ -463,8 +463,9 @@ fn checked_reading() -> Box<dyn Family> {
 /// A count per (hour, column or expectation name).
 type Counts<K> = BTreeMap<(String, K), i64>;
 
-/// Per (hour, column or expectation), the largest count a `quality_hourly` row showed and
-/// the failures of the last report row.
+/// Per (hour, column or expectation), the count the last `quality_hourly` row showed
+/// before its 30 days ended (a session-made count may go down as well as up, and a row
+/// whose counts all went to zero is gone: none) and the failures of the last report row.
 fn quality_counts(changes: &[TickChanges]) -> (Counts<usize>, Counts<String>) {
     let tables = checked_reading().tables();
     let view = tables
@@ -473,7 +474,19 @@ fn quality_counts(changes: &[TickChanges]) -> (Counts<usize>, Counts<String>) {
         .unwrap() as u8;
     let report = (tables.len() - 1) as u8;
     let (mut shown, mut reported) = (BTreeMap::new(), BTreeMap::new());
-    for c in changes.iter().flat_map(|t| &t.changes) {
+    let ends = |hour: &str| {
+        let start = chrono::NaiveDateTime::parse_from_str(&format!("{hour}:00"), "%Y-%m-%dT%H:%M")
+            .expect("an hour");
+        start.and_utc().timestamp_millis() as Tick + 30 * 24 * 3_600_000
+    };
+    for (tick, c) in changes
+        .iter()
+        .flat_map(|t| t.changes.iter().map(|c| (t.tick, c)))
+    {
+        // a row gone before its 30 days end: every count of it went to zero
+        if c.table == view && c.after.is_none() && tick < ends(&c.key[0]) {
+            shown.retain(|(h, _), _| *h != c.key[0]);
+        }
         let Some(after) = &c.after else { continue };
         let int = |v: &Value| match v {
             Value::Int(n) => *n,
@@ -481,8 +494,7 @@ fn quality_counts(changes: &[TickChanges]) -> (Counts<usize>, Counts<String>) {
         };
         if c.table == view {
             for (i, v) in after.iter().enumerate() {
-                let top = shown.entry((c.key[0].clone(), i)).or_insert(0);
-                *top = int(v).max(*top);
+                shown.insert((c.key[0].clone(), i), int(v));
             }
         } else if c.table == report {
             let hour = c.key[0].trim_end_matches(":00:00Z").to_string();
@@ -495,10 +507,11 @@ fn quality_counts(changes: &[TickChanges]) -> (Counts<usize>, Counts<String>) {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
-    /// Issue #22: `quality_hourly`'s record kinds are expectations of the data-quality
+    /// Issue #22: `quality_hourly`'s counts are expectations of the data-quality
     /// mechanism — per hour, the failures of `null events`, `out-of-range events`,
-    /// `malformed events` and `duplicate events` equal the view's counts (at their
-    /// largest, before the row's 30 days end), on 1 and 2 workers. The future event is left
+    /// `malformed events` and `duplicate events` (record kinds), `out-of-order events` and
+    /// `unzoned events` (flags its sessions revise) equal the view's counts (the last
+    /// before the row's 30 days end), on 1 and 2 workers. The future event is left
     /// out (it moves stream time 60 days on, so the view's rows of earlier hours end while
     /// the report keeps them), and so are hours before 2026 (a record with no readable `ts`
     /// counts at its append time, epoch 0 here, whose view row has ended already).
@@ -516,8 +529,10 @@ proptest! {
             let columns = [
                 (0, "null events"),
                 (1, "duplicate events"),
+                (2, "out-of-order events"),
                 (3, "out-of-range events"),
                 (4, "malformed events"),
+                (5, "unzoned events"),
             ];
             let hours: BTreeSet<String> = (shown.keys().map(|(h, _)| h.clone()))
                 .chain(reported.keys().map(|(h, _)| h.clone()))

@@ -110,6 +110,17 @@ pub fn cost(dataflow: &str, a: &BenchArgs, postgres: bool) -> anyhow::Result<()>
             }
         }
     }
+    // the machine's speed drifts over minutes: each pair (one run each way, back to back)
+    // is compared, and the median of those ratios is the figure that drift moves least
+    let paired = |on: &[f64], off: &[f64]| {
+        median(
+            on.iter()
+                .zip(off)
+                .map(|(a, b)| 100.0 * (a / b - 1.0))
+                .collect(),
+        )
+    };
+    let (pair, cpu_pair) = (paired(&on, &off), paired(&cpu_on, &cpu_off));
     let (off, on) = (median(off), median(on));
     let (cpu_off, cpu_on) = (median(cpu_off), median(cpu_on));
     let store = if postgres { "Postgres" } else { "no sink" };
@@ -123,6 +134,10 @@ pub fn cost(dataflow: &str, a: &BenchArgs, postgres: bool) -> anyhow::Result<()>
     println!(
         "  CPU (user + system, all threads): {cpu_off:.2} s without, {cpu_on:.2} s with: {:+.1} %",
         100.0 * (cpu_on / cpu_off - 1.0)
+    );
+    println!(
+        "  median of the {} pairs' ratios (each with off before on): {pair:+.1} % wall, {cpu_pair:+.1} % CPU",
+        a.repeat.max(1)
     );
     Ok(())
 }

@@ -16,6 +16,9 @@ use crate::contract::state::State;
 use crate::contract::table::{FeatureRow, TableSpec};
 use crate::contract::time::{Tick, Window};
 
+/// Events a family flags: `(flag, the event's hour)` (`Dataflow::build_flagged`).
+pub type Flagged<'s> = VecCollection<'s, Tick, (u8, Tick)>;
+
 /// One record of synthetic traffic.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Produced {
@@ -143,6 +146,22 @@ pub trait Dataflow: Send + Sync + 'static {
         rejected: VecCollection<'s, Tick, Rejection>,
         state: &State,
     ) -> VecCollection<'s, Tick, FeatureRow>;
+    /// What the family flags events with, for `not_flagged` expectations: a judgement it
+    /// makes from other events (reading: a scroll after its session's exit).
+    fn flags(&self) -> Vec<&'static str> {
+        Vec::new()
+    }
+    /// `build`, and the events it flags as `(flag, the event's hour)`: the flag's index in
+    /// `flags`, with the diffs of their count (a later event may take a flag back).
+    fn build_flagged<'s>(
+        &self,
+        events: VecCollection<'s, Tick, Timed<Self::Event>>,
+        dimensions: Vec<VecCollection<'s, Tick, DimRow>>,
+        rejected: VecCollection<'s, Tick, Rejection>,
+        state: &State,
+    ) -> (VecCollection<'s, Tick, FeatureRow>, Option<Flagged<'s>>) {
+        (self.build(events, dimensions, rejected, state), None)
+    }
     /// Realistic synthetic traffic, deterministic per seed.
     fn generate(&self, spec: &GenerateSpec) -> Box<dyn Iterator<Item = Produced> + Send>;
     /// Adds the features a reader computes at read time (e.g. decayed values at `now_ms`)

@@ -52,6 +52,11 @@ pub(super) fn observe(
                 tally.total += u64::from(valid);
                 false
             }
+            // failures are the events the family flags (`Dataflow::build_flagged`)
+            (Target::Records(_), CheckName::NotFlagged) => {
+                tally.total += u64::from(valid);
+                false
+            }
             (Target::Records(_), CheckName::NotOutOfOrder) => {
                 tally.total += u64::from(valid);
                 out_of_order
@@ -72,7 +77,7 @@ pub(super) fn observe(
             _ => unreachable!("compile admits no other check on records"),
         };
         if failed {
-            tally.failures += u64::from(matches!(e.target, Target::Records(_)));
+            tally.failures += i64::from(matches!(e.target, Target::Records(_)));
             tally.keep(&coordinate());
         }
     }

@@ -30,7 +30,7 @@ type Sums = BTreeMap<(String, Hour), (Tally, Tick)>;
 
 /// A tally with nothing in it has no row.
 fn shown(t: &Tally) -> bool {
-    t.total > 0 || t.failures > 0
+    t.total > 0 || t.failures != 0
 }
 
 /// An hour as the report's key names it: `2026-01-01T13:00:00Z`.

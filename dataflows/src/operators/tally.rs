@@ -1,4 +1,5 @@
-//! What the feature changes and dedup's copies add to the expectations' hourly tallies,
+//! What the feature changes, dedup's copies and the events the family flags add to the
+//! expectations' hourly tallies,
 //! summed with ingest's on this worker and passed on at most once per `every` of
 //! wall-clock time (and whenever the inputs end). The feature updates pass through as the
 //! containers they came in (moved, not copied).
@@ -30,10 +31,12 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::operator::empty;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
+use crate::contract::dataflow::Flagged;
 use crate::contract::event::{Rejected, Rejection};
 use crate::contract::quality::{
     hour_of, CheckName, Expectations, Hour, Seen, Tally, TallyBatch, TallyKey, Target,
@@ -72,10 +75,22 @@ impl<'de> Deserialize<'de> for Waiting {
     }
 }
 
-type Tallies<'s> = Stream<'s, Tick, TallyBatch>;
+pub type Tallies<'s> = Stream<'s, Tick, TallyBatch>;
 
-/// The features, and the tallies of `ingested` (ingest's), of the feature changes and of
-/// the copies in `rejected`, summed on this worker and passed on at most once per `every`.
+/// What a family's tallies are made of.
+pub struct Observed<'s> {
+    /// The feature changes (passed through).
+    pub features: VecCollection<'s, Tick, FeatureRow>,
+    /// Ingest's tallies of the records.
+    pub ingested: Tallies<'s>,
+    /// The records ingest turned away: its copies fail `unique`.
+    pub rejected: VecCollection<'s, Tick, Rejection>,
+    /// The events the family flags (`not_flagged`).
+    pub flagged: Option<Flagged<'s>>,
+}
+
+/// The features, and the tallies of what is `observed`, summed on this worker and passed
+/// on at most once per `every`.
 ///
 /// The operator holds a capability at its inputs' frontier while it holds tallies (never
 /// behind it, so it delays nothing downstream) and passes them on at that time. An input
@@ -86,9 +101,7 @@ type Tallies<'s> = Stream<'s, Tick, TallyBatch>;
 /// (it would be on its way to an operator whose unprocessed input the snapshot misses).
 pub fn tally<'s>(
     state: &State,
-    features: VecCollection<'s, Tick, FeatureRow>,
-    ingested: Tallies<'s>,
-    rejected: &VecCollection<'s, Tick, Rejection>,
+    observed: Observed<'s>,
     exps: Arc<Expectations>,
     every: Duration,
     final_tick: Rc<Cell<Option<Tick>>>,
@@ -117,17 +130,33 @@ pub fn tally<'s>(
             by_table[t as usize].push((i as u16, f));
         }
     }
+    // the `not_flagged` expectations on each of the family's flags
+    let mut by_flag: Vec<Vec<u16>> = Vec::new();
+    for (i, e) in exps.list.iter().enumerate() {
+        if let Some(f) = e.flag {
+            by_flag.resize_with(by_flag.len().max(f as usize + 1), Vec::new);
+            by_flag[f as usize].push(i as u16);
+        }
+    }
     let unique: Vec<u16> = (exps.list.iter().enumerate())
         .filter(|(_, e)| e.spec.check == CheckName::Unique)
         .map(|(i, _)| i as u16)
         .collect();
 
+    let Observed {
+        features,
+        ingested,
+        rejected,
+        flagged,
+    } = observed;
     let scope = features.inner.scope();
     let mut builder = OperatorBuilder::new("QualityTally".to_owned(), scope);
     let info = builder.operator_info();
     let mut rows_in = builder.new_input(features.inner, Pipeline);
     let mut tallies_in = builder.new_input(ingested, Pipeline);
-    let mut copies_in = builder.new_input(rejected.inner.clone(), Pipeline);
+    let mut copies_in = builder.new_input(rejected.inner, Pipeline);
+    let flagged = flagged.map_or_else(|| empty(scope), |f| f.inner);
+    let mut flagged_in = builder.new_input(flagged, Pipeline);
     let (rows_out, rows) = builder.new_output();
     let (tallies_out, tallies) = builder.new_output();
     let mut rows_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<_>>>::from(rows_out);
@@ -181,8 +210,18 @@ pub fn tally<'s>(
                 for (r, _, diff) in data.iter() {
                     if r.reason == Rejected::Duplicate && *diff > 0 {
                         for &i in &unique {
-                            fresh.entry((i, hour_of(r.ts))).or_default().failures += *diff as u64;
+                            fresh.entry((i, hour_of(r.ts))).or_default().failures += *diff as i64;
                         }
+                    }
+                }
+                if !fresh.is_empty() {
+                    hold(cap.retain_least(1));
+                }
+            });
+            flagged_in.for_each(|cap, data| {
+                for ((flag, ts), _, diff) in data.iter() {
+                    for &i in by_flag.get(*flag as usize).into_iter().flatten() {
+                        fresh.entry((i, hour_of(*ts))).or_default().failures += *diff as i64;
                     }
                 }
                 if !fresh.is_empty() {

@@ -11,11 +11,13 @@ impl Expectations {
     ///
     /// A topic is named as the job reads it (`kafka.topics`) or by the family's own name
     /// for it (`aliases`, in the same order), so one config serves every environment.
+    /// `flags`: what the family flags events with (`not_flagged`).
     pub fn compile(
         specs: &[ExpectSpec],
         topics: &[String],
         aliases: &[String],
         tables: &[TableSpec],
+        flags: &[&str],
     ) -> Result<Self, String> {
         if specs.len() > u16::MAX as usize {
             return Err(format!(
@@ -45,16 +47,37 @@ impl Expectations {
                     spec.max_failure_share
                 ));
             }
+            let flag = flag(spec, flags).map_err(|e| format!("{at}.flag: {e}"))?;
             list.push(Expectation {
                 spec: spec.clone(),
                 target,
                 pattern,
+                flag,
             });
         }
         Ok(Expectations {
             list,
             topics: topics.to_vec(),
         })
+    }
+}
+
+/// `not_flagged`'s flag: the index of one of the family's `flags`.
+fn flag(spec: &ExpectSpec, flags: &[&str]) -> Result<Option<u8>, String> {
+    let known = || match flags {
+        [] => "this dataflow flags no events".to_string(),
+        _ => format!("use one of {}", flags.join(", ")),
+    };
+    match (spec.check, &spec.flag) {
+        (CheckName::NotFlagged, Some(f)) => match flags.iter().position(|k| k == f) {
+            Some(i) => Ok(Some(i as u8)),
+            None => Err(format!("{f:?} is not a flag of this dataflow: {}", known())),
+        },
+        (CheckName::NotFlagged, None) => Err(format!("not_flagged needs flag: {}", known())),
+        (name, Some(_)) => Err(format!(
+            "{name:?} takes no flag: remove it (not_flagged does)"
+        )),
+        (_, None) => Ok(None),
     }
 }
 
@@ -132,7 +155,9 @@ fn check(spec: &ExpectSpec, target: &Target) -> Result<Option<regex::Regex>, Str
     let name = spec.check;
     let ok_target = match target {
         Target::Records(None) => name.on_records(),
-        Target::Records(Some(_)) => name.on_records() && name != CheckName::Unique,
+        Target::Records(Some(_)) => {
+            name.on_records() && !matches!(name, CheckName::Unique | CheckName::NotFlagged)
+        }
         Target::EventField(..) | Target::Feature(_, Some(_)) => {
             !name.on_records() || name == CheckName::RowsPerHour
         }
@@ -143,6 +168,7 @@ fn check(spec: &ExpectSpec, target: &Target) -> Result<Option<regex::Regex>, Str
             CheckName::Unique => {
                 "unique applies to \"events\" (event ids within the dedup horizon)"
             }
+            CheckName::NotFlagged => "not_flagged applies to \"events\"",
             CheckName::Valid | CheckName::NotOutOfOrder | CheckName::Freshness => {
                 "use on = \"events\" or \"event:TOPIC\" (whole records)"
             }
@@ -232,7 +258,7 @@ mod tests {
         let t = tables();
         let c = |on: &str, check| {
             let spec = ExpectSpec::new("x", on, check).bounds(Some(0.0), Some(1.0));
-            Expectations::compile(&[spec], &topics, &[], &t).map(|e| e.list[0].target.clone())
+            Expectations::compile(&[spec], &topics, &[], &t, &[]).map(|e| e.list[0].target.clone())
         };
         assert_eq!(
             c("feature:doc.ctr_doc", CheckName::Between),
@@ -249,14 +275,14 @@ mod tests {
             .unwrap_err()
             .contains("search-events"));
         let unique = ExpectSpec::new("u", "event:search-events.event_id", CheckName::Unique);
-        let e = Expectations::compile(&[unique], &topics, &[], &t).unwrap_err();
+        let e = Expectations::compile(&[unique], &topics, &[], &t, &[]).unwrap_err();
         assert!(
             e.contains("quality.expect[0]") && e.contains("\"events\""),
             "{e}"
         );
         let fresh = |min, max| {
             let spec = ExpectSpec::new("f", "events", CheckName::Freshness).bounds(min, max);
-            Expectations::compile(&[spec], &topics, &[], &t).map(|_| ())
+            Expectations::compile(&[spec], &topics, &[], &t, &[]).map(|_| ())
         };
         assert_eq!(fresh(None, Some(60.0)), Ok(()));
         for (min, max) in [(None, None), (Some(1.0), Some(60.0)), (None, Some(-1.0))] {
@@ -266,7 +292,7 @@ mod tests {
         let valid = |reasons: &[&str], check| {
             let mut spec = ExpectSpec::new("r", "events", check);
             spec.reasons = Some(reasons.iter().map(|r| r.to_string()).collect());
-            Expectations::compile(&[spec], &topics, &[], &t).map(|_| ())
+            Expectations::compile(&[spec], &topics, &[], &t, &[]).map(|_| ())
         };
         assert_eq!(valid(&["range", "json"], CheckName::Valid), Ok(()));
         assert!(valid(&["nulls"], CheckName::Valid)
@@ -279,7 +305,34 @@ mod tests {
             .unwrap_err()
             .contains("valid does"));
         let on_field = ExpectSpec::new("f", "event:search-events.ts", CheckName::Freshness);
-        let e = Expectations::compile(&[on_field.bounds(None, Some(9.0))], &topics, &[], &t);
+        let e = Expectations::compile(&[on_field.bounds(None, Some(9.0))], &topics, &[], &t, &[]);
         assert!(e.unwrap_err().contains("whole records"));
+    }
+
+    #[test]
+    fn a_flag_is_one_the_family_has() {
+        let (topics, t) = (vec!["reading-events".to_string()], tables());
+        let flagged = |on: &str, flag: Option<&str>, flags: &[&str]| {
+            let mut spec = ExpectSpec::new("f", on, CheckName::NotFlagged);
+            spec.flag = flag.map(str::to_string);
+            Expectations::compile(&[spec], &topics, &[], &t, flags).map(|e| e.list[0].flag)
+        };
+        let flags = ["out_of_order", "unzoned"];
+        assert_eq!(flagged("events", Some("unzoned"), &flags), Ok(Some(1)));
+        let e = flagged("events", Some("late"), &flags).unwrap_err();
+        assert!(
+            e.contains(".flag") && e.contains("out_of_order, unzoned"),
+            "{e}"
+        );
+        let e = flagged("events", None, &flags).unwrap_err();
+        assert!(e.contains("needs flag"), "{e}");
+        let e = flagged("events", Some("unzoned"), &[]).unwrap_err();
+        assert!(e.contains("flags no events"), "{e}");
+        let e = flagged("event:reading-events", Some("unzoned"), &flags).unwrap_err();
+        assert!(e.contains("applies to \"events\""), "{e}");
+        let mut valid = ExpectSpec::new("v", "events", CheckName::Valid);
+        valid.flag = Some("unzoned".into());
+        let e = Expectations::compile(&[valid], &topics, &[], &t, &flags).unwrap_err();
+        assert!(e.contains("not_flagged does"), "{e}");
     }
 }

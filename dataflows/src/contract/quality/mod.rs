@@ -63,6 +63,10 @@ pub struct ExpectSpec {
     /// `wrong_type`, `range`, `unknown_type`, `oversized`); all do when left out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasons: Option<Vec<String>>,
+    /// `not_flagged`: the family's judgement of its events that fails (reading:
+    /// `out_of_order`, `unzoned`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flag: Option<String>,
     /// The largest share of an hour's observations that may fail (checks of single
     /// values: `valid`, `unique`, `not_out_of_order`, `not_null`, `between`, `in_set`,
     /// `matches`).
@@ -82,12 +86,18 @@ impl ExpectSpec {
             values: None,
             pattern: None,
             reasons: None,
+            flag: None,
             max_failure_share: 0.0,
         }
     }
     /// `valid` failing only for invalid records of `reasons`.
     pub fn reasons(mut self, reasons: &[ErrorKind]) -> Self {
         self.reasons = Some(reasons.iter().map(|r| r.as_str().to_string()).collect());
+        self
+    }
+    /// `not_flagged` failing for the events the family flags `flag`.
+    pub fn flag(mut self, flag: &str) -> Self {
+        self.flag = Some(flag.to_string());
         self
     }
     /// Whether an invalid record of `kind` fails this expectation (`valid`'s `reasons`).
@@ -129,6 +139,9 @@ pub enum CheckName {
     /// time of its partition once it is in (the frontier), at most `max` seconds. An
     /// arrival, not a wall clock: the verdict depends on the records only.
     Freshness,
+    /// Valid events the family flags (`flag`): a judgement it makes from other events
+    /// (reading: a scroll after its session's exit), which a later event may revise.
+    NotFlagged,
 }
 
 impl CheckName {
@@ -140,6 +153,7 @@ impl CheckName {
                 | CheckName::NotOutOfOrder
                 | CheckName::RowsPerHour
                 | CheckName::Freshness
+                | CheckName::NotFlagged
         )
     }
     /// An hour passes on an aggregate (count, mean, deviation), not a share of failures.
@@ -169,6 +183,8 @@ pub struct Expectation {
     pub target: Target,
     /// `matches`' pattern, compiled.
     pub pattern: Option<regex::Regex>,
+    /// `not_flagged`'s flag: its index in the family's flags.
+    pub flag: Option<u8>,
 }
 
 /// A family's expectations, compiled.
@@ -216,7 +232,9 @@ const SCALE: f64 = 1e6;
 pub struct Tally {
     /// Observations (records, values, changes).
     pub total: u64,
-    pub failures: u64,
+    /// Signed: a family's flag may be taken back (`not_flagged`); an hour's sum never is
+    /// below zero.
+    pub failures: i64,
     /// Numeric values seen, their sum and sum of squares (fixed point, `SCALE`).
     pub count: u64,
     pub sum: i128,
@@ -281,7 +299,8 @@ impl Tally {
                 CheckName::Valid
                 | CheckName::Unique
                 | CheckName::NotOutOfOrder
-                | CheckName::Freshness,
+                | CheckName::Freshness
+                | CheckName::NotFlagged,
                 _,
             ) => {
                 unreachable!("record checks are counted by ingest")
@@ -290,7 +309,7 @@ impl Tally {
             _ => false,
         };
         self.total += 1;
-        self.failures += u64::from(!ok);
+        self.failures += i64::from(!ok);
         Some(ok)
     }
     pub fn mean(&self) -> Option<f64> {
@@ -336,13 +355,14 @@ impl Expectation {
                 }
             }
             None => {
+                let failures = t.failures.max(0) as u64;
                 let share = match t.total {
                     0 => 0.0,
-                    n => t.failures as f64 / n as f64,
+                    n => failures as f64 / n as f64,
                 };
                 Verdict {
                     observed: Some(share),
-                    failures: t.failures,
+                    failures,
                     total: t.total,
                     passed: share <= spec.max_failure_share,
                 }
@@ -379,6 +399,7 @@ mod tests {
             spec,
             target: Target::Records(None),
             pattern: None,
+            flag: None,
         };
         let (mut a, mut b, mut all) = (Tally::default(), Tally::default(), Tally::default());
         for (i, x) in [0.1, 0.2, 0.7, 1e3].into_iter().enumerate() {

@@ -30,17 +30,23 @@ pub use zones::{countries, country_zone};
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 
-use crate::contract::dataflow::{Dataflow, GenerateSpec, Produced};
+use crate::contract::dataflow::{Dataflow, Flagged, GenerateSpec, Produced};
 use crate::contract::dimension::{DimRow, DimensionSpec};
 use crate::contract::event::{Rejection, Timed};
 use crate::contract::quality::{CheckName, ExpectSpec};
 use crate::contract::record::{DecodeError, ErrorKind, RecordRef};
 use crate::contract::state::State;
 use crate::contract::table::{FeatureRow, TableSpec};
-use crate::contract::time::{Tick, Window, MINUTE};
+use crate::contract::time::{Tick, Window, MINUTE, WINDOW_30D};
 use crate::operators::window_sums::window_rows;
 use crate::operators::windowed::with_expiries;
+use differential_dataflow::AsCollection;
+use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::Concat;
+
+/// What the family flags events with (`not_flagged`), by index: `out_of_order_events` and
+/// `unzoned_events` of `quality_hourly`.
+const FLAGS: [&str; 2] = ["out_of_order", "unzoned"];
 
 /// `[dataflows.reading]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -123,6 +129,9 @@ impl Dataflow for Reading {
                 ErrorKind::Oversized,
             ]),
             ExpectSpec::new("duplicate events", "events", CheckName::Unique),
+            // and its session-made counts, which a later event of the session may revise
+            ExpectSpec::new("out-of-order events", "events", CheckName::NotFlagged).flag(FLAGS[0]),
+            ExpectSpec::new("unzoned events", "events", CheckName::NotFlagged).flag(FLAGS[1]),
         ]
     }
     fn tables(&self) -> Vec<TableSpec> {
@@ -162,7 +171,36 @@ impl Dataflow for Reading {
         rejected: VecCollection<'s, Tick, Rejection>,
         state: &State,
     ) -> VecCollection<'s, Tick, FeatureRow> {
+        self.build_flagged(events, dimensions, rejected, state).0
+    }
+    fn flags(&self) -> Vec<&'static str> {
+        FLAGS.to_vec()
+    }
+    /// The flags are `quality_hourly`'s session-made counts: an event out of its
+    /// session's order, an event of a reader without a zone.
+    fn build_flagged<'s>(
+        &self,
+        events: VecCollection<'s, Tick, Timed<ReadingEvent>>,
+        dimensions: Vec<VecCollection<'s, Tick, DimRow>>,
+        rejected: VecCollection<'s, Tick, Rejection>,
+        state: &State,
+    ) -> (VecCollection<'s, Tick, FeatureRow>, Option<Flagged<'s>>) {
         let sessions = self.sessions(events, state);
+        // an hour's flags are final once its 30 days end, as its `quality_hourly` row
+        // does: a session leaving the state later takes none back
+        let flagged = (sessions.clone().inner)
+            .flat_map(|((_, s), t, r)| {
+                let mut flagged = Vec::new();
+                for (flag, hours) in [(0u8, &s.out_of_order), (1, &s.unzoned)] {
+                    for &(hour, n) in hours {
+                        if t < WINDOW_30D.expiry(hour) {
+                            flagged.push(((flag, hour), t, r * n as isize));
+                        }
+                    }
+                }
+                flagged
+            })
+            .as_collection();
         let session_rows = sessions.clone().map(|(_, s)| s.row());
 
         let metadata = dimensions[0].clone().map(|row| {
@@ -192,14 +230,15 @@ impl Dataflow for Reading {
         );
         let durable = with_expiries(rejected, |r| Some(quality_of(r)));
         let this = self.clone();
-        window_rows(
+        let features = window_rows(
             "reading",
             state,
             durable,
             derived,
             move |entity, sums, out| out.extend(this.rows(entity, sums)),
         )
-        .concat(session_rows)
+        .concat(session_rows);
+        (features, Some(flagged))
     }
     fn generate(&self, spec: &GenerateSpec) -> Box<dyn Iterator<Item = Produced> + Send> {
         Box::new(generate::ReadingTraffic::new(
