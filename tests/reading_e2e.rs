@@ -13,6 +13,9 @@ use common::*;
 
 const DAY: u64 = 86_400_000;
 
+/// Each key's fields, as the stores hold them.
+type Hashes = std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>;
+
 fn metadata(pg: &str) -> Vec<Vec<String>> {
     let mut c = postgres::Client::connect(pg, postgres::NoTls).unwrap();
     c.query(
@@ -323,4 +326,43 @@ fn a_restart_from_a_checkpoint_counts_every_session_once() {
         &want,
         timed,
     );
+    assert_flags_are_the_views_counts(&pg, &want, at);
+}
+
+/// The report's `out-of-order events` and `unzoned events` (flags the sessions make,
+/// restored and rebuilt once, not counted again at the restore) equal `quality_hourly`'s
+/// counts per hour, as the model makes them.
+fn assert_flags_are_the_views_counts(pg: &str, want: &Hashes, at: u64) {
+    let mut c = postgres::Client::connect(pg, postgres::NoTls).unwrap();
+    for (name, field) in [
+        ("out-of-order events", "out_of_order_events"),
+        ("unzoned events", "unzoned_events"),
+    ] {
+        let rows = c
+            .query(
+                "SELECT hour, failures FROM quality_reading WHERE expectation = $1",
+                &[&name],
+            )
+            .unwrap();
+        let got: std::collections::BTreeMap<String, i64> = (rows.iter())
+            .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
+            .filter(|(_, n)| *n != 0)
+            .map(|(h, n)| (h.trim_end_matches(":00:00Z").to_string(), n))
+            .collect();
+        let shown: std::collections::BTreeMap<String, i64> = (want.iter())
+            .filter_map(|(k, fields)| Some((k.strip_prefix("feat:quality_hourly:")?, fields)))
+            .filter(|(h, _)| hour_key_ms(&format!("feat:quality_hourly:{h}")) <= at + DAY)
+            .map(|(h, fields)| (h.to_string(), fields[field].parse::<f64>().unwrap() as i64))
+            .filter(|(_, n)| *n != 0)
+            .collect();
+        // the generator's readers all have a zone: no unzoned events to compare
+        assert!(
+            !shown.is_empty() || field == "unzoned_events",
+            "the stream has {field}"
+        );
+        assert_eq!(
+            got, shown,
+            "{name} in quality_reading and {field} in quality_hourly"
+        );
+    }
 }

@@ -2,6 +2,9 @@
 //! and feature changes are tallied against the expectations (`contract::quality`) and an
 //! hourly report view `quality_{family}` joins its feature views.
 
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use timely::dataflow::Scope;
@@ -9,7 +12,7 @@ use timely::dataflow::Scope;
 use crate::contract::counters::Counters;
 use crate::contract::dataflow::{GenerateSpec, Produced};
 use crate::contract::dimension::{DimRow, DimensionSpec, TableSource};
-use crate::contract::quality::{CheckName, ExpectSpec, Expectations};
+use crate::contract::quality::{CheckName, ExpectSpec, Expectations, Hour};
 use crate::contract::record::RecordSource;
 use crate::contract::state::State;
 use crate::contract::table::{float, int, list, SinkKind, TableSpec};
@@ -155,15 +158,18 @@ impl Family for Checked {
             rejected: installed.rejected.clone(),
             flagged: installed.flagged,
         };
+        let restored_sums: Rc<RefCell<BTreeSet<(String, Hour)>>> = Rc::default();
         let (features, tallies) = tally(
             state,
             observed,
             self.exps.clone(),
+            restored_sums.clone(),
             GATHER_EVERY,
             installed.final_tick.clone(),
         );
         let keep = self.inner.horizon().length_ms;
-        let features = hourly(state, tallies, features, self.exps.clone(), table, keep);
+        let exps = self.exps.clone();
+        let features = hourly(state, tallies, features, exps, table, keep, &restored_sums);
         Installed {
             features,
             invalid: installed.invalid,

@@ -26,6 +26,9 @@ pub struct ReportRow {
 #[derive(Default)]
 pub struct QualityReport {
     hours: Mutex<BTreeMap<String, BTreeMap<String, ReportRow>>>,
+    /// The most failures counted of each (hour, expectation): failures a family takes
+    /// back (`not_flagged`) and gives again are not counted twice.
+    counted: Mutex<BTreeMap<(String, String), i64>>,
 }
 
 impl QualityReport {
@@ -42,10 +45,12 @@ impl QualityReport {
             }
             return;
         };
-        let before = hours.get(hour).and_then(|h| h.get(expectation));
-        let added = row.failures - before.map_or(0, |b| b.failures);
-        if added > 0 {
-            counter!(FAILURES, "expectation" => expectation.to_string()).increment(added as u64);
+        let mut counted = self.counted.lock().expect("quality report");
+        let top = (counted.entry((hour.to_string(), expectation.to_string()))).or_insert(0);
+        if row.failures > *top {
+            let added = (row.failures - *top) as u64;
+            counter!(FAILURES, "expectation" => expectation.to_string()).increment(added);
+            *top = row.failures;
         }
         let newest = hours
             .range(hour.to_string()..)
@@ -60,8 +65,12 @@ impl QualityReport {
             .or_default()
             .insert(expectation.to_string(), row);
         // the status keeps a week; the report's own store keeps everything
-        while hours.len() > 24 * 7 {
-            hours.pop_first();
+        if hours.len() > 24 * 7 {
+            while hours.len() > 24 * 7 {
+                hours.pop_first();
+            }
+            let oldest = hours.first_key_value().map(|(h, _)| h.clone());
+            counted.retain(|(h, _), _| oldest.as_ref().is_none_or(|o| h >= o));
         }
     }
 

@@ -152,7 +152,9 @@ pub trait Dataflow: Send + Sync + 'static {
         Vec::new()
     }
     /// `build`, and the events it flags as `(flag, the event's hour)`: the flag's index in
-    /// `flags`, with the diffs of their count (a later event may take a flag back).
+    /// `flags`, with the diffs of their count (a later event may take a flag back). What
+    /// it gives at a restore's tick sets the restored state up again and is not counted
+    /// (the restored sums hold it).
     fn build_flagged<'s>(
         &self,
         events: VecCollection<'s, Tick, Timed<Self::Event>>,

@@ -3,7 +3,7 @@
 //! changes (a late record re-opens its hour and corrects the row).
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -58,7 +58,8 @@ pub fn report_row(exps: &Expectations, table: u8, i: usize, hour: Hour, t: &Tall
 }
 
 /// Sums `tallies` per expectation and hour into the rows of report table `table`, given
-/// with `features` (which pass through). An hour
+/// with `features` (which pass through); names every restored sum, of any worker, in
+/// `restored_sums`. An hour
 /// nothing reached for `keep_ms` of stream time leaves the state and the collection (the
 /// report's table keeps its row); a record of it after that starts it again. By last touch,
 /// not by the hour's age: invalid records may claim any hour, and each must count. The sums are checkpointed by expectation name, so a restart
@@ -71,6 +72,7 @@ pub fn hourly<'s>(
     exps: Arc<Expectations>,
     table: u8,
     keep_ms: u64,
+    restored_sums: &RefCell<BTreeSet<(String, Hour)>>,
 ) -> VecCollection<'s, Tick, FeatureRow> {
     // each sum with the last tick a part reached it
     let sums: Rc<RefCell<Sums>> = Rc::default();
@@ -78,6 +80,7 @@ pub fn hourly<'s>(
     for part in state.register("quality", Split::ByKey, sums.clone()) {
         let mut s = sums.borrow_mut();
         for ((name, hour), (t, touched)) in part {
+            restored_sums.borrow_mut().insert((name.clone(), hour));
             let known = exps.list.iter().any(|e| e.spec.name == name);
             if known && route(&name, hour) % peers == me {
                 let sum = s.entry((name, hour)).or_default();

@@ -20,7 +20,7 @@
 //! differential's `operators/count.rs`).
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -99,10 +99,14 @@ pub struct Observed<'s> {
 /// what it holds on at its time (≤ `T`), so the checkpoint waits for those rows and the
 /// stores hold every sum the snapshot does; past `T`, nothing is passed on while paused
 /// (it would be on its way to an operator whose unprocessed input the snapshot misses).
+///
+/// `restored_sums` names the (expectation, hour) sums the checkpoint held; `hourly` fills
+/// it as it restores them, before this operator first runs.
 pub fn tally<'s>(
     state: &State,
     observed: Observed<'s>,
     exps: Arc<Expectations>,
+    restored_sums: Rc<RefCell<BTreeSet<(String, Hour)>>>,
     every: Duration,
     final_tick: Rc<Cell<Option<Tick>>>,
 ) -> (VecCollection<'s, Tick, FeatureRow>, Tallies<'s>) {
@@ -138,6 +142,10 @@ pub fn tally<'s>(
             by_flag[f as usize].push(i as u16);
         }
     }
+    // a restore sets the family's state up again at its tick: its rows there are not
+    // changes (the stores hold them), and its flags there are counted by the restored
+    // sums of their (expectation, hour), when the checkpoint had one
+    let restored_at = state.restore().map(|r| r.tick);
     let unique: Vec<u16> = (exps.list.iter().enumerate())
         .filter(|(_, e)| e.spec.check == CheckName::Unique)
         .map(|(i, _)| i as u16)
@@ -184,7 +192,8 @@ pub fn tally<'s>(
                 }
             };
             rows_in.for_each(|cap, data: &mut Vec<(FeatureRow, Tick, isize)>| {
-                for (row, t, r) in data.iter() {
+                let changes = restored_at.is_none() || restored_at != cap.least().copied();
+                for (row, t, r) in data.iter().filter(|_| changes) {
                     let checks = by_table.get(row.table as usize).filter(|_| *r > 0);
                     for &(i, field) in checks.into_iter().flatten() {
                         let e = &exps.list[i as usize];
@@ -219,8 +228,13 @@ pub fn tally<'s>(
                 }
             });
             flagged_in.for_each(|cap, data| {
+                let restoring = restored_at.is_some() && restored_at == cap.least().copied();
                 for ((flag, ts), _, diff) in data.iter() {
                     for &i in by_flag.get(*flag as usize).into_iter().flatten() {
+                        let key = || (names[i as usize].clone(), hour_of(*ts));
+                        if restoring && restored_sums.borrow().contains(&key()) {
+                            continue;
+                        }
                         fresh.entry((i, hour_of(*ts))).or_default().failures += *diff as i64;
                     }
                 }

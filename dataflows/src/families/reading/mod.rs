@@ -187,7 +187,8 @@ impl Dataflow for Reading {
     ) -> (VecCollection<'s, Tick, FeatureRow>, Option<Flagged<'s>>) {
         let sessions = self.sessions(events, state);
         // an hour's flags are final once its 30 days end, as its `quality_hourly` row
-        // does: a session leaving the state later takes none back
+        // is: a session leaving the state later takes none back (one leaving before, as
+        // its first event's retention ends, takes its flags back from both alike)
         let flagged = (sessions.clone().inner)
             .flat_map(|((_, s), t, r)| {
                 let mut flagged = Vec::new();
