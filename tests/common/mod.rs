@@ -501,7 +501,19 @@ pub fn read_topic(topic: &str, mut visit: impl FnMut(&rdkafka::message::Borrowed
     let mut tpl = rdkafka::TopicPartitionList::new();
     if let Ok(md) = consumer.fetch_metadata(Some(topic), timeout) {
         for p in md.topics().iter().flat_map(|t| t.partitions()) {
-            let (_, high) = consumer.fetch_watermarks(topic, p.id(), timeout).unwrap();
+            // a topic just made may have no leader yet (NotLeaderForPartition): asked again
+            let mut tries = 0;
+            let (_, high) = loop {
+                match consumer.fetch_watermarks(topic, p.id(), timeout) {
+                    Ok(w) => break w,
+                    Err(e) if tries < 20 => {
+                        tries += 1;
+                        eprintln!("watermarks of {topic}/{}: {e}; again", p.id());
+                        std::thread::sleep(Duration::from_millis(250));
+                    }
+                    Err(e) => panic!("watermarks of {topic}/{}: {e}", p.id()),
+                }
+            };
             ends.insert(p.id(), high);
             tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning)
                 .unwrap();
