@@ -79,8 +79,9 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 2)]
     pub e2e_workers: usize,
     /// `bench search`/`bench reading`: only the cost of the built-in data quality
-    /// expectations — a Kafka replay of `--e2e-events` over the longest `--span`, without
-    /// and with them, `--repeat` times.
+    /// expectations — an in-process replay of `--e2e-events` of generated traffic over the
+    /// longest `--span` (a Kafka backlog with `--kafka`), without and with them, `--repeat`
+    /// times.
     #[arg(long)]
     pub quality_cost: bool,
     /// Replays per setting of `--quality-cost` (the medians are reported).

@@ -1,10 +1,13 @@
 //! `tidemark bench search --quality-cost` (and `bench reading`): what the built-in data
-//! quality expectations cost. One Kafka backlog of `--e2e-events` over the longest
-//! `--span` (4 partitions), replayed with `--exit-at-end` on `--e2e-workers` workers with
-//! `quality.builtin` off and on, alternately `--repeat` times; the medians and their ratio.
-//! Redis is off, so the dataflow's share is the largest a real run has; Postgres is on only
-//! for a family that reads a dimension table from it (reading's episodes), and then it is
-//! also the store. Checkpoints are taken at the end only (see `replay`).
+//! quality expectations cost. The family's generated traffic, `--e2e-events` over the
+//! longest `--span`, replayed in-process through ingest (validation, decoding, dedup) and
+//! the dataflow on `--e2e-workers` workers with `quality.builtin` off and on, in
+//! alternating order, `--repeat` times; the medians and the pairs' ratios. With `--kafka`,
+//! the same traffic is a Kafka backlog (4 partitions) read with `--exit-at-end` instead:
+//! the broker then shares the machine's cores, and on two cores its noise is larger than
+//! the cost. Redis is off, so the dataflow's share is the largest a real run has; Postgres
+//! is on only for a family that reads a dimension table from it (reading's episodes), and
+//! then it is also the store. Checkpoints are taken at the end only (see `replay`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -15,20 +18,31 @@ use tidemark_dataflows::GenerateSpec;
 use super::{create_topic, produce_generated, span_label, BenchArgs};
 use crate::clock::now_ms;
 use crate::config::Config;
-use crate::engine::{timely_config, RunOptions, Shared};
+use crate::engine::{timely_config, RunOptions, Shared, SourceKind};
+
+/// What a replay reads.
+enum Traffic {
+    /// The family's generator, in-process.
+    Generated(GenerateSpec),
+    /// A Kafka topic holding the same traffic.
+    Kafka(String),
+}
 
 /// Seconds, CPU seconds (user + system, every thread) and records consumed of one
-/// replay of `topic` by `dataflow`.
+/// replay of `traffic` by `dataflow`.
 fn replay(
     dataflow: &str,
-    topic: &str,
+    traffic: &Traffic,
     job: &str,
     a: &BenchArgs,
     builtin: bool,
     postgres: bool,
 ) -> anyhow::Result<(f64, f64, u64)> {
-    let flags = serde_json::json!({"dataflow": dataflow, "job": job, "workers": a.e2e_workers,
-        "kafka": {"topics": [topic], "group_id": job}, "quality": {"builtin": builtin}});
+    let mut flags = serde_json::json!({"dataflow": dataflow, "job": job,
+        "workers": a.e2e_workers, "kafka": {"group_id": job}, "quality": {"builtin": builtin}});
+    if let Traffic::Kafka(topic) = traffic {
+        flags["kafka"]["topics"] = serde_json::json!([topic]);
+    }
     let mut cfg = Config::load(None, flags)?;
     cfg.checkpoint.dir = std::env::temp_dir().join(format!("tidemark-bench-quality-{job}"));
     // only the last checkpoint: one costs the same with and without the expectations
@@ -41,7 +55,13 @@ fn replay(
     }
     let shared = Arc::new(Shared::default());
     let released = cfg.clone();
-    let opts = RunOptions::kafka(timely_config(cfg.workers, 1, 0, None)?, cfg, true);
+    let mut opts = RunOptions::kafka(timely_config(cfg.workers, 1, 0, None)?, cfg, true);
+    if let Traffic::Generated(spec) = traffic {
+        opts.source = SourceKind::Generator {
+            spec: spec.clone(),
+            pace: None,
+        };
+    }
     let (start, cpu) = (Instant::now(), super::cpu_time());
     let ran = crate::engine::run(opts, shared.clone());
     let secs = start.elapsed().as_secs_f64();
@@ -84,19 +104,31 @@ pub fn cost(dataflow: &str, a: &BenchArgs, postgres: bool) -> anyhow::Result<()>
             crate::source::dimension::fill(&pg, &table, &rows)?;
         }
     }
-    create_topic(&base.kafka.brokers, &topic, 4)?;
-    eprintln!(
-        "producing {} {dataflow} events over {} to {topic} …",
-        a.e2e_events,
-        span_label(span)
-    );
-    produce_generated(&base.kafka.brokers, &*family, &spec, &topic)?;
+    let traffic = if a.kafka {
+        create_topic(&base.kafka.brokers, &topic, 4)?;
+        eprintln!(
+            "producing {} {dataflow} events over {} to {topic} …",
+            a.e2e_events,
+            span_label(span)
+        );
+        produce_generated(&base.kafka.brokers, &*family, &spec, &topic)?;
+        Traffic::Kafka(topic)
+    } else {
+        Traffic::Generated(spec)
+    };
     let (mut off, mut on) = (Vec::new(), Vec::new());
     let (mut cpu_off, mut cpu_on) = (Vec::new(), Vec::new());
     for r in 0..a.repeat.max(1) {
-        for builtin in [false, true] {
+        // the order alternates (off, on, then on, off), so a run's place in its pair (a
+        // warmer page cache, a broker's fetch session) favours neither setting
+        let order = if r % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for builtin in order {
             let job = format!("bench-quality-{stamp}-{r}-{builtin}");
-            let (secs, cpu, consumed) = replay(dataflow, &topic, &job, a, builtin, postgres)?;
+            let (secs, cpu, consumed) = replay(dataflow, &traffic, &job, a, builtin, postgres)?;
             eprintln!(
                 "  builtin expectations {}: {secs:.2} s, {cpu:.2} CPU s ({consumed} records)",
                 if builtin { "on" } else { "off" }
@@ -110,8 +142,9 @@ pub fn cost(dataflow: &str, a: &BenchArgs, postgres: bool) -> anyhow::Result<()>
             }
         }
     }
-    // the machine's speed drifts over minutes: each pair (one run each way, back to back)
-    // is compared, and the median of those ratios is the figure that drift moves least
+    // the machine's speed drifts over minutes: each pair (one run each way, back to back,
+    // in alternating order) is compared, and the median of those ratios is the figure
+    // that drift moves least
     let paired = |on: &[f64], off: &[f64]| {
         median(
             on.iter()
@@ -125,8 +158,9 @@ pub fn cost(dataflow: &str, a: &BenchArgs, postgres: bool) -> anyhow::Result<()>
     let (cpu_off, cpu_on) = (median(cpu_off), median(cpu_on));
     let store = if postgres { "Postgres" } else { "no sink" };
     println!(
-        "quality cost, {dataflow}, span {}, Kafka → {} worker(s) → {store}: {off:.2} s without the built-in expectations, {on:.2} s with them (medians of {}): {:+.1} %",
+        "quality cost, {dataflow}, span {}, {} → {} worker(s) → {store}: {off:.2} s without the built-in expectations, {on:.2} s with them (medians of {}): {:+.1} %",
         span_label(span),
+        if a.kafka { "Kafka" } else { "generator" },
         a.e2e_workers,
         a.repeat.max(1),
         100.0 * (on / off - 1.0)
@@ -136,7 +170,7 @@ pub fn cost(dataflow: &str, a: &BenchArgs, postgres: bool) -> anyhow::Result<()>
         100.0 * (cpu_on / cpu_off - 1.0)
     );
     println!(
-        "  median of the {} pairs' ratios (each with off before on): {pair:+.1} % wall, {cpu_pair:+.1} % CPU",
+        "  median of the {} pairs' ratios (back to back, in alternating order): {pair:+.1} % wall, {cpu_pair:+.1} % CPU",
         a.repeat.max(1)
     );
     Ok(())

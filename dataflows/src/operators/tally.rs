@@ -39,7 +39,7 @@ use timely::dataflow::Stream;
 use crate::contract::dataflow::Flagged;
 use crate::contract::event::{Rejected, Rejection};
 use crate::contract::quality::{
-    hour_of, CheckName, Expectations, Hour, Seen, Tally, TallyBatch, TallyKey, Target,
+    hour_of, CheckName, Expectation, Expectations, Hour, Seen, Tally, TallyBatch, TallyKey, Target,
 };
 use crate::contract::state::{Split, State};
 use crate::contract::table::FeatureRow;
@@ -76,6 +76,62 @@ impl<'de> Deserialize<'de> for Waiting {
 }
 
 pub type Tallies<'s> = Stream<'s, Tick, TallyBatch>;
+
+/// What `pick` makes of each expectation (by index), grouped by the table or flag it names.
+fn grouped<V>(
+    exps: &Expectations,
+    pick: impl Fn(u16, &Expectation) -> Option<(u8, V)>,
+) -> Vec<Vec<V>> {
+    let mut by: Vec<Vec<V>> = Vec::new();
+    for (i, e) in exps.list.iter().enumerate() {
+        if let Some((at, v)) = pick(i as u16, e) {
+            by.resize_with(by.len().max(at as usize + 1), Vec::new);
+            by[at as usize].push(v);
+        }
+    }
+    by
+}
+
+/// Adds the new rows of `data` (`+1`s) of the views with checks to `fresh`.
+///
+/// In two passes: first the values, each a load from its row's own allocation that no
+/// other waits for, in a loop small enough that many are in flight at once; then the
+/// tallies. In one loop a row's value was a cache miss that the hashing and checking
+/// around it kept from overlapping the next row's (3 % of a 1-worker search replay).
+fn check_rows(
+    data: &[(FeatureRow, Tick, isize)],
+    by_table: &[Vec<(u16, Option<usize>)>],
+    exps: &Expectations,
+    fresh: &mut FxHashMap<TallyKey, Tally>,
+) {
+    // (expectation, hour, value, row)
+    let mut looked: Vec<(u16, Hour, Seen<'_>, usize)> = Vec::with_capacity(data.len());
+    for (n, (row, t, r)) in data.iter().enumerate() {
+        let checks = by_table.get(row.table as usize).filter(|_| *r > 0);
+        for &(i, field) in checks.into_iter().flatten() {
+            let value = field.map_or(Seen::Missing, |f| Seen::of_value(&row.values[f]));
+            looked.push((i, hour_of(*t), value, n));
+        }
+    }
+    // the few (expectation, hour)s of a container, summed here and added to `fresh` once
+    let mut local: Vec<(TallyKey, Tally)> = Vec::new();
+    for &(i, hour, value, n) in &looked {
+        let at = match local.iter().position(|(k, _)| *k == (i, hour)) {
+            Some(at) => at,
+            None => {
+                local.push(((i, hour), Tally::default()));
+                local.len() - 1
+            }
+        };
+        let tally = &mut local[at].1;
+        if tally.observe(&exps.list[i as usize], value) == Some(false) {
+            tally.keep(&data[n].0.key.join("|"));
+        }
+    }
+    for (key, t) in local {
+        fresh.entry(key).or_default().add(&t);
+    }
+}
 
 /// What a family's tallies are made of.
 pub struct Observed<'s> {
@@ -127,21 +183,12 @@ pub fn tally<'s>(
         }
     }
     // the checks on each feature view: (expectation, field)
-    let mut by_table: Vec<Vec<(u16, Option<usize>)>> = Vec::new();
-    for (i, e) in exps.list.iter().enumerate() {
-        if let Target::Feature(t, f) = e.target {
-            by_table.resize_with(by_table.len().max(t as usize + 1), Vec::new);
-            by_table[t as usize].push((i as u16, f));
-        }
-    }
+    let by_table = grouped(&exps, |i, e| match e.target {
+        Target::Feature(t, f) => Some((t, (i, f))),
+        _ => None,
+    });
     // the `not_flagged` expectations on each of the family's flags
-    let mut by_flag: Vec<Vec<u16>> = Vec::new();
-    for (i, e) in exps.list.iter().enumerate() {
-        if let Some(f) = e.flag {
-            by_flag.resize_with(by_flag.len().max(f as usize + 1), Vec::new);
-            by_flag[f as usize].push(i as u16);
-        }
-    }
+    let by_flag = grouped(&exps, |i, e| e.flag.map(|f| (f, i)));
     // a restore sets the family's state up again at its tick: its rows there are not
     // changes (the stores hold them), and its flags there are counted by the restored
     // sums of their (expectation, hour), when the checkpoint had one
@@ -192,17 +239,8 @@ pub fn tally<'s>(
                 }
             };
             rows_in.for_each(|cap, data: &mut Vec<(FeatureRow, Tick, isize)>| {
-                let changes = restored_at.is_none() || restored_at != cap.least().copied();
-                for (row, t, r) in data.iter().filter(|_| changes) {
-                    let checks = by_table.get(row.table as usize).filter(|_| *r > 0);
-                    for &(i, field) in checks.into_iter().flatten() {
-                        let e = &exps.list[i as usize];
-                        let tally = fresh.entry((i, hour_of(*t))).or_default();
-                        let seen = field.map_or(Seen::Missing, |f| Seen::of_value(&row.values[f]));
-                        if tally.observe(e, seen) == Some(false) {
-                            tally.keep(&row.key.join("|"));
-                        }
-                    }
+                if restored_at.is_none() || restored_at != cap.least().copied() {
+                    check_rows(data, &by_table, &exps, fresh);
                 }
                 if !fresh.is_empty() {
                     hold(cap.retain_least(1));
