@@ -75,9 +75,15 @@ fn replay(
     Ok((secs, cpu, shared.counters.consumed.load(Ordering::Relaxed)))
 }
 
+/// The middle value; of an even count, the mean of the two middle ones.
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    let n = v.len();
+    if n % 2 == 0 {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    } else {
+        v[n / 2]
+    }
 }
 
 /// The built-in expectations' cost on `dataflow`'s replay (see the module's comment).
