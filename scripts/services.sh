@@ -191,7 +191,7 @@ status() {
 }
 
 case "${1:-}" in
-  up) apt_install kcat; redis_up; pg_up; kafka_up; s3_up; status ;;
+  up) apt_install kcat prometheus; redis_up; pg_up; kafka_up; s3_up; status ;;
   down) down ;;
   stop) stop_one "${2:-}" ;;
   status) status ;;

@@ -203,9 +203,7 @@ pub fn render(shared: &Shared) -> String {
     for (kind, n) in kinds {
         gauge!("tidemark_quality_events", "kind" => kind).set(n as f64);
     }
-    if let Some(rss) = resident_bytes() {
-        gauge!("tidemark_process_resident_memory_bytes").set(rss as f64);
-    }
+    crate::telemetry::process().collect();
     prometheus().render()
 }
 

@@ -185,6 +185,10 @@ pub fn run(opts: RunOptions, shared: Arc<Shared>) -> anyhow::Result<Option<Tick>
         SourceKind::Generator { .. } | SourceKind::Archive(_) => Resume::default(),
     };
     telemetry::prometheus();
+    let expectations: Vec<String> = (family.expectations().into_iter())
+        .map(|e| e.name)
+        .collect();
+    telemetry::zeros(&topics, &expectations);
     shared
         .status
         .sources

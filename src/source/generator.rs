@@ -19,6 +19,8 @@ pub struct GeneratorSource {
     done: bool,
     /// The demo's archive: each topic is one partition per worker.
     archive: Option<(WorkerArchive, Vec<String>)>,
+    /// `tidemark_events_consumed_total{topic}`, as a Kafka source counts it.
+    consumed: Vec<(String, metrics::Counter)>,
 }
 
 impl GeneratorSource {
@@ -36,6 +38,7 @@ impl GeneratorSource {
             pace: pace.map(|r| (Instant::now(), r.max(1))),
             done: false,
             archive: None,
+            consumed: Vec::new(),
         }
     }
 
@@ -43,6 +46,20 @@ impl GeneratorSource {
     pub fn archived(mut self, archive: WorkerArchive, topics: Vec<String>) -> Self {
         self.archive = Some((archive, topics));
         self
+    }
+}
+
+impl GeneratorSource {
+    fn count(&mut self, topic: &str) {
+        let i = match self.consumed.iter().position(|(t, _)| t == topic) {
+            Some(i) => i,
+            None => {
+                let c = metrics::counter!(crate::telemetry::CONSUMED, "topic" => topic.to_string());
+                self.consumed.push((topic.to_string(), c));
+                self.consumed.len() - 1
+            }
+        };
+        self.consumed[i].1.increment(1);
     }
 }
 
@@ -65,6 +82,7 @@ impl RecordSource for GeneratorSource {
                 continue;
             }
             n += 1;
+            self.count(&p.topic);
             let key = p.key.as_deref().map(str::as_bytes);
             let record = RecordRef {
                 topic: &p.topic,

@@ -28,6 +28,7 @@ pub const ARCHIVE_FLUSH: &str = "tidemark_archive_flush_duration_seconds";
 pub const ARCHIVE_PENDING: &str = "tidemark_archive_pending_records";
 pub const ARCHIVE_LAG: &str = "tidemark_archive_lag_seconds";
 pub const ARCHIVE_FAILURES: &str = "tidemark_archive_write_failures_total";
+pub const BUILD_INFO: &str = "tidemark_build_info";
 /// The feature view whose rows are data-quality counts per hour.
 pub const QUALITY_TABLE: &str = "quality_hourly";
 
@@ -46,6 +47,13 @@ pub fn prometheus() -> &'static PrometheusHandle {
             .install_recorder()
             .expect("no other metrics recorder is installed");
         describe();
+        process().describe();
+        gauge!(
+            BUILD_INFO,
+            "version" => env!("CARGO_PKG_VERSION"),
+            "commit" => env!("TIDEMARK_COMMIT")
+        )
+        .set(1.0);
         let h = handle.clone();
         // histograms keep raw samples until upkeep folds them into buckets
         std::thread::Builder::new()
@@ -57,6 +65,41 @@ pub fn prometheus() -> &'static PrometheusHandle {
             .expect("spawn the metrics upkeep thread");
         handle
     })
+}
+
+/// The standard `process_*` metrics (CPU seconds, resident and virtual memory, open and
+/// maximum file descriptors, threads, start time), read from `/proc` at each scrape.
+pub fn process() -> &'static metrics_process::Collector {
+    static COLLECTOR: OnceLock<metrics_process::Collector> = OnceLock::new();
+    COLLECTOR.get_or_init(metrics_process::Collector::default)
+}
+
+/// Every counter at 0 before anything happened, with the labels it will have (the
+/// topics read, the expectations checked), so that a rule on it sees a series from the
+/// first scrape; the sinks' and the invalid reasons' counters are set at each scrape.
+pub fn zeros(topics: &[String], expectations: &[String]) {
+    for topic in topics {
+        counter!(CONSUMED, "topic" => topic.clone()).increment(0);
+    }
+    for name in expectations {
+        counter!(quality::FAILURES, "expectation" => name.clone()).increment(0);
+    }
+    for result in ["sent", "retried", "failed", "dropped"] {
+        counter!(crate::sink::webhook::ALERTS, "result" => result).increment(0);
+    }
+    for name in [
+        DLQ,
+        "tidemark_dlq_failed_total",
+        "tidemark_dlq_refused_total",
+        "tidemark_checkpoints_total",
+        "tidemark_checkpoint_failures_total",
+        ARCHIVE_BYTES,
+        ARCHIVE_FILES,
+        ARCHIVE_FAILURES,
+        crate::batch::schedule::BATCH_FAILURES,
+    ] {
+        counter!(name).increment(0);
+    }
 }
 
 /// Long: one declaration per metric, the list an operator reads.
@@ -194,9 +237,21 @@ fn describe() {
         "tidemark_ready",
         "1 when /readyz answers 200: sources assigned, sinks reachable, not draining."
     );
+    describe_counter!(
+        "tidemark_records_held_back_total",
+        "Offers of a record that waited for the slowest partition (partition alignment)."
+    );
+    describe_counter!(
+        crate::sink::webhook::ALERTS,
+        "Data-quality webhook messages per result: sent, retried, failed (given up), dropped (queue full)."
+    );
+    describe_counter!(
+        crate::batch::schedule::BATCH_FAILURES,
+        "Scheduled batch passes that failed (the next one tries again)."
+    );
     describe_gauge!(
-        "tidemark_process_resident_memory_bytes",
-        "Resident set size of the process."
+        BUILD_INFO,
+        "Always 1: the running binary's version and the commit it was built from."
     );
 }
 

@@ -269,6 +269,50 @@ pub fn http_client() -> reqwest::blocking::ClientBuilder {
     reqwest::blocking::Client::builder()
 }
 
+/// The sum of a metric's samples whose labels include every `label="value"` given.
+pub fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let bare = series.split('{').next().unwrap();
+        if bare == name && labels.iter().all(|l| series.contains(l)) {
+            *found.get_or_insert(0.0) += value.parse::<f64>().unwrap();
+        }
+    }
+    found
+}
+
+/// `promtool check metrics` (Prometheus's linter: HELP on every metric, names and types
+/// by its conventions) passes a scrape and says nothing.
+pub fn promtool_clean(text: &str) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool on PATH (scripts/services.sh up installs Debian's prometheus)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics: {said}"
+    );
+}
+
 /// `GET url`: the status and the body, or `None` when nothing answered in time.
 pub fn http_get(url: &str, timeout: Duration) -> Option<(u16, String)> {
     let client = http_client().timeout(timeout).build().unwrap();
