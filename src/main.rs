@@ -46,7 +46,7 @@ enum Command {
     Topics(TopicsCommand),
     /// Hands back the feature views a retired job owns in the stores, so another job may
     /// write them (a job claims its views at start; see README "Jobs").
-    Release(ConfigArgs),
+    Release(JobConfigArgs),
     /// Recomputes the features from the archive with the online dataflow, as of each
     /// `--every` boundary in (--from, --to], into Postgres `batch_{ns}` and Parquet
     /// `{archive.root}/features/{ns}/as_of=…/`. Exits 0 done, 1 failed, 2 the archive does
@@ -65,13 +65,15 @@ enum Command {
 
 #[derive(Subcommand)]
 enum QualityCommand {
+    /// Prints the expectations' verdicts for the hour holding `--hour`, from the report in
+    /// Postgres; exits 1 when one failed, 2 when the hour has no report.
     Report(QualityReportArgs),
 }
 
 #[derive(Args)]
 struct QualityReportArgs {
     #[command(flatten)]
-    config: ReplayConfigArgs,
+    config: JobConfigArgs,
     /// A time in the hour: epoch ms or RFC 3339 (e.g. 2026-01-01T13:00:00Z).
     #[arg(long)]
     hour: String,
@@ -177,7 +179,28 @@ enum TopicsCommand {
     /// Creates the topics the dataflow reads and writes, and the DLQ, with partitions,
     /// retention and compression from `[topics.<name>]` (defaults: seed 002's table).
     /// Topics that exist are left as they are and reported.
-    Create(ConfigArgs),
+    Create(TopicsArgs),
+}
+
+// `topics create`'s flags: the job's, and the topics to read instead of the dataflow's.
+#[derive(Args)]
+struct TopicsArgs {
+    #[command(flatten)]
+    job: JobConfigArgs,
+    /// Topic(s) to read instead of the dataflow's own (created with the dataflow's outputs).
+    #[arg(long = "topic")]
+    topics: Vec<String>,
+}
+
+impl TopicsArgs {
+    fn load(self) -> anyhow::Result<Config> {
+        ReplayConfigArgs {
+            job: self.job,
+            topics: self.topics,
+            workers: None,
+        }
+        .load()
+    }
 }
 
 #[derive(Args)]
@@ -202,7 +225,7 @@ struct RunArgs {
     batch_every: Option<Duration>,
 }
 
-/// The flags that override the config file and the environment.
+// The flags that override the config file and the environment.
 #[derive(Args)]
 struct ConfigArgs {
     #[command(flatten)]
@@ -218,18 +241,39 @@ struct ConfigArgs {
     http: Option<String>,
 }
 
-/// The config flags every command takes; alone, those of a replay of the archive (it
-/// reads no Kafka, and its `--from` is the range's).
+// Plain comments on the flattened flag sets: clap takes a doc comment as the command's
+// description.
+// The config flags every command takes: which file, dataflow and job.
 #[derive(Args)]
-struct ReplayConfigArgs {
+struct JobConfigArgs {
     /// TOML config file (lowest precedence; then TIDEMARK_… env; then these flags).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// The dataflow (family): search, reading, ads, commerce or watch.
     #[arg(long)]
     dataflow: Option<String>,
     /// The job: its checkpoints, feature views and archive marks.
     #[arg(long)]
     job: Option<String>,
+}
+
+impl JobConfigArgs {
+    fn load(self) -> anyhow::Result<Config> {
+        ReplayConfigArgs {
+            job: self,
+            topics: Vec::new(),
+            workers: None,
+        }
+        .load()
+    }
+}
+
+// The flags of a replay of the archive (it reads no Kafka, and its `--from` is the
+// range's): the job's, what to read and on how many workers.
+#[derive(Args)]
+struct ReplayConfigArgs {
+    #[command(flatten)]
+    job: JobConfigArgs,
     /// Topic(s) to read instead of the dataflow's own (a replay: of the archive).
     #[arg(long = "topic")]
     topics: Vec<String>,
@@ -256,10 +300,10 @@ impl ConfigArgs {
         let c = self.common;
         let mut flags = serde_json::Map::new();
         let mut kafka = serde_json::Map::new();
-        if let Some(d) = c.dataflow {
+        if let Some(d) = c.job.dataflow {
             flags.insert("dataflow".into(), d.into());
         }
-        if let Some(j) = c.job {
+        if let Some(j) = c.job.job {
             flags.insert("job".into(), j.into());
         }
         if let Some(w) = c.workers {
@@ -280,7 +324,7 @@ impl ConfigArgs {
         if !kafka.is_empty() {
             flags.insert("kafka".into(), kafka.into());
         }
-        Config::load(c.config.as_deref(), flags.into())
+        Config::load(c.job.config.as_deref(), flags.into())
     }
 }
 
@@ -299,7 +343,11 @@ fn main() {
     http::raise_fd_limit();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,postgres=warn,tokio_postgres=warn".into());
-    if cli.log_format == "json" {
+    // colour only for a person at a terminal, and not when NO_COLOR is set (no-color.org)
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let json = cli.log_format == "json";
+    if json {
         tracing_subscriber::fmt()
             .json()
             .with_env_filter(filter)
@@ -308,6 +356,7 @@ fn main() {
     } else {
         tracing_subscriber::fmt()
             .with_env_filter(filter)
+            .with_ansi(colour)
             .with_writer(std::io::stderr)
             .init();
     }
@@ -340,7 +389,13 @@ fn main() {
     };
     if let Err(e) = result {
         // an error may quote a URL or DSN with its password
-        eprintln!("error: {}", tidemark::redact::redact(&format!("{e:#}")));
+        let error = tidemark::redact::redact(&format!("{e:#}"));
+        if json {
+            // a JSON line like every other, so a reader (jq, a log shipper) takes it too
+            tracing::error!(error, "stopped with an error");
+        } else {
+            eprintln!("error: {error}");
+        }
         std::process::exit(1);
     }
 }
@@ -671,6 +726,7 @@ fn demo(a: DemoArgs) -> anyhow::Result<()> {
         "Tidemark demo: {} dataflow, {} workers, {} events/s, embedded store",
         a.dataflow, a.workers, a.rate
     );
+    tracing::info!(dataflow = %a.dataflow, workers = a.workers, rate = a.rate, http = %bound, "demo started");
     // the family's first feature view, e.g. /features/doc/<doc_id>
     let view = tables
         .iter()

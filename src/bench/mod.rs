@@ -29,8 +29,10 @@ use crate::sink::producer::Sender;
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// What to measure: search (throughput, freshness), state (checkpoint figures) or
-    /// serve (read API latency and throughput over Redis)
+    /// What to measure: a family's throughput, freshness and memory (search, reading, ads,
+    /// commerce, watch), the archive's writes (archive), batch recomputation (batch),
+    /// checkpoints (state) or the read API over Redis (serve)
+    #[arg(value_parser = clap::builder::PossibleValuesParser::new(BENCHES.iter().map(|(n, _)| *n)))]
     pub dataflow: String,
     /// `bench reading`: open sessions built for the memory figure (`bench commerce`:
     /// active shoppers).

@@ -163,8 +163,20 @@ impl Api {
 async fn features(
     State(api): State<Arc<Api>>,
     Path((ns, id)): Path<(String, String)>,
-    Query(p): Query<Params>,
+    query: Result<Query<Params>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
+    let Query(p) = match query {
+        Ok(q) => q,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "{} (expected ?features=name,name&at=EPOCH_MS)",
+                    e.body_text()
+                ),
+            )
+        }
+    };
     let Some((t, spec)) = api.table(&ns) else {
         let views: Vec<&str> = api.tables.iter().map(|s| s.ns).collect();
         return error(
@@ -175,14 +187,29 @@ async fn features(
             ),
         );
     };
+    let wanted: Option<Vec<&str>> = p.features.as_deref().map(|w| w.split(',').collect());
+    let read_time = api.family.read_time_features(&ns);
+    let unknown = (wanted.iter().flatten())
+        .find(|f| !spec.fields.iter().any(|s| s.name == **f) && !read_time.contains(f));
+    if let Some(f) = unknown {
+        let names: Vec<&str> = (spec.fields.iter().map(|s| s.name))
+            .chain(read_time.iter().copied())
+            .collect();
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "view '{ns}' has no feature '{f}' (features: {})",
+                names.join(", ")
+            ),
+        );
+    }
     let key = Api::key_of(spec, &id);
     match api.read(t, &[key]).await {
         Ok(mut rows) => match rows.pop().flatten() {
             Some(mut fields) => {
                 api.family
                     .at_read(&ns, &mut fields, p.at.unwrap_or_else(now_ms));
-                if let Some(wanted) = p.features {
-                    let wanted: Vec<&str> = wanted.split(',').collect();
+                if let Some(wanted) = wanted {
                     fields.retain(|k, _| wanted.contains(&k.as_str()) || k.starts_with('_'));
                 }
                 Json(json!({"entity": ns, "id": id, "features": fields})).into_response()
@@ -387,6 +414,20 @@ pub fn serve(
         .route("/status", get(status))
         // seed 004's worker status, the same document
         .route("/stream/worker", get(status))
+        .fallback(|uri: axum::http::Uri| async move {
+            error(
+                StatusCode::NOT_FOUND,
+                format!("no endpoint {} (see README \"Endpoints\")", uri.path()),
+            )
+        })
+        .method_not_allowed_fallback(
+            |method: axum::http::Method, uri: axum::http::Uri| async move {
+                error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    format!("{method} is not served at {}", uri.path()),
+                )
+            },
+        )
         .layer(axum::extract::DefaultBodyLimit::max(
             limits.max_request_bytes,
         ))
