@@ -292,7 +292,7 @@ fn reports_and_alerts_what_was_injected_and_a_late_event_resolves_its_hour() {
             "--hour",
             hour,
         ])
-        .args(["--topic", &topic, "--job", &topic])
+        .args(["--job", &topic])
         .env("TIDEMARK_PG", &pg);
         output_within(&mut cmd, Duration::from_secs(30))
     };
