@@ -18,9 +18,7 @@ use super::{batch, complete, Outcome, Report};
 use crate::archive::layout::hour_of_path;
 use crate::config::Config;
 use crate::source::archive::ArchivePlan;
-
-/// Counts the scheduler's failed passes.
-pub const BATCH_FAILURES: &str = "tidemark_batch_failures_total";
+use crate::telemetry::BATCH_FAILURES;
 
 fn done_path(cfg: &Config, root: &crate::archive::Root) -> object_store::path::Path {
     root.prefix

@@ -20,9 +20,7 @@ use tidemark_dataflows::Tick;
 
 use crate::config::Config;
 use crate::telemetry::quality::ReportRow;
-use crate::telemetry::Status;
-
-pub const ALERTS: &str = "tidemark_quality_alerts_total";
+use crate::telemetry::{Status, ALERTS};
 
 /// One message to post.
 #[derive(Clone, Debug)]

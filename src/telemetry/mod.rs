@@ -29,6 +29,10 @@ pub const ARCHIVE_PENDING: &str = "tidemark_archive_pending_records";
 pub const ARCHIVE_LAG: &str = "tidemark_archive_lag_seconds";
 pub const ARCHIVE_FAILURES: &str = "tidemark_archive_write_failures_total";
 pub const BUILD_INFO: &str = "tidemark_build_info";
+/// The quality webhook's messages, per result.
+pub const ALERTS: &str = "tidemark_quality_alerts_total";
+/// The batch scheduler's failed passes.
+pub const BATCH_FAILURES: &str = "tidemark_batch_failures_total";
 /// The feature view whose rows are data-quality counts per hour.
 pub const QUALITY_TABLE: &str = "quality_hourly";
 
@@ -85,7 +89,7 @@ pub fn zeros(topics: &[String], expectations: &[String]) {
         counter!(quality::FAILURES, "expectation" => name.clone()).increment(0);
     }
     for result in ["sent", "retried", "failed", "dropped"] {
-        counter!(crate::sink::webhook::ALERTS, "result" => result).increment(0);
+        counter!(ALERTS, "result" => result).increment(0);
     }
     for name in [
         DLQ,
@@ -96,7 +100,7 @@ pub fn zeros(topics: &[String], expectations: &[String]) {
         ARCHIVE_BYTES,
         ARCHIVE_FILES,
         ARCHIVE_FAILURES,
-        crate::batch::schedule::BATCH_FAILURES,
+        BATCH_FAILURES,
     ] {
         counter!(name).increment(0);
     }
@@ -242,11 +246,11 @@ fn describe() {
         "Offers of a record that waited for the slowest partition (partition alignment)."
     );
     describe_counter!(
-        crate::sink::webhook::ALERTS,
+        ALERTS,
         "Data-quality webhook messages per result: sent, retried, failed (given up), dropped (queue full)."
     );
     describe_counter!(
-        crate::batch::schedule::BATCH_FAILURES,
+        BATCH_FAILURES,
         "Scheduled batch passes that failed (the next one tries again)."
     );
     describe_gauge!(
