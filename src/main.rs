@@ -400,6 +400,42 @@ fn main() {
     }
 }
 
+/// Prints, once an entity is stored, a read of a real one of the family's first feature
+/// view that has one (`try: curl …/features/doc/doc-0`); whether it did.
+fn demo_hint(
+    state: &tidemark::sink::memory::MemoryState,
+    tables: &[tidemark_dataflows::contract::table::TableSpec],
+    bound: &std::net::SocketAddr,
+) -> bool {
+    // the first view read by key that holds an entity yet (a window view fills later)
+    let stored = |t: usize| (state.entities.keys().filter(|(x, _)| *x as usize == t)).min();
+    let first = (tables.iter().enumerate())
+        .filter(|(_, spec)| spec.sink == tidemark_dataflows::contract::table::SinkKind::Store)
+        .find_map(|(t, _)| stored(t).map(|(_, key)| (t, key)));
+    let Some((t, key)) = first else {
+        return false;
+    };
+    println!(
+        "try: curl http://{bound}/features/{}/{}",
+        tables[t].ns,
+        key.join(":")
+    );
+    true
+}
+
+/// The demo's durable stream time as a person reads it, with how far behind now it is.
+fn frontier_text(frontier: Option<tidemark_dataflows::Tick>) -> String {
+    let Some(t) = frontier else {
+        return "nothing durable yet".into();
+    };
+    let at = chrono::DateTime::from_timestamp_millis(t as i64).map_or_else(
+        || t.to_string(),
+        |d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+    );
+    let behind = now_ms().saturating_sub(t) as f64 / 1000.0;
+    format!("durable up to {at} ({behind:.1} s ago)")
+}
+
 /// Exit status 1 when an expectation failed, 2 when the hour has no report.
 fn quality_report(a: QualityReportArgs) -> anyhow::Result<()> {
     let config = a.config.load()?;
@@ -744,10 +780,15 @@ fn demo(a: DemoArgs) -> anyhow::Result<()> {
     let s = shared.clone();
     let runner = std::thread::spawn(move || engine::run(opts, s));
     let started = std::time::Instant::now();
+    let mut hinted = false;
+    let mut consumed_before = 0;
     loop {
         std::thread::sleep(Duration::from_secs(2));
         let c = &shared.counters;
         let state = memory.read().expect("memory store lock");
+        if !hinted {
+            hinted = demo_hint(&state, &tables, &bound);
+        }
         let mut top: Vec<(&Vec<String>, i64, f64)> = state
             .entities
             .iter()
@@ -777,17 +818,19 @@ fn demo(a: DemoArgs) -> anyhow::Result<()> {
                 )
             })
             .collect();
+        let consumed = c.consumed.load(Relaxed);
         println!(
-            "[{:>4}s] consumed {} accepted {} duplicates {} too-late {} invalid {} | entities {} | frontier {:?}",
+            "[{:>4}s] consumed {consumed} ({}/s) accepted {} duplicates {} too-late {} invalid {} | entities {} | {}",
             started.elapsed().as_secs(),
-            c.consumed.load(Relaxed),
+            (consumed - consumed_before) / 2,
             c.accepted.load(Relaxed),
             c.duplicates.load(Relaxed),
             c.too_late.load(Relaxed),
             c.invalid_total(),
             per_table.join(" "),
-            state.frontier(a.workers),
+            frontier_text(state.frontier(a.workers)),
         );
+        consumed_before = consumed;
         if a.dataflow == "search" {
             let line: Vec<String> = top
                 .iter()

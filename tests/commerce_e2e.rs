@@ -313,6 +313,7 @@ fn kafka_to_redis_and_postgres_matches_the_model_through_a_restart_on_another_wo
     let resumed = Stores::new(13, "tm_commerce_r", &topic);
     produce(&topic, first);
     resumed.run(&topic, "commerce2", "2");
+    let (_, _, patterns_at_restart) = resumed.read();
     produce(&topic, second);
     resumed.run(&topic, "commerce2", "1");
     // uninterrupted, on 2 workers
@@ -373,11 +374,24 @@ fn kafka_to_redis_and_postgres_matches_the_model_through_a_restart_on_another_wo
             "{name}: every invalid record in the DLQ"
         );
     }
-    let records = topic_records(&whole.patterns);
-    let tombstones = records.iter().filter(|(_, v)| v.is_none()).count();
+    // a pattern the topic held at the restart and the second half cleared: the resumed
+    // topic equals the model above, so its key was removed, by a tombstone. (Whether a
+    // pattern set and cleared within one run leaves one depends on how the ticks were
+    // cut and the writes batched, so that is not asserted: a loaded CI once wrote none.)
+    let cleared: Vec<&String> = (patterns_at_restart.keys())
+        .filter(|k| !want_patterns.contains_key(*k))
+        .collect();
     assert!(
-        tombstones > 0,
-        "cleared patterns leave tombstones ({} records)",
-        records.len()
+        !cleared.is_empty(),
+        "the second half clears patterns the first left ({} at the restart)",
+        patterns_at_restart.len()
     );
+    let records = topic_records(&resumed.patterns);
+    for key in cleared {
+        let last = records.iter().rev().find(|(k, _)| k == key);
+        assert!(
+            last.is_some_and(|(_, v)| v.is_none()),
+            "{key}: its last record is a tombstone"
+        );
+    }
 }

@@ -38,6 +38,16 @@ fn the_demo_of_every_family_runs_and_stops() {
             consumed > 0,
             "demo --dataflow {family} consumed nothing: {stdout}"
         );
+        // a read of a real entity of this family, and the durable time as a person reads it
+        let hint = stdout.lines().find(|l| l.starts_with("try: curl http://"));
+        assert!(
+            hint.is_some_and(|h| h.contains("/features/")),
+            "demo --dataflow {family} names no entity to read: {stdout}"
+        );
+        assert!(
+            summary.contains("durable up to 20") || summary.contains("nothing durable yet"),
+            "{summary}"
+        );
         // the demo archives what it consumed, at the latest when it stops
         let archived = archived_records(&archive);
         assert!(
