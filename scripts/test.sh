@@ -21,6 +21,17 @@ if [ -z "$free_kb" ]; then free_kb=$(df -Pk . | awk 'NR == 2 { print $4 }'); fi
 if [ "${free_kb:-0}" -lt $((10 * 1024 * 1024)) ]; then
   echo "warning: less than 10 GB free on the disk of $CARGO_TARGET_DIR ($((free_kb / 1024)) MB): the tests may fail for want of space; cargo clean there frees it" >&2
 fi
+# Feast's Python SDK for tests/feast.rs: pinned, in a venv outside the clone
+feast_venv="${TIDEMARK_FEAST_VENV:-$HOME/.cache/tidemark-feast-venv}"
+if ! "$feast_venv/bin/python" -c 'import sys, feast; sys.exit(feast.__version__ != "0.67.0")' 2>/dev/null; then
+  echo "installing Feast 0.67.0 into $feast_venv" >&2
+  python3 -m venv "$feast_venv" 2>/dev/null || {
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv "$feast_venv"
+  }
+  "$feast_venv/bin/pip" install -q "feast==0.67.0"
+fi
+export TIDEMARK_FEAST_PYTHON="$feast_venv/bin/python"
 cargo build --release --bins
 log=$(mktemp)
 set +e

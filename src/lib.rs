@@ -14,6 +14,7 @@ pub mod clock;
 pub mod config;
 pub mod crash;
 pub mod engine;
+pub mod feast;
 pub mod http;
 pub mod permanent;
 pub mod quality;

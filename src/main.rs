@@ -59,6 +59,10 @@ enum Command {
     /// hour from Postgres; exits 1 when one failed, 2 when the hour has no report.
     #[command(subcommand)]
     Quality(QualityCommand),
+    /// Feast: `feast export --out DIR` writes a Feast feature repo (the `remote` online
+    /// store at this API, the views, types and feature services), ready for `feast apply`.
+    #[command(subcommand)]
+    Feast(FeastCommand),
     /// Benchmarks (see README).
     Bench(bench::BenchArgs),
 }
@@ -68,6 +72,26 @@ enum QualityCommand {
     /// Prints the expectations' verdicts for the hour holding `--hour`, from the report in
     /// Postgres; exits 1 when one failed, 2 when the hour has no report.
     Report(QualityReportArgs),
+}
+
+#[derive(Subcommand)]
+enum FeastCommand {
+    /// Writes `feature_store.yaml` and the feature definitions into `--out`: then
+    /// `feast apply` there, and Feast clients read Tidemark's features.
+    Export(FeastExportArgs),
+}
+
+#[derive(Args)]
+struct FeastExportArgs {
+    #[command(flatten)]
+    config: JobConfigArgs,
+    /// The repo's directory (created if missing; its files are overwritten).
+    #[arg(long)]
+    out: PathBuf,
+    /// Tidemark's read API as Feast clients reach it (default: http://{http}, or
+    /// http://127.0.0.1:8080 when `http` is not set).
+    #[arg(long)]
+    url: Option<String>,
 }
 
 #[derive(Args)]
@@ -386,6 +410,7 @@ fn main() {
         Command::Batch(a) => batch(a),
         Command::TrainingSet(a) => training_set(a),
         Command::Quality(QualityCommand::Report(a)) => quality_report(a),
+        Command::Feast(FeastCommand::Export(a)) => feast_export(a),
     };
     if let Err(e) = result {
         // an error may quote a URL or DSN with its password
@@ -434,6 +459,26 @@ fn frontier_text(frontier: Option<tidemark_dataflows::Tick>) -> String {
     );
     let behind = now_ms().saturating_sub(t) as f64 / 1000.0;
     format!("durable up to {at} ({behind:.1} s ago)")
+}
+
+fn feast_export(a: FeastExportArgs) -> anyhow::Result<()> {
+    let config = a.config.load()?;
+    let family = engine::family_of(&config)?;
+    let catalog = tidemark::config::feast::Catalog::new(&*family, &config.serve.feature_services)?;
+    // a server listening on every interface is reached on this host's loopback
+    let http =
+        (config.http.as_deref().unwrap_or("127.0.0.1:8080")).replace("0.0.0.0:", "127.0.0.1:");
+    let url = a.url.unwrap_or_else(|| format!("http://{http}"));
+    tidemark::feast::export(&config, &catalog, &url, &a.out)?;
+    let names: Vec<&str> = catalog.services.iter().map(|s| s.name.as_str()).collect();
+    println!(
+        "wrote a Feast repo for dataflow {} to {} (online store: {url}; services: {}); next: cd {} && feast apply",
+        config.dataflow,
+        a.out.display(),
+        names.join(", "),
+        a.out.display()
+    );
+    Ok(())
 }
 
 /// Exit status 1 when an expectation failed, 2 when the hour has no report.
@@ -782,8 +827,12 @@ fn demo(a: DemoArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let mut hinted = false;
     let mut consumed_before = 0;
+    let mut last = std::time::Instant::now();
     loop {
         std::thread::sleep(Duration::from_secs(2));
+        // the rate over the interval measured, not the nominal 2 s
+        let interval = last.elapsed().as_secs_f64().max(1e-3);
+        last = std::time::Instant::now();
         let c = &shared.counters;
         let state = memory.read().expect("memory store lock");
         if !hinted {
@@ -820,9 +869,9 @@ fn demo(a: DemoArgs) -> anyhow::Result<()> {
             .collect();
         let consumed = c.consumed.load(Relaxed);
         println!(
-            "[{:>4}s] consumed {consumed} ({}/s) accepted {} duplicates {} too-late {} invalid {} | entities {} | {}",
+            "[{:>4}s] consumed {consumed} ({:.0}/s) accepted {} duplicates {} too-late {} invalid {} | entities {} | {}",
             started.elapsed().as_secs(),
-            (consumed - consumed_before) / 2,
+            (consumed - consumed_before) as f64 / interval,
             c.accepted.load(Relaxed),
             c.duplicates.load(Relaxed),
             c.too_late.load(Relaxed),

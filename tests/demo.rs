@@ -85,13 +85,7 @@ fn archived_records(dir: &std::path::Path) -> u64 {
 fn the_watch_demo_reports_seed_004s_feature_loop() {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let mut child = engine_command()
-        .args(["demo", "--dataflow", "watch", "--seconds", "20"])
-        .args(["--http", &addr, "--rate", "3000"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn the demo");
+    let mut child = demo_server("watch", &addr, 20, 3000);
     let started = std::time::Instant::now();
     let mut seen = None;
     while started.elapsed() < Duration::from_secs(60) {
@@ -149,13 +143,7 @@ fn the_watch_demo_reports_seed_004s_feature_loop() {
 fn the_demo_exports_the_runs_metrics_and_promtool_takes_them() {
     for (family, topic) in [("search", "search-events"), ("reading", "reading-events")] {
         let addr = format!("127.0.0.1:{}", free_port());
-        let mut child = engine_command()
-            .args(["demo", "--dataflow", family, "--seconds", "30"])
-            .args(["--http", &addr, "--rate", "2000"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn the demo");
+        let mut child = demo_server(family, &addr, 30, 2000);
         let topic_label = format!("topic=\"{topic}\"");
         let started = std::time::Instant::now();
         let mut text = String::new();

@@ -99,11 +99,9 @@ fn idle_connections_and_huge_requests_cannot_starve_the_engine() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 413);
     let e: serde_json::Value = r.json().unwrap();
+    let (class, message) = common::feast_detail(&e).expect("a Feast-shaped error");
     assert!(
-        e["error"]
-            .as_str()
-            .unwrap()
-            .contains("serve.max_feature_values"),
+        class == "FeastError" && message.contains("serve.max_feature_values"),
         "{e}"
     );
     // a body announced over serve.max_request_bytes is refused at once, before any of it

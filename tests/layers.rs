@@ -14,7 +14,7 @@ const RUNTIME: &[&[&str]] = &[
     &["telemetry"],
     &["archive", "source", "sink", "checkpoint"],
     &["engine"],
-    &["batch", "http", "quality", "topics"],
+    &["batch", "feast", "http", "quality", "topics"],
     &["bench"],
 ];
 const DATAFLOWS: &[&[&str]] = &[

@@ -8,6 +8,7 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 mod archive;
+pub mod feast;
 mod quality;
 pub use archive::{ArchiveConfig, S3Config};
 pub use quality::{AlertConfig, QualityConfig};
@@ -138,6 +139,10 @@ pub struct ServeConfig {
     /// Per feature view (`doc`, `qd`, …): a row whose last change is older than this is
     /// answered as OUTSIDE_MAX_AGE by `/get-online-features` (Feast's TTL).
     pub max_age_secs: BTreeMap<String, u64>,
+    /// Feast feature services by name: `view:feature` references, or a bare `view` for
+    /// all of its features. Each view also has a built-in `{view}_service` of all its
+    /// features; `tidemark feast export` writes both kinds.
+    pub feature_services: BTreeMap<String, Vec<String>>,
     /// Entity rows one `/get-online-features` request may ask for.
     pub max_entities: usize,
     /// Entity rows × features one `/get-online-features` request may ask for (each value
@@ -159,6 +164,7 @@ impl Default for ServeConfig {
     fn default() -> Self {
         ServeConfig {
             max_age_secs: BTreeMap::new(),
+            feature_services: BTreeMap::new(),
             max_entities: 10_000,
             max_feature_values: 200_000,
             max_request_bytes: 2 << 20,
@@ -369,6 +375,7 @@ impl Config {
             tidemark_dataflows::quality::Checked::new(plain, topics, &q.expect, q.builtin)
                 .map_err(anyhow::Error::msg)?;
         }
+        feast::Catalog::new(&*family, &self.serve.feature_services)?;
         let views: Vec<&str> = family.tables().iter().map(|t| t.ns).collect();
         for view in self.serve.max_age_secs.keys() {
             if !views.contains(&view.as_str()) {
@@ -420,9 +427,15 @@ impl Config {
 
 /// Whether a dotted path (`kafka.dlq_topic`, from `TIDEMARK_KAFKA__DLQ_TOPIC`) names a key
 /// of [`Config`]: a field of each nested section, any key inside a map section
-/// (`dataflows`, `topics`, `serve.max_age_secs`), which checks its own keys.
+/// (`dataflows`, `topics`, `serve.max_age_secs`, `serve.feature_services`), which checks
+/// its own keys.
 fn names_a_key(path: &str) -> bool {
-    const MAPS: [&str; 3] = ["dataflows", "topics", "serve.max_age_secs"];
+    const MAPS: [&str; 4] = [
+        "dataflows",
+        "topics",
+        "serve.max_age_secs",
+        "serve.feature_services",
+    ];
     let schema = serde_json::to_value(Config::default()).unwrap_or_default();
     let mut at = &schema;
     let mut walked = String::new();

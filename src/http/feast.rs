@@ -13,9 +13,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
-use super::{error, Api};
+use super::Api;
 use crate::clock::now_ms;
 
 /// Feast's feature-server request.
@@ -24,13 +24,49 @@ struct FeastRequest {
     /// `view:feature` references.
     #[serde(default)]
     features: Vec<String>,
-    /// Entity key column → one value per entity row (column-major).
-    entities: Map<String, Value>,
+    /// A feature service's name, instead of `features` (Feast's SDK sends this for
+    /// `features=store.get_feature_service(…)`).
+    #[serde(default)]
+    feature_service: Option<String>,
+    /// Entity key column → one value per entity row (column-major), in request order.
+    #[serde(deserialize_with = "in_order")]
+    entities: Vec<(String, Value)>,
     #[serde(default)]
     full_feature_names: bool,
+    /// Adds `metadata.feature_view_metadata` (each view's name and schema version).
+    #[serde(default)]
+    include_feature_view_version_metadata: bool,
     /// Read-time features and max age as of this epoch ms (default: now); not Feast's.
     #[serde(default)]
     at: Option<u64>,
+}
+
+/// A JSON object's members in the order the client wrote them: Feast answers the entity
+/// columns in request order.
+fn in_order<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<(String, Value)>, D::Error> {
+    struct Members;
+    impl<'de> serde::de::Visitor<'de> for Members {
+        type Value = Vec<(String, Value)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object of entity key columns")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut m: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out: Vec<(String, Value)> = Vec::new();
+            while let Some((k, v)) = m.next_entry::<String, Value>()? {
+                if out.iter().any(|(x, _)| *x == k) {
+                    return Err(serde::de::Error::custom(format!(
+                        "entities.{k} given twice"
+                    )));
+                }
+                out.push((k, v));
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Members)
 }
 
 /// An entity value as a key part: strings as they are, numbers in their JSON form.
@@ -53,8 +89,8 @@ fn rfc3339(ms: u64) -> String {
     }
 }
 
-/// The entity key columns by name, all of one length (the number of entity rows).
-type Columns<'a> = BTreeMap<&'a str, &'a Vec<Value>>;
+/// The entity key columns in request order, all of one length (the number of entity rows).
+type Columns<'a> = Vec<(&'a str, &'a Vec<Value>)>;
 
 /// The features wanted of each view, each with its place in the answer.
 type Views<'a> = BTreeMap<&'a str, Vec<(usize, &'a str)>>;
@@ -62,29 +98,65 @@ type Views<'a> = BTreeMap<&'a str, Vec<(usize, &'a str)>>;
 /// One feature's result column: values, statuses, event timestamps.
 type Column<'a> = (Vec<Value>, Vec<&'a str>, Vec<String>);
 
+/// The Feast endpoints: their errors are Feast-shaped (see [`feast_error`]).
+pub(super) fn is_feast_path(path: &str) -> bool {
+    matches!(
+        path,
+        "/get-online-features"
+            | "/push"
+            | "/write-to-online-store"
+            | "/materialize"
+            | "/materialize-incremental"
+    )
+}
+
+/// An error as Feast's feature server writes it: a JSON string holding
+/// `{"module", "class", "message"}`, which the SDK turns back into that exception
+/// (`FeastError.from_error_detail`), e.g. `FeatureViewNotFoundException`.
+pub(super) fn feast_error(status: StatusCode, class: &str, message: impl Into<String>) -> Response {
+    let detail = json!({"module": "feast.errors", "class": class, "message": message.into()});
+    (status, Json(Value::String(detail.to_string()))).into_response()
+}
+
+/// Feast's base class, for errors Feast has no class of its own for.
+const FEAST_ERROR: &str = "FeastError";
+
 pub(super) async fn online_features(
     State(api): State<Arc<Api>>,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return feast_error(e.status(), FEAST_ERROR, e.body_text()),
+    };
     let req: FeastRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
-            return error(
+            return feast_error(
                 StatusCode::BAD_REQUEST,
+                FEAST_ERROR,
                 format!("request body: {e} (expected {{\"features\": [\"view:feature\", …], \"entities\": {{\"key\": [values…]}}}})"),
             )
         }
     };
-    let (rows, columns) = match entity_columns(&api, &req) {
+    let refs = match wanted(&api, &req) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    // the size limits first: they guard the server, whatever else is wrong
+    let (rows, columns) = match entity_columns(&api, &req, refs.len()) {
         Ok(c) => c,
         Err(r) => return r,
     };
-    let views = match views_of(&api, &req.features) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+    if let Err(r) = collisions(&refs, req.full_feature_names) {
+        return r;
+    }
+    let mut views: Views = BTreeMap::new();
+    for (i, (view, feature)) in refs.iter().enumerate() {
+        views.entry(view).or_default().push((i, feature));
+    }
     let now = req.at.unwrap_or_else(now_ms);
-    let mut feature_columns: Vec<Value> = vec![Value::Null; req.features.len()];
+    let mut feature_columns: Vec<Value> = vec![Value::Null; refs.len()];
     for (view, wanted) in &views {
         match view_columns(&api, view, wanted, rows, &columns, now).await {
             Ok(found) => {
@@ -95,85 +167,158 @@ pub(super) async fn online_features(
             Err(r) => return r,
         }
     }
-    answer(&req, rows, &columns, feature_columns)
+    answer(&api, &req, &refs, rows, &columns, feature_columns)
+}
+
+/// The `(view, feature)` pairs asked for, in answer order: the feature service's or the
+/// `view:feature` references, each checked (Feast's collision rule is [`collisions`]).
+fn wanted<'a>(api: &'a Api, req: &'a FeastRequest) -> Result<Vec<(&'a str, &'a str)>, Response> {
+    let refs: Vec<(&str, &str)> = if let Some(name) = &req.feature_service {
+        let Some(service) = api.catalog.service(name) else {
+            let names: Vec<&str> = api
+                .catalog
+                .services
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect();
+            return Err(feast_error(
+                StatusCode::NOT_FOUND,
+                "FeatureServiceNotFoundException",
+                format!(
+                    "Feature service {name} does not exist (services: {})",
+                    names.join(", ")
+                ),
+            ));
+        };
+        service.refs.clone()
+    } else {
+        let mut refs = Vec::with_capacity(req.features.len());
+        for r in &req.features {
+            let Some((view, feature)) = r.split_once(':') else {
+                return Err(feast_error(
+                    StatusCode::BAD_REQUEST,
+                    FEAST_ERROR,
+                    format!("feature '{r}' is not a 'view:feature' reference"),
+                ));
+            };
+            let Some(v) = api.catalog.view(view) else {
+                return Err(feast_error(
+                    StatusCode::NOT_FOUND,
+                    "FeatureViewNotFoundException",
+                    format!(
+                        "Feature view {view} does not exist (views: {})",
+                        api.catalog.view_names()
+                    ),
+                ));
+            };
+            if !v.has(feature) {
+                return Err(feast_error(
+                    StatusCode::BAD_REQUEST,
+                    FEAST_ERROR,
+                    format!(
+                        "feature view '{view}' has no feature '{feature}' (features: {})",
+                        v.feature_names().join(", ")
+                    ),
+                ));
+            }
+            refs.push((view, feature));
+        }
+        refs
+    };
+    if refs.is_empty() {
+        return Err(feast_error(
+            StatusCode::BAD_REQUEST,
+            FEAST_ERROR,
+            "No features specified for retrieval",
+        ));
+    }
+    Ok(refs)
+}
+
+/// Feast's `FeatureNameCollisionError`: two answer columns of one name.
+fn collisions(refs: &[(&str, &str)], full: bool) -> Result<(), Response> {
+    let name = |(v, f): &(&str, &str)| {
+        if full {
+            format!("{v}__{f}")
+        } else {
+            f.to_string()
+        }
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    let twice: std::collections::BTreeSet<String> = refs
+        .iter()
+        .map(name)
+        .filter(|n| !seen.insert(n.clone()))
+        .collect();
+    if twice.is_empty() {
+        return Ok(());
+    }
+    let fix = if full {
+        "To resolve this collision, please ensure that the feature views or their own features have different names. If you're intentionally joining the same feature view twice on different sets of entities, please rename one of the feature views with '.with_name'."
+    } else {
+        "To resolve this collision, either use the full feature name by setting 'full_feature_names=True', or ensure that the features in question have different names."
+    };
+    let names: Vec<String> = twice.into_iter().collect();
+    Err(feast_error(
+        StatusCode::BAD_REQUEST,
+        "FeatureNameCollisionError",
+        format!(
+            "Duplicate features named {} found.\n{fix}",
+            names.join(", ")
+        ),
+    ))
 }
 
 /// The entity columns, checked: arrays of one length, within the request limits.
-fn entity_columns<'a>(api: &Api, req: &'a FeastRequest) -> Result<(usize, Columns<'a>), Response> {
+fn entity_columns<'a>(
+    api: &Api,
+    req: &'a FeastRequest,
+    features: usize,
+) -> Result<(usize, Columns<'a>), Response> {
     let mut rows: Option<usize> = None;
-    let mut columns: Columns<'a> = BTreeMap::new();
+    let mut columns: Columns<'a> = Vec::with_capacity(req.entities.len());
     for (name, values) in &req.entities {
         let Some(values) = values.as_array() else {
-            return Err(error(
+            return Err(feast_error(
                 StatusCode::BAD_REQUEST,
+                FEAST_ERROR,
                 format!("entities.{name} must be an array of values, one per entity row"),
             ));
         };
         if rows.is_some_and(|n| n != values.len()) {
-            return Err(error(
+            return Err(feast_error(
                 StatusCode::BAD_REQUEST,
+                FEAST_ERROR,
                 "every entities column must have the same number of values",
             ));
         }
         rows = Some(values.len());
-        columns.insert(name, values);
+        columns.push((name, values));
     }
     let rows = rows.unwrap_or(0);
     let serve = &api.config.serve;
     if rows > serve.max_entities {
-        return Err(error(
+        return Err(feast_error(
             StatusCode::PAYLOAD_TOO_LARGE,
+            FEAST_ERROR,
             format!(
                 "{rows} entity rows; at most {} per request (serve.max_entities)",
                 serve.max_entities
             ),
         ));
     }
-    let values = rows.saturating_mul(req.features.len());
+    let values = rows.saturating_mul(features);
     if values > serve.max_feature_values {
-        return Err(error(
+        return Err(feast_error(
             StatusCode::PAYLOAD_TOO_LARGE,
+            FEAST_ERROR,
             format!(
-                "{rows} entity rows × {} features = {values} values; at most {} per request (serve.max_feature_values): split the request",
-                req.features.len(),
+                "{rows} entity rows × {features} features = {values} values; at most {} per request (serve.max_feature_values): split the request",
                 serve.max_feature_values
             ),
         ));
     }
     Ok((rows, columns))
-}
-
-/// The `view:feature` references grouped by view, each checked against the view's fields.
-fn views_of<'a>(api: &Api, features: &'a [String]) -> Result<Views<'a>, Response> {
-    let mut views: Views<'a> = BTreeMap::new();
-    for (i, r) in features.iter().enumerate() {
-        let Some((view, feature)) = r.split_once(':') else {
-            return Err(error(
-                StatusCode::BAD_REQUEST,
-                format!("feature '{r}' is not a 'view:feature' reference"),
-            ));
-        };
-        let Some((_, spec)) = api.table(view) else {
-            let names: Vec<&str> = api.tables.iter().map(|s| s.ns).collect();
-            return Err(error(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "unknown feature view '{view}' (views: {})",
-                    names.join(", ")
-                ),
-            ));
-        };
-        let known = spec.fields.iter().any(|f| f.name == feature)
-            || api.family.read_time_features(view).contains(&feature);
-        if !known {
-            return Err(error(
-                StatusCode::BAD_REQUEST,
-                format!("feature view '{view}' has no feature '{feature}'"),
-            ));
-        }
-        views.entry(view).or_default().push((i, feature));
-    }
-    Ok(views)
 }
 
 /// The entity rows' keys of a view, in its key columns' order.
@@ -187,9 +332,10 @@ fn keys_of(
     for row in 0..rows {
         let mut key = Vec::with_capacity(keys.len());
         for k in keys {
-            let Some(col) = columns.get(k) else {
-                return Err(error(
+            let Some((_, col)) = columns.iter().find(|(name, _)| name == k) else {
+                return Err(feast_error(
                     StatusCode::BAD_REQUEST,
+                    FEAST_ERROR,
                     format!(
                         "feature view '{view}' is keyed by {}: add entities.{k}",
                         keys.join(", ")
@@ -197,8 +343,9 @@ fn keys_of(
                 ));
             };
             let Some(part) = key_part(&col[row]) else {
-                return Err(error(
+                return Err(feast_error(
                     StatusCode::BAD_REQUEST,
+                    FEAST_ERROR,
                     format!("entities.{k}[{row}] must be a string or a number"),
                 ));
             };
@@ -218,12 +365,15 @@ async fn view_columns(
     columns: &Columns<'_>,
     now: u64,
 ) -> Result<Vec<(usize, Value)>, Response> {
-    let (t, spec) = api.table(view).expect("checked by views_of");
+    let (t, spec) = api.table(view).expect("checked by wanted");
     let keys = keys_of(view, &spec.keys, rows, columns)?;
-    let found = api
-        .read(t, &keys)
-        .await
-        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")))?;
+    let found = api.read(t, &keys).await.map_err(|e| {
+        feast_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            FEAST_ERROR,
+            format!("{e:#}"),
+        )
+    })?;
     let max_age = api.max_age_ms(view);
     let mut out: Vec<Column> = wanted
         .iter()
@@ -276,18 +426,21 @@ async fn view_columns(
         .collect())
 }
 
-/// Feast's response: the entity columns, then one column per feature in request order.
+/// Feast's response: the entity columns in request order, then one column per feature in
+/// the order asked; with the views' schema versions when asked.
 fn answer(
+    api: &Api,
     req: &FeastRequest,
+    refs: &[(&str, &str)],
     rows: usize,
     columns: &Columns<'_>,
     features: Vec<Value>,
 ) -> Response {
     let missing = || json!({"values": vec![Value::Null; rows], "statuses": vec!["NOT_FOUND"; rows], "event_timestamps": vec![rfc3339(0); rows]});
-    let mut names: Vec<String> = columns.keys().map(|k| k.to_string()).collect();
+    let mut names: Vec<String> = columns.iter().map(|(k, _)| k.to_string()).collect();
     let mut results: Vec<Value> = columns
-        .values()
-        .map(|values| {
+        .iter()
+        .map(|(_, values)| {
             json!({
                 "values": values,
                 "statuses": vec!["PRESENT"; rows],
@@ -295,8 +448,7 @@ fn answer(
             })
         })
         .collect();
-    for (r, column) in req.features.iter().zip(features) {
-        let (view, feature) = r.split_once(':').expect("checked by views_of");
+    for ((view, feature), column) in refs.iter().zip(features) {
         names.push(if req.full_feature_names {
             format!("{view}__{feature}")
         } else {
@@ -304,5 +456,46 @@ fn answer(
         });
         results.push(if column.is_null() { missing() } else { column });
     }
-    Json(json!({"metadata": {"feature_names": names}, "results": results})).into_response()
+    let mut metadata = json!({"feature_names": names});
+    if req.include_feature_view_version_metadata {
+        let mut views: Vec<&str> = Vec::new();
+        for (view, _) in refs {
+            if !views.contains(view) {
+                views.push(view);
+            }
+        }
+        let versions: Vec<Value> = (views.iter())
+            .filter_map(|v| api.catalog.view(v))
+            .map(|v| json!({"name": v.ns, "version": v.version}))
+            .collect();
+        metadata["feature_view_metadata"] = versions.into();
+    }
+    Json(json!({"metadata": metadata, "results": results})).into_response()
+}
+
+/// Feast's `/health`: 200 while the API can answer reads (ready), else 503.
+pub(super) async fn health(State(api): State<Arc<Api>>) -> Response {
+    let why = crate::engine::health::not_ready(&api.shared);
+    if why.is_empty() {
+        Json(json!({"healthy": true})).into_response()
+    } else {
+        let body = json!({"healthy": false, "not_ready": why});
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
+}
+
+/// Feast's writing endpoints: Tidemark's features are computed from its event streams,
+/// so a write from outside would be overwritten by the next tick (or overwrite a newer
+/// one); a 501 in Feast's shape says where the data goes instead.
+pub(super) async fn not_supported(State(api): State<Arc<Api>>, uri: axum::http::Uri) -> Response {
+    let topics = api.family.topics().join(", ");
+    let why = match uri.path() {
+        "/materialize" | "/materialize-incremental" => {
+            "Tidemark keeps the online store fresh from the stream itself: there is nothing to materialize (for features as of past times, see `tidemark batch` and `tidemark training-set`)".to_string()
+        }
+        p => format!(
+            "{p} is not supported: Tidemark computes its features from its event streams, and a write from outside would be overwritten by the next tick; produce the events to Kafka ({topics}) instead"
+        ),
+    };
+    feast_error(StatusCode::NOT_IMPLEMENTED, FEAST_ERROR, why)
 }

@@ -24,7 +24,8 @@ use crate::telemetry;
 
 mod feast;
 
-use feast::online_features;
+use crate::config::feast::Catalog;
+use feast::{feast_error, is_feast_path, online_features};
 
 /// Where features are read from.
 #[derive(Clone)]
@@ -43,6 +44,8 @@ pub(crate) enum Reader {
 pub(crate) struct Api {
     family: Box<dyn Family>,
     tables: Vec<TableSpec>,
+    /// The views' features and the feature services, as Feast sees them.
+    catalog: Catalog,
     reader: Reader,
     shared: Arc<Shared>,
     config: Config,
@@ -60,6 +63,15 @@ struct Params {
 
 fn error(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(json!({"error": msg.into()}))).into_response()
+}
+
+/// An error of the endpoint at `path`: Feast's shape on Feast's endpoints.
+fn error_at(path: &str, status: StatusCode, msg: impl Into<String>) -> Response {
+    if is_feast_path(path) {
+        feast_error(status, "FeastError", msg)
+    } else {
+        error(status, msg)
+    }
 }
 
 /// A stored string as the JSON value it encodes (integers and floats as numbers).
@@ -188,18 +200,13 @@ async fn features(
         );
     };
     let wanted: Option<Vec<&str>> = p.features.as_deref().map(|w| w.split(',').collect());
-    let read_time = api.family.read_time_features(&ns);
-    let unknown = (wanted.iter().flatten())
-        .find(|f| !spec.fields.iter().any(|s| s.name == **f) && !read_time.contains(f));
-    if let Some(f) = unknown {
-        let names: Vec<&str> = (spec.fields.iter().map(|s| s.name))
-            .chain(read_time.iter().copied())
-            .collect();
+    let view = api.catalog.view(&ns).expect("a view per table");
+    if let Some(f) = (wanted.iter().flatten()).find(|f| !view.has(f)) {
         return error(
             StatusCode::BAD_REQUEST,
             format!(
                 "view '{ns}' has no feature '{f}' (features: {})",
-                names.join(", ")
+                view.feature_names().join(", ")
             ),
         );
     }
@@ -266,7 +273,8 @@ async fn announced_within(
         .and_then(|v| v.parse::<u64>().ok());
     match announced {
         Some(n) if n > limit as u64 => {
-            let mut r = error(
+            let mut r = error_at(
+                req.uri().path(),
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("a request body of {n} bytes; at most {limit} (serve.max_request_bytes)"),
             );
@@ -286,9 +294,11 @@ async fn within(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    let path = req.uri().path().to_string();
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(r) => r,
-        Err(_) => error(
+        Err(_) => error_at(
+            &path,
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
                 "the request took more than {} ms (serve.request_timeout_ms)",
@@ -395,9 +405,11 @@ pub fn serve(
         }
     };
     let tables = family.tables();
+    let catalog = Catalog::new(&*family, &config.serve.feature_services)?;
     let api = Arc::new(Api {
         family,
         tables,
+        catalog,
         reader,
         shared,
         config,
@@ -408,6 +420,11 @@ pub fn serve(
     let app = Router::new()
         .route("/features/{entity}/{id}", get(features))
         .route("/get-online-features", post(online_features))
+        .route("/health", get(feast::health))
+        .route("/push", post(feast::not_supported))
+        .route("/write-to-online-store", post(feast::not_supported))
+        .route("/materialize", post(feast::not_supported))
+        .route("/materialize-incremental", post(feast::not_supported))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -422,7 +439,8 @@ pub fn serve(
         })
         .method_not_allowed_fallback(
             |method: axum::http::Method, uri: axum::http::Uri| async move {
-                error(
+                error_at(
+                    uri.path(),
                     StatusCode::METHOD_NOT_ALLOWED,
                     format!("{method} is not served at {}", uri.path()),
                 )

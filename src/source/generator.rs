@@ -19,8 +19,9 @@ pub struct GeneratorSource {
     done: bool,
     /// The demo's archive: each topic is one partition per worker.
     archive: Option<(WorkerArchive, Vec<String>)>,
-    /// `tidemark_events_consumed_total{topic}`, as a Kafka source counts it.
-    consumed: Vec<(String, metrics::Counter)>,
+    /// `tidemark_events_consumed_total{topic}`, as a Kafka source counts it, with the
+    /// records taken in this poll (added once per poll, not per record).
+    consumed: Vec<(String, metrics::Counter, u64)>,
 }
 
 impl GeneratorSource {
@@ -47,24 +48,48 @@ impl GeneratorSource {
         self.archive = Some((archive, topics));
         self
     }
-}
 
-impl GeneratorSource {
     fn count(&mut self, topic: &str) {
-        let i = match self.consumed.iter().position(|(t, _)| t == topic) {
+        let i = match self.consumed.iter().position(|(t, _, _)| t == topic) {
             Some(i) => i,
             None => {
                 let c = metrics::counter!(crate::telemetry::CONSUMED, "topic" => topic.to_string());
-                self.consumed.push((topic.to_string(), c));
+                self.consumed.push((topic.to_string(), c, 0));
                 self.consumed.len() - 1
             }
         };
-        self.consumed[i].1.increment(1);
+        self.consumed[i].2 += 1;
+    }
+
+    /// Adds the poll's counts to the counters.
+    fn flush_counts(&mut self) {
+        for (_, counter, n) in &mut self.consumed {
+            if *n > 0 {
+                counter.increment(std::mem::take(n));
+            }
+        }
     }
 }
 
 impl RecordSource for GeneratorSource {
     fn poll(&mut self, max: usize, visit: &mut dyn FnMut(RecordRef<'_>) -> Visit) -> Poll {
+        let polled = self.take(max, visit);
+        self.flush_counts();
+        polled
+    }
+    fn tend(&mut self) {
+        if let Some((archive, _)) = &mut self.archive {
+            archive.tend();
+        }
+    }
+    fn now_ms(&self) -> u64 {
+        crate::clock::now_ms()
+    }
+}
+
+impl GeneratorSource {
+    /// Takes up to `max` records of this worker, counting them per topic.
+    fn take(&mut self, max: usize, visit: &mut dyn FnMut(RecordRef<'_>) -> Visit) -> Poll {
         let mut n = 0;
         while n < max && !self.done {
             if let Some((start, rate)) = self.pace {
@@ -108,13 +133,5 @@ impl RecordSource for GeneratorSource {
         } else {
             Poll::Caught { idle: false }
         }
-    }
-    fn tend(&mut self) {
-        if let Some((archive, _)) = &mut self.archive {
-            archive.tend();
-        }
-    }
-    fn now_ms(&self) -> u64 {
-        crate::clock::now_ms()
     }
 }

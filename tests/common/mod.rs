@@ -629,3 +629,34 @@ pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// A `demo` of `family` serving on `addr` for at most `seconds`, output discarded; the
+/// caller kills it when done.
+pub fn demo_server(family: &str, addr: &str, seconds: u64, rate: u64) -> std::process::Child {
+    engine_command()
+        .args([
+            "demo",
+            "--dataflow",
+            family,
+            "--seconds",
+            &seconds.to_string(),
+        ])
+        .args(["--http", addr, "--rate", &rate.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn the demo")
+}
+
+/// A Feast-shaped error body (a JSON string holding `{"module", "class", "message"}`, as
+/// Feast's server writes it): its class and message.
+pub fn feast_detail(body: &serde_json::Value) -> Option<(String, String)> {
+    let detail: serde_json::Value = serde_json::from_str(body.as_str()?).ok()?;
+    if detail["module"] != "feast.errors" {
+        return None;
+    }
+    Some((
+        detail["class"].as_str()?.to_string(),
+        detail["message"].as_str()?.to_string(),
+    ))
+}
