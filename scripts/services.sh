@@ -31,9 +31,9 @@ apt_install() { # packages…
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
-kafka_libs() { # fetch Kafka and its runtime dependencies from Maven Central once
+kafka_libs() { # fetch Kafka, its tools (the console consumer) and their dependencies once
   local libs="$STATE/kafka-$KAFKA_VERSION/libs"
-  if [ ! -f "$libs/.complete" ]; then
+  if [ ! -f "$libs/.complete-tools" ]; then
     command -v mvn >/dev/null || apt_install maven
     log "fetching org.apache.kafka:kafka_2.13:$KAFKA_VERSION from Maven Central"
     local pom="$STATE/kafka-$KAFKA_VERSION/pom.xml"
@@ -44,6 +44,7 @@ kafka_libs() { # fetch Kafka and its runtime dependencies from Maven Central onc
   <groupId>tidemark</groupId><artifactId>kafka-runtime</artifactId><version>1</version>
   <dependencies>
     <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>$KAFKA_VERSION</version></dependency>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka-tools</artifactId><version>$KAFKA_VERSION</version></dependency>
     <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-api</artifactId><version>2.0.16</version></dependency>
     <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j2-impl</artifactId><version>2.24.3</version></dependency>
     <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-core</artifactId><version>2.24.3</version></dependency>
@@ -51,7 +52,7 @@ kafka_libs() { # fetch Kafka and its runtime dependencies from Maven Central onc
 </project>
 POM
     mvn -q -B -f "$pom" dependency:copy-dependencies -DoutputDirectory="$libs" -DincludeScope=runtime >&2
-    touch "$libs/.complete"
+    touch "$libs/.complete-tools"
   fi
   echo "$libs"
 }
@@ -191,10 +192,10 @@ status() {
 }
 
 case "${1:-}" in
-  up) apt_install kcat prometheus; redis_up; pg_up; kafka_up; s3_up; status ;;
+  up) apt_install kcat prometheus; redis_up; pg_up; kafka_libs >/dev/null; kafka_up; s3_up; status ;;
   down) down ;;
   stop) stop_one "${2:-}" ;;
   status) status ;;
-  env) echo "export TIDEMARK_KAFKA='$TIDEMARK_KAFKA' TIDEMARK_REDIS='$TIDEMARK_REDIS' TIDEMARK_PG='$TIDEMARK_PG' TIDEMARK_S3='$TIDEMARK_S3'" ;;
+  env) echo "export TIDEMARK_KAFKA='$TIDEMARK_KAFKA' TIDEMARK_REDIS='$TIDEMARK_REDIS' TIDEMARK_PG='$TIDEMARK_PG' TIDEMARK_S3='$TIDEMARK_S3' KAFKA_LIBS='$STATE/kafka-$KAFKA_VERSION/libs'" ;;
   *) echo "usage: $0 up|down|status|env|stop kafka|stop postgres" >&2; exit 2 ;;
 esac

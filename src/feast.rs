@@ -11,6 +11,25 @@ use anyhow::Context;
 use crate::config::feast::{Catalog, View};
 use crate::config::Config;
 
+/// `tidemark feast export`: the repo of `config`'s family for a read API at `url` (default:
+/// `http://{http}`, loopback for a server on every interface); what to do next.
+pub fn export_job(config: &Config, url: Option<String>, out: &Path) -> anyhow::Result<String> {
+    let family = crate::engine::family_of(config)?;
+    let catalog = Catalog::new(&*family, &config.serve.feature_services)?;
+    let http =
+        (config.http.as_deref().unwrap_or("127.0.0.1:8080")).replace("0.0.0.0:", "127.0.0.1:");
+    let url = url.unwrap_or_else(|| format!("http://{http}"));
+    export(config, &catalog, &url, out)?;
+    let names: Vec<&str> = catalog.services.iter().map(|s| s.name.as_str()).collect();
+    Ok(format!(
+        "wrote a Feast repo for dataflow {} to {} (online store: {url}; services: {}); next: cd {} && feast apply",
+        config.dataflow,
+        out.display(),
+        names.join(", "),
+        out.display()
+    ))
+}
+
 /// The repo's files: `feature_store.yaml` and `tidemark_{family}.py`.
 pub fn export(config: &Config, catalog: &Catalog, url: &str, out: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(out.join("data"))
@@ -33,11 +52,13 @@ pub fn export(config: &Config, catalog: &Catalog, url: &str, out: &Path) -> anyh
     Ok(())
 }
 
+/// Writes one file of the repo, naming it in an error.
 fn write(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
-/// A Python string literal (Rust's debug form of a plain name is one).
+/// A Python string literal: Rust's debug form of a name of letters, digits, `_` and `-`
+/// (what views, features and services are named of) is one.
 fn lit(s: &str) -> String {
     format!("{s:?}")
 }
@@ -69,7 +90,7 @@ fn definitions(config: &Config, catalog: &Catalog) -> String {
     for v in &views {
         view_definition(&mut py, config, v);
     }
-    for s in &catalog.services {
+    for (i, s) in catalog.services.iter().enumerate() {
         // the refs grouped by view, in first-seen order: `view[["a", "b"]]`
         let mut parts: Vec<(&str, Vec<&str>)> = Vec::new();
         for (view, feature) in &s.refs {
@@ -84,10 +105,10 @@ fn definitions(config: &Config, catalog: &Catalog) -> String {
                 format!("view_{view}[[{}]]", names.join(", "))
             })
             .collect();
+        // numbered: service names may differ only in `-` and `_`
         let _ = writeln!(
             py,
             "\nservice_{i} = FeatureService(name={n}, features=[{p}])",
-            i = ident(&s.name),
             n = lit(&s.name),
             p = projections.join(", ")
         );
@@ -95,13 +116,7 @@ fn definitions(config: &Config, catalog: &Catalog) -> String {
     py
 }
 
-/// A Python identifier made of a name (services are named by users).
-fn ident(name: &str) -> String {
-    name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect()
-}
-
+/// One `FeatureView`: its entities, TTL, typed schema and a placeholder source.
 fn view_definition(py: &mut String, config: &Config, v: &View) {
     let ttl = config.serve.max_age_secs.get(v.ns).copied().unwrap_or(0);
     let fields: Vec<String> = (v.keys.iter().map(|k| (*k, "String")))
@@ -165,9 +180,14 @@ mod tests {
             "{py}"
         );
         assert!(
-            py.contains("service_my_ranker = FeatureService(name=\"my-ranker\", features=[view_doc[[\"clicks_7d\"]], view_qd[["),
+            py.contains(
+                "FeatureService(name=\"my-ranker\", features=[view_doc[[\"clicks_7d\"]], view_qd[["
+            ),
             "{py}"
         );
-        assert!(py.contains("service_doc_service = FeatureService(name=\"doc_service\""));
+        assert!(
+            py.contains("service_0 = FeatureService(name=\"doc_service\""),
+            "{py}"
+        );
     }
 }

@@ -13,6 +13,7 @@ pub mod checkpoint;
 pub mod clock;
 pub mod config;
 pub mod crash;
+pub mod dlq_replay;
 pub mod engine;
 pub mod feast;
 pub mod http;

@@ -59,6 +59,10 @@ enum Command {
     /// hour from Postgres; exits 1 when one failed, 2 when the hour has no report.
     #[command(subcommand)]
     Quality(QualityCommand),
+    /// The dead-letter topic: `dlq replay --to TOPIC` re-sends its letters as the records
+    /// they were (original key, headers and bytes).
+    #[command(subcommand)]
+    Dlq(DlqCommand),
     /// Feast: `feast export --out DIR` writes a Feast feature repo (the `remote` online
     /// store at this API, the views, types and feature services), ready for `feast apply`.
     #[command(subcommand)]
@@ -72,6 +76,27 @@ enum QualityCommand {
     /// Prints the expectations' verdicts for the hour holding `--hour`, from the report in
     /// Postgres; exits 1 when one failed, 2 when the hour has no report.
     Report(QualityReportArgs),
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Re-sends the DLQ's letters (`kafka.dlq_topic`, from its start to its end now) to
+    /// `--to` as the records they were: original key, headers and bytes. Letters cut to
+    /// fit the DLQ are skipped and counted (the whole record is in its source topic).
+    Replay(DlqReplayArgs),
+}
+
+#[derive(Args)]
+struct DlqReplayArgs {
+    #[command(flatten)]
+    config: JobConfigArgs,
+    /// The topic to send the records to (e.g. the source topic, once the cause is fixed).
+    #[arg(long)]
+    to: String,
+    /// Only letters of this reason (json, missing_field, wrong_type, unknown_type, range,
+    /// oversized, …); repeat for several. Default: every letter.
+    #[arg(long = "reason")]
+    reasons: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -411,6 +436,7 @@ fn main() {
         Command::TrainingSet(a) => training_set(a),
         Command::Quality(QualityCommand::Report(a)) => quality_report(a),
         Command::Feast(FeastCommand::Export(a)) => feast_export(a),
+        Command::Dlq(DlqCommand::Replay(a)) => dlq_replay(a),
     };
     if let Err(e) = result {
         // an error may quote a URL or DSN with its password
@@ -461,23 +487,20 @@ fn frontier_text(frontier: Option<tidemark_dataflows::Tick>) -> String {
     format!("durable up to {at} ({behind:.1} s ago)")
 }
 
+fn dlq_replay(a: DlqReplayArgs) -> anyhow::Result<()> {
+    let config = a.config.load()?;
+    let r = tidemark::dlq_replay::replay(&config, &a.to, &a.reasons)?;
+    println!(
+        "replayed {} records from {} to {}; skipped: {} of other reasons, {} cut to fit the DLQ (whole in their source topics), {} entity updates (not records), {} damaged (older letters of binary payloads)",
+        r.sent, config.kafka.dlq_topic, a.to, r.filtered, r.truncated, r.not_records, r.damaged
+    );
+    Ok(())
+}
+
+/// `feast export`: the repo, and what to do next.
 fn feast_export(a: FeastExportArgs) -> anyhow::Result<()> {
     let config = a.config.load()?;
-    let family = engine::family_of(&config)?;
-    let catalog = tidemark::config::feast::Catalog::new(&*family, &config.serve.feature_services)?;
-    // a server listening on every interface is reached on this host's loopback
-    let http =
-        (config.http.as_deref().unwrap_or("127.0.0.1:8080")).replace("0.0.0.0:", "127.0.0.1:");
-    let url = a.url.unwrap_or_else(|| format!("http://{http}"));
-    tidemark::feast::export(&config, &catalog, &url, &a.out)?;
-    let names: Vec<&str> = catalog.services.iter().map(|s| s.name.as_str()).collect();
-    println!(
-        "wrote a Feast repo for dataflow {} to {} (online store: {url}; services: {}); next: cd {} && feast apply",
-        config.dataflow,
-        a.out.display(),
-        names.join(", "),
-        a.out.display()
-    );
+    println!("{}", tidemark::feast::export_job(&config, a.url, &a.out)?);
     Ok(())
 }
 

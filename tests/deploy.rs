@@ -54,6 +54,8 @@ fn exited(pid: u32) -> bool {
 const PROBES: [&str; 3] = ["/livez", "/readyz", "/health"];
 
 #[test]
+/// Long: one scenario — the manifests read, then the server run and stopped — its checks
+/// where each step happens.
 fn the_manifests_fit_the_server_and_it_answers_until_it_exits() {
     let all = manifests();
     let config = &all[&("ConfigMap".into(), "tidemark-config".into())]["data"];
@@ -118,7 +120,24 @@ fn the_manifests_fit_the_server_and_it_answers_until_it_exits() {
             line.contains("/etc/tidemark/tidemark.toml"),
             "{name}: {line}"
         );
+        let command: Vec<String> = (c["command"].as_sequence().into_iter().flatten())
+            .map(|a| str_of(a).to_string())
+            .collect();
+        let whole = format!("{} {line}", command.join(" "));
+        assert!(
+            whole.contains("tidemark run ") || (command == ["tidemark"] && args[0] == "run"),
+            "{name}: {whole}"
+        );
         if kind == "StatefulSet" {
+            assert!(
+                line.contains(r#"--process "${POD_INDEX:-${HOSTNAME##*-}}""#),
+                "{line}"
+            );
+            assert_eq!(
+                str_of(&w["spec"]["updateStrategy"]["type"]),
+                "OnDelete",
+                "{name}"
+            );
             let replicas = w["spec"]["replicas"].as_u64().unwrap() as usize;
             assert_eq!(hostfile.len(), replicas, "one hostfile line per process");
             assert!(line.contains(&format!("--processes {replicas}")), "{line}");
@@ -161,7 +180,12 @@ fn the_manifests_fit_the_server_and_it_answers_until_it_exits() {
     for (k, v) in secret.as_mapping().unwrap() {
         check.env(str_of(k), str_of(v));
     }
-    for k in ["TIDEMARK_KAFKA", "TIDEMARK_PG", "TIDEMARK_REDIS", "TIDEMARK_S3"] {
+    for k in [
+        "TIDEMARK_KAFKA",
+        "TIDEMARK_PG",
+        "TIDEMARK_REDIS",
+        "TIDEMARK_S3",
+    ] {
         check.env_remove(k);
     }
     let checked = check.output().unwrap();
@@ -217,8 +241,8 @@ fn the_manifests_fit_the_server_and_it_answers_until_it_exits() {
     let pid = child.id();
     let mut polls = Vec::new();
     loop {
-        let livez = http_get(&format!("{base}/livez"), Duration::from_millis(500)).map(|(s, _)| s);
-        let readyz = http_get(&format!("{base}/readyz"), Duration::from_millis(500));
+        let livez = http_get(&format!("{base}/livez"), Duration::from_secs(3)).map(|(s, _)| s);
+        let readyz = http_get(&format!("{base}/readyz"), Duration::from_secs(3));
         if exited(pid) {
             break;
         }

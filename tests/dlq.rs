@@ -6,10 +6,13 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
 use common::search::*;
 use common::*;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
+use serde_json::Value;
 
 #[test]
 /// Long: one scenario, its steps in order with each check where it happens.
@@ -97,8 +100,16 @@ fn every_kind_of_poison_message_reaches_the_dlq_once_and_the_rest_counts() {
         assert_eq!(l.headers["__connect.errors.topic"], t);
         assert_eq!(l.headers["__connect.errors.partition"], p.to_string());
         assert_eq!(l.headers["__connect.errors.offset"], o.to_string());
-        assert_eq!(l.headers["__connect.errors.exception.class.name"], *error);
-        assert!(l.headers.contains_key("__connect.errors.exception.message"));
+        assert_eq!(l.headers["tidemark.errors.reason"], *error);
+        assert_eq!(
+            l.headers["__connect.errors.exception.class.name"],
+            "io.tidemark.InvalidRecordException"
+        );
+        assert!(l.headers["__connect.errors.exception.message"].starts_with(error));
+        assert!(l
+            .headers
+            .contains_key("__connect.errors.exception.stacktrace"));
+        assert_eq!(l.record_key, None, "produced without a key");
     }
     assert_eq!(
         got.keys().collect::<Vec<_>>(),
@@ -210,4 +221,251 @@ fn a_dlq_that_keeps_failing_makes_the_engine_unready() {
         engine.0.try_wait().unwrap().is_none(),
         "the engine stays up"
     );
+}
+
+/// A record as produced: key, value (`None`: a tombstone), headers.
+type Produced = (
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    Vec<(String, Option<Vec<u8>>)>,
+);
+
+/// Produces `records` in order to partition 0 of `topic`, headers and all.
+fn produce_raw(topic: &str, records: &[Produced]) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", kafka())
+        .create()
+        .unwrap();
+    for (key, value, headers) in records {
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic).partition(0);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        if let Some(v) = value {
+            record = record.payload(v);
+        }
+        let h = headers.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
+            h.insert(Header {
+                key: k,
+                value: v.as_deref(),
+            })
+        });
+        block_on(producer.send(record.headers(h), Duration::from_secs(10)))
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+}
+
+/// Every record of `topic` as produced (key, value, headers), sorted.
+fn records_of(topic: &str) -> Vec<Produced> {
+    use rdkafka::message::{Headers, Message};
+    let mut out: Vec<Produced> = Vec::new();
+    read_topic(topic, |m| {
+        let headers = (m.headers().into_iter().flat_map(|h| h.iter()))
+            .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+            .collect();
+        out.push((
+            m.key().map(<[u8]>::to_vec),
+            m.payload().map(<[u8]>::to_vec),
+            headers,
+        ));
+    });
+    out.sort();
+    out
+}
+
+/// The headers a letter carries besides the original's.
+fn without_error_headers(headers: &[(String, Option<Vec<u8>>)]) -> Vec<(String, Option<Vec<u8>>)> {
+    (headers.iter())
+        .filter(|(k, _)| !k.starts_with("__connect.errors.") && !k.starts_with("tidemark."))
+        .cloned()
+        .collect()
+}
+
+#[test]
+/// Long: one scenario — both formats, the replay, Kafka's own console consumer — its
+/// checks where each step happens.
+fn letters_keep_the_records_key_headers_and_bytes_and_replay_as_them() {
+    let topic = fresh_topic("dlq-orig", 1);
+    let ts = 1_767_225_600_000u64;
+    let h = |pairs: &[(&str, Option<&[u8]>)]| -> Vec<(String, Option<Vec<u8>>)> {
+        (pairs.iter())
+            .map(|(k, v)| (k.to_string(), v.map(<[u8]>::to_vec)))
+            .collect()
+    };
+    let valid = format!(
+        r#"{{"event_id":"ok","ts":{ts},"user_id":"u","session_id":"s","event_type":"click","query":"a","doc_id":"d1"}}"#
+    );
+    let missing = format!(
+        r#"{{"event_id":"m","ts":{ts},"user_id":"u","session_id":"s","event_type":"click","query":"a"}}"#
+    );
+    let binary = vec![0xff, 0x00, 0xfe, b'g', b'a', b'r', b'b', 0xc3];
+    let poison: Vec<Produced> = vec![
+        (
+            Some(b"k-binary".to_vec()),
+            Some(binary.clone()),
+            h(&[("trace", Some(b"t-1")), ("empty", None)]),
+        ),
+        (
+            Some(b"k-tomb".to_vec()),
+            None,
+            h(&[("trace", Some(b"t-2"))]),
+        ),
+        (
+            Some(b"k-json".to_vec()),
+            Some(br#"{"event_id":"x","ts":"#.to_vec()),
+            Vec::new(),
+        ),
+        (None, Some(missing.into_bytes()), h(&[("h", Some(b"v"))])),
+    ];
+    let mut all = poison.clone();
+    all.insert(
+        2,
+        (Some(b"k-ok".to_vec()), Some(valid.into_bytes()), Vec::new()),
+    );
+    produce_raw(&topic, &all);
+    let mut want = poison.clone();
+    want.sort();
+
+    // the envelope format (the default): key and headers as they were, payload as text,
+    // base64 or null
+    let dlq = format!("{topic}-dlq");
+    let (redis, pg) = (fresh_redis(8), fresh_pg("tm_dlq_orig"));
+    let env = [
+        ("TIDEMARK_REDIS", redis.as_str()),
+        ("TIDEMARK_PG", pg.as_str()),
+        ("TIDEMARK_KAFKA__DLQ_TOPIC", dlq.as_str()),
+    ];
+    run_to_end(&topic, "dlqorig", &format!("{topic}-a"), &[], &env);
+    let letters = dead_letters(&dlq);
+    assert_eq!(letters.len(), poison.len(), "every poison record once");
+    for l in &letters {
+        let (key, value, headers) = poison.iter().find(|(k, ..)| *k == l.record_key).unwrap();
+        assert_eq!(&l.record_key, key, "the letter's key is the record's");
+        assert_eq!(&without_error_headers(&l.raw_headers), headers, "{}", l.key);
+        assert_eq!(l.headers["tidemark.dlq.format"], "envelope");
+        let e = &l.envelope;
+        match value {
+            None => {
+                assert_eq!(e["payload"], Value::Null, "a tombstone is null: {e}");
+                assert!(e.get("payload_base64").is_none());
+            }
+            Some(v) if v == &binary => {
+                assert_eq!(e["payload"], Value::Null);
+                let b64 = e["payload_base64"].as_str().unwrap();
+                assert_eq!(
+                    BASE64.decode(b64).unwrap(),
+                    binary,
+                    "bytes whole, in base64"
+                );
+            }
+            Some(v) => assert_eq!(e["payload"].as_str().unwrap().as_bytes(), &v[..]),
+        }
+        assert_eq!(e["payload_truncated"], false);
+    }
+
+    // replayed: the records exactly as they were produced
+    let again = fresh_topic("dlq-replayed", 1);
+    let out = tidemark(&["dlq", "replay", "--to", &again], &env);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains(&format!("replayed {} records", poison.len())),
+        "{said}"
+    );
+    assert_eq!(
+        records_of(&again),
+        want,
+        "the replay re-sends the originals"
+    );
+    let only = fresh_topic("dlq-filtered", 1);
+    tidemark(
+        &["dlq", "replay", "--to", &only, "--reason", "missing_field"],
+        &env,
+    );
+    let filtered = records_of(&only);
+    assert_eq!(filtered.len(), 1, "one missing_field letter");
+    assert_eq!(filtered[0].0, None);
+
+    // the connect format: the value is the record's own bytes (a tombstone stays one)
+    let dlq2 = format!("{topic}-dlq-connect");
+    let (redis2, pg2) = (fresh_redis(9), fresh_pg("tm_dlq_orig2"));
+    let env2 = [
+        ("TIDEMARK_REDIS", redis2.as_str()),
+        ("TIDEMARK_PG", pg2.as_str()),
+        ("TIDEMARK_KAFKA__DLQ_TOPIC", dlq2.as_str()),
+        ("TIDEMARK_DLQ__FORMAT", "connect"),
+    ];
+    run_to_end(&topic, "dlqorig2", &format!("{topic}-b"), &[], &env2);
+    let mut got: Vec<Produced> = dead_letters(&dlq2)
+        .into_iter()
+        .map(|l| (l.record_key, l.value, without_error_headers(&l.raw_headers)))
+        .collect();
+    got.sort();
+    assert_eq!(got, want, "connect letters carry the originals");
+    let again2 = fresh_topic("dlq-replayed-connect", 1);
+    tidemark(&["dlq", "replay", "--to", &again2], &env2);
+    assert_eq!(records_of(&again2), want);
+
+    // Kafka's own console consumer reads the letters, headers and all
+    let libs = std::env::var("KAFKA_LIBS").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/tidemark/services/kafka-4.1.1/libs",
+            std::env::var("HOME").unwrap()
+        )
+    });
+    let out = std::process::Command::new("java")
+        .args([
+            "-cp",
+            &format!("{libs}/*"),
+            "org.apache.kafka.tools.consumer.ConsoleConsumer",
+        ])
+        .args([
+            "--bootstrap-server",
+            &kafka(),
+            "--topic",
+            &dlq2,
+            "--from-beginning",
+        ])
+        .args([
+            "--timeout-ms",
+            "10000",
+            "--max-messages",
+            &poison.len().to_string(),
+        ])
+        .args([
+            "--property",
+            "print.headers=true",
+            "--property",
+            "print.key=true",
+        ])
+        .output()
+        .expect("java (scripts/services.sh fetches Kafka's tools)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    // a record per letter (the stack trace header spans two lines, as Connect's do)
+    assert!(
+        err.contains(&format!("Processed a total of {} messages", poison.len())),
+        "{err}"
+    );
+    assert_eq!(
+        text.matches("tidemark.dlq.format:connect\t").count(),
+        poison.len(),
+        "{text}"
+    );
+    assert!(
+        text.contains("__connect.errors.exception.class.name:io.tidemark.InvalidRecordException"),
+        "{text}"
+    );
+    assert!(
+        text.contains("trace:t-1,empty:null,__connect.errors.topic:"),
+        "the original headers first: {text}"
+    );
+    let json_line = text
+        .lines()
+        .find(|l| l.contains("\tk-json\t"))
+        .unwrap_or_else(|| panic!("{text}"));
+    for part in ["tidemark.errors.reason:json", r#"{"event_id":"x","ts":"#] {
+        assert!(json_line.contains(part), "{part} in {json_line}");
+    }
 }

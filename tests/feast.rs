@@ -32,10 +32,20 @@ fn post(url: &str, body: &str) -> (u16, Value) {
     (status, json)
 }
 
+/// A child process killed when dropped (also when a test fails first).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A demo of search on a free port, once `doc-0` is stored; its base URL.
-fn search_demo(seconds: u64, rate: u64) -> (std::process::Child, String) {
+fn search_demo(seconds: u64, rate: u64) -> (Killed, String) {
     let addr = format!("127.0.0.1:{}", free_port());
-    let child = demo_server("search", &addr, seconds, rate);
+    let child = Killed(demo_server("search", &addr, seconds, rate));
     let base = format!("http://{addr}");
     let started = Instant::now();
     while http_get(
@@ -54,8 +64,9 @@ fn search_demo(seconds: u64, rate: u64) -> (std::process::Child, String) {
 }
 
 #[test]
+/// Long: one table of requests and what Feast's server answers, checked in turn.
 fn feast_requests_are_answered_and_refused_as_feasts_server_does() {
-    let (mut child, base) = search_demo(90, 2000);
+    let (child, base) = search_demo(600, 2000);
     let url = format!("{base}/get-online-features");
     let mut failed: Vec<String> = Vec::new();
     let mut check = |what: &str, ok: bool, got: &Value| {
@@ -215,8 +226,7 @@ fn feast_requests_are_answered_and_refused_as_feasts_server_does() {
         &a,
     );
 
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     assert!(failed.is_empty(), "{failed:#?}");
 }
 
@@ -237,9 +247,10 @@ fn feast_python() -> PathBuf {
 }
 
 #[test]
+/// Long: export, apply, read, then the report's checks one by one.
 fn feasts_sdk_reads_tidemark_through_an_exported_repo() {
     let python = feast_python();
-    let (mut child, base) = search_demo(120, 500);
+    let (child, base) = search_demo(600, 500);
     let repo = std::env::temp_dir().join(format!("tidemark-feast-repo-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&repo);
     let out = tidemark(
@@ -281,8 +292,7 @@ fn feasts_sdk_reads_tidemark_through_an_exported_repo() {
             .arg("30"),
         Duration::from_secs(180),
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     let stdout = String::from_utf8_lossy(&read.stdout);
     assert!(
         read.status.success(),

@@ -14,7 +14,7 @@ const RUNTIME: &[&[&str]] = &[
     &["telemetry"],
     &["archive", "source", "sink", "checkpoint"],
     &["engine"],
-    &["batch", "feast", "http", "quality", "topics"],
+    &["batch", "dlq_replay", "feast", "http", "quality", "topics"],
     &["bench"],
 ];
 const DATAFLOWS: &[&[&str]] = &[

@@ -51,6 +51,8 @@ fn decoded(line: &str) -> Option<tidemark_dataflows::contract::event::Timed<Watc
         key: None,
         payload: line.as_bytes(),
         read_ms: None,
+        headers: None,
+        tombstone: false,
     };
     decode(&r, watches).ok()
 }

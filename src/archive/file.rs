@@ -22,7 +22,7 @@ use tidemark_dataflows::contract::record::RecordRef;
 use tidemark_dataflows::Tick;
 
 /// A Kafka header: its key and value (a header may have no value).
-pub type Header = (String, Option<Vec<u8>>);
+pub use tidemark_dataflows::contract::record::Header;
 
 /// One archived record, as read back.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -237,6 +237,8 @@ pub fn record(payload: &[u8]) -> tidemark_dataflows::contract::record::RecordRef
         key: None,
         payload,
         read_ms: None,
+        headers: None,
+        tombstone: false,
     }
 }
 

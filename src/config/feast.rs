@@ -49,10 +49,19 @@ pub struct View {
 }
 
 impl View {
+    /// Whether the view has a feature of that name (stored or read-time).
     pub fn has(&self, feature: &str) -> bool {
         self.features.iter().any(|(f, _)| *f == feature)
     }
 
+    /// A feature's Feast type.
+    pub fn feature_type(&self, feature: &str) -> Option<FeastType> {
+        (self.features.iter())
+            .find(|(f, _)| *f == feature)
+            .map(|(_, t)| *t)
+    }
+
+    /// The features' names, for error messages.
     pub fn feature_names(&self) -> Vec<&'static str> {
         self.features.iter().map(|(f, _)| *f).collect()
     }
@@ -72,6 +81,7 @@ pub struct Catalog {
     pub services: Vec<Service>,
 }
 
+/// A table of the family as a Feast view.
 fn view_of(family: &dyn Family, t: usize, spec: &TableSpec) -> View {
     let stored = spec.fields.iter().map(|f| {
         let ty = match f.ty {
@@ -121,6 +131,10 @@ impl Catalog {
         };
         for (name, refs) in configured {
             let at = format!("serve.feature_services.{name}");
+            let plain = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+            if name.is_empty() || !name.chars().all(plain) {
+                bail!("{at}: a service's name is letters, digits, '_' and '-' only");
+            }
             if services.iter().any(|s| s.name == *name) {
                 bail!("{at}: '{name}' is a built-in service (all features of a view): choose another name");
             }
@@ -144,17 +158,21 @@ impl Catalog {
         Ok(catalog)
     }
 
+    /// A view by name, readable or not (`GET /features` serves every table).
     pub fn view(&self, ns: &str) -> Option<&View> {
         self.views.iter().find(|v| v.ns == ns)
     }
 
+    /// A feature service by name.
     pub fn service(&self, name: &str) -> Option<&Service> {
         self.services.iter().find(|s| s.name == name)
     }
 
-    /// The names of the views, for error messages.
-    pub fn view_names(&self) -> String {
-        let names: Vec<&str> = self.views.iter().map(|v| v.ns).collect();
+    /// The names of the views Feast may read, for error messages.
+    pub fn readable_names(&self) -> String {
+        let names: Vec<&str> = (self.views.iter().filter(|v| v.readable))
+            .map(|v| v.ns)
+            .collect();
         names.join(", ")
     }
 
@@ -164,10 +182,10 @@ impl Catalog {
             Some((ns, f)) => (ns, Some(f)),
             None => (r, None),
         };
-        let Some(view) = self.view(ns) else {
+        let Some(view) = self.view(ns).filter(|v| v.readable) else {
             bail!(
-                "'{r}': no feature view '{ns}' (views: {})",
-                self.view_names()
+                "'{r}': no feature view '{ns}' that the read API serves (views: {})",
+                self.readable_names()
             );
         };
         match feature {
@@ -228,5 +246,25 @@ mod tests {
         s.insert("doc_service".to_string(), vec!["doc".to_string()]);
         let e = Catalog::new(&*search(), &s).unwrap_err().to_string();
         assert!(e.contains("built-in"), "{e}");
+        let mut s = BTreeMap::new();
+        s.insert("a b".to_string(), vec!["doc".to_string()]);
+        let e = Catalog::new(&*search(), &s).unwrap_err().to_string();
+        assert!(e.contains("letters, digits"), "{e}");
+        // ads' `performance` rows go to a Kafka topic only: no view the API serves
+        let ads = tidemark_dataflows::family("ads", None).unwrap();
+        let mut s = BTreeMap::new();
+        s.insert(
+            "x".to_string(),
+            vec!["campaign".to_string(), "performance".to_string()],
+        );
+        let e = Catalog::new(&*ads, &s).unwrap_err().to_string();
+        assert!(
+            e.contains("no feature view 'performance' that the read API serves"),
+            "{e}"
+        );
+        let c = Catalog::new(&*ads, &BTreeMap::new()).unwrap();
+        assert!(
+            c.service("campaign_service").is_some() && c.service("performance_service").is_none()
+        );
     }
 }

@@ -37,6 +37,27 @@ pub struct Config {
     pub topics: BTreeMap<String, TopicConfig>,
     pub archive: ArchiveConfig,
     pub quality: QualityConfig,
+    pub dlq: DlqConfig,
+}
+
+/// The dead-letter topic's records (its name is `kafka.dlq_topic`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DlqConfig {
+    pub format: DlqFormat,
+}
+
+/// What a dead letter's value is; either way its key and headers are the original's, plus
+/// Kafka Connect's error headers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DlqFormat {
+    /// A JSON envelope: the coordinates, the error, the payload (text, base64 or null).
+    #[default]
+    Envelope,
+    /// The original bytes, as Kafka Connect's `errors.deadletterqueue` writes them (an
+    /// envelope all the same when they do not fit the DLQ topic's limit).
+    Connect,
 }
 
 /// How `tidemark topics create` makes a topic; unset fields take the defaults of
@@ -227,6 +248,7 @@ impl Default for Config {
             topics: BTreeMap::new(),
             archive: ArchiveConfig::default(),
             quality: QualityConfig::default(),
+            dlq: DlqConfig::default(),
         }
     }
 }

@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 
 use super::Api;
 use crate::clock::now_ms;
+use crate::config::feast::FeastType;
 
 /// Feast's feature-server request.
 #[derive(Deserialize)]
@@ -121,6 +122,7 @@ pub(super) fn feast_error(status: StatusCode, class: &str, message: impl Into<St
 /// Feast's base class, for errors Feast has no class of its own for.
 const FEAST_ERROR: &str = "FeastError";
 
+/// `POST /get-online-features`: checks, then reads each view's rows in one round trip.
 pub(super) async fn online_features(
     State(api): State<Arc<Api>>,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
@@ -201,13 +203,13 @@ fn wanted<'a>(api: &'a Api, req: &'a FeastRequest) -> Result<Vec<(&'a str, &'a s
                     format!("feature '{r}' is not a 'view:feature' reference"),
                 ));
             };
-            let Some(v) = api.catalog.view(view) else {
+            let Some(v) = api.catalog.view(view).filter(|v| v.readable) else {
                 return Err(feast_error(
                     StatusCode::NOT_FOUND,
                     "FeatureViewNotFoundException",
                     format!(
                         "Feature view {view} does not exist (views: {})",
-                        api.catalog.view_names()
+                        api.catalog.readable_names()
                     ),
                 ));
             };
@@ -321,6 +323,16 @@ fn entity_columns<'a>(
     Ok((rows, columns))
 }
 
+/// A stored value as its Feast type: the SDK infers a value's type from its JSON, so a
+/// float stored as `1` must travel as `1.0`, and a text that looks like a number as text.
+fn typed(v: &Value, ty: Option<FeastType>) -> Value {
+    match (ty, v) {
+        (Some(FeastType::Float64), Value::Number(n)) => n.as_f64().map_or(Value::Null, Value::from),
+        (Some(FeastType::String), Value::Number(n)) => Value::String(n.to_string()),
+        _ => v.clone(),
+    }
+}
+
 /// The entity rows' keys of a view, in its key columns' order.
 fn keys_of(
     view: &str,
@@ -375,6 +387,7 @@ async fn view_columns(
         )
     })?;
     let max_age = api.max_age_ms(view);
+    let catalog_view = api.catalog.view(view).expect("checked by wanted");
     let mut out: Vec<Column> = wanted
         .iter()
         .map(|_| {
@@ -398,7 +411,10 @@ async fn view_columns(
         let expired = max_age.is_some_and(|age| tick.saturating_add(age) < now);
         api.family.at_read(view, &mut fields, now);
         for ((_, feature), o) in wanted.iter().zip(&mut out) {
-            match fields.get(*feature).cloned() {
+            match fields
+                .get(*feature)
+                .map(|v| typed(v, catalog_view.feature_type(feature)))
+            {
                 _ if expired => {
                     o.0.push(Value::Null);
                     o.1.push("OUTSIDE_MAX_AGE");
@@ -426,8 +442,8 @@ async fn view_columns(
         .collect())
 }
 
-/// Feast's response: the entity columns in request order, then one column per feature in
-/// the order asked; with the views' schema versions when asked.
+/// Feast's response: the requested views' entity columns in request order, then one
+/// column per feature in the order asked; with the views' schema versions when asked.
 fn answer(
     api: &Api,
     req: &FeastRequest,
@@ -437,8 +453,13 @@ fn answer(
     features: Vec<Value>,
 ) -> Response {
     let missing = || json!({"values": vec![Value::Null; rows], "statuses": vec!["NOT_FOUND"; rows], "event_timestamps": vec![rfc3339(0); rows]});
-    let mut names: Vec<String> = columns.iter().map(|(k, _)| k.to_string()).collect();
-    let mut results: Vec<Value> = columns
+    // as Feast: only the requested views' join keys come back (in request order)
+    let keyed = |name: &str| {
+        (refs.iter()).any(|(v, _)| api.catalog.view(v).is_some_and(|v| v.keys.contains(&name)))
+    };
+    let echoed: Vec<&(&str, &Vec<Value>)> = columns.iter().filter(|(k, _)| keyed(k)).collect();
+    let mut names: Vec<String> = echoed.iter().map(|(k, _)| k.to_string()).collect();
+    let mut results: Vec<Value> = echoed
         .iter()
         .map(|(_, values)| {
             json!({

@@ -163,12 +163,10 @@ impl Api {
         }
     }
 
+    /// A view's max age; 0 is none, as Feast reads a TTL of 0.
     fn max_age_ms(&self, ns: &str) -> Option<u64> {
-        self.config
-            .serve
-            .max_age_secs
-            .get(ns)
-            .map(|s| s.saturating_mul(1000))
+        let secs = self.config.serve.max_age_secs.get(ns).copied();
+        secs.filter(|s| *s > 0).map(|s| s.saturating_mul(1000))
     }
 }
 
@@ -371,6 +369,52 @@ pub fn raise_fd_limit() {
     }
 }
 
+/// Every endpoint with its limits: body size (announced and read), request time, and
+/// JSON errors for unknown paths and methods.
+fn router(api: Arc<Api>, limits: &crate::config::ServeConfig) -> Router {
+    let request_timeout = Duration::from_millis(limits.request_timeout_ms);
+    let max_request_bytes = limits.max_request_bytes;
+    Router::new()
+        .route("/features/{entity}/{id}", get(features))
+        .route("/get-online-features", post(online_features))
+        .route("/health", get(feast::health))
+        .route("/push", post(feast::not_supported))
+        .route("/write-to-online-store", post(feast::not_supported))
+        .route("/materialize", post(feast::not_supported))
+        .route("/materialize-incremental", post(feast::not_supported))
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/status", get(status))
+        // seed 004's worker status, the same document
+        .route("/stream/worker", get(status))
+        .fallback(|uri: axum::http::Uri| async move {
+            error(
+                StatusCode::NOT_FOUND,
+                format!("no endpoint {} (see README \"Endpoints\")", uri.path()),
+            )
+        })
+        .method_not_allowed_fallback(
+            |method: axum::http::Method, uri: axum::http::Uri| async move {
+                error_at(
+                    uri.path(),
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    format!("{method} is not served at {}", uri.path()),
+                )
+            },
+        )
+        .layer(axum::extract::DefaultBodyLimit::max(
+            limits.max_request_bytes,
+        ))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            announced_within(max_request_bytes, req, next)
+        }))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            within(request_timeout, req, next)
+        }))
+        .with_state(api)
+}
+
 /// Serves the API on `addr` from threads of its own; returns the bound address.
 pub fn serve(
     addr: &str,
@@ -415,47 +459,7 @@ pub fn serve(
         config,
     });
     let limits = api.config.serve.clone();
-    let request_timeout = Duration::from_millis(limits.request_timeout_ms);
-    let max_request_bytes = limits.max_request_bytes;
-    let app = Router::new()
-        .route("/features/{entity}/{id}", get(features))
-        .route("/get-online-features", post(online_features))
-        .route("/health", get(feast::health))
-        .route("/push", post(feast::not_supported))
-        .route("/write-to-online-store", post(feast::not_supported))
-        .route("/materialize", post(feast::not_supported))
-        .route("/materialize-incremental", post(feast::not_supported))
-        .route("/livez", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/status", get(status))
-        // seed 004's worker status, the same document
-        .route("/stream/worker", get(status))
-        .fallback(|uri: axum::http::Uri| async move {
-            error(
-                StatusCode::NOT_FOUND,
-                format!("no endpoint {} (see README \"Endpoints\")", uri.path()),
-            )
-        })
-        .method_not_allowed_fallback(
-            |method: axum::http::Method, uri: axum::http::Uri| async move {
-                error_at(
-                    uri.path(),
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    format!("{method} is not served at {}", uri.path()),
-                )
-            },
-        )
-        .layer(axum::extract::DefaultBodyLimit::max(
-            limits.max_request_bytes,
-        ))
-        .layer(axum::middleware::from_fn(move |req, next| {
-            announced_within(max_request_bytes, req, next)
-        }))
-        .layer(axum::middleware::from_fn(move |req, next| {
-            within(request_timeout, req, next)
-        }))
-        .with_state(api);
+    let app = router(api, &limits);
     std::thread::Builder::new()
         .name("http".into())
         .spawn(move || {

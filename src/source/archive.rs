@@ -326,6 +326,9 @@ impl RecordSource for ArchiveSource {
                     None => cols.timestamp.value(row),
                 })
                 .map(|t| t.max(0) as u64),
+                // a replay of the archive dead-letters nothing (it counts)
+                headers: None,
+                tombstone: false,
             };
             match visit(record) {
                 Visit::Taken(event) => {

@@ -117,6 +117,8 @@ impl GeneratorSource {
                 key,
                 payload: &p.payload,
                 read_ms: None,
+                headers: None,
+                tombstone: false,
             };
             if let (Visit::Taken(event), Some((archive, topics))) =
                 (visit(record), &mut self.archive)

@@ -16,7 +16,7 @@ use anyhow::{bail, Context};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, DefaultConsumerContext};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use tidemark_dataflows::contract::record::{Poll, RecordRef, RecordSource, Visit};
+use tidemark_dataflows::contract::record::{Poll, RecordHeaders, RecordRef, RecordSource, Visit};
 use tidemark_dataflows::Tick;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 
@@ -53,8 +53,9 @@ struct HeldRecord {
     append_ms: i64,
     key: Option<Vec<u8>>,
     payload: Vec<u8>,
-    /// Kept only for the archive.
+    /// For the archive, and the DLQ should it be invalid.
     headers: Vec<Header>,
+    tombstone: bool,
 }
 
 /// One assigned partition.
@@ -418,6 +419,8 @@ impl KafkaSource {
                     key: h.key.as_deref(),
                     payload: &h.payload,
                     read_ms: None,
+                    headers: Some(&h.headers as &dyn RecordHeaders),
+                    tombstone: h.tombstone,
                 };
                 let Visit::Taken(event) = visit(record) else {
                     break;
@@ -434,6 +437,8 @@ impl KafkaSource {
                         key: h.key.as_deref(),
                         payload: &h.payload,
                         read_ms: None,
+                        headers: None,
+                        tombstone: h.tombstone,
                     };
                     let headers = h.headers.iter().map(|(k, v)| (k.as_str(), v.as_deref()));
                     self.lanes.archive(i, event, &record, headers);
@@ -455,6 +460,7 @@ impl KafkaSource {
         now: Instant,
     ) -> bool {
         let append_ms = m.timestamp().to_millis().unwrap_or(0);
+        let dlq_headers = MessageHeaders(m);
         let record = RecordRef {
             topic: m.topic(),
             partition: m.partition(),
@@ -463,6 +469,11 @@ impl KafkaSource {
             key: m.key(),
             payload: m.payload().unwrap_or(&[]),
             read_ms: None,
+            headers: m
+                .headers()
+                .is_some()
+                .then_some(&dlq_headers as &dyn RecordHeaders),
+            tombstone: m.payload().is_none(),
         };
         let visited = if lanes.all[i].held.is_empty() {
             visit(record)
@@ -470,7 +481,13 @@ impl KafkaSource {
             Visit::Held
         };
         let archived = lanes.archive.is_some();
-        let headers = if archived { headers_of(m) } else { Vec::new() };
+        let taken = matches!(visited, Visit::Taken(_));
+        // a held record keeps its headers for the DLQ too
+        let headers = if archived || !taken {
+            headers_of(m)
+        } else {
+            Vec::new()
+        };
         if let Visit::Taken(event) = visited {
             if archived {
                 lanes.archive(i, event, &record, headers.iter().map(|(k, v)| (&**k, *v)));
@@ -487,6 +504,7 @@ impl KafkaSource {
                 .into_iter()
                 .map(|(k, v)| (k.into_owned(), v.map(<[u8]>::to_vec)))
                 .collect(),
+            tombstone: m.payload().is_none(),
         });
         false
     }
@@ -698,6 +716,23 @@ impl RecordSource for KafkaSource {
         let now = now_ms();
         self.lanes.clock.set(now);
         now
+    }
+}
+
+/// A fresh message's headers, copied only when the dataflow dead-letters it.
+struct MessageHeaders<'a, 'm>(&'a BorrowedMessage<'m>);
+
+impl std::fmt::Debug for MessageHeaders<'_, '_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MessageHeaders")
+    }
+}
+
+impl RecordHeaders for MessageHeaders<'_, '_> {
+    fn owned(&self) -> Vec<Header> {
+        (headers_of(self.0).into_iter())
+            .map(|(k, v)| (k.into_owned(), v.map(<[u8]>::to_vec)))
+            .collect()
     }
 }
 

@@ -486,11 +486,21 @@ pub fn generated_stream(
     (topic, file)
 }
 
-/// A record read back from the DLQ: key, JSON envelope, headers.
+/// A record read back from the DLQ.
 pub struct DeadLetter {
+    /// `{topic}/{partition}/{offset}` of the dead record (Connect's headers), else (an
+    /// entity update a store refused) the letter's key.
     pub key: String,
+    /// The letter's own key: the dead record's key.
+    pub record_key: Option<Vec<u8>>,
+    /// The JSON envelope; `Null` for a letter in the `connect` format.
     pub envelope: serde_json::Value,
+    /// The letter's value as it is (`None`: a tombstone).
+    pub value: Option<Vec<u8>>,
+    /// Headers, values read lossily as text (a header without a value as "").
     pub headers: BTreeMap<String, String>,
+    /// Headers as they are, in order.
+    pub raw_headers: Vec<(String, Option<Vec<u8>>)>,
 }
 
 /// Every record of `topic`, read from the start until nothing new came for 3 s.
@@ -499,16 +509,35 @@ pub fn dead_letters(topic: &str) -> Vec<DeadLetter> {
     let mut out = Vec::new();
     read_topic(topic, |m| {
         let mut headers = BTreeMap::new();
+        let mut raw_headers = Vec::new();
         if let Some(h) = m.headers() {
             for h in h.iter() {
                 let v = h.value.map(|v| String::from_utf8_lossy(v).into_owned());
                 headers.insert(h.key.to_string(), v.unwrap_or_default());
+                raw_headers.push((h.key.to_string(), h.value.map(<[u8]>::to_vec)));
             }
         }
+        let record_key = m.key().map(<[u8]>::to_vec);
+        let coordinates = ["topic", "partition", "offset"]
+            .map(|c| headers.get(&format!("__connect.errors.{c}")).cloned());
+        let key = match coordinates {
+            [Some(t), Some(p), Some(o)] => format!("{t}/{p}/{o}"),
+            _ => String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+        };
+        let connect = headers
+            .get("tidemark.dlq.format")
+            .is_some_and(|f| f == "connect");
+        let envelope = match (connect, m.payload()) {
+            (false, Some(p)) => serde_json::from_slice(p).unwrap(),
+            _ => serde_json::Value::Null,
+        };
         out.push(DeadLetter {
-            key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
-            envelope: serde_json::from_slice(m.payload().unwrap_or_default()).unwrap(),
+            key,
+            record_key,
+            envelope,
+            value: m.payload().map(<[u8]>::to_vec),
             headers,
+            raw_headers,
         });
     });
     out

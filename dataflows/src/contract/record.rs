@@ -21,6 +21,27 @@ pub struct RecordRef<'a> {
     /// reading the archive): the future-skew check measures from it, not from the clock
     /// of the replay, so a replay accepts and rejects exactly what the first read did.
     pub read_ms: Option<u64>,
+    /// Its Kafka headers, when it has any: copied only if the record is dead-lettered.
+    pub headers: Option<&'a dyn RecordHeaders>,
+    /// A record without a value (a Kafka tombstone): `payload` is empty.
+    pub tombstone: bool,
+}
+
+/// A record's headers as its source holds them (e.g. rdkafka's borrowed headers), read only
+/// for the records that go to the DLQ, so a valid record costs nothing.
+pub trait RecordHeaders: std::fmt::Debug {
+    /// (name, value) in order; `None` for a header without a value.
+    fn owned(&self) -> Vec<Header>;
+}
+
+/// A Kafka header: name and value (`None`: a header without one).
+pub type Header = (String, Option<Vec<u8>>);
+
+/// Headers a source holds already (a record it held back).
+impl RecordHeaders for Vec<Header> {
+    fn owned(&self) -> Vec<Header> {
+        self.clone()
+    }
 }
 
 /// How a poll ended.
@@ -141,6 +162,10 @@ pub struct InvalidRecord {
     pub error: DecodeError,
     /// The integer `ts` it carries, when it has one not ahead of the clock's allowance.
     pub claimed_ts: Option<u64>,
+    /// Its Kafka headers, kept for the DLQ (a replay re-sends them).
+    pub headers: Vec<Header>,
+    /// It had no value (a tombstone).
+    pub tombstone: bool,
 }
 
 impl InvalidRecord {
@@ -154,6 +179,8 @@ impl InvalidRecord {
             payload: r.payload.to_vec(),
             error,
             claimed_ts: None,
+            headers: r.headers.map(|h| h.owned()).unwrap_or_default(),
+            tombstone: r.tombstone,
         }
     }
 }

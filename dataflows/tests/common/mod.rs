@@ -49,6 +49,8 @@ impl RecordSource for VecSource {
                 key: None,
                 payload,
                 read_ms: None,
+                headers: None,
+                tombstone: false,
             });
         }
         Poll::Caught { idle: false }

@@ -197,6 +197,8 @@ mod tests {
             key: None,
             payload: payload.as_bytes(),
             read_ms: None,
+            headers: None,
+            tombstone: false,
         }
     }
 

@@ -203,6 +203,8 @@ mod tests {
                 key: None,
                 payload: &p.payload,
                 read_ms: None,
+                headers: None,
+                tombstone: false,
             };
             match decode(&r, p.topic == "watches") {
                 Ok(e) => match e.event {
