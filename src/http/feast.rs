@@ -14,14 +14,16 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa::ToSchema;
 
+use super::body::{FeastColumn, FeastMetadata, FeastResponse, Health, ViewVersion};
 use super::Api;
 use crate::clock::now_ms;
 use crate::config::feast::FeastType;
 
 /// Feast's feature-server request.
-#[derive(Deserialize)]
-struct FeastRequest {
+#[derive(Deserialize, ToSchema)]
+pub(super) struct FeastRequest {
     /// `view:feature` references.
     #[serde(default)]
     features: Vec<String>,
@@ -31,6 +33,7 @@ struct FeastRequest {
     feature_service: Option<String>,
     /// Entity key column → one value per entity row (column-major), in request order.
     #[serde(deserialize_with = "in_order")]
+    #[schema(value_type = Object)]
     entities: Vec<(String, Value)>,
     #[serde(default)]
     full_feature_names: bool,
@@ -96,8 +99,18 @@ type Columns<'a> = Vec<(&'a str, &'a Vec<Value>)>;
 /// The features wanted of each view, each with its place in the answer.
 type Views<'a> = BTreeMap<&'a str, Vec<(usize, &'a str)>>;
 
-/// One feature's result column: values, statuses, event timestamps.
+/// One feature's result column as it is filled: values, statuses, event timestamps.
 type Column<'a> = (Vec<Value>, Vec<&'a str>, Vec<String>);
+
+/// A column of one status and the epoch as timestamp on every row.
+fn uniform(values: Vec<Value>, status: &str) -> FeastColumn {
+    let rows = values.len();
+    FeastColumn {
+        values,
+        statuses: vec![status.to_string(); rows],
+        event_timestamps: vec![rfc3339(0); rows],
+    }
+}
 
 /// The Feast endpoints: their errors are Feast-shaped (see [`feast_error`]).
 pub(super) fn is_feast_path(path: &str) -> bool {
@@ -123,6 +136,14 @@ pub(super) fn feast_error(status: StatusCode, class: &str, message: impl Into<St
 const FEAST_ERROR: &str = "FeastError";
 
 /// `POST /get-online-features`: checks, then reads each view's rows in one round trip.
+#[utoipa::path(post, path = "/get-online-features", tag = "feast",
+    request_body = FeastRequest,
+    responses(
+        (status = 200, description = "a column per entity key and per feature", body = FeastResponse),
+        (status = 400, description = "a bad request: Feast's error shape (a JSON string of module, class and message), e.g. FeatureNameCollisionError", body = String),
+        (status = 404, description = "an unknown view or feature service (FeatureViewNotFoundException, FeatureServiceNotFoundException)", body = String),
+        (status = 413, description = "over serve.max_entities or serve.max_feature_values", body = String),
+        (status = 503, description = "the store is unreachable, or the request took too long", body = String)))]
 pub(super) async fn online_features(
     State(api): State<Arc<Api>>,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
@@ -158,12 +179,12 @@ pub(super) async fn online_features(
         views.entry(view).or_default().push((i, feature));
     }
     let now = req.at.unwrap_or_else(now_ms);
-    let mut feature_columns: Vec<Value> = vec![Value::Null; refs.len()];
+    let mut feature_columns: Vec<Option<FeastColumn>> = (0..refs.len()).map(|_| None).collect();
     for (view, wanted) in &views {
         match view_columns(&api, view, wanted, rows, &columns, now).await {
             Ok(found) => {
                 for (i, column) in found {
-                    feature_columns[i] = column;
+                    feature_columns[i] = Some(column);
                 }
             }
             Err(r) => return r,
@@ -376,7 +397,7 @@ async fn view_columns(
     rows: usize,
     columns: &Columns<'_>,
     now: u64,
-) -> Result<Vec<(usize, Value)>, Response> {
+) -> Result<Vec<(usize, FeastColumn)>, Response> {
     let (t, spec) = api.table(view).expect("checked by wanted");
     let keys = keys_of(view, &spec.keys, rows, columns)?;
     let found = api.read(t, &keys).await.map_err(|e| {
@@ -435,8 +456,11 @@ async fn view_columns(
         .iter()
         .zip(out)
         .map(|((i, _), (values, statuses, stamps))| {
-            let column =
-                json!({"values": values, "statuses": statuses, "event_timestamps": stamps});
+            let column = FeastColumn {
+                values,
+                statuses: statuses.into_iter().map(str::to_string).collect(),
+                event_timestamps: stamps,
+            };
             (*i, column)
         })
         .collect())
@@ -450,24 +474,16 @@ fn answer(
     refs: &[(&str, &str)],
     rows: usize,
     columns: &Columns<'_>,
-    features: Vec<Value>,
+    features: Vec<Option<FeastColumn>>,
 ) -> Response {
-    let missing = || json!({"values": vec![Value::Null; rows], "statuses": vec!["NOT_FOUND"; rows], "event_timestamps": vec![rfc3339(0); rows]});
     // as Feast: only the requested views' join keys come back (in request order)
     let keyed = |name: &str| {
         (refs.iter()).any(|(v, _)| api.catalog.view(v).is_some_and(|v| v.keys.contains(&name)))
     };
     let echoed: Vec<&(&str, &Vec<Value>)> = columns.iter().filter(|(k, _)| keyed(k)).collect();
     let mut names: Vec<String> = echoed.iter().map(|(k, _)| k.to_string()).collect();
-    let mut results: Vec<Value> = echoed
-        .iter()
-        .map(|(_, values)| {
-            json!({
-                "values": values,
-                "statuses": vec!["PRESENT"; rows],
-                "event_timestamps": vec![rfc3339(0); rows],
-            })
-        })
+    let mut results: Vec<FeastColumn> = (echoed.iter())
+        .map(|(_, values)| uniform(values.to_vec(), "PRESENT"))
         .collect();
     for ((view, feature), column) in refs.iter().zip(features) {
         names.push(if req.full_feature_names {
@@ -475,42 +491,52 @@ fn answer(
         } else {
             feature.to_string()
         });
-        results.push(if column.is_null() { missing() } else { column });
+        results.push(column.unwrap_or_else(|| uniform(vec![Value::Null; rows], "NOT_FOUND")));
     }
-    let mut metadata = json!({"feature_names": names});
-    if req.include_feature_view_version_metadata {
+    let feature_view_metadata = req.include_feature_view_version_metadata.then(|| {
         let mut views: Vec<&str> = Vec::new();
         for (view, _) in refs {
             if !views.contains(view) {
                 views.push(view);
             }
         }
-        let versions: Vec<Value> = (views.iter())
+        (views.iter())
             .filter_map(|v| api.catalog.view(v))
-            .map(|v| json!({"name": v.ns, "version": v.version}))
-            .collect();
-        metadata["feature_view_metadata"] = versions.into();
-    }
-    Json(json!({"metadata": metadata, "results": results})).into_response()
+            .map(|v| ViewVersion {
+                name: v.ns.to_string(),
+                version: v.version,
+            })
+            .collect()
+    });
+    let metadata = FeastMetadata {
+        feature_names: names,
+        feature_view_metadata,
+    };
+    Json(FeastResponse { metadata, results }).into_response()
 }
 
 /// Feast's `/health`: 200 while the API can answer reads (ready), else 503.
+#[utoipa::path(get, path = "/health", tag = "feast",
+    responses(
+        (status = 200, description = "ready", body = Health),
+        (status = 503, description = "not ready, and why", body = Health)))]
 pub(super) async fn health(State(api): State<Arc<Api>>) -> Response {
-    let why = crate::engine::health::not_ready(&api.shared);
-    if why.is_empty() {
-        Json(json!({"healthy": true})).into_response()
+    let not_ready = crate::engine::health::not_ready(&api.shared);
+    let healthy = not_ready.is_empty();
+    let status = if healthy {
+        StatusCode::OK
     } else {
-        let body = json!({"healthy": false, "not_ready": why});
-        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
-    }
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(Health { healthy, not_ready })).into_response()
 }
 
 /// Feast's writing endpoints: Tidemark's features are computed from its event streams,
 /// so a write from outside would be overwritten by the next tick (or overwrite a newer
 /// one); a 501 in Feast's shape says where the data goes instead.
-pub(super) async fn not_supported(State(api): State<Arc<Api>>, uri: axum::http::Uri) -> Response {
+fn not_supported(api: &Api, path: &str) -> Response {
     let topics = api.family.topics().join(", ");
-    let why = match uri.path() {
+    let why = match path {
         "/materialize" | "/materialize-incremental" => {
             "Tidemark keeps the online store fresh from the stream itself: there is nothing to materialize (for features as of past times, see `tidemark batch` and `tidemark training-set`)".to_string()
         }
@@ -520,3 +546,20 @@ pub(super) async fn not_supported(State(api): State<Arc<Api>>, uri: axum::http::
     };
     feast_error(StatusCode::NOT_IMPLEMENTED, FEAST_ERROR, why)
 }
+
+/// Feast's writes and materializations, each documented as the 501 it answers.
+macro_rules! not_supported {
+    ($name:ident, $path:literal) => {
+        #[doc = concat!("Feast's `", $path, "`: 501 (see [`not_supported`]).")]
+        #[utoipa::path(post, path = $path, tag = "feast",
+            responses((status = 501, description = "not supported: the body, Feast's error shape, says why and where the data goes instead", body = String)))]
+        pub(super) async fn $name(State(api): State<Arc<Api>>) -> Response {
+            not_supported(&api, $path)
+        }
+    };
+}
+
+not_supported!(push, "/push");
+not_supported!(write_to_online_store, "/write-to-online-store");
+not_supported!(materialize, "/materialize");
+not_supported!(materialize_incremental, "/materialize-incremental");

@@ -9,10 +9,9 @@ use std::time::Duration;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use tidemark_dataflows::contract::table::{self, SinkKind, TableSpec};
 use tidemark_dataflows::Family;
 
@@ -22,10 +21,15 @@ use crate::engine::Shared;
 use crate::sink::memory::Shared as MemoryShared;
 use crate::telemetry;
 
+mod body;
 mod feast;
 
 use crate::config::feast::Catalog;
-use feast::{feast_error, is_feast_path, online_features};
+use body::{ErrorBody, FeatureRead, Ready};
+use feast::{feast_error, is_feast_path};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Where features are read from.
 #[derive(Clone)]
@@ -54,15 +58,18 @@ pub(crate) struct Api {
 /// One entity's stored row: field name → value, with `_tick` (epoch ms of its last change).
 type Row = Map<String, Value>;
 
-#[derive(Deserialize)]
+/// `GET /features`' query.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Params {
+    /// The features wanted, by name, comma-separated (default: all of the view's).
     features: Option<String>,
     /// Read-time features as of this epoch ms (default: now).
     at: Option<u64>,
 }
 
 fn error(status: StatusCode, msg: impl Into<String>) -> Response {
-    (status, Json(json!({"error": msg.into()}))).into_response()
+    (status, Json(ErrorBody { error: msg.into() })).into_response()
 }
 
 /// An error of the endpoint at `path`: Feast's shape on Feast's endpoints.
@@ -170,6 +177,17 @@ impl Api {
     }
 }
 
+/// One entity's features, read-time ones computed at `at`.
+#[utoipa::path(get, path = "/features/{view}/{id}", tag = "features",
+    params(
+        ("view" = String, Path, description = "the feature view: doc, qd, ac, …"),
+        ("id" = String, Path, description = "the entity's key; several key parts joined by ':' ({query_hash}:{doc_id})"),
+        Params),
+    responses(
+        (status = 200, description = "the entity's features", body = FeatureRead),
+        (status = 400, description = "a feature the view does not have, or a bad query", body = ErrorBody),
+        (status = 404, description = "an unknown view, or no such entity", body = ErrorBody),
+        (status = 503, description = "the store is unreachable", body = ErrorBody)))]
 async fn features(
     State(api): State<Arc<Api>>,
     Path((ns, id)): Path<(String, String)>,
@@ -217,7 +235,12 @@ async fn features(
                 if let Some(wanted) = wanted {
                     fields.retain(|k, _| wanted.contains(&k.as_str()) || k.starts_with('_'));
                 }
-                Json(json!({"entity": ns, "id": id, "features": fields})).into_response()
+                Json(FeatureRead {
+                    entity: ns,
+                    id,
+                    features: fields,
+                })
+                .into_response()
             }
             None => error(StatusCode::NOT_FOUND, format!("no {ns} entity '{id}'")),
         },
@@ -225,19 +248,32 @@ async fn features(
     }
 }
 
+/// Readiness: every source assigned, every sink answering, not draining.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "ready", body = Ready),
+        (status = 503, description = "not ready, and why", body = Ready)))]
 async fn readyz(State(api): State<Arc<Api>>) -> Response {
-    let why = crate::engine::health::not_ready(&api.shared);
-    if why.is_empty() {
-        Json(json!({"ready": true})).into_response()
+    let not_ready = crate::engine::health::not_ready(&api.shared);
+    let ready = not_ready.is_empty();
+    let status = if ready {
+        StatusCode::OK
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"ready": false, "not_ready": why})),
-        )
-            .into_response()
-    }
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(Ready { ready, not_ready })).into_response()
 }
 
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/livez", tag = "operations",
+    responses((status = 200, description = "`ok`", body = String, content_type = "text/plain")))]
+async fn livez() -> &'static str {
+    "ok"
+}
+
+/// Prometheus' text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "every metric (README \"Metrics\")", body = String, content_type = "text/plain; version=0.0.4")))]
 async fn metrics(State(api): State<Arc<Api>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -246,6 +282,9 @@ async fn metrics(State(api): State<Arc<Api>>) -> Response {
         .into_response()
 }
 
+/// The engine's state: sources, dataflows, workers, sinks, checkpoints, quality.
+#[utoipa::path(get, path = "/status", tag = "operations",
+    responses((status = 200, description = "the status document (README \"Endpoints\")", body = Object)))]
 async fn status(State(api): State<Arc<Api>>) -> Response {
     Json(crate::engine::health::status(
         &api.shared,
@@ -254,6 +293,34 @@ async fn status(State(api): State<Arc<Api>>) -> Response {
     ))
     .into_response()
 }
+
+/// Seed 004's worker status: the same document as `/status`.
+#[utoipa::path(get, path = "/stream/worker", tag = "operations",
+    responses((status = 200, description = "the status document, as `/status`", body = Object)))]
+async fn stream_worker(state: State<Arc<Api>>) -> Response {
+    status(state).await
+}
+
+/// This document, generated from the handlers and their types.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "the OpenAPI 3.1 description of every endpoint", body = Object)))]
+async fn openapi() -> Response {
+    let doc = OPENAPI.get().map_or("{}", String::as_str);
+    ([(header::CONTENT_TYPE, "application/json")], doc).into_response()
+}
+
+/// `/openapi.json`, rendered once when the router is built.
+static OPENAPI: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The document's title and description; the paths come from the routes.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Tidemark read API", description = "Feature reads (Tidemark's own and Feast's feature server's) and operations. Errors are `{\"error\": …}`, except on Feast's endpoints, which answer Feast's shape."),
+    tags(
+        (name = "features", description = "Tidemark's feature reads"),
+        (name = "feast", description = "Feast's feature-server endpoints"),
+        (name = "operations", description = "probes, metrics and status")))]
+struct ApiDoc;
 
 /// Refuses a body whose `Content-Length` is over the limit before reading any of it: the
 /// client gets its 413 at once (and the connection is closed, as the body is not read)
@@ -374,20 +441,24 @@ pub fn raise_fd_limit() {
 fn router(api: Arc<Api>, limits: &crate::config::ServeConfig) -> Router {
     let request_timeout = Duration::from_millis(limits.request_timeout_ms);
     let max_request_bytes = limits.max_request_bytes;
-    Router::new()
-        .route("/features/{entity}/{id}", get(features))
-        .route("/get-online-features", post(online_features))
-        .route("/health", get(feast::health))
-        .route("/push", post(feast::not_supported))
-        .route("/write-to-online-store", post(feast::not_supported))
-        .route("/materialize", post(feast::not_supported))
-        .route("/materialize-incremental", post(feast::not_supported))
-        .route("/livez", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/status", get(status))
-        // seed 004's worker status, the same document
-        .route("/stream/worker", get(status))
+    // every endpoint through `routes!`, so each is in /openapi.json by construction
+    let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(features))
+        .routes(routes!(feast::online_features))
+        .routes(routes!(feast::health))
+        .routes(routes!(feast::push))
+        .routes(routes!(feast::write_to_online_store))
+        .routes(routes!(feast::materialize))
+        .routes(routes!(feast::materialize_incremental))
+        .routes(routes!(livez))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(status))
+        .routes(routes!(stream_worker))
+        .routes(routes!(openapi))
+        .split_for_parts();
+    let _ = OPENAPI.set(doc.to_pretty_json().unwrap_or_default());
+    router
         .fallback(|uri: axum::http::Uri| async move {
             error(
                 StatusCode::NOT_FOUND,
