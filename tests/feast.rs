@@ -9,7 +9,7 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
@@ -30,37 +30,6 @@ fn post(url: &str, body: &str) -> (u16, Value) {
     let json =
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{url}: not JSON ({e}): {text}"));
     (status, json)
-}
-
-/// A child process killed when dropped (also when a test fails first).
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A demo of search on a free port, once `doc-0` is stored; its base URL.
-fn search_demo(seconds: u64, rate: u64) -> (Killed, String) {
-    let addr = format!("127.0.0.1:{}", free_port());
-    let child = Killed(demo_server("search", &addr, seconds, rate));
-    let base = format!("http://{addr}");
-    let started = Instant::now();
-    while http_get(
-        &format!("{base}/features/doc/doc-0"),
-        Duration::from_secs(2),
-    )
-    .is_none_or(|(s, _)| s != 200)
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "doc-0 within 60 s"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    (child, base)
 }
 
 #[test]

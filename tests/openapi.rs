@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
@@ -36,22 +36,7 @@ fn readme_endpoints() -> BTreeSet<String> {
 
 #[test]
 fn the_openapi_document_describes_every_endpoint_the_server_serves() {
-    let addr = format!("127.0.0.1:{}", free_port());
-    let mut child = demo_server("search", &addr, 300, 1000);
-    let base = format!("http://{addr}");
-    let started = Instant::now();
-    while http_get(
-        &format!("{base}/features/doc/doc-0"),
-        Duration::from_secs(2),
-    )
-    .is_none_or(|(s, _)| s != 200)
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "doc-0 within 60 s"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let (child, base) = search_demo(300, 1000);
     let (code, text) = http_get(&format!("{base}/openapi.json"), Duration::from_secs(5)).unwrap();
     let doc: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{code}: {e}: {text}"));
     let client = http_client()
@@ -84,8 +69,7 @@ fn the_openapi_document_describes_every_endpoint_the_server_serves() {
             }
         }
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     assert!(failed.is_empty(), "described but not served: {failed:#?}");
     assert!(
         doc["openapi"].as_str().unwrap().starts_with("3."),

@@ -521,13 +521,8 @@ fn answer(
         (status = 200, description = "ready", body = Health),
         (status = 503, description = "not ready, and why", body = Health)))]
 pub(super) async fn health(State(api): State<Arc<Api>>) -> Response {
-    let not_ready = crate::engine::health::not_ready(&api.shared);
+    let (status, not_ready) = super::readiness(&api);
     let healthy = not_ready.is_empty();
-    let status = if healthy {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
     (status, Json(Health { healthy, not_ready })).into_response()
 }
 

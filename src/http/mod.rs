@@ -254,14 +254,20 @@ async fn features(
         (status = 200, description = "ready", body = Ready),
         (status = 503, description = "not ready, and why", body = Ready)))]
 async fn readyz(State(api): State<Arc<Api>>) -> Response {
-    let not_ready = crate::engine::health::not_ready(&api.shared);
+    let (status, not_ready) = readiness(&api);
     let ready = not_ready.is_empty();
-    let status = if ready {
+    (status, Json(Ready { ready, not_ready })).into_response()
+}
+
+/// 200 and no reasons when ready, else 503 and why: `/readyz`'s and Feast's `/health`'s.
+fn readiness(api: &Api) -> (StatusCode, Vec<String>) {
+    let not_ready = crate::engine::health::not_ready(&api.shared);
+    let status = if not_ready.is_empty() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(Ready { ready, not_ready })).into_response()
+    (status, not_ready)
 }
 
 /// Liveness: the process answers.

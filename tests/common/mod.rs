@@ -677,6 +677,24 @@ pub fn demo_server(family: &str, addr: &str, seconds: u64, rate: u64) -> std::pr
         .expect("spawn the demo")
 }
 
+/// A demo of search on a free port (killed when dropped), once `doc-0` is stored; its
+/// base URL.
+pub fn search_demo(seconds: u64, rate: u64) -> (services::KillOnDrop, String) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let child = services::KillOnDrop(demo_server("search", &addr, seconds, rate));
+    let base = format!("http://{addr}");
+    let started = std::time::Instant::now();
+    let doc = format!("{base}/features/doc/doc-0");
+    while http_get(&doc, Duration::from_secs(2)).is_none_or(|(s, _)| s != 200) {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "doc-0 within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    (child, base)
+}
+
 /// A Feast-shaped error body (a JSON string holding `{"module", "class", "message"}`, as
 /// Feast's server writes it): its class and message.
 pub fn feast_detail(body: &serde_json::Value) -> Option<(String, String)> {
